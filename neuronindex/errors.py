@@ -1,0 +1,93 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+Each class carries the CLI exit code and the HTTP status it maps to, so the edges (click CLI,
+HTTP service) translate errors once and never show a traceback for a user mistake.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class NeuronIndexError(Exception):
+    """Base class: a problem the user can fix; the message says what and how."""
+
+    exit_code = 1
+    http_status = 400
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(NeuronIndexError):
+    """A malformed argument or option value."""
+
+    exit_code = 2
+
+
+class NotFoundError(NeuronIndexError):
+    """A named thing (file, layer, neuron, model) does not exist."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class IndexNotFoundError(NotFoundError):
+    pass
+
+
+class SchemaVersionError(NeuronIndexError):
+    """The index was written by an older or newer neuronindex."""
+
+    exit_code = 4
+    http_status = 409
+
+
+class ModelError(NeuronIndexError):
+    """A model spec, checkpoint or weights name that cannot be loaded."""
+
+    exit_code = 5
+
+
+class LayerError(NotFoundError):
+    """An unknown layer name."""
+
+
+class DataError(NeuronIndexError):
+    """An image source that cannot be read."""
+
+    exit_code = 6
+
+
+class QueryError(NeuronIndexError):
+    """A malformed or refused query (search language or SQL)."""
+
+    exit_code = 7
+
+
+class QueryTimeout(QueryError):
+    http_status = 408
+
+
+class IngestError(NeuronIndexError):
+    exit_code = 8
+    http_status = 500
+
+
+class StaleVectorsError(NeuronIndexError):
+    exit_code = 9
+    http_status = 409
+
+
+def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """' (did you mean a, b?)' for the closest choices, or '' when nothing is close."""
+    choices = list(dict.fromkeys(choices))
+    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.5)
+    if not close:
+        lower = word.lower()
+        close = [c for c in choices if lower in c.lower()][:n]
+    return f" (did you mean {', '.join(close)}?)" if close else ""

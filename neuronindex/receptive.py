@@ -1,0 +1,250 @@
+"""Receptive fields per channel: size, stride and offset, and unit (y, x) -> input box.
+
+A field is kept per channel and per axis as a half-open interval [start, end) in input pixels
+for unit (0, 0), plus a stride per axis; unit (y, x) covers
+[y * stride_h + start_h, y * stride_h + end_h) x [x * stride_w + start_w, x * stride_w + end_w).
+Boxes may extend past the image border (negative start, end beyond the size).
+
+Propagation walks a torch.fx graph in order: convolutions and pools grow the field; element-wise
+merges (ResNet additions) take the union over inputs channel by channel; concatenation keeps each
+channel's own field (Inception / Fire branches differ in size); slicing and padding shift it.
+An operation that changes the spatial size and is not understood gives `None` (unknown) from that
+node on, rather than a wrong number.
+"""
+from __future__ import annotations
+
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+
+EMPTY = (math.inf, -math.inf)
+
+
+@dataclass
+class Field:
+    start: np.ndarray  # (C, 2) float, axis order (h, w); +inf for channels that see nothing
+    end: np.ndarray  # (C, 2)
+    stride: np.ndarray  # (2,)
+
+    @classmethod
+    def input(cls, channels: int) -> "Field":
+        return cls(np.zeros((channels, 2)), np.ones((channels, 2)), np.ones(2))
+
+    @property
+    def channels(self) -> int:
+        return self.start.shape[0]
+
+    def sizes(self) -> np.ndarray:
+        """(C, 2) sizes; 0 for channels with no support (e.g. zero-padded channels)."""
+        return np.where(np.isfinite(self.start), self.end - self.start, 0)
+
+    def size(self) -> int:
+        return int(self.sizes().max()) if self.channels else 0
+
+    def largest_channel(self) -> int:
+        return int(self.sizes().max(axis=1).argmax())
+
+    def offset(self) -> int:
+        c = self.largest_channel()
+        return int(self.start[c, 0])
+
+    def box(self, channel: int, y: int, x: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), half-open, in input pixels."""
+        sh, sw = self.stride
+        s, e = self.start[channel], self.end[channel]
+        return (int(x * sw + s[1]), int(y * sh + s[0]), int(x * sw + e[1]), int(y * sh + e[0]))
+
+    def union_all(self) -> "Field":
+        """Every channel sees the union of all channels (an operation mixing channels)."""
+        s = np.full_like(self.start, self.start.min(axis=0))
+        e = np.full_like(self.end, self.end.max(axis=0))
+        return Field(s, e, self.stride.copy())
+
+    def spatial(self, kernel, stride, padding, dilation=(1, 1)) -> "Field":
+        """A sliding window (conv or pool) applied on top of this field."""
+        k = np.array([dilation[i] * (kernel[i] - 1) + 1 for i in range(2)], dtype=float)
+        p = np.array(padding, dtype=float)
+        start = self.start - p * self.stride
+        end = self.end + (k - 1 - p) * self.stride
+        return Field(start, end, self.stride * np.array(stride, dtype=float))
+
+
+def union(fields: list["Field"], channels: int) -> "Field | None":
+    """Element-wise merge (add, mul, ...) of inputs with broadcastable channels."""
+    if any(f is None for f in fields) or not fields:
+        return None
+    stride = np.maximum.reduce([f.stride for f in fields])
+    start = np.full((channels, 2), math.inf)
+    end = np.full((channels, 2), -math.inf)
+    for f in fields:
+        if f.channels == channels:
+            fs, fe = f.start, f.end
+        elif f.channels == 1:
+            fs, fe = np.repeat(f.start, channels, 0), np.repeat(f.end, channels, 0)
+        else:
+            u = f.union_all()
+            fs, fe = u.start[:1].repeat(channels, 0), u.end[:1].repeat(channels, 0)
+        start, end = np.minimum(start, fs), np.maximum(end, fe)
+    return Field(start, end, stride)
+
+
+def _pair(v):
+    if isinstance(v, (tuple, list)):
+        return tuple(int(x) for x in v) if len(v) == 2 else (int(v[0]),) * 2
+    return (int(v), int(v))
+
+
+def _conv(field: Field, mod) -> Field:
+    groups = mod.groups
+    cin, cout = field.channels, mod.out_channels
+    kernel, stride, dilation = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.dilation)
+    if isinstance(mod.padding, str):
+        padding = (0, 0) if mod.padding == "valid" else tuple((dilation[i] * (kernel[i] - 1)) // 2 for i in range(2))
+    else:
+        padding = _pair(mod.padding)
+    per_in, per_out = cin // groups, cout // groups
+    start = np.empty((cout, 2))
+    end = np.empty((cout, 2))
+    for g in range(groups):
+        s = field.start[g * per_in:(g + 1) * per_in].min(axis=0)
+        e = field.end[g * per_in:(g + 1) * per_in].max(axis=0)
+        start[g * per_out:(g + 1) * per_out] = s
+        end[g * per_out:(g + 1) * per_out] = e
+    return Field(start, end, field.stride.copy()).spatial(kernel, stride, padding, dilation)
+
+
+def _pool(field: Field, kernel, stride, padding, dilation=1) -> Field:
+    kernel = _pair(kernel)
+    stride = _pair(stride if stride not in (None, [], ()) else kernel)
+    return field.spatial(kernel, stride, _pair(padding), _pair(dilation))
+
+
+def _adaptive(field: Field, in_hw, out_size) -> Field:
+    out = _pair(out_size if out_size is not None else in_hw)
+    out = tuple(o if o is not None else i for o, i in zip(out, in_hw))
+    kernel = tuple(math.ceil(i / o) for i, o in zip(in_hw, out))
+    stride = tuple(max(1, i // o) for i, o in zip(in_hw, out))
+    return field.spatial(kernel, stride, (0, 0))
+
+
+def _getitem(field: Field, index, shape) -> "Field | None":
+    if not isinstance(index, tuple):
+        index = (index,)
+    if any(i is Ellipsis for i in index) or len(index) > 4:
+        return None
+    index = tuple(index) + (slice(None),) * (4 - len(index))
+    if not isinstance(index[0], slice) or any(not isinstance(i, slice) for i in index[1:]):
+        return None
+    keep = np.arange(field.channels)[index[1]]
+    start, end = field.start[keep].copy(), field.end[keep].copy()
+    stride = field.stride.copy()
+    for axis, sl in ((0, index[2]), (1, index[3])):
+        first, _, step = sl.indices(int(shape[2 + axis]))
+        start[:, axis] += first * stride[axis]
+        end[:, axis] += first * stride[axis]
+        stride[axis] *= step
+    return Field(start, end, stride)
+
+
+def _pad(field: Field, pad) -> "Field | None":
+    pad = list(pad) + [0] * (6 - len(pad))
+    left, _right, top, _bottom, front, back = (int(v) for v in pad[:6])
+    start, end = field.start.copy(), field.end.copy()
+    start[:, 1] -= left * field.stride[1]
+    end[:, 1] -= left * field.stride[1]
+    start[:, 0] -= top * field.stride[0]
+    end[:, 0] -= top * field.stride[0]
+    empty_s = np.full((1, 2), math.inf)
+    empty_e = np.full((1, 2), -math.inf)
+    start = np.concatenate([empty_s.repeat(front, 0), start, empty_s.repeat(back, 0)])
+    end = np.concatenate([empty_e.repeat(front, 0), end, empty_e.repeat(back, 0)])
+    return Field(start, end, field.stride.copy())
+
+
+def _arg(node, i, name, default=None):
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def propagate(gm, shapes: dict[str, tuple]) -> dict[str, Field | None]:
+    """Field for every node of a traced GraphModule whose output is a 4-D tensor.
+
+    `shapes` maps node name -> output shape (from a shape-propagation run).
+    """
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    modules = dict(gm.named_modules())
+    fields: dict[str, Field | None] = {}
+
+    def tensor_inputs(node):
+        out = []
+        for a in node.all_input_nodes:
+            if a.name in fields:
+                out.append(a)
+        return out
+
+    for node in gm.graph.nodes:
+        shape = shapes.get(node.name)
+        if node.op == "placeholder":
+            if shape is not None and len(shape) == 4:
+                fields[node.name] = Field.input(int(shape[1]))
+            continue
+        if shape is None or len(shape) != 4:
+            continue
+        ins = tensor_inputs(node)
+        src = fields.get(node.args[0].name) if node.args and hasattr(node.args[0], "name") else None
+        result: Field | None
+        target = node.target
+        if node.op == "call_module":
+            mod = modules[target]
+            if isinstance(mod, nn.Conv2d):
+                result = _conv(src, mod) if src is not None else None
+            elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+                dil = getattr(mod, "dilation", 1)
+                result = _pool(src, mod.kernel_size, mod.stride, mod.padding, dil) if src is not None else None
+            elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                in_shape = shapes[node.args[0].name]
+                result = _adaptive(src, tuple(in_shape[2:]), mod.output_size) if src is not None else None
+            else:
+                result = _generic(node, ins, fields, shapes, shape)
+        elif node.op == "call_function" and target in (F.max_pool2d, F.avg_pool2d, torch.max_pool2d, torch.nn.functional.avg_pool2d):
+            kernel = _arg(node, 1, "kernel_size")
+            stride = _arg(node, 2, "stride", None) or kernel
+            result = _pool(src, kernel, stride, _arg(node, 3, "padding", 0)) if src is not None else None
+        elif node.op == "call_function" and target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
+            in_shape = shapes[node.args[0].name]
+            result = _adaptive(src, tuple(in_shape[2:]), _arg(node, 1, "output_size")) if src is not None else None
+        elif node.op == "call_function" and target is operator.getitem:
+            in_shape = shapes.get(node.args[0].name)
+            result = _getitem(src, node.args[1], in_shape) if src is not None and in_shape else None
+        elif node.op == "call_function" and target is F.pad:
+            result = _pad(src, _arg(node, 1, "pad")) if src is not None else None
+        elif node.op == "call_function" and target is torch.cat:
+            tensors = _arg(node, 0, "tensors")
+            dim = _arg(node, 1, "dim", 0)
+            parts = [fields.get(t.name) for t in tensors]
+            if dim in (1, -3) and all(p is not None for p in parts):
+                stride = np.maximum.reduce([p.stride for p in parts])
+                result = Field(np.concatenate([p.start for p in parts]), np.concatenate([p.end for p in parts]), stride)
+            else:
+                result = None
+        else:
+            result = _generic(node, ins, fields, shapes, shape)
+        fields[node.name] = result
+    return fields
+
+
+def _generic(node, ins, fields, shapes, shape) -> Field | None:
+    """Element-wise or channel-mixing operations that keep the spatial size."""
+    if not ins:
+        return None
+    for a in ins:
+        ishape = shapes.get(a.name)
+        if ishape is None or tuple(ishape[2:]) != tuple(shape[2:]):
+            return None
+    return union([fields[a.name] for a in ins], int(shape[1]))

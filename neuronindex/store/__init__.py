@@ -1,0 +1,168 @@
+"""DuckDB access for an index directory: opening, schema versions, atomic publishing.
+
+An *index directory* holds `index.duckdb` (the source of truth) and `vectors/` (FAISS files,
+rebuildable). Readers open the file read-only; writers (ingest, migrate) work on a staged copy
+and publish it with an atomic rename, so a reader never sees a half-written index and a failed
+write never damages the published one.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import duckdb
+
+from ..errors import IndexNotFoundError, SchemaVersionError
+
+INDEX_FILE = "index.duckdb"
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+
+def migrations() -> list[Migration]:
+    """Every schema migration shipped with this package, in order."""
+    found = []
+    for entry in resources.files("neuronindex_migrations").iterdir():
+        m = re.fullmatch(r"(\d{4})_(\w+)\.sql", entry.name)
+        if m:
+            found.append(Migration(int(m.group(1)), m.group(2), entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+def code_version() -> int:
+    return migrations()[-1].version
+
+
+def index_file(directory: str | os.PathLike) -> Path:
+    return Path(directory) / INDEX_FILE
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    has = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'schema_migrations'"
+    ).fetchone()[0]
+    if not has:
+        return 0
+    return con.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+
+
+def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:
+    """Bring a writable connection up to the code's schema; each step in its own transaction."""
+    con.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations "
+        "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
+    )
+    current = schema_version(con)
+    _refuse_newer(current)
+    applied = []
+    for migration in migrations():
+        if migration.version <= current:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute(migration.sql)
+            con.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+                [migration.version, migration.name],
+            )
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(migration)
+    return applied
+
+
+def _refuse_newer(version: int) -> None:
+    if version > code_version():
+        raise SchemaVersionError(
+            f"this index has schema version {version}, newer than this neuronindex understands "
+            f"({code_version()}); upgrade neuronindex (pip install -U neuronindex)"
+        )
+
+
+def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
+    """Open an index read-only, checking that its schema matches the code."""
+    path = index_file(directory)
+    if not path.is_file():
+        raise IndexNotFoundError(
+            f"no index at {directory} ({INDEX_FILE} is missing); create one with `neuronindex ingest --index {directory} ...`"
+        )
+    con = duckdb.connect(str(path), read_only=True)
+    version = schema_version(con)
+    _refuse_newer(version)
+    if version < code_version():
+        con.close()
+        raise SchemaVersionError(
+            f"the index at {directory} has schema version {version}, older than this neuronindex "
+            f"({code_version()}); upgrade it with `neuronindex migrate {directory}`"
+        )
+    return con
+
+
+@contextlib.contextmanager
+def staged(directory: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writable copy of the index (or a new one), published atomically when the block succeeds.
+
+    On an exception the staged copy is removed and the published index is untouched.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = index_file(directory)
+    stage = directory / f".staging-{os.getpid()}-{INDEX_FILE}"
+    for leftover in (stage, stage.with_name(stage.name + ".wal")):
+        leftover.unlink(missing_ok=True)
+    if target.exists():
+        shutil.copyfile(target, stage)
+    con = duckdb.connect(str(stage))
+    try:
+        apply_migrations(con)
+        yield con
+        con.execute("CHECKPOINT")
+        con.close()
+        os.replace(stage, target)
+        _fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            con.close()
+        stage.unlink(missing_ok=True)
+        stage.with_name(stage.name + ".wal").unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def migrate(directory: str | os.PathLike) -> list[Migration]:
+    """Upgrade an existing index in place (atomically); returns the migrations applied."""
+    if not index_file(directory).is_file():
+        raise IndexNotFoundError(f"no index at {directory} ({INDEX_FILE} is missing); nothing to migrate")
+    with duckdb.connect(str(index_file(directory)), read_only=True) as probe:
+        before = schema_version(probe)
+    _refuse_newer(before)
+    if before == code_version():
+        return []
+    with staged(directory):
+        pass
+    return [m for m in migrations() if m.version > before]
+
+
+def next_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
+    return con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
