@@ -59,8 +59,8 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
 
 def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:
     """Bring a writable connection up to the code's schema; each step in its own transaction."""
-    con.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations "
+    execute(
+        con, "CREATE TABLE IF NOT EXISTS schema_migrations "
         "(version INTEGER PRIMARY KEY, name VARCHAR, applied_at TIMESTAMP DEFAULT current_timestamp)"
     )
     current = schema_version(con)
@@ -69,16 +69,16 @@ def apply_migrations(con: duckdb.DuckDBPyConnection) -> list[Migration]:
     for migration in migrations():
         if migration.version <= current:
             continue
-        con.execute("BEGIN TRANSACTION")
+        execute(con, "BEGIN TRANSACTION")
         try:
-            con.execute(migration.sql)
-            con.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
+            execute(con, migration.sql)
+            execute(
+                con, "INSERT INTO schema_migrations (version, name) VALUES (?, ?)",
                 [migration.version, migration.name],
             )
-            con.execute("COMMIT")
+            execute(con, "COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            execute(con, "ROLLBACK")
             raise
         applied.append(migration)
     return applied
@@ -129,7 +129,7 @@ def staged(directory: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         apply_migrations(con)
         yield con
-        con.execute("CHECKPOINT")
+        execute(con, "CHECKPOINT")
         con.close()
         os.replace(stage, target)
         _fsync_dir(directory)
@@ -164,5 +164,14 @@ def migrate(directory: str | os.PathLike) -> list[Migration]:
     return [m for m in migrations() if m.version > before]
 
 
+def execute(con: duckdb.DuckDBPyConnection, sql: str, params=None) -> list:
+    """Execute a statement and consume its result (DuckDB refuses new work while one is pending)."""
+    cur = con.execute(sql, params) if params is not None else con.execute(sql)
+    try:
+        return cur.fetchall()
+    except duckdb.InvalidInputError:  # statements without a result set
+        return []
+
+
 def next_id(con: duckdb.DuckDBPyConnection, table: str) -> int:
-    return con.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0]
+    return execute(con, f"SELECT coalesce(max(id), 0) + 1 FROM {table}")[0][0]

@@ -1,0 +1,115 @@
+"""Capture layer outputs: the one place that sets eval mode, inference mode and the device.
+
+`Extractor(loaded, nodes)` builds a torch.fx feature extractor returning only the requested
+nodes; torchvision prunes every node after the deepest one, so the model is truncated for
+free. TorchScript models fall back to forward hooks on named modules. `image_batches` streams
+(uint8 images as the model sees them, positions, problems) from a DataLoader whose workers
+decode in parallel with the forward pass.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .layers import _without_inplace
+
+
+class Extractor:
+    def __init__(self, loaded, nodes: list[str], device: str = "cpu", amp: bool = False):
+        import torch
+
+        self.loaded = loaded
+        self.nodes = list(nodes)
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            from .errors import UsageError
+
+            raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        self.amp = amp and self.device.type == "cuda"
+        self._hooks = None
+        if loaded.scripted:
+            self.module = loaded.module.to(self.device).eval()
+            self._captured: dict = {}
+            self._hooks = []
+            wanted = set(self.nodes)
+            for name, sub in self.module.named_modules():
+                if name in wanted:
+                    self._hooks.append(sub.register_forward_hook(self._hook(name)))
+        else:
+            from torchvision.models.feature_extraction import create_feature_extractor
+
+            module = _without_inplace(loaded.module)
+            self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
+
+    def _hook(self, name):
+        def hook(_m, _i, out):
+            self._captured[name] = out
+        return hook
+
+    def __call__(self, images_uint8) -> dict:
+        """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""
+        import torch
+
+        with torch.inference_mode():
+            x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                if self._hooks is not None:
+                    self._captured = {}
+                    self.module(x)
+                    out = self._captured
+                else:
+                    out = self.module(x)
+            return {n: out[n].float() for n in self.nodes}
+
+    def forward_normalized(self, x) -> dict:
+        """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
+        import torch
+
+        with torch.inference_mode():
+            x = x.to(self.device)
+            if self._hooks is not None:
+                self._captured = {}
+                self.module(x)
+                out = self._captured
+            else:
+                out = self.module(x)
+            return {n: out[n].float() for n in self.nodes}
+
+
+def _collate(batch):
+    import torch
+
+    arrays, positions, problems = zip(*batch)
+    return torch.from_numpy(np.stack(arrays)), torch.tensor(positions, dtype=torch.long), list(problems)
+
+
+def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
+                  positions: list[int] | None = None) -> Iterator:
+    """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    from .data import GeometricDataset
+
+    dataset = GeometricDataset(images, preprocessing)
+    if positions is not None:
+        dataset = Subset(dataset, positions)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                        collate_fn=_collate, persistent_workers=False,
+                        prefetch_factor=4 if workers else None)
+    del torch
+    yield from loader
+
+
+def predict(loaded, images, batch_size: int = 128, workers: int = 0, device: str = "cpu") -> np.ndarray:
+    """Class index predicted for every image (the model's own output)."""
+    import torch
+
+    module = loaded.module.to(device).eval()
+    out = []
+    with torch.inference_mode():
+        for batch, _, _ in image_batches(images, loaded.preprocessing, batch_size, workers):
+            logits = module(loaded.preprocessing.normalize(batch.to(device)))
+            out.append(logits.argmax(1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)

@@ -1,0 +1,313 @@
+"""Ingest: model + images + layers -> an index directory.
+
+  pass 1   stream every image once: per-neuron top-k, moments, sparsity, class means, probe
+  pass 2   decode only the images of the top-k lists: receptive-field crops -> Neuron Features
+  derive   selectivity indexes and embeddings
+  publish  write everything into a staged copy of index.duckdb, then swap it in atomically
+
+Pass 1 checkpoints its state (plain numpy arrays in an .npz, no pickle) under DIR/.work/ every
+few minutes; `resume=True` continues from the last checkpoint and ends with results identical
+to an uninterrupted run. A run over a shard of the images (`shard=(i, n)`) can save its state
+(`state_out`) instead of publishing; `merge_states` folds shards into the result of one run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import IngestError, UsageError
+
+
+@dataclass
+class IngestParams:
+    top_k: int = 100
+    batch_size: int = 64
+    probe_size: int = 2048
+    curve_len: int = 400
+    limit: int | None = None
+    shard: tuple[int, int] | None = None
+    nf_max: int = 100
+    nf_threshold: float = 0.7
+    class_threshold: float = 1.0
+    device: str = "cpu"
+    workers: int = 0
+    amp: bool = False
+
+    def validate(self):
+        if self.top_k < 1:
+            raise UsageError("--top-k must be at least 1")
+        if self.batch_size < 1:
+            raise UsageError("--batch-size must be at least 1")
+        if self.limit is not None and self.limit < 1:
+            raise UsageError("--limit must be at least 1")
+        if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
+            raise UsageError("--shard is I/N with 0 <= I < N")
+        if not 0 < self.nf_threshold <= 1:
+            raise UsageError("the NF threshold must be in (0, 1]")
+
+
+@dataclass
+class Run:
+    """Everything an ingest needs, rebuilt identically from `meta` (for resume and merge)."""
+
+    meta: dict
+    loaded: object
+    graph: object
+    selections: list
+    images: object
+    params: IngestParams
+    problems: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.images.leaf_classes
+
+    def key(self, include_shard: bool = True) -> str:
+        parts = {
+            "model": self.meta["model_fingerprint"], "data": self.meta["data_fingerprint"],
+            "nodes": [s.layer.name for s in self.selections], "pre": self.meta["preprocessing"],
+            "top_k": self.params.top_k, "batch": self.params.batch_size, "probe": self.params.probe_size,
+            "limit": self.params.limit, "shard": self.params.shard if include_shard else None,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def positions(self) -> list[int]:
+        n = len(self.images.images)
+        if self.params.shard is None:
+            return list(range(n))
+        i, k = self.params.shard
+        return list(range(i, n, k))
+
+
+def prepare(model, images, layers, *, weights=None, name=None, preprocessing=None, params=None,
+            download=False) -> Run:
+    from .data import ImageSet, open_source
+    from .layers import trace
+    from .models import LoadedModel, load_model
+
+    params = params or IngestParams()
+    params.validate()
+    loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, preprocessing, name)
+    if preprocessing is not None:
+        loaded.preprocessing = preprocessing
+    if name:
+        loaded.name = name
+    image_set = images if isinstance(images, ImageSet) else open_source(images, download=download)
+    if params.limit is not None:
+        image_set = image_set.subset(0, params.limit)
+    graph = trace(loaded)
+    selections = graph.select(layers)
+    meta = {
+        "model_spec": loaded.spec, "weights": loaded.weights, "name": loaded.name,
+        "preprocessing": loaded.preprocessing.to_json(), "source": image_set.source,
+        "layers": [s.name for s in selections], "model_fingerprint": loaded.fingerprint(),
+        "data_fingerprint": image_set.fingerprint(), "params": asdict(params),
+    }
+    return Run(meta, loaded, graph, selections, image_set, params)
+
+
+def run_from_meta(meta: dict, **overrides) -> Run:
+    from .models import Preprocessing
+
+    params = IngestParams(**{**meta["params"], **overrides})
+    if params.shard is not None:
+        params.shard = tuple(params.shard)
+    run = prepare(meta["model_spec"], meta["source"], meta["layers"], weights=meta["weights"], name=meta["name"],
+                  preprocessing=Preprocessing.from_json(meta["preprocessing"]), params=params)
+    if run.meta["model_fingerprint"] != meta["model_fingerprint"]:
+        raise IngestError("the model's weights changed since the saved state was written; start a new ingest")
+    if run.meta["data_fingerprint"] != meta["data_fingerprint"]:
+        raise IngestError("the image collection changed since the saved state was written; start a new ingest")
+    return run
+
+
+# ---------------------------------------------------------------------------- pass 1
+
+def new_stats(run: Run) -> list:
+    from .stats import LayerStats
+
+    p = run.params
+    return [LayerStats(s.layer.channels, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
+            for s in run.selections]
+
+
+def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
+          checkpoint_seconds: float = 120.0) -> list:
+    """Stream the run's images (from batch `done` on) through the model into per-layer stats."""
+    import torch
+    from tqdm import tqdm
+
+    from .extract import Extractor, image_batches
+
+    stats = stats if stats is not None else new_stats(run)
+    positions = run.positions()
+    bs = run.params.batch_size
+    todo = positions[done * bs:]
+    label_index = {name: i for i, name in enumerate(run.label_names)}
+    labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
+                          dtype=torch.long)
+    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp)
+    last = time.monotonic()
+    bar = tqdm(total=len(positions), initial=min(done * bs, len(positions)), unit="img", desc="pass 1: activations",
+               disable=not progress, dynamic_ncols=True, smoothing=0.1)
+    batch_index = done
+    for batch, pos, problems in image_batches(run.images, run.loaded.preprocessing, bs, run.params.workers, todo):
+        ok = torch.tensor([not p for p in problems], dtype=torch.bool)
+        for i, p in enumerate(problems):
+            if p:
+                run.problems[int(pos[i])] = p
+        if bool(ok.any()):
+            acts = extractor(batch[ok])
+            ids = pos[ok]
+            for s, st in zip(run.selections, stats):
+                st.add(acts[s.layer.name], ids, labels[ids])
+        batch_index += 1
+        bar.update(len(pos))
+        if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
+            checkpoint(stats, batch_index)
+            last = time.monotonic()
+    bar.close()
+    return stats
+
+
+def _work_dir(index_dir: Path, run: Run) -> Path:
+    return Path(index_dir) / ".work" / run.key()
+
+
+def save_state(path: Path, run: Run, stats: list, batches_done: int) -> None:
+    """Atomically write the pass-1 state (numpy arrays + JSON meta) to `path`."""
+    arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
+                                                     "batches_done": batches_done,
+                                                     "problems": run.problems}).encode(), dtype=np.uint8)}
+    for i, st in enumerate(stats):
+        for k, v in st.state_dict().items():
+            arrays[f"{i}/{k}"] = v
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_state(path: Path, device: str = "cpu") -> tuple[dict, list]:
+    from .stats import LayerStats
+
+    if not Path(path).is_file():
+        raise IngestError(f"state file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            n = len(meta["layers"])
+            stats = []
+            for i in range(n):
+                state = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
+                stats.append(LayerStats.from_state(state, device))
+    except (OSError, ValueError, KeyError) as exc:
+        raise IngestError(f"state file {path} is damaged or not a neuronindex state ({exc})") from None
+    return meta, stats
+
+
+# ---------------------------------------------------------------------------- orchestration
+
+def ingest(model, images, layers, index_dir, *, weights=None, name=None, preprocessing=None,
+           params: IngestParams | None = None, resume: bool = False, progress: bool = True,
+           checkpoint_seconds: float = 120.0, state_out: str | None = None, download: bool = False,
+           derive: bool = True) -> dict:
+    """Run an ingest end to end and publish it into `index_dir`; returns a summary dict.
+
+    With `state_out`, only pass 1 runs (typically on a shard) and its mergeable state is saved
+    there instead of publishing.
+    """
+    index_dir = Path(index_dir)
+    started = time.time()
+    run = prepare(model, images, layers, weights=weights, name=name, preprocessing=preprocessing,
+                  params=params, download=download)
+    work = _work_dir(index_dir, run)
+    state_file = work / "pass1.npz"
+    stats, done = None, 0
+    if resume and state_file.is_file():
+        meta, stats = load_state(state_file, run.params.device)
+        done = int(meta["batches_done"])
+        run.problems = {int(k): v for k, v in meta.get("problems", {}).items()}
+        if progress:
+            print(f"resuming from image {min(done * run.params.batch_size, len(run.positions()))} of {len(run.positions())}")
+    elif state_file.is_file():
+        shutil.rmtree(work)
+    t0 = time.time()
+    stats = pass1(run, stats, done, progress,
+                  checkpoint=lambda st, b: save_state(state_file, run, st, b),
+                  checkpoint_seconds=checkpoint_seconds)
+    timings = {"pass1": time.time() - t0}
+    if state_out:
+        save_state(Path(state_out), run, stats, len(run.positions()))
+        shutil.rmtree(work, ignore_errors=True)
+        return {"state": str(state_out), "images": len(run.positions()), "layers": [s.name for s in run.selections],
+                "timings": timings}
+    save_state(state_file, run, stats, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
+    summary = finish(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive)
+    shutil.rmtree(work, ignore_errors=True)
+    if work.parent.is_dir() and not any(work.parent.iterdir()):
+        work.parent.rmdir()
+    return summary
+
+
+def merge_states(paths: list[str], index_dir, progress: bool = True, derive: bool = True) -> dict:
+    """Merge pass-1 states of disjoint shards and publish the combined ingest."""
+    if len(paths) < 1:
+        raise UsageError("merge needs at least one state file")
+    started = time.time()
+    metas, all_stats = zip(*(load_state(Path(p)) for p in paths))
+    base = metas[0]
+    shards = []
+    for meta in metas:
+        same = {k: meta[k] for k in ("model_fingerprint", "data_fingerprint", "layers", "preprocessing")}
+        if same != {k: base[k] for k in same}:
+            raise IngestError("these state files come from different models, images or layers; they cannot be merged")
+        shards.append(tuple(meta["params"]["shard"]) if meta["params"]["shard"] else None)
+    if len(set(shards)) != len(shards):
+        raise IngestError("two state files cover the same shard; merge each shard once")
+    run = run_from_meta(base, shard=None)
+    merged = all_stats[0]
+    for other in all_stats[1:]:
+        for a, b in zip(merged, other):
+            a.merge(b)
+    for meta in metas:
+        run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
+    return finish(run, merged, Path(index_dir), progress=progress, timings={"merge": time.time() - started},
+                  started=started, derive=derive)
+
+
+def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: dict, started: float,
+           derive: bool = True) -> dict:
+    """Pass 2 and derived properties, then publish."""
+    from .store import staged
+    from .writer import write_ingest
+
+    results = [st.result() for st in stats]
+    extra: dict = {}
+    if derive:
+        from . import derive as derive_mod
+
+        t0 = time.time()
+        extra = derive_mod.run_all(run, results, progress=progress, timings=timings)
+        timings.setdefault("derive", time.time() - t0)
+    t0 = time.time()
+    with staged(index_dir) as con:
+        summary = write_ingest(con, run, results, extra, timings=timings, started=started)
+    timings["publish"] = time.time() - t0
+    summary["timings"] = timings
+    return summary
+
+
+def package_version() -> str:
+    return __version__

@@ -1,0 +1,198 @@
+"""Write one finished ingest (pass 1 results + derived properties) into a writable connection."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .store import execute, next_id
+
+
+def insert(con, table: str, columns: dict) -> None:
+    """Bulk insert columns (name -> array or list, equal lengths) through Arrow."""
+    import pyarrow as pa
+
+    arrays = {}
+    for k, v in columns.items():
+        if isinstance(v, np.ndarray) and v.ndim == 2:
+            arrays[k] = pa.array(list(v.astype(np.float32)), type=pa.list_(pa.float32()))
+        elif isinstance(v, np.ndarray):
+            arrays[k] = pa.array(v)
+        else:
+            arrays[k] = pa.array(list(v))
+    if not arrays or len(next(iter(arrays.values()))) == 0:
+        return
+    con.register("_incoming", pa.table(arrays))
+    try:
+        cols = ", ".join(arrays)
+        execute(con, f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _incoming")
+    finally:
+        con.unregister("_incoming")
+
+
+def run_many(con, sql, rows):
+    for r in rows:
+        execute(con, sql, r)
+
+
+def _unique_name(con, name: str) -> str:
+    taken = {r[0] for r in execute(con, "SELECT name FROM models")}
+    if name not in taken:
+        return name
+    i = 2
+    while f"{name}-{i}" in taken:
+        i += 1
+    return f"{name}-{i}"
+
+
+def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
+    """Dataset, classes and images rows (reused when the same collection is already stored).
+
+    Returns (dataset_id, first image id, class name -> class id). Image ids are first + position.
+    """
+    fp = images.fingerprint()
+    row = (execute(con, "SELECT id FROM datasets WHERE fingerprint = ? AND source = ?", [fp, images.source]) or [None])[0]
+    if row:
+        dataset_id = row[0]
+        first = execute(con, "SELECT min(id) - min(position) FROM images WHERE dataset_id = ?", [dataset_id])[0][0]
+        classes = dict(execute(con, "SELECT name, id FROM classes WHERE dataset_id = ?", [dataset_id]))
+        return dataset_id, int(first or 0), classes
+    dataset_id = next_id(con, "datasets")
+    execute(con, "INSERT INTO datasets (id, name, source, kind, fingerprint, n_images, n_problems) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [dataset_id, images.name, images.source, images.kind, fp, len(images.images), len(images.problems)])
+    class_id = {}
+    base = next_id(con, "classes")
+    names = sorted(set(images.classes) | set(images.leaf_classes))
+    for i, n in enumerate(names):
+        class_id[n] = base + i
+    leaves = set(images.leaf_classes)
+    rows = {"id": [], "dataset_id": [], "name": [], "wnid": [], "parent_id": [], "depth": [], "is_leaf": []}
+    for n in names:
+        node = images.classes.get(n)
+        parent = node.parent if node else None
+        rows["id"].append(class_id[n])
+        rows["dataset_id"].append(dataset_id)
+        rows["name"].append(n)
+        rows["wnid"].append(node.wnid if node else None)
+        rows["parent_id"].append(class_id.get(parent) if parent else None)
+        rows["depth"].append(len(images.ancestors(n)))
+        rows["is_leaf"].append(n in leaves)
+    insert(con, "classes", rows)
+    first = next_id(con, "images")
+    recs = images.images
+    insert(con, "images", {
+        "id": np.arange(first, first + len(recs)) if recs else np.zeros(0, np.int64),
+        "dataset_id": [dataset_id] * len(recs),
+        "position": [r.position for r in recs],
+        "path": [r.path for r in recs],
+        "class_id": [class_id.get(r.label) if r.label else None for r in recs],
+    })
+    return dataset_id, first - (recs[0].position if recs else 0), class_id
+
+
+def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, started: float) -> dict:
+    from . import __version__
+
+    loaded = run.loaded
+    dataset_id, first_image, class_ids = write_dataset(con, run.images)
+    if run.problems:
+        probs = sorted(run.problems.items())
+        run_many(con, "UPDATE images SET problem = ? WHERE id = ?", [[reason, first_image + pos] for pos, reason in probs])
+    model_id = next_id(con, "models")
+    model_name = _unique_name(con, loaded.name)
+    execute(
+        con, "INSERT INTO models (id, name, spec, weights, fingerprint, num_parameters, preprocessing, provenance) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [model_id, model_name, loaded.spec, loaded.weights, run.meta["model_fingerprint"], loaded.num_parameters(),
+         loaded.preprocessing.to_json(), json.dumps(loaded.provenance)])
+    ingest_id = next_id(con, "ingests")
+    execute(
+        con, "INSERT INTO ingests (id, model_id, dataset_id, status, parameters, package_version, model_fingerprint, "
+        "data_fingerprint, started_at, finished_at, timings, progress) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, 1.0)",
+        [ingest_id, model_id, dataset_id, json.dumps(run.meta["params"]), __version__, run.meta["model_fingerprint"],
+         run.meta["data_fingerprint"], datetime.fromtimestamp(started, timezone.utc).replace(tzinfo=None),
+         datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(timings)])
+    layer_base = next_id(con, "layers")
+    neuron_base = next_id(con, "neurons")
+    label_class_ids = np.array([class_ids[n] for n in run.label_names], dtype=np.int64)
+    nid = neuron_base
+    neuron_ids_by_layer = []
+    probe_written = False
+    for li, (sel, res) in enumerate(zip(run.selections, results)):
+        layer = sel.layer
+        layer_id = layer_base + li
+        total_positions = None
+        execute(
+            con, "INSERT INTO layers (id, model_id, name, node, alias, kind, position, channels, map_h, map_w, rf_size, "
+            "rf_stride, rf_offset, sparsity, ingest_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [layer_id, model_id, sel.name, layer.name, layer.alias, layer.kind, layer.position, layer.channels,
+             layer.map_h, layer.map_w, layer.rf_size, layer.rf_stride, layer.rf_offset,
+             float(np.mean(res["sparsity"])) if len(res["sparsity"]) else None, ingest_id])
+        del total_positions
+        C = layer.channels
+        ids = np.arange(nid, nid + C)
+        neuron_ids_by_layer.append(ids)
+        nid += C
+        f = layer.field
+        if f is not None:
+            sizes = f.sizes()
+            rf_h, rf_w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
+            y0 = np.where(np.isfinite(f.start[:, 0]), f.start[:, 0], 0).astype(np.int64)
+            x0 = np.where(np.isfinite(f.start[:, 1]), f.start[:, 1], 0).astype(np.int64)
+        else:
+            rf_h = rf_w = y0 = x0 = np.full(C, None, dtype=object)
+        insert(con, "neurons", {
+            "id": ids, "key": [f"{model_name}/{sel.name}/{c}" for c in range(C)],
+            "model_id": np.full(C, model_id), "layer_id": np.full(C, layer_id), "ingest_id": np.full(C, ingest_id),
+            "channel": np.arange(C), "rf_h": rf_h, "rf_w": rf_w, "rf_y0": y0, "rf_x0": x0,
+            "n_images": np.full(C, res["count"]), "act_max": res["act_max"], "act_mean": res["act_mean"],
+            "act_std": res["act_std"], "sparsity": res["sparsity"], "dead": res["dead"], "auc": res["auc"],
+        })
+        # top-k rows, valid entries only
+        vals, top_ids = res["top_values"], res["top_ids"]
+        valid = np.isfinite(vals)
+        ch, rank = np.nonzero(valid)
+        ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
+        if f is not None:
+            sh, sw = f.stride
+            bx0 = (tx * sw + f.start[ch, 1]).astype(np.int64)
+            by0 = (ty * sh + f.start[ch, 0]).astype(np.int64)
+            bx1 = (tx * sw + f.end[ch, 1]).astype(np.int64)
+            by1 = (ty * sh + f.end[ch, 0]).astype(np.int64)
+        else:
+            bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
+        amax = res["act_max"][ch]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            norm = np.where(amax > 0, vals[ch, rank] / amax, np.nan)
+        insert(con, "topk", {
+            "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + top_ids[ch, rank],
+            "activation": vals[ch, rank], "norm_activation": norm, "y": ty, "x": tx,
+            "box_x0": bx0, "box_y0": by0, "box_x1": bx1, "box_y1": by1,
+        })
+        insert(con, "curves", {"neuron_id": ids, "curve": res["curve"]})
+        if len(label_class_ids):
+            means, counts = res["class_means"], res["class_count"]
+            cc, nn_ = np.meshgrid(np.arange(len(label_class_ids)), np.arange(C), indexing="ij")
+            keep = counts[cc.ravel()] > 0
+            insert(con, "class_means", {
+                "neuron_id": ids[nn_.ravel()][keep], "class_id": label_class_ids[cc.ravel()][keep],
+                "mean_activation": means.ravel()[keep], "n_images": counts[cc.ravel()][keep],
+            })
+        if len(res["probe_ids"]):
+            insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
+            if not probe_written:
+                insert(con, "probe_images", {"ingest_id": np.full(len(res["probe_ids"]), ingest_id),
+                                             "rank": np.arange(1, len(res["probe_ids"]) + 1),
+                                             "image_id": first_image + res["probe_ids"]})
+                probe_written = True
+    context = {"model_id": model_id, "ingest_id": ingest_id, "neuron_ids": neuron_ids_by_layer,
+               "first_image": first_image, "class_ids": class_ids, "label_class_ids": label_class_ids}
+    for writer in extra.get("writers", []):
+        writer(con, context)
+    return {
+        "index": None, "model": model_name, "model_id": model_id, "ingest_id": ingest_id,
+        "images": len(run.positions()) - len([p for p in run.problems if p in set(run.positions())]),
+        "problems": len(run.problems), "layers": [s.name for s in run.selections],
+        "neurons": int(nid - neuron_base),
+    }
