@@ -65,3 +65,76 @@ def migrate(index_dir):
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")
     click.echo(f"index at schema version {code_version()}")
+
+
+def _shard(value):
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter("use I/N, e.g. 0/4") from None
+    return (i, n)
+
+
+@cli.command()
+@click.option("--model", "model_spec", required=True, help="Model spec (see `neuronindex layers --help`).")
+@model_options
+@click.option("--name", default=None, help="Model name in the index (first part of neuron keys).")
+@click.option("--images", "source", required=True, help="Image folder, manifest CSV or torchvision:NAME[:split].")
+@click.option("--download", is_flag=True, help="Download a torchvision dataset (needs internet).")
+@click.option("--layers", "layer_spec", required=True, help="Comma-separated layer names or aliases, or all-conv.")
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
+@click.option("--top-k", default=100, show_default=True, help="Top images kept per neuron.")
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
+@click.option("--workers", default=0, show_default=True, help="DataLoader worker processes decoding images.")
+@click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--probe-size", default=2048, show_default=True, help="Images in the stored probe sample.")
+@click.option("--nf-max", default=100, show_default=True, help="Most crops averaged into a Neuron Feature.")
+@click.option("--nf-threshold", default=0.7, show_default=True, help="Least relative activation of an NF crop.")
+@click.option("--class-threshold", default=1.0, show_default=True, help="th of the class selectivity index.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted ingest from its last checkpoint.")
+@click.option("--checkpoint-every", default=120.0, show_default=True, help="Seconds between pass-1 checkpoints.")
+@click.option("--shard", default=None, help="I/N: ingest every N-th image from I (with --state-out).")
+@click.option("--state-out", type=click.Path(dir_okay=False), default=None,
+              help="Save the mergeable pass-1 state here instead of publishing (see `merge`).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def ingest(model_spec, name, source, download, layer_spec, index_dir, top_k, batch_size, device, amp, workers, limit,
+           probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, quiet,
+           **model_kw):
+    """Index the neurons of LAYERS of a model over an image collection."""
+    from neuronindex.ingest import IngestParams, ingest as run
+
+    loaded = load_model_from_options(model_spec, name=name, **model_kw)
+    params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
+                          nf_max=nf_max, nf_threshold=nf_threshold, class_threshold=class_threshold, device=device,
+                          workers=workers, amp=amp)
+    if params.shard is not None and not state_out:
+        raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
+    summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
+                  checkpoint_seconds=checkpoint_every, state_out=state_out, download=download)
+    _print_summary(summary, index_dir)
+
+
+def _print_summary(summary, index_dir):
+    if "state" in summary:
+        click.echo(f"saved pass-1 state of {summary['images']} images to {summary['state']}")
+        return
+    click.echo(f"indexed {summary['neurons']} neurons of {len(summary['layers'])} layers of {summary['model']} "
+               f"over {summary['images']} images into {index_dir}"
+               + (f" ({summary['problems']} unreadable images skipped)" if summary["problems"] else ""))
+    t = summary.get("timings", {})
+    click.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
+
+
+@cli.command()
+@click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.argument("states", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True)
+def merge(index_dir, states, quiet):
+    """Merge pass-1 STATES of disjoint shards (from `ingest --shard I/N --state-out F`) and publish."""
+    from neuronindex.ingest import merge_states
+
+    _print_summary(merge_states(list(states), index_dir, progress=not quiet), index_dir)

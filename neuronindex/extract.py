@@ -2,7 +2,7 @@
 
 `Extractor(loaded, nodes)` builds a torch.fx feature extractor returning only the requested
 nodes; torchvision prunes every node after the deepest one, so the model is truncated for
-free. TorchScript models fall back to forward hooks on named modules. `image_batches` streams
+free. TorchScript models (no hooks, no fx) are tapped by graph surgery: see layers.ScriptTaps. `image_batches` streams
 (uint8 images as the model sees them, positions, problems) from a DataLoader whose workers
 decode in parallel with the forward pass.
 """
@@ -27,25 +27,15 @@ class Extractor:
 
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         self.amp = amp and self.device.type == "cuda"
-        self._hooks = None
         if loaded.scripted:
-            self.module = loaded.module.to(self.device).eval()
-            self._captured: dict = {}
-            self._hooks = []
-            wanted = set(self.nodes)
-            for name, sub in self.module.named_modules():
-                if name in wanted:
-                    self._hooks.append(sub.register_forward_hook(self._hook(name)))
+            from .layers import ScriptTaps
+
+            self.module = ScriptTaps(loaded.module.to(self.device).eval())
         else:
             from torchvision.models.feature_extraction import create_feature_extractor
 
             module = _without_inplace(loaded.module)
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
-
-    def _hook(self, name):
-        def hook(_m, _i, out):
-            self._captured[name] = out
-        return hook
 
     def __call__(self, images_uint8) -> dict:
         """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""
@@ -54,12 +44,7 @@ class Extractor:
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                if self._hooks is not None:
-                    self._captured = {}
-                    self.module(x)
-                    out = self._captured
-                else:
-                    out = self.module(x)
+                out = self.module(x)
             return {n: out[n].float() for n in self.nodes}
 
     def forward_normalized(self, x) -> dict:
@@ -68,12 +53,7 @@ class Extractor:
 
         with torch.inference_mode():
             x = x.to(self.device)
-            if self._hooks is not None:
-                self._captured = {}
-                self.module(x)
-                out = self._captured
-            else:
-                out = self.module(x)
+            out = self.module(x)
             return {n: out[n].float() for n in self.nodes}
 
 

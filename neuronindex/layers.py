@@ -7,8 +7,8 @@ inside it. Aliases follow the papers: `conv1 .. convN` for convolutions in forwa
 VGG-style `conv4_3` / `pool4` for plain chains of convolutions and pools. An alias names the
 convolution's *rectified* output: the conv, through BatchNorm and a residual addition when they
 follow directly, up to and including the first ReLU (Caffe-style `conv1_1` blobs are rectified
-in place too). TorchScript models cannot be traced: their layers are their named modules,
-captured with hooks, and have no receptive field.
+in place too). TorchScript models cannot be traced by torch.fx and take no hooks: their layers are the
+outputs of their top-level submodule calls (see ScriptTaps) and have no receptive field.
 """
 from __future__ import annotations
 
@@ -248,32 +248,56 @@ def _rectified(conv, modules, qual):
         return conv
 
 
+class ScriptTaps:
+    """Outputs of every top-level submodule call of a TorchScript model, by module name.
+
+    Hooks are not supported on ScriptModules, so a copy of the forward graph is made that
+    returns those intermediate values too, and compiled into a function called with the module.
+    """
+
+    def __init__(self, module):
+        import torch
+
+        graph = module.forward.graph.copy()
+        taps: dict[str, object] = {}
+        for node in graph.nodes():
+            if node.kind() == "prim::CallMethod" and node.inputsAt(0).node().kind() == "prim::GetAttr":
+                name = node.inputsAt(0).node().s("name")
+                key, i = name, 1
+                while key in taps:
+                    key, i = f"{name}_{i}", i + 1
+                taps[key] = node.output()
+        if not taps:
+            raise LayerError("this TorchScript model calls no submodules; there are no layers to select")
+        ret = graph.return_node()
+        result = list(ret.inputs())
+        for _ in result:
+            graph.eraseOutput(0)
+        tup = graph.insertNode(graph.create("prim::TupleConstruct", result + list(taps.values())))
+        tup.moveBefore(ret)
+        tup.output().setType(torch._C.TupleType([v.type() for v in tup.inputs()]))
+        graph.registerOutput(tup.output())
+        self.names = list(taps)
+        self.skip = len(result)
+        self.module = module
+        self.function = torch._C._create_function_from_graph("neuronindex_taps", graph)
+
+    def __call__(self, x) -> dict:
+        out = self.function(self.module._c, x)
+        return dict(zip(self.names, out[self.skip:]))
+
+
 def _hooked(module, size) -> ModelGraph:
-    """Layers of an untraceable (TorchScript) model: named modules with 4-D outputs."""
+    """Layers of an untraceable (TorchScript) model: its top-level submodules with 4-D outputs."""
     import torch
 
-    shapes: dict[str, tuple] = {}
-    handles = []
-    order: list[str] = []
-    for name, sub in module.named_modules():
-        if not name:
-            continue
-
-        def hook(_m, _i, out, name=name):
-            if isinstance(out, torch.Tensor) and out.dim() == 4 and name not in shapes:
-                shapes[name] = tuple(out.shape)
-                order.append(name)
-        try:
-            handles.append(sub.register_forward_hook(hook))
-        except Exception:
-            continue
+    taps = ScriptTaps(module)
     with torch.no_grad():
-        module(torch.zeros(1, 3, *size))
-    for h in handles:
-        h.remove()
+        outs = taps(torch.zeros(1, 3, *size))
+    order = [n for n, v in outs.items() if isinstance(v, torch.Tensor) and v.dim() == 4]
     if not order:
-        raise LayerError("no layers could be observed in this TorchScript model; export it with named submodules")
-    layers = [Layer(n, "module", i, shapes[n][1], shapes[n][2], shapes[n][3], None) for i, n in enumerate(order)]
+        raise LayerError("no layer of this TorchScript model outputs a feature map (B, C, H, W)")
+    layers = [Layer(n, "module", i, *(int(d) for d in outs[n].shape[1:]), None) for i, n in enumerate(order)]
     count = 0
     for l in layers:
         if "conv" in l.name.lower():

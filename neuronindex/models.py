@@ -40,7 +40,8 @@ class Preprocessing:
     torchvision ImageNet recipe), `resize` (straight to the input size), or `none` (centre crop
     or pad to the input size without scaling). The crop is what the model saw: receptive-field
     crops are cut from it. Pixel values are scaled to [0, pixel_scale], optionally reordered to
-    BGR, then (x - mean) / std with mean and std in that same scale.
+    BGR, then (x - mean) / std with mean and std in that same scale and in the model's channel
+    order (as Caffe prototxts give them: bgr means 104, 117, 123).
     """
 
     input_size: tuple[int, int] = (224, 224)
@@ -91,8 +92,6 @@ class Preprocessing:
             x = x.flip(1)
         mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        if self.channel_order == "bgr":
-            mean, std = mean.flip(1), std.flip(1)
         return (x - mean) / std
 
     def to_json(self) -> str:

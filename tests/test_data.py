@@ -1,0 +1,88 @@
+"""Image sources: folders, hierarchy, manifests, flat folders, odd and broken files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuronindex.data import load_image, open_source, survey
+from neuronindex.errors import DataError
+
+
+def test_nested_folders_form_a_hierarchy(tmp_path):
+    for path in ["animals/dog/husky/a.png", "animals/dog/beagle/b.png", "animals/cat/c.png", "things/car/d.jpg"]:
+        p = tmp_path / path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(p)
+    images = open_source(str(tmp_path))
+    assert [r.label for r in images.images] == ["cat", "beagle", "husky", "car"]
+    assert images.ancestors("husky") == ["dog", "animals"]
+    assert images.ancestors("car") == ["things"]
+    assert images.leaf_classes == ["beagle", "car", "cat", "husky"]
+
+
+def test_flat_folder_is_unlabeled(tmp_path):
+    for i in range(3):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
+    images = open_source(str(tmp_path))
+    assert images.kind == "flat"
+    assert all(r.label is None for r in images.images)
+
+
+def test_manifest_with_parents_and_wordnet_ids(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    (tmp_path / "m.csv").write_text("path,label,parent\nx.png,n02085620,n02084071\nx.png,n02085620,n02084071\n")
+    images = open_source(str(tmp_path / "m.csv"))
+    assert len(images.images) == 2
+    assert images.classes["n02085620"].wnid == "n02085620"
+    assert images.ancestors("n02085620") == ["n02084071"]
+    (tmp_path / "bad.csv").write_text("file,class\nx.png,a\n")
+    with pytest.raises(DataError, match="header"):
+        open_source(str(tmp_path / "bad.csv"))
+
+
+def test_modes_and_exif_become_upright_rgb(tmp_path):
+    Image.new("L", (4, 2), 128).save(tmp_path / "grey.png")
+    Image.new("CMYK", (4, 2), (0, 255, 255, 0)).save(tmp_path / "cmyk.jpg")
+    rgba = Image.new("RGBA", (4, 2), (255, 0, 0, 0))
+    rgba.save(tmp_path / "alpha.png")
+    img = Image.new("RGB", (4, 2), (0, 0, 255))
+    exif = img.getexif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    img.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "grey.png").mode == "RGB"
+    cmyk = np.asarray(load_image(tmp_path / "cmyk.jpg"))
+    assert cmyk[0, 0, 0] > 200 and cmyk[0, 0, 1] < 60
+    assert np.asarray(load_image(tmp_path / "alpha.png"))[0, 0].tolist() == [255, 255, 255]  # transparent -> white
+    assert load_image(tmp_path / "rotated.jpg").size == (2, 4)
+
+
+def test_corrupt_files_are_reported_not_fatal(tmp_path):
+    (tmp_path / "cls").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "cls" / "good.png")
+    (tmp_path / "cls" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    (tmp_path / "cls" / "notes.xyz").write_text("?")
+    report = survey(open_source(str(tmp_path)))
+    assert report["images"] == 2
+    reasons = {p["path"].rsplit("/", 1)[1]: p["reason"] for p in report["problems"]}
+    assert "cannot decode" in reasons["broken.png"]
+    assert "not an image" in reasons["notes.xyz"]
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        open_source(str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="no images found"):
+        open_source(str(tmp_path))
+    with pytest.raises(DataError, match="torchvision has no dataset"):
+        open_source("torchvision:CIFAR11")
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(DataError, match="not a manifest"):
+        open_source(str(tmp_path / "a.txt"))
+
+
+def test_torchvision_dataset_without_download_says_how(tmp_path):
+    with pytest.raises(DataError, match="--download"):
+        from neuronindex.data import _torchvision_source
+
+        _torchvision_source("torchvision:CIFAR10:test", download=False, root=str(tmp_path))

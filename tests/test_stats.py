@@ -1,0 +1,116 @@
+"""Pass 1 statistics equal a brute-force computation over all activations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from neuronindex.data import open_source
+from neuronindex.extract import Extractor, image_batches
+from neuronindex.layers import trace
+from neuronindex.stats import LayerStats
+
+K = 5
+
+
+@pytest.fixture(scope="module")
+def activations(image_folder, tiny_loaded):
+    """All activations of conv1/conv2 (rectified) for every image, in one forward pass."""
+    images = open_source(str(image_folder))
+    graph = trace(tiny_loaded)
+    nodes = [graph.lookup("conv1").name, graph.lookup("conv2").name]
+    ext = Extractor(tiny_loaded, nodes)
+    batch, pos, _ = next(iter(image_batches(images, tiny_loaded.preprocessing, 1000)))
+    acts = ext(batch)
+    labels = torch.tensor([images.leaf_classes.index(r.label) for r in images.images])
+    return images, nodes, acts, pos, labels
+
+
+def brute_force(a: np.ndarray, labels: np.ndarray, k: int, n_classes: int):
+    B, C, H, W = a.shape
+    vals = a.reshape(B, C, -1).max(2)
+    out = {"ids": [], "values": [], "y": [], "x": []}
+    for c in range(C):
+        order = sorted(range(B), key=lambda b: (-vals[b, c], b))[:k]
+        out["ids"].append(order)
+        out["values"].append([vals[b, c] for b in order])
+        where = [int(np.argmax(a[b, c].ravel())) for b in order]
+        out["y"].append([w // W for w in where])
+        out["x"].append([w % W for w in where])
+    out = {k_: np.array(v) for k_, v in out.items()}
+    out["mean"] = vals.mean(0)
+    out["std"] = vals.std(0)
+    out["sparsity"] = (a <= 0).mean(axis=(0, 2, 3))
+    out["class_means"] = np.stack([vals[labels == i].mean(0) for i in range(n_classes)])
+    out["vals"] = vals
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 24])
+def test_streaming_equals_brute_force(activations, batch_size):
+    images, nodes, acts, pos, labels = activations
+    for node in nodes:
+        a = acts[node]
+        expected = brute_force(a.numpy(), labels.numpy(), K, 3)
+        st = LayerStats(a.shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=7)
+        for s in range(0, a.shape[0], batch_size):
+            st.add(a[s:s + batch_size], pos[s:s + batch_size], labels[s:s + batch_size])
+        r = st.result()
+        np.testing.assert_array_equal(r["top_ids"], expected["ids"])
+        np.testing.assert_array_equal(r["top_values"], expected["values"])
+        np.testing.assert_array_equal(r["top_y"], expected["y"])
+        np.testing.assert_array_equal(r["top_x"], expected["x"])
+        np.testing.assert_allclose(r["act_mean"], expected["mean"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(r["act_std"], expected["std"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(r["sparsity"], expected["sparsity"])
+        np.testing.assert_allclose(r["class_means"], expected["class_means"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(r["probe"], expected["vals"][:7])
+        np.testing.assert_array_equal(r["dead"], expected["vals"].max(0) <= 0)
+
+
+def test_dead_channel_ties_break_by_image(activations):
+    images, nodes, acts, pos, labels = activations
+    st = LayerStats(4, top_k=K, curve_len=10, n_classes=3)
+    st.add(acts[nodes[0]], pos, labels)
+    r = st.result()
+    assert r["dead"][2] and not r["dead"][0]
+    assert r["top_ids"][2].tolist() == [0, 1, 2, 3, 4]
+    assert r["auc"][2] == 0.0
+
+
+def test_curve_and_auc(activations):
+    images, nodes, acts, pos, labels = activations
+    a = acts[nodes[0]]
+    st = LayerStats(4, top_k=3, curve_len=30, n_classes=3)
+    st.add(a, pos, labels)
+    r = st.result()
+    vals = np.sort(a.amax(dim=(2, 3)).numpy()[:, 0])[::-1]
+    expected = np.zeros(30)
+    expected[:24] = vals / vals[0]
+    np.testing.assert_allclose(r["curve"][0], expected, rtol=1e-6)
+    assert r["auc"][0] == pytest.approx(expected.sum() / 30, rel=1e-6)
+
+
+@pytest.mark.parametrize("shards", [2, 3])
+def test_shards_merge_into_one_run(activations, shards):
+    images, nodes, acts, pos, labels = activations
+    a = acts[nodes[1]]
+    whole = LayerStats(a.shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=9)
+    whole.add(a, pos, labels)
+    parts = []
+    for i in range(shards):
+        idx = torch.arange(i, a.shape[0], shards)
+        st = LayerStats(a.shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=9)
+        for s in range(0, len(idx), 3):
+            j = idx[s:s + 3]
+            st.add(a[j], pos[j], labels[j])
+        parts.append(LayerStats.from_state(st.state_dict()))
+    merged = parts[0]
+    for p in parts[1:]:
+        merged.merge(p)
+    r, w = merged.result(), whole.result()
+    for key in ("top_ids", "top_values", "top_y", "top_x", "probe", "probe_ids", "class_count", "dead", "sparsity"):
+        np.testing.assert_array_equal(r[key], w[key])
+    for key in ("act_mean", "act_std", "class_means", "auc"):
+        np.testing.assert_allclose(r[key], w[key], rtol=1e-12)
+    assert r["count"] == w["count"]

@@ -1,0 +1,67 @@
+"""Tiny CNNs with hand-set weights for tests (importable as python:tinymodels:NAME)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+class TinyCNN(nn.Module):
+    """conv1 (4 ch, 3x3) -> relu -> maxpool 2 -> conv2 (6 ch, 3x3) -> relu -> gap -> fc(3).
+
+    conv1 channel 0 sees only red (R - (G + B) / 2), channel 1 is a vertical luminance edge,
+    channel 2 is always zero (dead), channel 3 is random.
+    """
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(6, classes)
+        with torch.no_grad():
+            w = torch.zeros(4, 3, 3, 3)
+            w[0, 0] = 1.0 / 9
+            w[0, 1] = -0.5 / 9
+            w[0, 2] = -0.5 / 9
+            w[1, :, :, 0] = -1.0 / 3
+            w[1, :, :, 2] = 1.0 / 3
+            w[3] = torch.randn(3, 3, 3, generator=g) * 0.3
+            self.conv1.weight.copy_(w)
+            self.conv1.bias.copy_(torch.tensor([0.0, -0.01, -100.0, 0.0]))
+            self.conv2.weight.copy_(torch.randn(6, 4, 3, 3, generator=g) * 0.3)
+            self.conv2.bias.zero_()
+            self.fc.weight.copy_(torch.randn(classes, 6, generator=g))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.relu2(self.conv2(x))
+        return self.fc(self.gap(x).flatten(1))
+
+
+def tiny_cnn():
+    return TinyCNN()
+
+
+class Concat(nn.Module):
+    """Fire-style module: a 1x1 branch and a 3x3 branch concatenated on channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, stride=2, padding=1)
+        self.b1 = nn.Conv2d(4, 2, 1)
+        self.b3 = nn.Conv2d(4, 2, 3, padding=1)
+        self.head = nn.Conv2d(4, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.cat([torch.relu(self.b1(x)), torch.relu(self.b3(x))], 1)
+        return self.head(x)
+
+
+def concat_model():
+    return Concat()
