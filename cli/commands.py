@@ -138,3 +138,60 @@ def merge(index_dir, states, quiet):
     from neuronindex.ingest import merge_states
 
     _print_summary(merge_states(list(states), index_dir, progress=not quiet), index_dir)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Only this model (default: every ingest in the index).")
+@click.option("--nf-max", type=int, default=None, help="Most crops averaged into a Neuron Feature.")
+@click.option("--nf-threshold", type=float, default=None, help="Least relative activation of an NF crop.")
+@click.option("--workers", type=int, default=None, help="DataLoader worker processes decoding images.")
+@click.option("-q", "--quiet", is_flag=True)
+def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
+    """Recompute Neuron Features (pass 2) and what derives from them, e.g. with another threshold."""
+    from neuronindex.derive import recompute
+
+    for done in recompute(index_dir, model, progress=not quiet, nf_max=nf_max, nf_threshold=nf_threshold,
+                          workers=workers):
+        click.echo(f"recomputed {done['neurons']} neurons of {done['model']}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("neuron_key")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="PNG file to write (default: KEY.png with / replaced by _).")
+def show(index_dir, neuron_key, output):
+    """Write a picture of a neuron: its Neuron Feature above its top crops."""
+    import neuronindex
+
+    with neuronindex.open(index_dir) as idx:
+        picture = idx.neuron(neuron_key).picture()
+    output = output or Path(neuron_key.replace("/", "_") + ".png")
+    picture.save(output)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("neuron_key")
+@click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
+@click.option("--topk", "with_topk", is_flag=True, help="Include the top images.")
+def neuron(index_dir, neuron_key, fmt, with_topk):
+    """Print one neuron's properties (and with --topk its top images)."""
+    import neuronindex
+    from neuronindex.formats import _plain, to_table
+
+    with neuronindex.open(index_dir) as idx:
+        n = idx.neuron(neuron_key)
+        row = dict(n.row)
+        top = n.topk().rows() if with_topk else None
+    if fmt == "json":
+        out = {k: _plain(v) for k, v in row.items()}
+        if top is not None:
+            out["topk"] = [{k: _plain(v) for k, v in r.items()} for r in top]
+        click.echo(json.dumps(out, indent=2))
+    else:
+        click.echo(to_table([{"property": k, "value": v} for k, v in row.items()]), nl=False)
+        if top is not None:
+            click.echo(to_table(top), nl=False)

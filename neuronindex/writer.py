@@ -10,15 +10,15 @@ from .store import execute, next_id
 
 
 def insert(con, table: str, columns: dict) -> None:
-    """Bulk insert columns (name -> array or list, equal lengths) through Arrow."""
+    """Bulk insert columns (name -> array or list, equal lengths) through Arrow; NaN becomes NULL."""
     import pyarrow as pa
 
     arrays = {}
     for k, v in columns.items():
         if isinstance(v, np.ndarray) and v.ndim == 2:
-            arrays[k] = pa.array(list(v.astype(np.float32)), type=pa.list_(pa.float32()))
+            arrays[k] = pa.array(list(v.astype(np.float32)), type=pa.list_(pa.float32()), from_pandas=True)
         elif isinstance(v, np.ndarray):
-            arrays[k] = pa.array(v)
+            arrays[k] = pa.array(v, from_pandas=v.dtype.kind == "f")  # NaN -> NULL
         else:
             arrays[k] = pa.array(list(v))
     if not arrays or len(next(iter(arrays.values()))) == 0:

@@ -1,0 +1,204 @@
+"""The Python API: `idx = neuronindex.open(DIR)`.
+
+Every capability is a method returning data: `Result` objects (rows with `.rows()`, `.df()`,
+`.arrow()`, iteration, and an HTML table with NF thumbnails in notebooks) or `Neuron` objects.
+The CLI and the HTTP service call these and only format.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import os
+from pathlib import Path
+
+from . import store
+from .errors import NotFoundError, did_you_mean
+
+NEURON_COLUMNS = """n.id, n.key, m.name AS model, l.name AS layer, l.alias AS alias, n.channel,
+    n.act_max, n.act_mean, n.act_std, n.sparsity, n.dead, n.auc, n.nf_n, n.nf_self_response,
+    n.rf_h, n.rf_w, n.n_images"""
+
+
+class Result:
+    """Rows of a query, with conversions."""
+
+    def __init__(self, rows: list[dict], columns: list[str] | None = None, **meta):
+        self._rows = rows
+        self.columns = columns or (list(rows[0]) if rows else [])
+        self.meta = meta
+        self._index = meta.pop("index", None)
+
+    def rows(self) -> list[dict]:
+        return self._rows
+
+    def __iter__(self):
+        return iter(self._rows)
+
+    def __len__(self):
+        return len(self._rows)
+
+    def __getitem__(self, i):
+        return self._rows[i]
+
+    def df(self):
+        try:
+            import pandas as pd
+        except ImportError:  # pragma: no cover - pandas is optional
+            raise ImportError("Result.df() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self._rows, columns=self.columns)
+
+    def arrow(self):
+        import pyarrow as pa
+
+        return pa.Table.from_pylist(self._rows)
+
+    def __repr__(self):
+        from .formats import to_table
+
+        return to_table(self._rows[:20], self.columns) + (f"... {len(self)} rows\n" if len(self) > 20 else "")
+
+    def _repr_html_(self):
+        import html
+
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in (["nf"] if self._has_nf() else []) + self.columns)
+        body = []
+        for r in self._rows[:200]:
+            cells = []
+            if self._has_nf():
+                png = self._index.nf_png(r["key"]) if r.get("key") else None
+                src = f"data:image/png;base64,{base64.b64encode(png).decode()}" if png else ""
+                cells.append(f'<td><img src="{src}" width="48" style="image-rendering:pixelated"></td>')
+            cells += [f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in self.columns]
+            body.append("<tr>" + "".join(cells) + "</tr>")
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+    def _has_nf(self):
+        return self._index is not None and "key" in self.columns
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+class Neuron:
+    def __init__(self, index: "Index", row: dict):
+        self.index = index
+        self.row = row
+        self.key = row["key"]
+        self.id = row["id"]
+
+    def __repr__(self):
+        return f"<Neuron {self.key}>"
+
+    def topk(self) -> Result:
+        return self.index._query(
+            "SELECT t.rank, t.activation, t.norm_activation, t.in_nf, i.path AS image, c.name AS class, t.y, t.x, "
+            "t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i ON i.id = t.image_id "
+            "LEFT JOIN classes c ON c.id = i.class_id WHERE t.neuron_id = ? ORDER BY t.rank", [self.id])
+
+    def nf_png(self) -> bytes | None:
+        return self.index.nf_png(self.key)
+
+    def nf_image(self):
+        """The Neuron Feature as a PIL RGBA image (alpha 0 where no crop saw the pixel)."""
+        from PIL import Image
+
+        png = self.nf_png()
+        if png is None:
+            raise NotFoundError(f"neuron {self.key} has no Neuron Feature (dead, or pass 2 did not run)")
+        return Image.open(io.BytesIO(png))
+
+    def sprite_image(self):
+        from PIL import Image
+
+        rows = self.index._query("SELECT sprite_png FROM neuron_features WHERE neuron_id = ?", [self.id]).rows()
+        if not rows or rows[0]["sprite_png"] is None:
+            raise NotFoundError(f"neuron {self.key} has no crops stored")
+        return Image.open(io.BytesIO(rows[0]["sprite_png"]))
+
+    def picture(self):
+        """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
+        from PIL import Image, ImageDraw
+
+        sprite = self.sprite_image().convert("RGB")
+        thumb = sprite.height
+        n = sprite.width // thumb
+        shown = max(32, thumb * 2)
+        size = max(96, shown * 2)
+        cols = min(n, 6)
+        rows_ = (n + cols - 1) // cols
+        pad = 4
+        width = max(size, cols * (shown + pad)) + 2 * pad
+        height = size + 24 + rows_ * (shown + pad) + 2 * pad
+        canvas = Image.new("RGB", (width, height), (255, 255, 255))
+        try:
+            nf = self.nf_image()
+            bg = Image.new("RGBA", nf.size, (200, 200, 200, 255))
+            nf = Image.alpha_composite(bg, nf).convert("RGB").resize((size, size), Image.NEAREST)
+            canvas.paste(nf, (pad, pad))
+        except NotFoundError:
+            pass
+        ImageDraw.Draw(canvas).text((pad, size + pad + 4), f"{self.key}  NF of {self.row.get('nf_n') or 0} crops", fill=(0, 0, 0))
+        for i in range(n):
+            crop = sprite.crop((i * thumb, 0, (i + 1) * thumb, thumb)).resize((shown, shown), Image.NEAREST)
+            r, c = divmod(i, cols)
+            canvas.paste(crop, (pad + c * (shown + pad), size + 24 + pad + r * (shown + pad)))
+        return canvas
+
+
+class Index:
+    """An opened index directory (read-only)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.con = store.connect(self.path)
+
+    def close(self):
+        self.con.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _query(self, sql: str, params=None) -> Result:
+        cur = self.con.execute(sql, params or [])
+        columns = [d[0] for d in cur.description]
+        rows = [dict(zip(columns, r)) for r in cur.fetchall()]
+        return Result(rows, columns)
+
+    def models(self) -> Result:
+        return self._query("SELECT m.id, m.name, m.spec, m.weights, m.num_parameters, d.source AS images, "
+                           "d.n_images, i.status, i.finished_at FROM models m LEFT JOIN ingests i ON i.model_id = m.id "
+                           "LEFT JOIN datasets d ON d.id = i.dataset_id ORDER BY m.id")
+
+    def layers(self, model: str | None = None) -> Result:
+        sql = ("SELECT l.id, m.name AS model, l.name, l.node, l.alias, l.kind, l.channels, l.map_h, l.map_w, "
+               "l.rf_size, l.rf_stride, l.rf_offset, l.sparsity FROM layers l JOIN models m ON m.id = l.model_id")
+        if model:
+            return self._query(sql + " WHERE m.name = ? ORDER BY l.model_id, l.position", [model])
+        return self._query(sql + " ORDER BY l.model_id, l.position")
+
+    def neuron(self, key: str) -> Neuron:
+        rows = self._query(f"SELECT {NEURON_COLUMNS} FROM neurons n JOIN layers l ON l.id = n.layer_id "
+                           "JOIN models m ON m.id = n.model_id WHERE n.key = ?", [key]).rows()
+        if not rows:
+            raise NotFoundError(f"no neuron {key!r} in this index{self._suggest_key(key)}; keys are model/layer/channel")
+        return Neuron(self, rows[0])
+
+    def _suggest_key(self, key: str) -> str:
+        prefix = key.rsplit("/", 1)[0]
+        keys = [r[0] for r in self.con.execute("SELECT key FROM neurons WHERE starts_with(key, ?) LIMIT 5000",
+                                               [prefix]).fetchall()]
+        if not keys:
+            keys = [r[0] for r in self.con.execute("SELECT DISTINCT m.name || '/' || l.name || '/0' FROM layers l "
+                                                   "JOIN models m ON m.id = l.model_id").fetchall()]
+        return did_you_mean(key, keys)
+
+    def nf_png(self, key: str) -> bytes | None:
+        row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
+                               "WHERE n.key = ?", [key]).fetchone()
+        return row[0] if row else None

@@ -1,0 +1,156 @@
+"""Pass 2: crops, Neuron Features, masks, sprites, self-response, recomputation."""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+from PIL import Image
+
+from neuronindex import features
+from neuronindex.data import open_source
+from neuronindex.ingest import IngestParams, ingest
+from neuronindex.models import Preprocessing
+from neuronindex_cli.main import cli
+
+NONE = Preprocessing(input_size=(4, 4), geometry="none", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+def _images(tmp_path, arrays):
+    for i, a in enumerate(arrays):
+        Image.fromarray(a.astype(np.uint8)).save(tmp_path / f"{i}.png")
+    return open_source(str(tmp_path))
+
+
+def test_nf_is_the_hand_computed_weighted_mean(tmp_path):
+    rng = np.random.default_rng(1)
+    arrays = [rng.integers(0, 256, (4, 4, 3)) for _ in range(3)]
+    images = _images(tmp_path, arrays)
+    acts = np.array([10.0, 8.0, 6.5])
+    w = acts / acts[0]  # 1, 0.8, 0.65: the third is below the 0.7 threshold
+    boxes = np.array([[0, 0, 2, 2], [1, 1, 3, 3], [2, 2, 4, 4]])
+    plan = features.CropPlan(neuron=np.zeros(3, int), rank=np.arange(3), image=np.arange(3), box=boxes, weight=w,
+                             sizes=np.array([[2, 2]]), nf_max=100, threshold=0.7)
+    (nf,) = features.compute(plan, images, NONE, progress=False)
+    c0 = arrays[0][0:2, 0:2].astype(float)
+    c1 = arrays[1][1:3, 1:3].astype(float)
+    expected = (1.0 * c0 + 0.8 * c1) / 1.8
+    np.testing.assert_allclose(nf.nf, expected, rtol=1e-5)
+    assert nf.n_used == 2 and nf.valid.all()
+    np.testing.assert_allclose(nf.std, np.stack([c0, c1]).std(0).mean(-1), rtol=1e-5)
+    assert nf.sprite_n == 3 and nf.sprite.shape == (2, 6, 3)
+    np.testing.assert_array_equal(nf.sprite[:, 4:6], arrays[2][2:4, 2:4])
+
+
+def test_corner_unit_is_padded_and_masked(tmp_path):
+    a = np.full((4, 4, 3), 200, np.uint8)
+    b = np.full((4, 4, 3), 100, np.uint8)
+    images = _images(tmp_path, [a, b])
+    # image 0: field of a corner unit crossing the top-left border; image 1: fully inside
+    boxes = np.array([[-1, -1, 2, 2], [0, 0, 3, 3]])
+    plan = features.CropPlan(neuron=np.zeros(2, int), rank=np.arange(2), image=np.arange(2), box=boxes,
+                             weight=np.array([1.0, 1.0]), sizes=np.array([[3, 3]]))
+    (nf,) = features.compute(plan, images, NONE, progress=False)
+    assert nf.valid.all()
+    # padding never counts: the first row/column only saw image 1
+    np.testing.assert_allclose(nf.nf[0, :, 0], 100)
+    np.testing.assert_allclose(nf.nf[:, 0, 0], 100)
+    np.testing.assert_allclose(nf.nf[1:, 1:, 0], 150)
+    assert nf.std[0, 0] == 0 and nf.std[1, 1] == pytest.approx(50)
+    # alone, the corner crop leaves the padded pixels invalid (alpha 0 in the PNG)
+    plan1 = features.CropPlan(neuron=np.zeros(1, int), rank=np.zeros(1, int), image=np.zeros(1, int),
+                              box=boxes[:1], weight=np.array([1.0]), sizes=np.array([[3, 3]]))
+    (alone,) = features.compute(plan1, images, NONE, progress=False)
+    assert alone.valid.tolist() == [[False, False, False], [False, True, True], [False, True, True]]
+    assert np.isnan(alone.std[0, 0])
+    png = np.asarray(Image.open(__import__("io").BytesIO(alone.png())))
+    assert png[0, 0, 3] == 0 and png[1, 1, 3] == 255 and png[1, 1, 0] == 200
+    assert alone.sprite[0, 0].tolist() == [128, 128, 128]  # padding shown grey in the sprite
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory, image_folder, tiny_loaded):
+    path = tmp_path_factory.mktemp("feat")
+    ingest(tiny_loaded, str(image_folder), "conv1,conv2", path, params=IngestParams(top_k=6, batch_size=5), progress=False)
+    return path
+
+
+def _con(path):
+    return duckdb.connect(str(path / "index.duckdb"), read_only=True)
+
+
+def test_red_detector_nf_is_red(index):
+    import neuronindex
+
+    with neuronindex.open(index) as idx:
+        red = np.asarray(idx.neuron("tiny_cnn/conv1/0").nf_image().convert("RGB")).reshape(-1, 3).mean(0)
+        assert red[0] > 180 and red[1] < 80 and red[2] < 80
+        # the dead channel has no NF
+        with pytest.raises(neuronindex.NeuronIndexError, match="no Neuron Feature"):
+            idx.neuron("tiny_cnn/conv1/2").nf_image()
+
+
+def test_self_response_is_the_forward_on_the_placed_nf(index, tiny_loaded):
+    import torch
+
+    import neuronindex
+
+    with neuronindex.open(index) as idx:
+        n = idx.neuron("tiny_cnn/conv1/0")
+        nf = np.asarray(n.nf_image()).astype(np.float32)
+    pre = tiny_loaded.preprocessing
+    x = torch.zeros(1, 3, 16, 16)
+    img = (torch.from_numpy(nf[..., :3]).permute(2, 0, 1) / 255 - 0.5) / 0.25
+    x[0, :, 7:10, 7:10] = img  # the field of the central unit (8, 8)
+    with torch.no_grad():
+        a = torch.relu(tiny_loaded.module.conv1(x))[0, 0, 8, 8].item()
+    expected = a / n.row["act_max"]
+    assert n.row["nf_self_response"] == pytest.approx(expected, rel=1e-2)  # NF PNG is rounded to 8 bits
+    assert expected > 0.5
+    del pre
+
+
+def test_in_nf_flags_and_stored_std(index):
+    con = _con(index)
+    for key, nf_n, in_nf in con.execute(
+            "SELECT n.key, n.nf_n, count(*) FILTER (WHERE t.in_nf) FROM neurons n JOIN topk t ON t.neuron_id = n.id "
+            "GROUP BY 1, 2").fetchall():
+        assert (nf_n or 0) == in_nf, key
+    h, w, std = con.execute("SELECT height, width, std FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
+                            "WHERE n.key = 'tiny_cnn/conv2/0'").fetchone()
+    assert (h, w) == (8, 8) and len(std) == 64
+
+
+def test_recompute_with_another_threshold(tmp_path, image_folder, tiny_loaded, cli_runner):
+    import shutil
+
+    from conftest import HERE
+
+    path = tmp_path / "re"
+    ingest(tiny_loaded, str(image_folder), "conv1", path, params=IngestParams(top_k=6), progress=False)
+    before = dict(_con(path).execute("SELECT key, nf_n FROM neurons").fetchall())
+    import sys
+
+    sys.path.insert(0, str(HERE))
+    r = cli_runner.invoke(cli, ["features", str(path), "--nf-threshold", "0.99", "-q"])
+    assert r.exit_code == 0, r.output
+    after = dict(_con(path).execute("SELECT key, nf_n FROM neurons").fetchall())
+    assert all(after[k] <= before[k] for k in before if before[k]) and after != before
+    params = json.loads(_con(path).execute("SELECT parameters FROM ingests").fetchone()[0])
+    assert params["nf_threshold"] == 0.99
+    r = cli_runner.invoke(cli, ["features", str(path), "--model", "nope"])
+    assert r.exit_code == 3 and "no model 'nope' in this index; it has tiny_cnn" in r.output
+    shutil.rmtree(path)
+
+
+def test_show_and_neuron_commands(index, cli_runner, tmp_path):
+    out = tmp_path / "n.png"
+    r = cli_runner.invoke(cli, ["show", str(index), "tiny_cnn/conv2/1", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert Image.open(out).size[0] >= 96
+    r = cli_runner.invoke(cli, ["neuron", str(index), "tiny_cnn/conv2/1", "--format", "json", "--topk"])
+    row = json.loads(r.output)
+    assert row["key"] == "tiny_cnn/conv2/1" and len(row["topk"]) == 6 and row["topk"][0]["rank"] == 1
+    r = cli_runner.invoke(cli, ["neuron", str(index), "tiny_cnn/conv2/77"])
+    assert r.exit_code == 3 and "did you mean" in r.output
