@@ -21,20 +21,91 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
         if progress:
             print("no receptive fields for this model (TorchScript): skipping Neuron Features")
         return {"writers": writers}
-    t0 = time.time()
-    plan, owners = features_mod.plan_from_results(run.selections, results, run.params.nf_threshold, run.params.nf_max)
-    feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,
-                                 progress=progress)
-    timings["pass2"] = time.time() - t0
-    t0 = time.time()
     from .extract import Extractor
 
+    t0 = time.time()
+    plan, owners = features_mod.plan_from_results(run.selections, results, run.params.nf_threshold, run.params.nf_max)
     extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device)
+    grey = GreyResponses(extractor, run.selections, plan, owners)
+    feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,
+                                 progress=progress, on_batch=grey)
+    timings["pass2"] = time.time() - t0
+    t0 = time.time()
     sr = features_mod.self_response(extractor, run.selections, owners, feats, [r["act_max"] for r in results],
                                     run.loaded.preprocessing, progress=progress)
     timings["self_response"] = time.time() - t0
+    t0 = time.time()
+    act_max = np.concatenate([r["act_max"] for r in results])
+    indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max)
+    timings["indexes"] = time.time() - t0
     writers.append(lambda con, ctx: write_features(con, ctx, owners, feats, sr, run.params))
+    writers.append(lambda con, ctx: write_indexes(con, ctx, owners, indexes, run))
     return {"writers": writers, "features": feats, "owners": owners, "plan": plan}
+
+
+class GreyResponses:
+    """Activations at each NF crop's unit when its image is shown in greyscale (pass-2 callback)."""
+
+    def __init__(self, extractor, selections, plan, owners):
+        self.extractor = extractor
+        self.nodes = [s.layer.name for s in selections]
+        self.plan = plan
+        self.layer_of = np.array([li for li, _ in owners], dtype=np.int64)
+        self.channel_of = np.array([c for _, c in owners], dtype=np.int64)
+        self.values = np.full(len(plan.neuron), np.nan)
+
+    def __call__(self, batch, local, entries):
+        import torch
+
+        use = self.plan.use_nf[entries]
+        entries, local = entries[use], local[use]
+        if len(entries) == 0:
+            return
+        luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
+        maps = self.extractor(luminance[..., None].expand(*luminance.shape, 3).contiguous())
+        neurons = self.plan.neuron[entries]
+        layers = self.layer_of[neurons]
+        for li in np.unique(layers):
+            sel = layers == li
+            m = maps[self.nodes[li]]
+            e = entries[sel]
+            idx = (torch.from_numpy(local[sel]), torch.from_numpy(self.channel_of[neurons[sel]]),
+                   torch.from_numpy(self.plan.ys[e].astype(np.int64)), torch.from_numpy(self.plan.xs[e].astype(np.int64)))
+            self.values[e] = m[idx].cpu().numpy()
+
+    def result(self) -> np.ndarray:
+        return self.values
+
+
+def compute_indexes(run, plan, owners, feats, grey, act_max) -> list[dict]:
+    """Colour and class selectivity per neuron (see neuronindex.selectivity).
+
+    grey: per plan entry, the activation on the greyscale image; act_max: per neuron.
+    """
+    from . import selectivity as sel
+
+    label_of = {r.position: r.label for r in run.images.images}
+    order = np.argsort(plan.neuron, kind="stable")
+    bounds = np.searchsorted(plan.neuron[order], np.arange(len(owners) + 1))
+    out = []
+    for n in range(len(owners)):
+        top = order[bounds[n]:bounds[n + 1]]
+        e = top[plan.use_nf[top]]
+        # the class index uses the top N = nf_max images, not only those above the NF threshold:
+        # seed 004, 4.3 ("all the class labels for the N = 100 images that maximally activate")
+        top = top[(plan.rank[top] < plan.nf_max) & np.isfinite(plan.weight[top])]
+        f = feats[n]
+        colour = sel.color_selectivity(f.nf, f.valid, f.std) if f is not None and f.n_used else None
+        w = plan.weight[e]
+        cri = None
+        if len(e) and np.isfinite(grey[e]).all() and act_max[n] > 0:
+            # a_j = w_j * a_max, so 1 - sum a_grey / sum a
+            cri = 1.0 - float(grey[e].sum() / (act_max[n] * w.sum()))
+        cls = sel.class_selectivity([label_of[int(p)] for p in plan.image[top]], plan.weight[top],
+                                    run.params.class_threshold)
+        out.append({"color": colour, "cri": cri, "class": cls,
+                    "ancestors": sel.roll_up(cls.frequencies, run.images.ancestors)})
+    return out
 
 
 def neuron_id_array(ctx, owners) -> np.ndarray:
@@ -165,3 +236,70 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
             execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
         done.append({"model": name, "neurons": int(sum(len(i) for i in ids))})
     return done
+
+
+def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
+    """Selectivity columns of `neurons`, `neuron_colors`, `neuron_classes`, and CSI."""
+    from . import selectivity as sel
+
+    ids = neuron_id_array(ctx, owners)
+    ingest_id = ctx["ingest_id"]
+    class_id = dict(execute(con, "SELECT c.name, c.id FROM classes c JOIN ingests i ON i.dataset_id = c.dataset_id "
+                                 "WHERE i.id = ?", [ingest_id]))
+    for table in ("neuron_colors", "neuron_classes"):
+        execute(con, f"DELETE FROM {table} WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)", [ingest_id])
+    cols = {k: [] for k in ("neuron_id", "color_index", "hue", "hue_name", "color_name", "color_share",
+                            "color_response", "class_index", "class_m", "top_class_id", "top_class_share")}
+    colors = {"neuron_id": [], "name": [], "share": []}
+    classes = {k: [] for k in ("neuron_id", "class_id", "share", "rank", "in_set", "is_leaf")}
+    for nid, ix in zip(ids, indexes):
+        c, k = ix["color"], ix["class"]
+        cols["neuron_id"].append(int(nid))
+        cols["color_index"].append(c.alpha if c else None)
+        cols["hue"].append(c.hue if c else None)
+        cols["hue_name"].append(c.hue_name if c else None)
+        cols["color_name"].append(c.color_name if c else None)
+        cols["color_share"].append(c.color_share if c else None)
+        cols["color_response"].append(ix["cri"])
+        cols["class_index"].append(k.gamma)
+        cols["class_m"].append(k.m)
+        top = k.frequencies[0] if k.frequencies else None
+        cols["top_class_id"].append(class_id.get(top[0]) if top else None)
+        cols["top_class_share"].append(top[1] if top else None)
+        if c:
+            for name, share in c.shares.items():
+                colors["neuron_id"].append(int(nid))
+                colors["name"].append(name)
+                colors["share"].append(share)
+        for rank, (name, share) in enumerate(k.frequencies, 1):
+            for key, value in zip(classes, (int(nid), class_id[name], share, rank, rank <= k.selected, True)):
+                classes[key].append(value)
+        ranked = sorted(ix["ancestors"].items(), key=lambda kv: (-kv[1], kv[0]))
+        for rank, (name, share) in enumerate(ranked, 1):
+            if name in class_id:
+                for key, value in zip(classes, (int(nid), class_id[name], share, rank, False, False)):
+                    classes[key].append(value)
+    insert(con, "neuron_colors", colors)
+    insert(con, "neuron_classes", classes)
+    execute(con, "CREATE TEMP TABLE IF NOT EXISTS _idx_update AS SELECT id AS neuron_id, color_index, hue, hue_name, "
+                 "color_name, color_share, color_response, class_index, class_m, top_class_id, top_class_share "
+                 "FROM neurons LIMIT 0")
+    execute(con, "DELETE FROM _idx_update")
+    insert(con, "_idx_update", cols)
+    sets = ", ".join(f"{c} = u.{c}" for c in cols if c != "neuron_id")
+    execute(con, f"UPDATE neurons SET {sets} FROM _idx_update u WHERE neurons.id = u.neuron_id")
+    # CSI from the class-conditional means of pass 1
+    rows = execute(con, "SELECT m.neuron_id, m.class_id, m.mean_activation FROM class_means m "
+                        "JOIN neurons n ON n.id = m.neuron_id WHERE n.ingest_id = ? ORDER BY 1, 2", [ingest_id])
+    if rows:
+        arr = np.array(rows, dtype=float)
+        neuron_ids, inv = np.unique(arr[:, 0].astype(np.int64), return_inverse=True)
+        class_ids, cinv = np.unique(arr[:, 1].astype(np.int64), return_inverse=True)
+        means = np.full((len(class_ids), len(neuron_ids)), np.nan)
+        means[cinv, inv] = arr[:, 2]
+        value, top = sel.csi(means)
+        execute(con, "CREATE TEMP TABLE IF NOT EXISTS _csi_update (neuron_id INTEGER, csi DOUBLE, csi_class_id INTEGER)")
+        execute(con, "DELETE FROM _csi_update")
+        insert(con, "_csi_update", {"neuron_id": neuron_ids, "csi": value, "csi_class_id": class_ids[top]})
+        execute(con, "UPDATE neurons SET csi = u.csi, csi_class_id = u.csi_class_id FROM _csi_update u "
+                     "WHERE neurons.id = u.neuron_id")

@@ -34,6 +34,8 @@ class CropPlan:
     box: np.ndarray  # (E, 4) x0, y0, x1, y1 in model-input pixels
     weight: np.ndarray  # (E,) a_j / a_max
     sizes: np.ndarray  # (N, 2) crop (h, w) per neuron
+    ys: np.ndarray | None = None  # (E,) argmax unit, for measures that re-forward the image
+    xs: np.ndarray | None = None
     nf_max: int = 100
     threshold: float = 0.7
 
@@ -79,7 +81,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def plan_from_results(selections, results, threshold: float, nf_max: int) -> tuple[CropPlan, list[tuple[int, int]]]:
     """A crop plan for a run's pass-1 results; also the (layer, channel) of each neuron index."""
-    neurons, ranks, images, boxes, weights, sizes, owners = [], [], [], [], [], [], []
+    neurons, ranks, images, boxes, weights, sizes, owners, all_y, all_x = [], [], [], [], [], [], [], [], []
     base = 0
     for li, (sel, res) in enumerate(zip(selections, results)):
         f = sel.layer.field
@@ -104,19 +106,25 @@ def plan_from_results(selections, results, threshold: float, nf_max: int) -> tup
         images.append(ids[ch, rk])
         boxes.append(np.stack([x0, y0, x1, y1], 1))
         weights.append(w)
+        all_y.append(ys[ch, rk])
+        all_x.append(xs[ch, rk])
         sz = f.sizes().astype(np.int64)
         sizes.append(np.maximum(sz, 1))
         owners += [(li, c) for c in range(C)]
         base += C
     plan = CropPlan(np.concatenate(neurons), np.concatenate(ranks), np.concatenate(images),
                     np.concatenate(boxes).astype(np.int64), np.concatenate(weights), np.concatenate(sizes),
-                    nf_max=nf_max, threshold=threshold)
+                    ys=np.concatenate(all_y), xs=np.concatenate(all_x), nf_max=nf_max, threshold=threshold)
     return plan, owners
 
 
 def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size: int = 64,
-            progress: bool = True) -> list[NeuronFeature | None]:
-    """Decode each needed image once and accumulate every neuron's NF, std and sprite."""
+            progress: bool = True, on_batch=None) -> list[NeuronFeature | None]:
+    """Decode each needed image once and accumulate every neuron's NF, std and sprite.
+
+    `on_batch(images_uint8, local_image_index, entries)`, if given, sees every decoded batch with
+    the plan entries it serves (e.g. to forward the images again in greyscale).
+    """
     import torch
     from tqdm import tqdm
 
@@ -162,6 +170,8 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
         local = np.searchsorted(pos, e_image[lo:hi])
         lo = hi
         padded = torch.nn.functional.pad(batch.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1).float()
+        if on_batch is not None:
+            on_batch(batch, local, sel)
         neurons = plan.neuron[sel]
         sizes = plan.sizes[neurons]
         for (h, w), g in groups.items():

@@ -132,11 +132,16 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 # ---------------------------------------------------------------------------- pass 1
 
 def new_stats(run: Run) -> list:
+    """One LayerStats over the channels of every selected layer (see stats.combine)."""
     from .stats import LayerStats
 
     p = run.params
-    return [LayerStats(s.layer.channels, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-            for s in run.selections]
+    total = sum(s.layer.channels for s in run.selections)
+    return [LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)]
+
+
+def thresholds(run: Run, stats: list) -> list:
+    return list(stats[0].threshold().split([s.layer.channels for s in run.selections]))
 
 
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
@@ -146,6 +151,7 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     from tqdm import tqdm
 
     from .extract import Extractor, image_batches
+    from .stats import combine
 
     stats = stats if stats is not None else new_stats(run)
     positions = run.positions()
@@ -165,10 +171,9 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
             if p:
                 run.problems[int(pos[i])] = p
         if bool(ok.any()):
-            acts = extractor(batch[ok])
             ids = pos[ok]
-            for s, st in zip(run.selections, stats):
-                st.add(acts[s.layer.name], ids, labels[ids])
+            summaries = extractor.summaries(batch[ok], thresholds(run, stats))
+            stats[0].add_summary(combine(summaries), ids, labels[ids])
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
@@ -207,7 +212,7 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, list]:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
-            n = len(meta["layers"])
+            n = len({k.split("/", 1)[0] for k in data.files if "/" in k})
             stats = []
             for i in range(n):
                 state = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
@@ -293,7 +298,9 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
     from .store import staged
     from .writer import write_ingest
 
-    results = [st.result() for st in stats]
+    from .stats import split
+
+    results = split(stats[0].result(), [s.layer.channels for s in run.selections])
     extra: dict = {}
     if derive:
         from . import derive as derive_mod

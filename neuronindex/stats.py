@@ -1,4 +1,7 @@
-"""Streaming per-neuron statistics of one layer: add(batch) / result() / state_dict() / merge().
+"""Streaming per-neuron statistics: add(batch) / result() / state_dict() / merge().
+
+One LayerStats may hold the channels of several layers side by side (`combine` / `split`), so
+each batch costs one top-k merge whatever the number of layers.
 
 Memory is O(channels x ranks), never O(images). A neuron's activation for an image is the spatial
 maximum of its channel's map; its location (y, x) is the first maximum in row-major order.
@@ -11,14 +14,40 @@ Kept per channel:
   - positions where the unit does not fire (<= 0) over all spatial positions -> sparsity;
   - per-class sums and counts of the per-image activation -> class-conditional means (CSI);
   - activations of the first `probe_size` images (the probe sample).
-Locations are computed only for (image, channel) pairs that enter a top list, as taking the
-argmax everywhere costs several times a plain amax.
+Locations are computed only for (image, channel) pairs at or above the channel's current k-th
+value, as taking the argmax everywhere costs several times a plain amax; `summarize` does this
+inside the model's graph (see extract.Extractor.summaries) while the map is still in cache.
 """
 from __future__ import annotations
 
 import numpy as np
 
 NO_IMAGE = np.iinfo(np.int64).max
+
+
+def summarize(acts, threshold):
+    """What the statistics need from one batch of one layer, computed while the map is hot.
+
+    acts (B, C, H, W); threshold (C,): the channel's current k-th value. Returns
+    (values (B, C) spatial maxima, firing (C,) count of positions > 0, loc (B, C) flat argmax
+    index for pairs with value >= threshold, -1 elsewhere, positions per image H * W).
+    Taking the argmax of every map costs several times an amax, so only pairs that can still
+    enter a top list get one.
+    """
+    import torch
+
+    B, C, H, W = acts.shape
+    values = acts.amax(dim=(2, 3))
+    # sign() then a float sum: several times faster than reducing a boolean mask; float32 counts
+    # are exact below 2**24 positions per channel, float64 beyond
+    wide = B * H * W >= 2 ** 24
+    firing = torch.sign(acts).clamp_(min=0).sum(dim=(0, 2, 3), dtype=torch.float64 if wide else None)
+    loc = torch.full((B, C), -1, dtype=torch.long, device=acts.device)
+    cand = values >= threshold.to(values.device)
+    if bool(cand.any()):
+        b, c = cand.nonzero(as_tuple=True)
+        loc[b, c] = acts[b, c].flatten(1).argmax(1)
+    return values, firing, loc, H * W, W
 
 
 class LayerStats:
@@ -36,7 +65,7 @@ class LayerStats:
         self.ys = torch.full((C, L), -1, dtype=torch.int32, device=dev)
         self.xs = torch.full((C, L), -1, dtype=torch.int32, device=dev)
         self.count = 0
-        self.positions = 0
+        self.positions = torch.zeros(C, dtype=torch.long, device=dev)
         self.sum = torch.zeros(C, dtype=torch.float64, device=dev)
         self.sumsq = torch.zeros(C, dtype=torch.float64, device=dev)
         self.silent = torch.zeros(C, dtype=torch.long, device=dev)
@@ -47,21 +76,31 @@ class LayerStats:
         self.last_id = -1
 
     # ------------------------------------------------------------------ streaming
+    def threshold(self):
+        """The k-th value per channel: a pair below it cannot enter the top list."""
+        return self.values[:, -1]
+
     def add(self, acts, ids, labels=None) -> None:
         """acts (B, C, H, W); ids (B,) image positions, increasing; labels (B,) class index or -1."""
-        import torch
-
         if acts.shape[0] == 0:
             return
-        B, C, H, W = acts.shape
+        self.add_summary(summarize(acts, self.threshold()), ids, labels)
+
+    def add_summary(self, summary, ids, labels=None) -> None:
+        """Fold in one batch summarised by `summarize` (with this object's threshold)."""
+        import torch
+
+        vals, firing, loc, per_image, width = summary  # per_image, width: int or (C,) tensors
+        B = vals.shape[0]
+        if B == 0:
+            return
         ids = ids.to(self.values.device)
-        vals = acts.amax(dim=(2, 3))  # (B, C)
         self.count += B
-        self.positions += B * H * W
+        self.positions += B * per_image
         v64 = vals.double()
         self.sum += v64.sum(0)
         self.sumsq += (v64 * v64).sum(0)
-        self.silent += (acts <= 0).sum(dim=(0, 2, 3))
+        self.silent += (B * per_image - firing.round().long())
         if labels is not None and self.n_classes:
             labels = labels.to(vals.device)
             known = labels >= 0
@@ -72,27 +111,26 @@ class LayerStats:
         if in_probe.any():
             self.probe[ids[in_probe]] = vals[in_probe]
             self.probe_filled[ids[in_probe]] = True
-        self._update_top(acts, vals, ids)
+        self._update_top(vals, loc, width, ids)
 
-    def _update_top(self, acts, vals, ids) -> None:
+    def _update_top(self, vals, loc, width, ids) -> None:
         import torch
 
-        ordered = bool(ids.min() > self.last_id) and bool((ids[1:] > ids[:-1]).all()) if len(ids) > 1 else bool(ids.min() > self.last_id)
+        ordered = bool(ids.min() > self.last_id) and (len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
         self.last_id = max(self.last_id, int(ids.max()))
-        kth = self.values[:, -1]
-        cand = vals.T >= kth[:, None]  # (C, B)
-        if not bool(cand.any()):
+        cand = loc >= 0  # (B, C): at or above the channel's k-th value when the batch started
+        rows = cand.any(1).nonzero(as_tuple=True)[0]
+        if len(rows) == 0:
             return
-        B = vals.shape[0]
-        C = self.channels
-        new_vals = vals.T  # (C, B)
-        new_ids = ids.view(1, B).expand(C, B)
+        # only images with at least one candidate take part in the merge
+        vals, loc, ids = vals[rows], loc[rows], ids[rows]
+        B, C = vals.shape
+        dev = vals.device
+        new_vals = torch.where(cand[rows], vals, torch.tensor(-float("inf"), device=dev)).T  # (C, B)
         all_vals = torch.cat([self.values, new_vals], 1)
-        all_ids = torch.cat([self.ids, new_ids], 1)
-        batch_col = torch.cat([torch.full((C, self.length), -1, dtype=torch.long, device=vals.device),
-                               torch.arange(B, device=vals.device).view(1, B).expand(C, B)], 1)
-        all_ys = torch.cat([self.ys, torch.full((C, B), -1, dtype=torch.int32, device=vals.device)], 1)
-        all_xs = torch.cat([self.xs, torch.full((C, B), -1, dtype=torch.int32, device=vals.device)], 1)
+        all_ids = torch.cat([self.ids, ids.view(1, B).expand(C, B)], 1)
+        batch_col = torch.cat([torch.full((C, self.length), -1, dtype=torch.long, device=dev),
+                               torch.arange(B, device=dev).view(1, B).expand(C, B)], 1)
         if ordered:
             # existing entries have smaller ids than the batch, which is in id order: a stable
             # descending sort on value alone keeps ties in id order
@@ -100,20 +138,20 @@ class LayerStats:
         else:
             order = _lexsort(all_vals, all_ids)
         order = order[:, : self.length]
+        cols = torch.gather(batch_col, 1, order)
+        keep_old = cols < 0
+        old_index = torch.where(keep_old, order, torch.zeros_like(order))
         self.values = torch.gather(all_vals, 1, order)
         self.ids = torch.gather(all_ids, 1, order)
-        self.ys = torch.gather(all_ys, 1, order)
-        self.xs = torch.gather(all_xs, 1, order)
-        cols = torch.gather(batch_col, 1, order)
-        need = (cols >= 0) & torch.isfinite(self.values)
+        self.ys = torch.where(keep_old, torch.gather(self.ys, 1, old_index), torch.full_like(self.ys, -1))
+        self.xs = torch.where(keep_old, torch.gather(self.xs, 1, old_index), torch.full_like(self.xs, -1))
+        need = ~keep_old & torch.isfinite(self.values)
         if bool(need.any()):
             ch, rank = need.nonzero(as_tuple=True)
-            b = cols[ch, rank]
-            maps = acts[b, ch].flatten(1)  # (n, H*W)
-            where = maps.argmax(1)
-            W = acts.shape[3]
-            self.ys[ch, rank] = (where // W).int()
-            self.xs[ch, rank] = (where % W).int()
+            where = loc[cols[ch, rank], ch]  # every entrant was >= the threshold, so has a location
+            w = width[ch] if torch.is_tensor(width) else width
+            self.ys[ch, rank] = (where // w).int()
+            self.xs[ch, rank] = (where % w).int()
 
     # ------------------------------------------------------------------ merge / state
     def merge(self, other: "LayerStats") -> None:
@@ -141,23 +179,24 @@ class LayerStats:
         self.xs = torch.gather(all_xs, 1, order)
         self.last_id = max(self.last_id, other.last_id)
 
-    _TENSORS = ("values", "ids", "ys", "xs", "sum", "sumsq", "silent", "class_sum", "class_count", "probe", "probe_filled")
+    _TENSORS = ("values", "ids", "ys", "xs", "sum", "sumsq", "silent", "positions", "class_sum", "class_count", "probe",
+                "probe_filled")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {k: getattr(self, k).cpu().numpy() for k in self._TENSORS}
         state["meta"] = np.array([self.channels, self.top_k, self.curve_len, self.n_classes, self.probe_size,
-                                  self.count, self.positions, self.last_id], dtype=np.int64)
+                                  self.count, self.last_id], dtype=np.int64)
         return state
 
     @classmethod
     def from_state(cls, state: dict, device="cpu") -> "LayerStats":
         import torch
 
-        C, k, curve, n_classes, probe, count, positions, last_id = (int(v) for v in state["meta"])
+        C, k, curve, n_classes, probe, count, last_id = (int(v) for v in state["meta"])
         stats = cls(C, k, curve, n_classes, probe, device)
         for key in cls._TENSORS:
             setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
-        stats.count, stats.positions, stats.last_id = count, positions, last_id
+        stats.count, stats.last_id = count, last_id
         return stats
 
     # ------------------------------------------------------------------ results
@@ -183,7 +222,7 @@ class LayerStats:
             "act_max": act_max,
             "act_mean": mean,
             "act_std": np.sqrt(var),
-            "sparsity": self.silent.cpu().numpy() / max(self.positions, 1),
+            "sparsity": self.silent.cpu().numpy() / np.maximum(self.positions.cpu().numpy(), 1),
             "dead": ~(act_max > 0),
             "curve": curve.astype(np.float32),
             "auc": curve.sum(1) / self.curve_len,
@@ -206,3 +245,33 @@ def _lexsort(values, ids):
     v = torch.gather(values, 1, by_id)
     by_val = torch.sort(v, dim=1, descending=True, stable=True).indices
     return torch.gather(by_id, 1, by_val)
+
+
+def combine(summaries: list) -> tuple:
+    """One summary over the channels of several layers (concatenated in order)."""
+    import torch
+
+    vals = torch.cat([s[0] for s in summaries], 1)
+    firing = torch.cat([s[1].double() for s in summaries])
+    loc = torch.cat([s[2] for s in summaries], 1)
+    per_image = torch.cat([torch.full((s[0].shape[1],), s[3], dtype=torch.long, device=vals.device) for s in summaries])
+    width = torch.cat([torch.full((s[0].shape[1],), s[4], dtype=torch.long, device=vals.device) for s in summaries])
+    return vals, firing, loc, per_image, width
+
+
+def split(result: dict, channels: list[int]) -> list[dict]:
+    """Per-layer results from the result of a combined LayerStats."""
+    out = []
+    start = 0
+    for c in channels:
+        part = {}
+        for key, value in result.items():
+            if key in ("class_means", "probe"):
+                part[key] = value[:, start:start + c]
+            elif key in ("count", "class_count", "probe_ids"):
+                part[key] = value
+            else:
+                part[key] = value[start:start + c]
+        out.append(part)
+        start += c
+    return out

@@ -13,7 +13,7 @@ REPO = HERE.parent
 SHARED = Path(os.environ.get("NEURONINDEX_SHARED_DATA", REPO.parent / "shared" / "data"))
 sys.path.insert(0, str(HERE))
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "white": (255, 255, 255)}
 
 
 def make_image(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarray:
@@ -25,11 +25,12 @@ def make_image(kind: str, rng: np.random.Generator, size: int = 16) -> np.ndarra
     return img.astype(np.uint8)
 
 
-def write_folder(root: Path, per_class: int = 8, size: int = 16, seed: int = 0) -> Path:
+def write_folder(root: Path, per_class: int = 8, size: int = 16, seed: int = 0,
+                 kinds=("red", "green", "blue")) -> Path:
     from PIL import Image
 
     rng = np.random.default_rng(seed)
-    for kind in COLOURS:
+    for kind in kinds:
         d = root / kind
         d.mkdir(parents=True, exist_ok=True)
         for i in range(per_class):

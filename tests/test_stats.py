@@ -114,3 +114,22 @@ def test_shards_merge_into_one_run(activations, shards):
     for key in ("act_mean", "act_std", "class_means", "auc"):
         np.testing.assert_allclose(r[key], w[key], rtol=1e-12)
     assert r["count"] == w["count"]
+
+
+def test_combined_layers_equal_separate_stats(activations):
+    from neuronindex.stats import combine, split, summarize
+
+    images, nodes, acts, pos, labels = activations
+    separate = [LayerStats(acts[n].shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=5) for n in nodes]
+    channels = [acts[n].shape[1] for n in nodes]
+    both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=3, probe_size=5)
+    for s in range(0, 24, 5):
+        sl = slice(s, s + 5)
+        for n, st in zip(nodes, separate):
+            st.add(acts[n][sl], pos[sl], labels[sl])
+        thresholds = both.threshold().split(channels)
+        both.add_summary(combine([summarize(acts[n][sl], t) for n, t in zip(nodes, thresholds)]), pos[sl], labels[sl])
+    for part, st in zip(split(both.result(), channels), separate):
+        whole = st.result()
+        for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "class_means", "act_mean"):
+            np.testing.assert_array_equal(part[key], whole[key])
