@@ -195,3 +195,101 @@ def neuron(index_dir, neuron_key, fmt, with_topk):
         click.echo(to_table([{"property": k, "value": v} for k, v in row.items()]), nl=False)
         if top is not None:
             click.echo(to_table(top), nl=False)
+
+
+def _open(index_dir):
+    import neuronindex
+
+    return neuronindex.open(index_dir)
+
+
+@cli.command("sql")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("query")
+@output_options(("table", "csv", "json", "jsonl", "parquet"))
+@click.option("--time-limit", default=5.0, show_default=True, help="Seconds before the query is interrupted.")
+@click.option("--max-rows", default=10_000, show_default=True, help="Row cap; the output says when it cut.")
+def sql_command(index_dir, query, fmt, output, time_limit, max_rows):
+    """Run one read-only SQL query (SELECT / WITH / DESCRIBE / EXPLAIN) on the index."""
+    with _open(index_dir) as idx:
+        result = idx.sql(query, time_limit=time_limit, max_rows=max_rows)
+    emit(result.rows(), fmt, output, result.columns)
+    if result.meta["truncated"]:
+        click.echo(f"truncated: showing the first {max_rows} rows (raise --max-rows)", err=True)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@output_options(("table", "json", "csv", "jsonl"))
+def schema(index_dir, fmt, output):
+    """Document every table, view and column of the index."""
+    with _open(index_dir) as idx:
+        rows = idx.schema().rows()
+    if fmt != "table":
+        emit(rows, fmt, output)
+        return
+    current = None
+    lines = []
+    for r in rows:
+        if r["table"] != current:
+            current = r["table"]
+            lines.append(f"\n{r['type']} {r['table']}: {r['table_doc'] or ''}")
+        lines.append(f"  {r['column']:<18} {r['data_type']:<10} {r['doc'] or ''}")
+    text = "\n".join(lines).lstrip() + "\n"
+    if output:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("query")
+@output_options(("table", "csv", "json", "jsonl"))
+@click.option("--explain", is_flag=True, help="Print the SQL the query compiles to, and its parameters.")
+def search(index_dir, query, fmt, output, explain):
+    """Find neurons by property: `red conv4`, `dog layer3 gamma>=0.6`, `csi>0.8 sort:-csi limit:10`."""
+    with _open(index_dir) as idx:
+        if explain:
+            sql, params = idx.explain(query)
+            click.echo(sql)
+            click.echo(f"-- parameters: {params}")
+            return
+        rows = idx.search(query).rows()
+    columns = ["key", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
+    emit(rows, fmt, output, columns if fmt == "table" else None)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl", "parquet", "html"]), required=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def export(index_dir, query, fmt, output):
+    """Export the ranked result of a search (html: a standalone contact sheet of NFs and crops)."""
+    with _open(index_dir) as idx:
+        n = idx.export(query, fmt, output)
+    click.echo(f"wrote {n} neurons to {output}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--to", "folder", required=True, type=click.Path(file_okay=False, path_type=Path))
+def dump(index_dir, folder):
+    """Write every table of the index as Parquet files into a folder."""
+    with _open(index_dir) as idx:
+        tables = idx.dump(folder)
+    click.echo(f"wrote {len(tables)} tables to {folder}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Only this model.")
+@click.option("--class-threshold", type=float, default=None, help="th of the class selectivity index.")
+@click.option("-q", "--quiet", is_flag=True)
+def indexes(index_dir, model, class_threshold, quiet):
+    """Recompute the selectivity indexes (with pass 2, which they derive from)."""
+    from neuronindex.derive import recompute
+
+    for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
+        click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}")

@@ -198,6 +198,52 @@ class Index:
                                                    "JOIN models m ON m.id = l.model_id").fetchall()]
         return did_you_mean(key, keys)
 
+    # ------------------------------------------------------------------ queries
+    def sql(self, query: str, params=None, time_limit: float | None = None, max_rows: int | None = None) -> Result:
+        """Guarded read-only SQL (see neuronindex.query.sql); `.meta['truncated']` flags the row cap."""
+        from .query import sql as guarded
+
+        r = guarded.run_sql(self.con, query, params, time_limit or guarded.DEFAULT_TIME_LIMIT,
+                            max_rows or guarded.DEFAULT_MAX_ROWS)
+        return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed)
+
+    def search(self, text: str) -> Result:
+        """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`."""
+        from .query.search import search
+
+        rows, sql, params = search(self.con, text, self._vocabulary())
+        return Result(rows, list(rows[0]) if rows else None, sql=sql, params=params, index=self)
+
+    def explain(self, text: str) -> tuple[str, list]:
+        """The parameterised SQL a search compiles to, and its parameters."""
+        from .query.search import compile_query, parse
+
+        sql, params, _ = compile_query(parse(text, self._vocabulary()))
+        return sql, params
+
+    def export(self, text: str, fmt: str, path) -> int:
+        """Write the ranked result of a search as csv, json, jsonl, parquet or an html contact sheet."""
+        from .query.export import export
+
+        return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}")
+
+    def dump(self, folder) -> list[str]:
+        from .query.export import dump
+
+        return dump(self.con, folder)
+
+    def schema(self) -> Result:
+        from .query.sql import schema
+
+        return Result(schema(self.con))
+
+    def _vocabulary(self):
+        from .query.search import Vocabulary
+
+        if getattr(self, "_vocab", None) is None:
+            self._vocab = Vocabulary.load(self.con)
+        return self._vocab
+
     def nf_png(self, key: str) -> bytes | None:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
                                "WHERE n.key = ?", [key]).fetchone()

@@ -21,6 +21,9 @@ import duckdb
 from ..errors import IndexNotFoundError, SchemaVersionError
 
 INDEX_FILE = "index.duckdb"
+# Readers cannot touch files or the network, install extensions, or change these settings.
+READER_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
+                 "autoload_known_extensions": False, "lock_configuration": True}
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
         raise IndexNotFoundError(
             f"no index at {directory} ({INDEX_FILE} is missing); create one with `neuronindex ingest --index {directory} ...`"
         )
-    con = duckdb.connect(str(path), read_only=True)
+    con = duckdb.connect(str(path), read_only=True, config=READER_CONFIG)
     version = schema_version(con)
     _refuse_newer(version)
     if version < code_version():

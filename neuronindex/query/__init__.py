@@ -1,0 +1,1 @@
+"""Queries over an index: guarded SQL, the property search language, export."""

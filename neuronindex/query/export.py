@@ -1,0 +1,104 @@
+"""Ranked lists out of an index: CSV, JSON, JSONL, Parquet, a standalone HTML contact sheet,
+and `dump`, every table as Parquet for other tools."""
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+from ..errors import UsageError
+from ..formats import FORMATS, render
+
+EXPORT_FORMATS = FORMATS[1:] + ("html",)  # no plain table in files
+
+
+def ranked(con, rows: list[dict]) -> list[dict]:
+    """Search rows -> export rows: rank, key, layer, all indexes, top classes, colour names."""
+    ids = [r["id"] for r in rows]
+    classes: dict[int, list[str]] = {}
+    colours: dict[int, list[str]] = {}
+    if ids:
+        marks = ",".join("?" * len(ids))
+        for nid, name, share in con.execute(
+                f"SELECT nc.neuron_id, c.name, nc.share FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
+                f"WHERE nc.neuron_id IN ({marks}) AND nc.is_leaf AND nc.rank <= 3 ORDER BY nc.neuron_id, nc.rank", ids).fetchall():
+            classes.setdefault(nid, []).append(f"{name}:{share:.2f}")
+        for nid, name, share in con.execute(
+                f"SELECT neuron_id, name, share FROM neuron_colors WHERE neuron_id IN ({marks}) "
+                f"ORDER BY neuron_id, share DESC", ids).fetchall():
+            if len(colours.setdefault(nid, [])) < 3:
+                colours[nid].append(f"{name}:{share:.2f}")
+    out = []
+    for rank, r in enumerate(rows, 1):
+        row = {"rank": rank, **{k: v for k, v in r.items() if k != "id"}}
+        row["top_classes"] = "; ".join(classes.get(r["id"], []))
+        row["colour_names"] = "; ".join(colours.get(r["id"], []))
+        out.append(row)
+    return out
+
+
+def contact_sheet(con, rows: list[dict], title: str) -> str:
+    """A standalone HTML page (images inlined) with each neuron's NF, top crops and properties."""
+    keys = [r["key"] for r in rows]
+    images = {}
+    if keys:
+        marks = ",".join("?" * len(keys))
+        for key, nf, sprite in con.execute(
+                f"SELECT n.key, f.nf_png, f.sprite_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
+                f"WHERE n.key IN ({marks})", keys).fetchall():
+            images[key] = (nf, sprite)
+    shown = ["layer", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
+    body = []
+    for r in rows:
+        nf, sprite = images.get(r["key"], (None, None))
+        cells = [f"<td>{r['rank']}</td>", f"<td><code>{html.escape(r['key'])}</code></td>",
+                 f"<td>{_img(nf, 'nf')}</td>", f"<td>{_img(sprite, 'crops')}</td>"]
+        props = "<br>".join(f"{c}: {html.escape(_fmt(r.get(c)))}" for c in shown if r.get(c) is not None)
+        props += f"<br>classes: {html.escape(r.get('top_classes', ''))}<br>colours: {html.escape(r.get('colour_names', ''))}"
+        cells.append(f"<td class=props>{props}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 6px 10px; vertical-align: top; }}
+img {{ image-rendering: pixelated; background: #ccc; }} img.nf {{ width: 96px; height: 96px; }} img.crops {{ height: 48px; }}
+.props {{ font-size: 12px; line-height: 1.5; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1><p>{len(rows)} neurons, ranked. Made by neuronindex.</p>
+<table><thead><tr><th>#</th><th>neuron</th><th>Neuron Feature</th><th>top crops</th><th>properties</th></tr></thead>
+<tbody>{''.join(body)}</tbody></table></body></html>
+"""
+
+
+def _img(png: bytes | None, cls: str) -> str:
+    if not png:
+        return ""
+    return f'<img class="{cls}" src="data:image/png;base64,{base64.b64encode(png).decode()}" alt="{cls}">'
+
+
+def _fmt(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def export(con, rows: list[dict], fmt: str, path: str | Path, title: str) -> int:
+    if fmt not in EXPORT_FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
+    rows = ranked(con, rows)
+    data = contact_sheet(con, rows, title) if fmt == "html" else render(rows, fmt)
+    Path(path).write_bytes(data if isinstance(data, bytes) else data.encode())
+    return len(rows)
+
+
+def dump(con, folder: str | Path) -> list[str]:
+    """Every table as FOLDER/<table>.parquet."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY 1").fetchall():
+        table = con.execute(f'SELECT * FROM "{name}"').fetch_arrow_table()
+        pq.write_table(table, folder / f"{name}.parquet")
+        written.append(name)
+    return written

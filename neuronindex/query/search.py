@@ -1,0 +1,236 @@
+"""The property search language: the question a user would type, compiled to parameterised SQL.
+
+    red conv4                      red-selective neurons of layer conv4
+    red-selective conv4 neurons    the same; filler words and -selective are understood
+    dog layer3                     neurons whose top images are dogs (any breed under `dog`)
+    class:ladybug gamma>=0.6       class filter and a comparison on an index
+    color:blue alpha>0.5 sort:-alpha limit:20
+    dead layer:conv2
+    csi>0.8 model:resnet20
+
+Bare words resolve, in order, to a layer (name, alias or node), a colour name, a class or an
+ancestor class, a model. `field OP value` works on every numeric column (FIELDS below, with short
+aliases); `sort:[-]field` and `limit:N` order and cut. Without `sort:` the property asked about
+ranks the result, strongest first. Words of one kind are alternatives (red blue = red or blue);
+kinds combine with AND. User text only ever reaches SQL as bound parameters.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass, field
+
+from sqlalchemy import and_, column, false, func, or_, select, table, true
+from sqlalchemy.dialects import sqlite
+
+from ..errors import QueryError, did_you_mean
+from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
+
+FIELDS = {
+    "alpha": "color_index", "color_index": "color_index", "colour_index": "color_index",
+    "gamma": "class_index", "class_index": "class_index", "csi": "csi", "auc": "auc", "sparsity": "sparsity",
+    "max": "act_max", "act_max": "act_max", "mean": "act_mean", "act_mean": "act_mean", "std": "act_std",
+    "act_std": "act_std", "hue": "hue", "cri": "color_response", "color_response": "color_response",
+    "self": "nf_self_response", "self_response": "nf_self_response", "nf_self_response": "nf_self_response",
+    "m": "class_m", "class_m": "class_m", "channel": "channel", "nf_n": "nf_n", "n": "nf_n",
+    "share": "top_class_share", "top_class_share": "top_class_share", "color_share": "color_share",
+    "rf": "rf_size", "rf_size": "rf_size", "images": "n_images",
+}
+FILLER = {"neuron", "neurons", "unit", "units", "selective", "in", "with", "the", "of", "a", "an", "and", "for",
+          "layer", "that", "are", "is", "to", "on", "show", "find", "me", "all"}
+CLASS_SHARE = 0.5  # an ancestor class counts when its rolled-up share reaches this
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 100_000
+COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
+OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "color_name", "hue_name", "class_index",
+          "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
+
+view = table("neuron_view", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node"}])
+nclasses = table("neuron_classes", column("neuron_id"), column("class_id"), column("share"), column("rank"))
+classes = table("classes", column("id"), column("name"))
+ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
+
+
+@dataclass
+class Vocabulary:
+    """What bare words can mean in one index (all lower-case)."""
+
+    layers: dict[str, str] = field(default_factory=dict)  # word -> how it is spelled in the index
+    classes: dict[str, str] = field(default_factory=dict)
+    models: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, con) -> "Vocabulary":
+        vocab = cls()
+        for name, alias, node in con.execute("SELECT DISTINCT name, alias, node FROM layers").fetchall():
+            for word in (name, alias, node):
+                if word:
+                    vocab.layers[word.lower()] = word
+        vocab.classes = {n.lower(): n for (n,) in con.execute("SELECT DISTINCT name FROM classes").fetchall()}
+        vocab.models = {n.lower(): n for (n,) in con.execute("SELECT name FROM models").fetchall()}
+        return vocab
+
+    def all_words(self) -> list[str]:
+        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + ["dead", "alive"]
+
+
+@dataclass
+class Query:
+    layers: list[str] = field(default_factory=list)
+    colors: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)
+    comparisons: list[tuple[str, str, float]] = field(default_factory=list)
+    dead: bool | None = None
+    sort: tuple[str, bool] | None = None  # (column, descending)
+    limit: int = DEFAULT_LIMIT
+
+
+def parse(text: str, vocab: Vocabulary) -> Query:
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise QueryError(f"cannot read the query ({exc}); close the quotes") from None
+    q = Query()
+    for raw in tokens:
+        token = raw.strip().strip(",;").lower()
+        if not token:
+            continue
+        if ":" in token and not COMPARISON.match(token):
+            key, _, value = token.partition(":")
+            _keyword(q, key, value, vocab, raw)
+            continue
+        m = COMPARISON.match(token)
+        if m:
+            name, op, value = m.groups()
+            q.comparisons.append((_field(name), "=" if op == "==" else op, _number(value, raw)))
+            continue
+        for suffix in ("-selective", "_selective"):
+            if token.endswith(suffix):
+                token = token[: -len(suffix)]
+        if token in FILLER:
+            continue
+        if token in ("dead", "alive"):
+            q.dead = token == "dead"
+        elif token in vocab.layers:
+            q.layers.append(vocab.layers[token])
+        elif token in COLOR_NAMES or token == "gray":
+            q.colors.append("grey" if token == "gray" else token)
+        elif token in vocab.classes:
+            q.classes.append(vocab.classes[token])
+        elif token in vocab.models:
+            q.models.append(vocab.models[token])
+        else:
+            raise QueryError(f"unknown word {raw!r}{did_you_mean(token, vocab.all_words() + list(FIELDS))}; "
+                             "words name layers, colours, classes or models; use field>value for numbers")
+    return q
+
+
+def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str) -> None:
+    if not value:
+        raise QueryError(f"{raw!r} needs a value after the colon")
+    if key == "sort":
+        descending = value.startswith("-")
+        q.sort = (_field(value.lstrip("-+")), descending)
+    elif key == "limit":
+        if not value.isdigit() or not 0 < int(value) <= MAX_LIMIT:
+            raise QueryError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {value!r}")
+        q.limit = int(value)
+    elif key == "layer":
+        _lookup(q.layers, value, vocab.layers, "layer")
+    elif key in ("color", "colour"):
+        value = "grey" if value == "gray" else value
+        if value not in COLOR_NAMES:
+            raise QueryError(f"unknown colour {value!r}{did_you_mean(value, COLOR_NAMES)}; colours are {', '.join(COLOR_NAMES)}")
+        q.colors.append(value)
+    elif key == "class":
+        _lookup(q.classes, value, vocab.classes, "class")
+    elif key == "model":
+        _lookup(q.models, value, vocab.models, "model")
+    else:
+        raise QueryError(f"unknown keyword {key + ':'!r}{did_you_mean(key, ['sort', 'limit', 'layer', 'color', 'class', 'model'])}")
+
+
+def _lookup(into: list, value: str, known: dict, what: str) -> None:
+    if value not in known:
+        raise QueryError(f"unknown {what} {value!r}{did_you_mean(value, list(known))}")
+    into.append(known[value])
+
+
+def _field(name: str) -> str:
+    if name not in FIELDS:
+        raise QueryError(f"unknown field {name!r}{did_you_mean(name, list(FIELDS))}")
+    return FIELDS[name]
+
+
+def _number(value: str, raw: str):
+    if value in ("true", "false"):
+        return value == "true"
+    try:
+        number = float(value)
+    except ValueError:
+        raise QueryError(f"{raw!r}: {value!r} is not a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise QueryError(f"{raw!r}: the value must be a finite number")
+    return number
+
+
+def compile_query(q: Query) -> tuple[str, list, list[str]]:
+    """(parameterised SQL, parameters, output columns)."""
+    conditions = []
+    columns = [view.c[c] for c in OUTPUT]
+    source = view
+    rank_by = []
+    if q.layers:
+        words = [w.lower() for w in q.layers]
+        conditions.append(or_(*[func.lower(view.c[c]).in_(words) for c in ("layer", "alias", "node")]))
+    if q.models:
+        conditions.append(view.c.model.in_(q.models))
+    if q.dead is not None:
+        conditions.append(view.c.dead == (true() if q.dead else false()))
+    chromatic = [c for c in q.colors if c not in ACHROMATIC]
+    achromatic = [c for c in q.colors if c in ACHROMATIC]
+    if q.colors:
+        options = []
+        if chromatic:
+            options.append(and_(view.c.color_name.in_(chromatic), view.c.color_index >= COLOR_THRESHOLD))
+        if achromatic:
+            shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= 0.5)
+            options.append(view.c.id.in_(shares))
+        conditions.append(or_(*options))
+        rank_by.append((view.c.color_index if chromatic else view.c.color_share, True))
+    if q.classes:
+        matched = (select(nclasses.c.neuron_id, func.max(nclasses.c.share).label("class_share"))
+                   .select_from(nclasses.join(classes, classes.c.id == nclasses.c.class_id))
+                   .where(func.lower(classes.c.name).in_([c.lower() for c in q.classes]),
+                          or_(nclasses.c.rank == 1, nclasses.c.share >= CLASS_SHARE))
+                   .group_by(nclasses.c.neuron_id).subquery("matched"))
+        source = source.join(matched, matched.c.neuron_id == view.c.id)
+        columns.append(matched.c.class_share)
+        rank_by.insert(0, (matched.c.class_share, True))
+    for name, op, value in q.comparisons:
+        col = view.c[name]
+        conditions.append({">": col > value, ">=": col >= value, "<": col < value, "<=": col <= value,
+                           "=": col == value, "!=": col != value}[op])
+        rank_by.append((col, op in (">", ">=", "=", "!=")))
+    if q.sort is not None:
+        col = view.c[q.sort[0]]
+        order = [col.desc().nulls_last() if q.sort[1] else col.asc().nulls_last()]
+    elif rank_by:
+        col, desc = rank_by[0]
+        order = [col.desc().nulls_last() if desc else col.asc().nulls_last()]
+    else:
+        order = [view.c.act_max.desc().nulls_last()]
+    stmt = select(*columns).select_from(source).where(and_(true(), *conditions)).order_by(*order, view.c.id)
+    stmt = stmt.limit(q.limit)
+    compiled = stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+    params = [compiled.params[name] for name in compiled.positiontup]
+    return str(compiled), params, [c.name for c in columns]
+
+
+def search(con, text: str, vocab: Vocabulary | None = None) -> tuple[list[dict], str, list]:
+    """Run a search; returns (rows, sql, params)."""
+    vocab = vocab or Vocabulary.load(con)
+    sql, params, columns = compile_query(parse(text, vocab))
+    rows = con.execute(sql, params).fetchall()
+    return [dict(zip(columns, r)) for r in rows], sql, params
