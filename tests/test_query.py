@@ -1,0 +1,202 @@
+"""Query layer: the search language on a fixture index with known answers, guarded SQL, export."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import neuronindex
+from neuronindex.errors import QueryError, QueryTimeout
+from neuronindex_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, tiny_loaded):
+    """Tiny model over coloured squares filed under a hierarchy: warm/red, cool/green, cool/blue."""
+    from conftest import write_folder
+    from neuronindex.ingest import IngestParams, ingest
+
+    root = tmp_path_factory.mktemp("q")
+    write_folder(root / "images" / "warm", per_class=10, kinds=("red",), seed=1)
+    write_folder(root / "images" / "cool", per_class=10, kinds=("green", "blue"), seed=2)
+    ingest(tiny_loaded, str(root / "images"), "conv1,conv2", root / "index", params=IngestParams(top_k=10),
+           progress=False)
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def idx(index_dir):
+    with neuronindex.open(index_dir) as index:
+        yield index
+
+
+def keys(result):
+    return [r["key"] for r in result]
+
+
+def truth(idx, where, order="id"):
+    return keys(idx.sql(f"SELECT key FROM neuron_view WHERE {where} ORDER BY {order}"))
+
+
+def test_red_conv1(idx):
+    assert keys(idx.search("red conv1"))[0] == "tiny_cnn/conv1/0"
+    assert keys(idx.search("red conv1")) == truth(idx, "layer = 'conv1' AND color_name = 'red' AND color_index >= 0.4",
+                                                  "color_index DESC, id")
+    assert keys(idx.search("red-selective conv1 neurons")) == keys(idx.search("red conv1"))
+
+
+def test_ancestor_class_words_cover_their_leaves(idx):
+    # like "dog layer3": `cool` is the parent of green and blue
+    found = idx.search("cool conv2").rows()
+    assert found and all(r["layer"] == "conv2" for r in found)
+    expected = truth(idx, "layer = 'conv2' AND id IN (SELECT neuron_id FROM neuron_classes nc JOIN classes c "
+                          "ON c.id = nc.class_id WHERE c.name = 'cool' AND (nc.rank = 1 OR nc.share >= 0.5))")
+    assert sorted(keys(found)) == sorted(expected)
+    assert [r["class_share"] for r in found] == sorted((r["class_share"] for r in found), reverse=True)
+
+
+def test_class_and_gamma(idx):
+    found = idx.search("class:red gamma>=0.6").rows()
+    assert "tiny_cnn/conv1/0" in keys(found)
+    assert all(r["class_index"] >= 0.6 for r in found)
+
+
+def test_colour_comparison_sort_limit(idx):
+    found = idx.search("color:red alpha>0.5 sort:-alpha limit:2").rows()
+    assert 1 <= len(found) <= 2 and found[0]["key"] == "tiny_cnn/conv1/0"
+    assert [r["color_index"] for r in found] == sorted((r["color_index"] for r in found), reverse=True)
+
+
+def test_dead_in_a_layer(idx):
+    assert keys(idx.search("dead layer:conv1")) == ["tiny_cnn/conv1/2"]
+
+
+def test_csi_and_model(idx):
+    found = idx.search("csi>0.3 model:tiny_cnn")
+    assert keys(found) == truth(idx, "csi > 0.3", "csi DESC, id")
+    assert "tiny_cnn/conv1/0" in keys(found)
+
+
+def test_unknown_words_suggest(idx):
+    with pytest.raises(QueryError, match=r"unknown word 'conv3' \(did you mean conv2, conv1"):
+        idx.search("red conv3")
+    with pytest.raises(QueryError, match="did you mean red"):
+        idx.search("redd")
+    with pytest.raises(QueryError, match="unknown field 'alph'"):
+        idx.search("alph>0.3")
+
+
+def test_explain_is_parameterised(idx):
+    sql, params = idx.explain("class:red alpha>0.5")
+    assert "red" not in sql and "0.5" not in sql
+    assert "red" in params and 0.5 in params
+
+
+def test_injection_attempts_are_only_data(idx, index_dir):
+    before = hashlib.sha256((index_dir / "index.duckdb").read_bytes()).hexdigest()
+    for text in ["class:\"red'); DROP TABLE neurons; --\"", "layer:conv1' OR '1'='1", "red; DELETE FROM neurons"]:
+        with pytest.raises(QueryError):
+            idx.search(text)
+    assert hashlib.sha256((index_dir / "index.duckdb").read_bytes()).hexdigest() == before
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=60))
+def test_fuzz_any_text_gives_results_or_a_query_error(idx, text):
+    try:
+        result = idx.search(text)
+    except QueryError:
+        return
+    assert isinstance(result.rows(), list)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["red", "conv1", "conv2", "cool", "dead", "alpha>0.2", "gamma<=1", "sort:-csi",
+                                 "limit:3", "neurons", "-selective", "class:blue", "color:grey", "model:tiny_cnn",
+                                 "csi!=0", "hue>=0", "x", ":", ">", "\"", "sort:", "limit:99999999"]), max_size=6))
+def test_fuzz_word_salad(idx, words):
+    try:
+        idx.search(" ".join(words))
+    except QueryError:
+        pass
+
+
+@pytest.mark.parametrize("statement", [
+    "INSERT INTO models (id, name, spec) VALUES (99, 'x', 'y')", "UPDATE neurons SET dead = true",
+    "DELETE FROM neurons", "CREATE TABLE x (a INT)", "DROP TABLE neurons",
+    "SELECT * FROM read_csv('/etc/passwd')", "COPY neurons TO '/tmp/neurons.csv'", "ATTACH '/tmp/other.duckdb'",
+    "INSTALL httpfs", "LOAD httpfs", "SELECT 1; SELECT 2", "PRAGMA enable_profiling", "SET threads = 1",
+    "SELECT * FROM read_parquet('/tmp/*.parquet')", "CALL pragma_version()",
+])
+def test_sql_guard_refuses(idx, index_dir, statement):
+    before = hashlib.sha256((index_dir / "index.duckdb").read_bytes()).hexdigest()
+    with pytest.raises(QueryError):
+        idx.sql(statement)
+    assert hashlib.sha256((index_dir / "index.duckdb").read_bytes()).hexdigest() == before
+
+
+def test_sql_allows_queries_and_caps_rows(idx):
+    assert idx.sql("WITH x AS (SELECT 1 AS a) SELECT a FROM x").rows() == [{"a": 1}]
+    assert idx.sql("DESCRIBE neurons").rows()
+    capped = idx.sql("SELECT * FROM range(100)", max_rows=10)
+    assert len(capped) == 10 and capped.meta["truncated"]
+    assert not idx.sql("SELECT * FROM range(10)", max_rows=10).meta["truncated"]
+
+
+def test_slow_query_is_interrupted_near_the_limit(idx):
+    started = time.perf_counter()
+    with pytest.raises(QueryTimeout, match="time limit"):
+        idx.sql("SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range * b.range % 7 = 3",
+                time_limit=0.5)
+    assert time.perf_counter() - started < 3.0
+
+
+def test_schema_documents_everything(idx):
+    rows = idx.schema().rows()
+    assert {r["table"] for r in rows} >= {"neurons", "topk", "neuron_view", "neuron_classes"}
+    assert all(r["doc"] for r in rows), [r for r in rows if not r["doc"]]
+
+
+def test_results_convert(idx):
+    result = idx.search("conv1")
+    assert len(result.df()) == len(result) == result.arrow().num_rows == len(list(result))
+    html = result._repr_html_()
+    assert html.count("<img") == len(result) and "data:image/png;base64," in html
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "jsonl", "parquet", "html"])
+def test_export_formats(index_dir, cli_runner, tmp_path, fmt):
+    out = tmp_path / f"out.{fmt}"
+    r = cli_runner.invoke(cli, ["export", str(index_dir), "conv1", "--format", fmt, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    if fmt == "json":
+        rows = json.loads(out.read_text())
+        assert [x["rank"] for x in rows] == list(range(1, len(rows) + 1))
+        assert {"key", "layer", "color_index", "class_index", "csi", "top_classes", "colour_names"} <= set(rows[0])
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(out).num_rows == 4
+    if fmt == "html":
+        page = out.read_text()
+        assert "http://" not in page and "https://" not in page  # opens offline
+        assert page.count("data:image/png;base64,") >= 3 and "tiny_cnn/conv1/0" in page
+
+
+def test_dump_and_cli(index_dir, cli_runner, tmp_path):
+    r = cli_runner.invoke(cli, ["dump", str(index_dir), "--to", str(tmp_path / "d")])
+    assert r.exit_code == 0 and (tmp_path / "d" / "neurons.parquet").exists() and (tmp_path / "d" / "topk.parquet").exists()
+    r = cli_runner.invoke(cli, ["sql", str(index_dir), "SELECT count(*) AS n FROM neurons", "--format", "json"])
+    assert json.loads(r.output) == [{"n": 10}]
+    r = cli_runner.invoke(cli, ["sql", str(index_dir), "DROP TABLE neurons"])
+    assert r.exit_code == 7 and r.output.startswith("Error: only queries are allowed")
+    r = cli_runner.invoke(cli, ["search", str(index_dir), "red conv1", "--explain"])
+    assert "SELECT" in r.output and "parameters" in r.output
+    r = cli_runner.invoke(cli, ["search", str(index_dir), "red conv9"])
+    assert r.exit_code == 7 and "did you mean" in r.output
+    r = cli_runner.invoke(cli, ["schema", str(index_dir)])
+    assert "view neuron_view" in r.output and "color_index" in r.output
