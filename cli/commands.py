@@ -293,3 +293,56 @@ def indexes(index_dir, model, class_threshold, quiet):
 
     for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
         click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}")
+
+
+def _box(value):
+    if value is None:
+        return None
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 4:
+        raise click.BadParameter("use x0,y0,x1,y1 in image pixels")
+    return parts
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--image", required=True, type=click.Path(dir_okay=False), help="Image file holding the patch.")
+@click.option("--box", default=None, help="x0,y0,x1,y1 of the patch in image pixels (default: the centre).")
+@click.option("--layer", default="all", show_default=True, help="A layer name or alias, or all.")
+@click.option("--model", default=None, help="Model, when the index has several.")
+@click.option("-k", "k", default=20, show_default=True)
+@click.option("--mode", type=click.Choice(["embedding", "response"]), default="embedding", show_default=True)
+@click.option("--space", type=click.Choice(["prototype", "patch"]), default="prototype", show_default=True,
+              help="prototype: nearest neurons; patch: nearest stored crops.")
+@output_options(("table", "csv", "json", "jsonl"))
+def nearest(index_dir, image, box, layer, model, k, mode, space, fmt, output):
+    """Neurons (or stored crops) nearest to an image patch."""
+    with _open(index_dir) as idx:
+        rows = idx.nearest(image, _box(box), layer, k, mode, space, model).rows()
+    emit(rows, fmt, output)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("neuron_key")
+@click.option("-k", "k", default=20, show_default=True)
+@click.option("--space", type=click.Choice(["prototype", "signature"]), default="prototype", show_default=True)
+@output_options(("table", "csv", "json", "jsonl"))
+def similar(index_dir, neuron_key, k, space, fmt, output):
+    """Neurons similar to a neuron (prototype: same layer; signature: probe activations, any layer)."""
+    with _open(index_dir) as idx:
+        rows = idx.similar(neuron_key, k, space).rows()
+    emit(rows, fmt, output)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+def vectors(index_dir):
+    """(Re)build the FAISS files under INDEX_DIR/vectors from the index's embeddings."""
+    from neuronindex.formats import to_table
+    from neuronindex.ingest import build_vectors
+
+    click.echo(to_table(build_vectors(index_dir)), nl=False)

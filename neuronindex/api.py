@@ -237,6 +237,124 @@ class Index:
 
         return Result(schema(self.con))
 
+    # ------------------------------------------------------------------ vectors
+    def similar(self, key: str, k: int = 20, space: str = "prototype") -> Result:
+        """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model)."""
+        from .errors import UsageError
+        from .vectors import VectorStore
+
+        if space not in ("prototype", "signature"):
+            raise UsageError(f"unknown space {space!r}; use prototype or signature")
+        n = self.neuron(key)
+        group_col = "model_id" if space == "signature" else "layer_id"
+        row = self.con.execute(f"SELECT vector, {group_col} FROM embeddings WHERE space = ? AND neuron_id = ?",
+                               [space, n.id]).fetchone()
+        if row is None:
+            raise NotFoundError(f"neuron {key} has no {space} vector (dead, or the index has no embeddings)")
+        import numpy as np
+
+        hits = [h for h in VectorStore(self.path, self.con).search(space, row[1], np.array(row[0]), k + 1)
+                if h[0] != n.id][:k]
+        return self._with_neurons(hits, space)
+
+    def nearest(self, image, box=None, layer: str | None = None, k: int = 20, mode: str = "embedding",
+                space: str = "prototype", model: str | None = None) -> Result:
+        """Neurons (or stored patches) nearest to an image patch.
+
+        The image is shown to the model as in ingest; the unit of each layer whose receptive field
+        is centred nearest the box centre (the centre unit without a box) gives the query.
+        `embedding`: its feature vector, searched in the prototype (or patch) space with FAISS.
+        `response`: exact; every neuron's activation at that unit relative to its own a_max.
+        """
+        import numpy as np
+        import torch
+
+        from .data import load_image
+        from .errors import UsageError
+
+        if mode not in ("embedding", "response"):
+            raise UsageError(f"unknown mode {mode!r}; use embedding or response")
+        if space not in ("prototype", "patch"):
+            raise UsageError(f"unknown space {space!r}; use prototype or patch")
+        loaded, extractor, layers = self._model(model, layer)
+        pil = image if hasattr(image, "size") and hasattr(image, "mode") else load_image(image)
+        pil = pil.convert("RGB")
+        pre = loaded.preprocessing
+        h, w = pre.input_size
+        if box is not None:
+            x0, y0, x1, y1 = (float(v) for v in box)
+            if not (x1 > x0 and y1 > y0):
+                raise UsageError("the box needs x0 < x1 and y0 < y1")
+            x0, y0, x1, y1 = pre.map_box((x0, y0, x1, y1), pil.size)
+            cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        else:
+            cx, cy = w / 2, h / 2
+        batch = torch.from_numpy(np.asarray(pre.geometric(pil), dtype=np.uint8).copy())[None]
+        maps = extractor(batch)
+        hits = []
+        for lay in layers:
+            y = _unit(cy, lay["rf_offset"], lay["rf_size"], lay["rf_stride"], lay["map_h"])
+            x = _unit(cx, lay["rf_offset"], lay["rf_size"], lay["rf_stride"], lay["map_w"])
+            vector = maps[lay["node"]][0, :, y, x].cpu().numpy()
+            if mode == "response":
+                ids, amax = zip(*self.con.execute("SELECT id, act_max FROM neurons WHERE layer_id = ? ORDER BY channel",
+                                                  [lay["id"]]).fetchall())
+                amax = np.array([a if a and a > 0 else np.nan for a in amax], dtype=float)
+                score = vector / amax
+                hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
+            else:
+                from .vectors import VectorStore
+
+                hits += VectorStore(self.path, self.con).search(space, lay["id"], vector, k)
+        hits.sort(key=lambda t: -t[2])
+        return self._with_neurons(hits[:k], space if mode == "embedding" else "response")
+
+    def _model(self, model: str | None, layer: str | None):
+        """(LoadedModel, Extractor over the chosen layers, layer rows) for queries that forward images."""
+        from .errors import LayerError, UsageError
+        from .extract import Extractor
+        from .models import Preprocessing, load_model
+
+        models = self.models().rows()
+        if model is None:
+            if len({m["name"] for m in models}) != 1:
+                raise UsageError(f"this index has several models; choose one with --model ({', '.join(m['name'] for m in models)})")
+            model = models[0]["name"]
+        found = [m for m in models if m["name"] == model]
+        if not found:
+            raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
+        rows = self.layers(model).rows()
+        if layer not in (None, "all"):
+            chosen = [r for r in rows if layer in (r["name"], r["alias"], r["node"])]
+            if not chosen:
+                raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
+            rows = chosen
+        cache = self.__dict__.setdefault("_models", {})
+        key = (model, tuple(r["node"] for r in rows))
+        if key not in cache:
+            spec, weights, pre = self.con.execute("SELECT spec, weights, preprocessing FROM models WHERE name = ?",
+                                                  [model]).fetchone()
+            loaded = load_model(spec, weights, Preprocessing.from_json(pre), model)
+            cache[key] = (loaded, Extractor(loaded, [r["node"] for r in rows]))
+        loaded, extractor = cache[key]
+        return loaded, extractor, rows
+
+    def _with_neurons(self, hits, space: str) -> Result:
+        """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches)."""
+        rows = []
+        for neuron_id, rank, score in hits:
+            row = self.con.execute("SELECT key, model, layer, channel, color_index, color_name, class_index, top_class, "
+                                   "csi, act_max FROM neuron_view WHERE id = ?", [neuron_id]).fetchone()
+            cols = ["key", "model", "layer", "channel", "color_index", "color_name", "class_index", "top_class", "csi",
+                    "act_max"]
+            out = {"score": score, **dict(zip(cols, row))}
+            if space == "patch":
+                crop = self.con.execute("SELECT i.path, t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i "
+                                        "ON i.id = t.image_id WHERE t.neuron_id = ? AND t.rank = ?", [neuron_id, rank]).fetchone()
+                out.update(rank=rank, image=crop[0], box=list(crop[1:]))
+            rows.append(out)
+        return Result(rows, list(rows[0]) if rows else ["score", "key"], index=self)
+
     def _vocabulary(self):
         from .query.search import Vocabulary
 
@@ -248,3 +366,10 @@ class Index:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
                                "WHERE n.key = ?", [key]).fetchone()
         return row[0] if row else None
+
+
+def _unit(centre: float, offset, size, stride, length: int) -> int:
+    """The unit whose receptive field is centred nearest `centre` (input pixels) along one axis."""
+    if offset is None or not stride:
+        return length // 2
+    return int(min(max(round((centre - (offset + size / 2)) / stride), 0), length - 1))

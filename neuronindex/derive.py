@@ -27,8 +27,9 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     plan, owners = features_mod.plan_from_results(run.selections, results, run.params.nf_threshold, run.params.nf_max)
     extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device)
     grey = GreyResponses(extractor, run.selections, plan, owners)
+    patches = PatchVectors(extractor, run.selections, plan, owners)
     feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,
-                                 progress=progress, on_batch=grey)
+                                 progress=progress, on_batch=lambda *a: (grey(*a), patches(*a)))
     timings["pass2"] = time.time() - t0
     t0 = time.time()
     sr = features_mod.self_response(extractor, run.selections, owners, feats, [r["act_max"] for r in results],
@@ -40,7 +41,39 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     timings["indexes"] = time.time() - t0
     writers.append(lambda con, ctx: write_features(con, ctx, owners, feats, sr, run.params))
     writers.append(lambda con, ctx: write_indexes(con, ctx, owners, indexes, run))
+    writers.append(lambda con, ctx: write_embeddings(con, ctx, owners, plan, patches, results, run.selections))
     return {"writers": writers, "features": feats, "owners": owners, "plan": plan}
+
+
+class PatchVectors:
+    """The layer's feature vector (all channels) at each top crop's unit (pass-2 callback)."""
+
+    def __init__(self, extractor, selections, plan, owners):
+        self.extractor = extractor
+        self.nodes = [s.layer.name for s in selections]
+        self.plan = plan
+        self.layer_of = np.array([li for li, _ in owners], dtype=np.int64)
+        self.vectors: list[np.ndarray | None] = [None] * len(plan.neuron)
+
+    def __call__(self, batch, local, entries):
+        import torch
+
+        valid = np.isfinite(self.plan.weight[entries])
+        entries, local = entries[valid], local[valid]
+        if len(entries) == 0:
+            return
+        maps = self.extractor(batch)
+        layers = self.layer_of[self.plan.neuron[entries]]
+        for li in np.unique(layers):
+            sel = layers == li
+            e = entries[sel]
+            m = maps[self.nodes[li]]
+            b = torch.from_numpy(local[sel])
+            y = torch.from_numpy(self.plan.ys[e].astype(np.int64))
+            x = torch.from_numpy(self.plan.xs[e].astype(np.int64))
+            vecs = m[b, :, y, x].cpu().numpy()  # (n, C)
+            for i, entry in enumerate(e):
+                self.vectors[entry] = vecs[i]
 
 
 class GreyResponses:
@@ -303,3 +336,56 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
         insert(con, "_csi_update", {"neuron_id": neuron_ids, "csi": value, "csi_class_id": class_ids[top]})
         execute(con, "UPDATE neurons SET csi = u.csi, csi_class_id = u.csi_class_id FROM _csi_update u "
                      "WHERE neurons.id = u.neuron_id")
+
+
+def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> None:
+    """Prototype, patch and signature vectors into `embeddings`."""
+    from . import vectors as vec
+
+    ids = neuron_id_array(ctx, owners)
+    ingest_id = ctx["ingest_id"]
+    execute(con, "DELETE FROM embeddings WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)", [ingest_id])
+    model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
+    layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
+    layer_of = [layer_ids[s.layer.position] for s in selections]
+    rows = {"space": [], "model_id": [], "layer_id": [], "neuron_id": [], "rank": [], "vector": []}
+
+    def add(space, layer_id, neuron_id, rank, vector):
+        rows["space"].append(space)
+        rows["model_id"].append(int(model_id))
+        rows["layer_id"].append(layer_id)
+        rows["neuron_id"].append(int(neuron_id))
+        rows["rank"].append(rank)
+        rows["vector"].append(vector)
+
+    sums: dict[int, np.ndarray] = {}
+    for entry, v in enumerate(patches.vectors):
+        if v is None:
+            continue
+        n = int(plan.neuron[entry])
+        add("patch", layer_of[owners[n][0]], ids[n], int(plan.rank[entry]) + 1, vec.normalize(v))
+        if plan.use_nf[entry]:
+            sums[n] = sums.get(n, 0) + plan.weight[entry] * v.astype(np.float64)
+    for n, total in sorted(sums.items()):
+        add("prototype", layer_of[owners[n][0]], ids[n], None, vec.normalize(total))
+    probes = [r["probe"] for r in results]
+    if probes and probes[0].shape[0] >= 2:
+        signature = vec.signatures(np.concatenate(probes, axis=1))
+        for n in range(len(owners)):
+            add("signature", None, ids[n], None, signature[n])
+    _insert_vectors(con, rows)
+
+
+def _insert_vectors(con, rows) -> None:
+    import pyarrow as pa
+
+    if not rows["neuron_id"]:
+        return
+    table = pa.table({k: (pa.array(v, type=pa.list_(pa.float32())) if k == "vector" else pa.array(v))
+                      for k, v in rows.items()})
+    con.register("_vectors", table)
+    try:
+        cols = ", ".join(rows)
+        execute(con, f"INSERT INTO embeddings ({cols}) SELECT {cols} FROM _vectors")
+    finally:
+        con.unregister("_vectors")

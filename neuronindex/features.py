@@ -130,7 +130,8 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
 
     from .extract import image_batches
 
-    keep = plan.use_nf | plan.sprite
+    # every valid top crop is visited (callbacks embed them all); NF and sprite work only on their own
+    keep = (plan.use_nf | plan.sprite | np.isfinite(plan.weight)) if on_batch is not None else (plan.use_nf | plan.sprite)
     order = np.argsort(plan.image[keep], kind="stable")
     idx = np.nonzero(keep)[0][order]
     e_image = plan.image[idx]

@@ -312,8 +312,24 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
     with staged(index_dir) as con:
         summary = write_ingest(con, run, results, extra, timings=timings, started=started)
     timings["publish"] = time.time() - t0
+    if derive:
+        t0 = time.time()
+        build_vectors(index_dir)
+        timings["vectors"] = time.time() - t0
     summary["timings"] = timings
     return summary
+
+
+def build_vectors(index_dir) -> list[dict]:
+    """(Re)build the FAISS files of an index from its `embeddings` rows."""
+    from . import store
+    from .vectors import VectorStore
+
+    con = store.connect(index_dir)
+    try:
+        return VectorStore(index_dir, con).build_all()
+    finally:
+        con.close()
 
 
 def package_version() -> str:

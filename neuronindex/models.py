@@ -83,6 +83,22 @@ class Preprocessing:
         # crop() pads with black where the box leaves the image (the `none` policy on small images)
         return image.crop((left, top, left + w, top + h))
 
+    def map_box(self, box, image_size) -> tuple[float, float, float, float]:
+        """A box (x0, y0, x1, y1) in original image pixels -> the same region in the model input."""
+        iw, ih = image_size
+        h, w = self.input_size
+        x0, y0, x1, y1 = box
+        if self.geometry == "resize":
+            sx, sy = w / iw, h / ih
+            return (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+        scale = 1.0
+        if self.geometry == "resize-crop":
+            short = self.resize or min(h, w)
+            scale = short / min(iw, ih)
+            iw, ih = max(w, round(iw * scale)), max(h, round(ih * scale))
+        left, top = (iw - w) // 2, (ih - h) // 2
+        return (x0 * scale - left, y0 * scale - top, x1 * scale - left, y1 * scale - top)
+
     def normalize(self, batch):
         """uint8 tensor (B, H, W, 3) RGB -> float tensor (B, 3, H, W) normalised for the model."""
         import torch

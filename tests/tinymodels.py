@@ -65,3 +65,26 @@ class Concat(nn.Module):
 
 def concat_model():
     return Concat()
+
+
+class WideCNN(nn.Module):
+    """Random (seeded) 32-channel convs for retrieval tests, where top-5 of 32 is far from chance."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.relu2 = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x):
+        x = self.relu2(self.conv2(self.pool1(self.relu1(self.conv1(x)))))
+        return self.fc(self.gap(x).flatten(1))
+
+
+def wide_cnn():
+    return WideCNN()

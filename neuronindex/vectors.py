@@ -1,0 +1,164 @@
+"""Embeddings and FAISS indexes: build, save, load, search.
+
+Spaces (stored as rows of `embeddings`; FAISS files under DIR/vectors/ are built from them):
+  prototype  per layer: for each neuron, the L2-normalised, w-weighted mean of the layer's feature
+             vector (all channels at the argmax unit) over its NF images
+  signature  per model: each neuron's activations on the probe sample, centred and normalised
+             (finds redundant neurons across layers; seed 001)
+  patch      per layer: the feature vector of every stored top crop (seed 002's representation
+             space); a hit names the crop and the neuron it belongs to
+
+Search is by inner product on L2-normalised vectors (cosine). Up to EXACT_LIMIT vectors a flat
+(exact) index is used; above it an IVF index whose nlist and nprobe are chosen automatically
+(nprobe is raised until recall@10 against exact search reaches 0.95 on sampled queries), with
+its parameters recorded beside the file. Each file carries a fingerprint of the rows it was
+built from; a stale file is rebuilt on use.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from .errors import StaleVectorsError
+
+EXACT_LIMIT = 100_000
+TARGET_RECALL = 0.95
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=-1, keepdims=True)
+    return np.where(norms > 0, x / np.maximum(norms, 1e-12), 0).astype(np.float32)
+
+
+def signatures(probe: np.ndarray) -> np.ndarray:
+    """(P, C) probe activations -> (C, P) centred, L2-normalised signatures."""
+    x = probe.T.astype(np.float64)
+    x = x - x.mean(1, keepdims=True)
+    return normalize(x)
+
+
+def build(vectors: np.ndarray, exact_limit: int = EXACT_LIMIT, seed: int = 0):
+    """A FAISS index over L2-normalised vectors; returns (index, parameters)."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = vectors.shape
+    if n <= exact_limit:
+        index = faiss.IndexFlatIP(d)
+        index.add(vectors)
+        return index, {"type": "flat", "n": n, "d": d}
+    nlist = int(2 ** round(math.log2(4 * math.sqrt(n))))
+    quantizer = faiss.IndexFlatIP(d)
+    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    train = vectors[rng.choice(n, min(n, nlist * 64), replace=False)]
+    index.train(train)
+    index.add(vectors)
+    nprobe, recall = tune_nprobe(index, vectors, rng)
+    return index, {"type": "ivf", "n": n, "d": d, "nlist": nlist, "nprobe": nprobe, "recall_at_10": recall}
+
+
+def tune_nprobe(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> tuple[int, float]:
+    """Smallest power-of-two nprobe whose recall@k against exact search reaches TARGET_RECALL."""
+    import faiss
+
+    sample = vectors[rng.choice(len(vectors), queries, replace=False)]
+    noisy = normalize(sample + rng.normal(0, 0.05, sample.shape).astype(np.float32))
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(noisy, k)
+    nprobe, recall = 1, 0.0
+    while nprobe <= index.nlist:
+        index.nprobe = nprobe
+        _, found = index.search(noisy, k)
+        recall = float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)]))
+        if recall >= TARGET_RECALL:
+            break
+        nprobe *= 2
+    index.nprobe = min(nprobe, index.nlist)
+    return index.nprobe, recall
+
+
+def fingerprint(ids: np.ndarray, vectors: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    digest.update(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:32]
+
+
+class VectorStore:
+    """FAISS files for the spaces of one index directory, kept in step with `embeddings`."""
+
+    def __init__(self, directory: str | Path, con):
+        self.directory = Path(directory) / "vectors"
+        self.con = con
+        self._cache: dict = {}
+
+    def _rows(self, space: str, group: int):
+        column = "model_id" if space == "signature" else "layer_id"
+        rows = self.con.execute(
+            f"SELECT neuron_id, coalesce(rank, 0), vector FROM embeddings WHERE space = ? AND {column} = ? "
+            "ORDER BY neuron_id, rank", [space, group]).fetchall()
+        if not rows:
+            return np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32)
+        ids = np.array([(r[0], r[1]) for r in rows], dtype=np.int64)
+        return ids, np.array([r[2] for r in rows], dtype=np.float32)
+
+    def get(self, space: str, group: int, rebuild: bool = True):
+        """(faiss index, ids (n, 2) of neuron_id and rank, parameters) for a space and layer/model."""
+        import faiss
+
+        key = (space, group)
+        ids, vectors = self._rows(space, group)
+        fp = fingerprint(ids, vectors)
+        cached = self._cache.get(key)
+        if cached and cached[3] == fp:
+            return cached[:3]
+        path = self.directory / f"{space}-{group}.faiss"
+        meta_path = path.with_suffix(".json")
+        if path.exists() and meta_path.exists():
+            meta = json.loads(meta_path.read_text())
+            if meta.get("fingerprint") == fp:
+                index = faiss.read_index(str(path))
+                if meta.get("type") == "ivf":
+                    index.nprobe = meta["nprobe"]
+                self._cache[key] = (index, ids, meta, fp)
+                return index, ids, meta
+            if not rebuild:
+                raise StaleVectorsError(f"{path} is stale (built from other rows); rebuild it with `neuronindex vectors DIR`")
+        if len(vectors) == 0:
+            return None, ids, {"type": "empty"}
+        index, meta = build(vectors)
+        meta["fingerprint"] = fp
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            faiss.write_index(index, str(tmp))
+            tmp.replace(path)
+            meta_path.write_text(json.dumps(meta, indent=2))
+        except OSError:
+            pass  # a read-only directory: keep the freshly built index in memory only
+        self._cache[key] = (index, ids, meta, fp)
+        return index, ids, meta
+
+    def search(self, space: str, group: int, query: np.ndarray, k: int):
+        """[(neuron_id, rank, score)] nearest first."""
+        index, ids, _ = self.get(space, group)
+        if index is None:
+            return []
+        scores, found = index.search(normalize(query.reshape(1, -1)), min(k, len(ids)))
+        return [(int(ids[i][0]), int(ids[i][1]), float(s)) for s, i in zip(scores[0], found[0]) if i >= 0]
+
+    def build_all(self, progress: bool = False) -> list[dict]:
+        built = []
+        for space, group in self.con.execute(
+                "SELECT DISTINCT space, CASE WHEN space = 'signature' THEN model_id ELSE layer_id END FROM embeddings "
+                "ORDER BY 1, 2").fetchall():
+            _, ids, meta = self.get(space, group)
+            built.append({"space": space, "group": group, "vectors": len(ids), **{k: v for k, v in meta.items() if k != "fingerprint"}})
+        return built
