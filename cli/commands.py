@@ -346,3 +346,43 @@ def vectors(index_dir):
     from neuronindex.ingest import build_vectors
 
     click.echo(to_table(build_vectors(index_dir)), nl=False)
+
+
+@cli.command()
+@click.option("--out", default="neuronindex-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the images, the model, the index and the exports (reused on a second run).")
+@click.option("--per-class", default=300, show_default=True, help="Training images per class.")
+@click.option("--epochs", default=12, show_default=True, help="Training epochs.")
+@click.option("--serve", is_flag=True, help="Then open the web gallery on 127.0.0.1.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def demo(out, per_class, epochs, serve, port, quiet):
+    """Run the whole job offline: make images, train a small CNN, index it, tour the results."""
+    from neuronindex.demo import run_demo
+    from neuronindex.formats import to_table
+
+    result = run_demo(out, per_class, epochs, progress=not quiet)
+    t = result["tour"]
+    click.echo(f"\ndemo CNN trained on {per_class} images per class: held-out accuracy {result['accuracy']:.1%}")
+    click.echo(f"index: {result['index']}\n\nlayer summary:")
+    click.echo(to_table(t["summary"]), nl=False)
+    short = ["key", "color_index", "color_name", "class_index", "top_class", "csi"]
+    for title, rows in ((f"search 'red {t['first']}':", t["red"]),
+                        (f"search 'layer:{t['last']} gamma>=0.9 sort:-csi limit:5':", t["selective"]),
+                        (f"search 'round {t['last']}' (an ancestor class: red discs and yellow rings):", t["rounds"])):
+        click.echo(f"\n{title}")
+        click.echo(to_table([{k: r.get(k) for k in short} for r in rows]), nl=False)
+    click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
+    click.echo(to_table([{k: r.get(k) for k in ["score", "key", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
+    click.echo(f"\nHTML contact sheet of the red neurons: {t['sheet']}")
+    checks = {"held-out accuracy >= 90%": result["accuracy"] >= 0.9, **t["checks"]}
+    click.echo("\nchecks:")
+    for name, ok in checks.items():
+        click.echo(f"  [{'ok' if ok else 'FAILED'}] {name}")
+    click.echo(f"\ndone in {result['seconds']:.0f} s. Try: neuronindex search {result['index']} \"red conv1_1\"")
+    if serve:
+        from neuronindex.service import serve as run_server
+
+        run_server(result["index"], port=port)
+    if not all(checks.values()):
+        raise SystemExit(1)

@@ -1,0 +1,195 @@
+"""The embedded default: a labelled synthetic image set, a small CNN trained on it, an index.
+
+`run_demo(out)`:
+  1. writes a synthetic image set (no downloads): six classes whose identity depends on colour,
+     shape and texture, filed under parent classes for the hierarchy
+         round/red_disc, round/yellow_ring, angular/blue_square, angular/purple_triangle,
+         textured/green_stripes, textured/checkerboard
+     on random-colour, noisy backgrounds at random positions and scales;
+  2. trains a small VGG-style CNN on it (fixed seed; cached in OUT/model.pt) and reports held-out
+     accuracy;
+  3. ingests every conv layer into OUT/index (passes 1-2, indexes, vectors);
+  4. returns what the tour prints: layer summary, answers to a few queries, the checks.
+A second run reuses the images, the model and the index.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+CLASSES = {
+    "red_disc": "round", "yellow_ring": "round", "blue_square": "angular", "purple_triangle": "angular",
+    "green_stripes": "textured", "checkerboard": "textured",
+}
+COLOURS = {"red_disc": (220, 30, 35), "yellow_ring": (240, 220, 40), "blue_square": (35, 60, 220),
+           "purple_triangle": (140, 40, 170), "green_stripes": (40, 170, 60)}
+SIZE = 32
+VERSION = 1  # bump when the generator or the model changes: caches are keyed on it
+
+
+def _draw(kind: str, rng: np.random.Generator) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    bg = tuple(int(v) for v in rng.integers(40, 216, 3))
+    img = Image.new("RGB", (SIZE, SIZE), bg)
+    d = ImageDraw.Draw(img)
+    s = int(rng.integers(10, 20))
+    x0, y0 = (int(v) for v in rng.integers(0, SIZE - s, 2))
+    box = (x0, y0, x0 + s, y0 + s)
+    if kind == "red_disc":
+        d.ellipse(box, fill=COLOURS[kind])
+    elif kind == "yellow_ring":
+        d.ellipse(box, outline=COLOURS[kind], width=max(2, s // 5))
+    elif kind == "blue_square":
+        d.rectangle(box, fill=COLOURS[kind])
+    elif kind == "purple_triangle":
+        d.polygon([(x0 + s // 2, y0), (x0, y0 + s), (x0 + s, y0 + s)], fill=COLOURS[kind])
+    elif kind == "green_stripes":
+        step = int(rng.integers(3, 6))
+        for x in range(x0, x0 + s, 2 * step):
+            d.rectangle((x, y0, min(x + step - 1, x0 + s), y0 + s), fill=COLOURS[kind])
+    elif kind == "checkerboard":
+        step = int(rng.integers(3, 6))
+        for i, y in enumerate(range(y0, y0 + s, step)):
+            for j, x in enumerate(range(x0, x0 + s, step)):
+                d.rectangle((x, y, x + step - 1, y + step - 1), fill=(20, 20, 20) if (i + j) % 2 else (235, 235, 235))
+    a = np.asarray(img).astype(np.float32) + rng.normal(0, 8, (SIZE, SIZE, 3))
+    return np.clip(a, 0, 255).astype(np.uint8)
+
+
+def write_images(root: Path, per_class: int, seed: int) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for kind, parent in CLASSES.items():
+        folder = root / parent / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(_draw(kind, rng)).save(folder / f"{i:04d}.png")
+    return root
+
+
+def demo_cnn():
+    """The demo's small VGG-style CNN (random weights; the demo trains it)."""
+    import torch.nn as nn
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
+
+    return nn.Sequential(
+        nn.Sequential(*block(3, 16), *block(16, 16), nn.MaxPool2d(2), *block(16, 32), *block(32, 32), nn.MaxPool2d(2),
+                      *block(32, 64), nn.MaxPool2d(2)),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(CLASSES)))
+
+
+def preprocessing():
+    from .models import Preprocessing
+
+    return Preprocessing(input_size=(SIZE, SIZE), geometry="resize", resize=None)
+
+
+def _arrays(root: Path):
+    from .data import load_image, open_source
+
+    images = open_source(str(root))
+    names = sorted(CLASSES)
+    x = np.stack([np.asarray(load_image(r.path)) for r in images.images])
+    y = np.array([names.index(r.label) for r in images.images])
+    return x, y
+
+
+def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: int, progress: bool = True) -> float:
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    model = demo_cnn()
+    pre = preprocessing()
+    x, y = _arrays(train_root)
+    xt, yt = _arrays(test_root)
+    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=5e-3, total_steps=epochs * math.ceil(len(x) / 64))
+    gen = torch.Generator().manual_seed(seed)
+    bar = tqdm(range(epochs), desc="training the demo CNN", unit="epoch", disable=not progress)
+    for _ in bar:
+        model.train()
+        order = torch.randperm(len(x), generator=gen)
+        for s in range(0, len(x), 64):
+            idx = order[s:s + 64]
+            batch = xs[idx]
+            if torch.rand(1, generator=gen).item() < 0.5:
+                batch = batch.flip(2)
+            loss = torch.nn.functional.cross_entropy(model(pre.normalize(batch)), ys[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    model.eval()
+    with torch.no_grad():
+        pred = model(pre.normalize(torch.from_numpy(xt))).argmax(1).numpy()
+    torch.save(model.state_dict(), weights)
+    return float((pred == yt).mean())
+
+
+def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs: int = 12, seed: int = 0,
+             progress: bool = True) -> dict:
+    from .ingest import IngestParams, ingest
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    config = {"version": VERSION, "per_class": per_class, "epochs": epochs, "seed": seed}
+    state_path = out / "demo.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    fresh = state.get("config") != config
+    train_root, test_root = out / "images" / "train", out / "images" / "test"
+    weights, index = out / "model.pt", out / "index"
+    if fresh or not train_root.exists():
+        import shutil
+
+        for p in (out / "images", index):
+            shutil.rmtree(p, ignore_errors=True)
+        weights.unlink(missing_ok=True)
+        write_images(train_root, per_class, seed)
+        write_images(test_root, max(20, per_class // 5), seed + 1)
+    if fresh or not weights.exists():
+        state = {"config": config, "accuracy": train(train_root, test_root, weights, epochs, seed, progress)}
+        state_path.write_text(json.dumps(state, indent=2))
+    if not (index / "index.duckdb").exists():
+        ingest("python:neuronindex.demo:demo_cnn", str(train_root), "all-conv", index, weights=str(weights),
+               name="demo_cnn", preprocessing=preprocessing(), params=IngestParams(top_k=100, batch_size=128),
+               progress=progress)
+    return {"index": index, "accuracy": state["accuracy"], "test_images": test_root,
+            "tour": tour(index, test_root, out), "seconds": time.time() - started}
+
+
+def tour(index: Path, test_root: Path, out: Path) -> dict:
+    """The numbers the demo prints, and its own checks."""
+    import neuronindex
+
+    with neuronindex.open(index) as idx:
+        summary = idx.sql(
+            "SELECT layer, count(*) AS neurons, sum(dead::INT) AS dead, round(avg(color_index), 3) AS mean_alpha, "
+            "round(avg((color_index >= 0.4)::INT), 3) AS colour_selective, round(avg(class_index), 4) AS mean_gamma, "
+            "round(avg(class_m), 2) AS mean_m, round(avg(csi), 3) AS mean_csi, round(avg(v.sparsity), 3) AS sparsity "
+            "FROM neuron_view v JOIN layers l ON l.name = v.layer GROUP BY layer, l.position ORDER BY l.position").rows()
+        first, last = summary[0]["layer"], summary[-1]["layer"]
+        red = idx.search(f"red {first} limit:5").rows()
+        selective = idx.search(f"layer:{last} gamma>=0.9 sort:-csi limit:5").rows()
+        rounds = idx.search(f"round {last} limit:5").rows()
+        probe = sorted((test_root / "round" / "red_disc").glob("*.png"))[0]
+        near = idx.nearest(str(probe), None, last, k=5).rows()
+        sheet = out / "red-neurons.html"
+        idx.export(f"red {first}", "html", sheet)
+    checks = {
+        "red colour-selective neuron in the first conv layer": bool(red),
+        "class index grows from the first to the last conv layer": summary[-1]["mean_gamma"] > summary[0]["mean_gamma"],
+    }
+    return {"summary": summary, "red": red, "selective": selective, "rounds": rounds, "nearest": near,
+            "nearest_image": str(probe), "sheet": sheet, "checks": checks, "first": first, "last": last}
