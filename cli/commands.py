@@ -386,3 +386,15 @@ def demo(out, per_class, epochs, serve, port, quiet):
         run_server(result["index"], port=port)
     if not all(checks.values()):
         raise SystemExit(1)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Binding beyond loopback needs --token.")
+@click.option("--port", default=8000, show_default=True)
+@click.option("--token", default=None, help="Require `Authorization: Bearer TOKEN` on every request.")
+def serve(index_dir, host, port, token):
+    """Serve the JSON API (/docs) and the web gallery for INDEX_DIR."""
+    from neuronindex.service import serve as run
+
+    run(index_dir, host, port, token)

@@ -118,6 +118,34 @@ class Neuron:
             raise NotFoundError(f"neuron {self.key} has no crops stored")
         return Image.open(io.BytesIO(rows[0]["sprite_png"]))
 
+    def crop(self, rank: int):
+        """The receptive-field crop of the rank-th top image, cut from the image as the model saw it
+        (grey where the field leaves the image)."""
+        import numpy as np
+        from PIL import Image
+
+        from .data import open_source
+        from .models import Preprocessing
+
+        row = self.index.con.execute(
+            "SELECT i.position, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM topk t "
+            "JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
+            "JOIN models m ON m.id = ? WHERE t.neuron_id = ? AND t.rank = ?", [self.row_model_id(), self.id, rank]).fetchone()
+        if row is None:
+            raise NotFoundError(f"neuron {self.key} has no rank {rank} image")
+        position, source, x0, y0, x1, y1, pre = row
+        images = open_source(source)
+        seen = np.asarray(Preprocessing.from_json(pre).geometric(images.load(images.images[position])))
+        h, w = seen.shape[:2]
+        out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        if sy1 > sy0 and sx1 > sx0:
+            out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seen[sy0:sy1, sx0:sx1]
+        return Image.fromarray(out)
+
+    def row_model_id(self) -> int:
+        return self.index.con.execute("SELECT model_id FROM neurons WHERE id = ?", [self.id]).fetchone()[0]
+
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
         from PIL import Image, ImageDraw

@@ -268,6 +268,9 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
                 writer(wcon, ctx)
             execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
         done.append({"model": name, "neurons": int(sum(len(i) for i in ids))})
+    from .ingest import build_vectors
+
+    build_vectors(index_dir)
     return done
 
 
@@ -344,7 +347,12 @@ def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> No
 
     ids = neuron_id_array(ctx, owners)
     ingest_id = ctx["ingest_id"]
-    execute(con, "DELETE FROM embeddings WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)", [ingest_id])
+    probes = [r.get("probe") for r in results]
+    with_signatures = all(p is not None for p in probes) and probes and probes[0].shape[0] >= 2
+    # recomputing from a stored index has no probe arrays: its signatures are kept as they are
+    spaces = ("patch", "prototype", "signature") if with_signatures else ("patch", "prototype")
+    execute(con, f"DELETE FROM embeddings WHERE space IN ({', '.join('?' * len(spaces))}) AND neuron_id IN "
+                 "(SELECT id FROM neurons WHERE ingest_id = ?)", [*spaces, ingest_id])
     model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
     layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
     layer_of = [layer_ids[s.layer.position] for s in selections]
@@ -368,8 +376,7 @@ def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> No
             sums[n] = sums.get(n, 0) + plan.weight[entry] * v.astype(np.float64)
     for n, total in sorted(sums.items()):
         add("prototype", layer_of[owners[n][0]], ids[n], None, vec.normalize(total))
-    probes = [r["probe"] for r in results]
-    if probes and probes[0].shape[0] >= 2:
+    if with_signatures:
         signature = vec.signatures(np.concatenate(probes, axis=1))
         for n in range(len(owners)):
             add("signature", None, ids[n], None, signature[n])

@@ -8,6 +8,8 @@ Colour selectivity index alpha (seed 004, eq. 2)
     The second moments are taken about the achromatic point at the NF's mean intensity
     (0, 0, mean O3): a uniform colour patch then points at its chroma (alpha near 1), a
     luminance edge along O3 (alpha near 0), and a grey average of many colours has little chroma.
+    A floor of 0.03 (about 8 grey levels) added along O3 keeps a faint tint of a near-uniform
+    NF from reading as colour selective.
 Hue: the angle of v projected on the (O1, O2) plane, v oriented towards the NF's mean chroma;
     0 deg = the O1 (red-green) axis towards red; `hue_name` is the colour name of the most
     saturated colour of that hue at mid-grey intensity.
@@ -43,6 +45,7 @@ PROTOTYPES_SRGB = {
 }
 COLOR_THRESHOLD = 0.4  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
 STD_FLOOR = 1.0  # grey levels: guards 1/std where every crop agrees
+INTENSITY_FLOOR = 0.03  # opponent units (about 8 grey levels): chroma weaker than this does not count
 EPS = 1e-6
 
 _SQ2, _SQ3, _SQ6 = np.sqrt(2.0), np.sqrt(3.0), np.sqrt(6.0)
@@ -103,12 +106,12 @@ def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> Col
     centre = np.array([0.0, 0.0, float(weights @ opp[:, 2])])
     x = opp - centre
     moment = (x * weights[:, None]).T @ x
+    # a floor along the intensity axis: a faint tint of a near-uniform NF stays achromatic
+    moment[2, 2] += INTENSITY_FLOOR ** 2
     names = color_name_of(rgb)
     shares = {n: float(weights[names == i].sum()) for i, n in enumerate(COLOR_NAMES) if (names == i).any()}
     chromatic = {n: s for n, s in shares.items() if n in CHROMATIC}
     dominant = max(chromatic, key=chromatic.get) if chromatic else None
-    if np.trace(moment) < 1e-12:
-        return ColorSelectivity(0.0, None, None, shares, dominant, chromatic.get(dominant))
     eigvals, eigvecs = np.linalg.eigh(moment)
     v = eigvecs[:, -1]
     chroma_mean = weights @ opp[:, :2]

@@ -140,3 +140,8 @@ def test_side_tables_and_csi(index):
                              "WHERE key = 'tiny_cnn/conv1/0'").fetchone()
     assert csi > 0.3 and cls == "red"
     assert index.execute("SELECT count(*) FROM neurons WHERE dead AND color_index IS NOT NULL").fetchone()[0] == 0
+
+
+def test_faint_tint_of_a_uniform_nf_is_not_colour_selective():
+    assert sel.color_selectivity(*uniform((240, 236, 244))).alpha < 0.3
+    assert sel.color_selectivity(*uniform((128, 128, 128))).alpha < 0.01
