@@ -20,7 +20,12 @@ TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
 class LiveIndex:
-    """The published index, reopened when an ingest swaps in a new file; one query at a time."""
+    """The published index, reopened when an ingest swaps in a new file; one query at a time.
+
+    An ingest in another process (the normal case) is seen on the next request. Within one
+    process DuckDB shares a database instance per path, so while any other connection of this
+    process holds the old file open, a reopen would still read it.
+    """
 
     def __init__(self, directory: str | os.PathLike):
         self.directory = Path(directory)
@@ -36,10 +41,13 @@ class LiveIndex:
     def get(self) -> Index:
         stamp = self._current_stamp()
         if self._index is None or stamp != self._stamp:
-            fresh = Index(self.directory)
-            old, self._index, self._stamp = self._index, fresh, stamp
-            if old is not None:
-                old.close()
+            # close first: DuckDB shares one database instance per path in a process, so a
+            # connection opened while the old one lives would still read the old file
+            if self._index is not None:
+                self._index.close()
+                self._index = None
+            self._index = Index(self.directory)
+            self._stamp = stamp
         return self._index
 
 
