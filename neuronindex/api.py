@@ -110,13 +110,17 @@ class Neuron:
             raise NotFoundError(f"neuron {self.key} has no Neuron Feature (dead, or pass 2 did not run)")
         return Image.open(io.BytesIO(png))
 
+    def sprite_png(self) -> bytes:
+        """The top crops side by side, as stored (PNG bytes)."""
+        row = self.index.con.execute("SELECT sprite_png FROM neuron_features WHERE neuron_id = ?", [self.id]).fetchone()
+        if not row or row[0] is None:
+            raise NotFoundError(f"neuron {self.key} has no crops stored")
+        return row[0]
+
     def sprite_image(self):
         from PIL import Image
 
-        rows = self.index._query("SELECT sprite_png FROM neuron_features WHERE neuron_id = ?", [self.id]).rows()
-        if not rows or rows[0]["sprite_png"] is None:
-            raise NotFoundError(f"neuron {self.key} has no crops stored")
-        return Image.open(io.BytesIO(rows[0]["sprite_png"]))
+        return Image.open(io.BytesIO(self.sprite_png()))
 
     def crop(self, rank: int):
         """The receptive-field crop of the rank-th top image, cut from the image as the model saw it

@@ -137,8 +137,8 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
 
     @app.get("/api/neurons/{key:path}/crops.png")
     def api_sprite(key: str):
-        img = run(lambda idx: idx.neuron(key).sprite_image())
-        return _png(img)
+        png = run(lambda idx: idx.neuron(key).sprite_png())
+        return Response(png, media_type="image/png", headers={"Cache-Control": "max-age=60"})
 
     @app.get("/api/neurons/{key:path}/crops/{rank}.png")
     def api_crop(key: str, rank: int):
