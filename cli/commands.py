@@ -398,3 +398,30 @@ def serve(index_dir, host, port, token):
     from neuronindex.service import serve as run
 
     run(index_dir, host, port, token)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Only this model.")
+@output_options(("table", "csv", "json", "jsonl", "parquet"))
+def summary(index_dir, model, fmt, output):
+    """Per layer: neurons, dead, mean alpha, share alpha>=0.4, mean gamma, share gamma>=0.6, CSI, sparsity, AUC."""
+    from neuronindex.report import summary as layer_summary
+
+    with _open(index_dir) as idx:
+        rows = layer_summary(idx, model)
+    emit(rows, fmt, output)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Only this model.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HTML file.")
+@click.option("--png-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also write each figure.")
+def report(index_dir, model, output, png_dir):
+    """Write seed 004's figures for the index as one self-contained HTML report."""
+    from neuronindex.report import render
+
+    with _open(index_dir) as idx:
+        written = render(idx, output, model, png_dir)
+    click.echo(f"wrote {output}" + (f" and {len(written)} figures to {png_dir}" if png_dir else ""))

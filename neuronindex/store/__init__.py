@@ -104,9 +104,10 @@ def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
         )
     con = duckdb.connect(str(path), read_only=True, config=READER_CONFIG)
     version = schema_version(con)
+    if version != code_version():
+        con.close()
     _refuse_newer(version)
     if version < code_version():
-        con.close()
         raise SchemaVersionError(
             f"the index at {directory} has schema version {version}, older than this neuronindex "
             f"({code_version()}); upgrade it with `neuronindex migrate {directory}`"
@@ -157,7 +158,7 @@ def migrate(directory: str | os.PathLike) -> list[Migration]:
     """Upgrade an existing index in place (atomically); returns the migrations applied."""
     if not index_file(directory).is_file():
         raise IndexNotFoundError(f"no index at {directory} ({INDEX_FILE} is missing); nothing to migrate")
-    with duckdb.connect(str(index_file(directory)), read_only=True) as probe:
+    with duckdb.connect(str(index_file(directory)), read_only=True, config=READER_CONFIG) as probe:
         before = schema_version(probe)
     _refuse_newer(before)
     if before == code_version():

@@ -1,0 +1,252 @@
+"""Layer report: seed 004's figures (and seeds 001/002's) from an index.
+
+Each `figure_*` function returns the numbers behind one plot (tested directly); `render` draws
+them with matplotlib and embeds the PNGs in one self-contained HTML file.
+
+  fig. 1 (004)    ranked normalised activation curves: per layer, the neurons with the highest,
+                  lowest and quartile AUC; AUC as % of the network's largest
+  figs. 8-9 (004) share of neurons per colour-index bin and per class-index bin, per layer
+  fig. 7 (004)    colour-selective neurons (alpha >= 0.4) placed by hue angle, a ring per layer
+  fig. 4 (004)    NF self-response per layer
+  fig. 6 (002)    sparsity per layer;  seed 001: per-layer variance ranking of neurons (probe)
+  galleries       conv1 NFs by colour index (004 fig. 5); neurons across the class-index range with
+                  their class tag clouds, leaves and ontology (004 fig. 10); high on both (fig. 11)
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+
+ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
+GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
+
+
+def _models(idx, model):
+    names = [m["name"] for m in idx.models().rows()]
+    if model is not None:
+        from .errors import NotFoundError, did_you_mean
+
+        if model not in names:
+            raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, names)}")
+        return [model]
+    return names
+
+
+def summary(idx, model: str | None = None) -> list[dict]:
+    """Per layer: neurons, dead, mean alpha, share alpha >= 0.4, mean gamma, share gamma >= 0.6,
+    mean CSI, sparsity, mean AUC."""
+    rows = []
+    for m in _models(idx, model):
+        rows += idx.sql(
+            "SELECT v.model, v.layer, count(*) AS neurons, sum(v.dead::INT) AS dead, avg(v.color_index) AS mean_alpha, "
+            "avg((v.color_index >= 0.4)::INT) AS share_alpha_04, avg(v.class_index) AS mean_gamma, "
+            "avg((v.class_index >= 0.6)::INT) AS share_gamma_06, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
+            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc FROM neuron_view v JOIN layers l "
+            "ON l.name = v.layer AND l.model_id = (SELECT id FROM models WHERE name = v.model) WHERE v.model = ? "
+            "GROUP BY v.model, v.layer, l.position ORDER BY l.position", [m]).rows()
+    return rows
+
+
+def figure_curves(idx, model: str) -> dict:
+    """Fig. 1: per layer, curves of the max / min / quartile-AUC neurons, AUC in % of the network max."""
+    rows = idx.sql("SELECT v.layer, v.key, v.auc, c.curve FROM neuron_view v JOIN curves c ON c.neuron_id = v.id "
+                   "WHERE v.model = ? AND NOT v.dead ORDER BY v.id", [model]).rows()
+    top = max((r["auc"] for r in rows), default=0) or 1.0
+    out = {}
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        mine = sorted((r for r in rows if r["layer"] == layer), key=lambda r: r["auc"])
+        picks = sorted({0, len(mine) // 4, len(mine) // 2, (3 * len(mine)) // 4, len(mine) - 1})
+        out[layer] = [{"key": mine[i]["key"], "auc": mine[i]["auc"], "auc_pct": 100 * mine[i]["auc"] / top,
+                       "curve": list(mine[i]["curve"])} for i in picks]
+    return out
+
+
+def _bins(values, edges) -> list[float]:
+    values = np.array([v for v in values if v is not None], dtype=float)
+    if len(values) == 0:
+        return [0.0] * (len(edges) - 1)
+    counts, _ = np.histogram(np.clip(values, 0, 1), bins=edges)
+    return (counts / len(values)).tolist()
+
+
+def figure_selectivity_bins(idx, model: str) -> dict:
+    """Figs. 8-9: per layer, the share of neurons in each colour-index and class-index bin."""
+    rows = idx.sql("SELECT layer, color_index, class_index FROM neuron_view WHERE model = ? AND NOT dead ORDER BY id",
+                   [model]).rows()
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    return {"layers": layers, "alpha_edges": ALPHA_BINS, "gamma_edges": GAMMA_BINS,
+            "alpha": [_bins([r["color_index"] for r in rows if r["layer"] == l], ALPHA_BINS) for l in layers],
+            "gamma": [_bins([r["class_index"] for r in rows if r["layer"] == l], GAMMA_BINS) for l in layers]}
+
+
+def figure_hue(idx, model: str) -> list[dict]:
+    """Fig. 7: colour-selective neurons with their hue angle and ring (layer order)."""
+    layers = [l["name"] for l in idx.layers(model).rows()]
+    rows = idx.sql("SELECT key, layer, hue, color_index FROM neuron_view WHERE model = ? AND color_index >= 0.4 "
+                   "AND hue IS NOT NULL ORDER BY id", [model]).rows()
+    return [{**r, "ring": layers.index(r["layer"]) + 1} for r in rows]
+
+
+def figure_per_layer(idx, model: str, column: str) -> dict:
+    """Values of one per-neuron column, per layer (fig. 4: nf_self_response; fig. 6: sparsity)."""
+    rows = idx.sql(f"SELECT layer, {column} AS value FROM neuron_view WHERE model = ? AND NOT dead "
+                   f"AND {column} IS NOT NULL ORDER BY id", [model]).rows()
+    out: dict[str, list[float]] = {}
+    for r in rows:
+        out.setdefault(r["layer"], []).append(float(r["value"]))
+    return out
+
+
+def figure_variance(idx, model: str) -> dict:
+    """Seed 001: per layer, neurons' activation variance on the probe sample, ranked, as a share of the total."""
+    rows = idx.sql("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id "
+                   "WHERE v.model = ? ORDER BY v.id", [model]).rows()
+    out = {}
+    for layer in dict.fromkeys(r["layer"] for r in rows):
+        var = np.sort(np.array([np.var(r["activations"]) for r in rows if r["layer"] == layer]))[::-1]
+        out[layer] = (var / var.sum()).tolist() if var.sum() > 0 else var.tolist()
+    return out
+
+
+def galleries(idx, model: str, n: int = 12) -> dict:
+    first = idx.layers(model).rows()[0]["name"]
+    by_alpha = idx.sql("SELECT key, color_index FROM neuron_view WHERE model = ? AND layer = ? AND NOT dead "
+                       "AND color_index IS NOT NULL ORDER BY color_index DESC, id", [model, first]).rows()
+    gamma = idx.sql("SELECT key, class_index, class_m FROM neuron_view WHERE model = ? AND class_index IS NOT NULL "
+                    "AND NOT dead ORDER BY class_index, class_m DESC, id", [model]).rows()
+    picks = [gamma[int(i)] for i in np.linspace(0, len(gamma) - 1, min(n, len(gamma)))] if gamma else []
+    for p in picks:
+        tags = idx.sql("SELECT c.name, nc.share, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
+                       "JOIN neurons n ON n.id = nc.neuron_id WHERE n.key = ? ORDER BY nc.share DESC", [p["key"]]).rows()
+        p["leaf_tags"] = [(t["name"], t["share"]) for t in tags if t["is_leaf"]][:8]
+        p["ontology_tags"] = [(t["name"], t["share"]) for t in tags if not t["is_leaf"]][:8]
+    both = idx.sql("SELECT key, color_index, class_index, top_class FROM neuron_view WHERE model = ? AND NOT dead "
+                   "AND color_index >= 0.4 ORDER BY color_index * class_index DESC, id LIMIT ?", [model, n]).rows()
+    return {"first_layer": first, "by_alpha": by_alpha, "across_gamma": picks, "both": both}
+
+
+# ---------------------------------------------------------------------------- rendering
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def render_figures(idx, model: str) -> dict[str, bytes]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs: dict[str, bytes] = {}
+    curves = figure_curves(idx, model)
+    cols = min(4, max(1, len(curves)))
+    rows_ = (len(curves) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(3.2 * cols, 2.4 * rows_), squeeze=False)
+    for ax, (layer, picks) in zip(axes.ravel(), curves.items()):
+        for p in picks:
+            ax.plot(range(1, len(p["curve"]) + 1), p["curve"], label=f"{p['auc_pct']:.0f}%")
+        ax.set_title(layer, fontsize=9)
+        ax.set_ylim(0, 1.02)
+        ax.legend(fontsize=6)
+    for ax in axes.ravel()[len(curves):]:
+        ax.axis("off")
+    fig.suptitle("Ranked normalised activations, ranks 1-400 (AUC % of the network's largest)", fontsize=10)
+    fig.tight_layout()
+    figs["fig1_curves"] = _png(fig)
+
+    bins = figure_selectivity_bins(idx, model)
+    for key, title, cmap in (("alpha", "Colour selectivity index per layer", "Reds"),
+                             ("gamma", "Class selectivity index per layer", "Blues")):
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(bins["layers"]) + 2), 3))
+        bottom = np.zeros(len(bins["layers"]))
+        shares = np.array(bins[key]) if bins[key] else np.zeros((0, 5))
+        edges = bins[f"{key}_edges"]
+        colours = [plt.get_cmap("Greys")(0.35)] + [plt.get_cmap(cmap)(v) for v in np.linspace(0.3, 0.9, len(edges) - 2)]
+        for b in range(len(edges) - 1):
+            vals = shares[:, b] if len(shares) else bottom
+            ax.bar(bins["layers"], vals, bottom=bottom, color=colours[b], label=f"{edges[b]:.2g}-{min(edges[b + 1], 1):.2g}")
+            bottom = bottom + vals
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        ax.legend(fontsize=6, bbox_to_anchor=(1, 1))
+        figs[f"fig{'8' if key == 'alpha' else '9'}_{key}_bins"] = _png(fig)
+
+    hue = figure_hue(idx, model)
+    fig = plt.figure(figsize=(5, 5))
+    ax = fig.add_subplot(projection="polar")
+    for h in hue:
+        ax.scatter(np.radians(h["hue"]), h["ring"], s=30 + 60 * h["color_index"],
+                   color=plt.get_cmap("hsv")((h["hue"] % 360) / 360))
+    ax.set_title("Colour-selective neurons by hue (ring = layer)", fontsize=10)
+    figs["fig7_hue"] = _png(fig)
+
+    for name, column, title in (("fig4_self_response", "nf_self_response", "NF self-response per layer"),
+                                ("fig6_sparsity", "sparsity", "Sparsity per layer")):
+        data = figure_per_layer(idx, model, column)
+        fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(data) + 2), 3))
+        if data:
+            ax.boxplot(list(data.values()), tick_labels=list(data.keys()))
+        ax.set_title(title, fontsize=10)
+        ax.tick_params(axis="x", rotation=60, labelsize=7)
+        figs[name] = _png(fig)
+
+    var = figure_variance(idx, model)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for layer, v in var.items():
+        ax.plot(range(1, len(v) + 1), v, label=layer)
+    ax.set_xscale("log")
+    ax.set_title("Share of activation variance by neuron rank (probe)", fontsize=10)
+    ax.legend(fontsize=5, ncol=2)
+    figs["seed001_variance"] = _png(fig)
+    return figs
+
+
+def _img(png: bytes | None, width: int = 56) -> str:
+    if not png:
+        return ""
+    return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" width="{width}" '
+            f'style="image-rendering:pixelated">')
+
+
+def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path | None = None) -> list[str]:
+    """Write the report (one HTML file, images inline); optionally every figure as a PNG."""
+    from .formats import to_table
+
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>neuronindex report</title><style>"
+             "body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse} "
+             "td,th{padding:3px 8px;border-bottom:1px solid #ddd;font-size:12px} .g{display:inline-block;margin:4px;"
+             "font-size:10px;width:120px;vertical-align:top}</style></head><body><h1>neuronindex report</h1>"]
+    written = []
+    for m in _models(idx, model):
+        parts.append(f"<h2>{html.escape(m)}</h2><h3>Summary per layer</h3><pre>{html.escape(to_table(summary(idx, m)))}</pre>")
+        for name, png in render_figures(idx, m).items():
+            parts.append(f"<h3>{name}</h3><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+            if png_dir is not None:
+                Path(png_dir).mkdir(parents=True, exist_ok=True)
+                out = Path(png_dir) / f"{m}-{name}.png"
+                out.write_bytes(png)
+                written.append(str(out))
+        g = galleries(idx, m)
+        parts.append(f"<h3>{html.escape(g['first_layer'])} Neuron Features by colour index (seed 004, fig. 5)</h3>")
+        parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{r['color_index']:.2f}</div>" for r in g["by_alpha"]]
+        parts.append("<h3>Across the class-index range, with class tag clouds (fig. 10)</h3>")
+        for r in g["across_gamma"]:
+            leaf = " ".join(f"<span style='font-size:{8 + 14 * s:.0f}px'>{html.escape(n)}</span>" for n, s in r["leaf_tags"])
+            onto = " ".join(f"<span style='font-size:{8 + 14 * s:.0f}px'>{html.escape(n)}</span>" for n, s in r["ontology_tags"])
+            parts.append(f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{html.escape(r['key'])}<br>gamma "
+                         f"{r['class_index']:.3f}<br>{leaf}<br><i>{onto}</i></div>")
+        parts.append("<h3>High on both indexes (fig. 11)</h3>")
+        parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{html.escape(r['key'])}<br>alpha {r['color_index']:.2f} "
+                  f"gamma {r['class_index']:.3f}<br>{html.escape(r['top_class'] or '')}</div>" for r in g["both"]]
+    parts.append("</body></html>")
+    Path(path).write_text("\n".join(parts))
+    return written

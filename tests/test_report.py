@@ -1,0 +1,91 @@
+"""Layer report: the numbers behind each figure, a self-contained HTML file, the summary command."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import neuronindex
+from neuronindex import report
+from neuronindex_cli.main import cli
+
+
+@pytest.fixture(scope="module")
+def index_dir(tmp_path_factory, tiny_loaded):
+    from conftest import write_folder
+    from neuronindex.ingest import IngestParams, ingest
+
+    root = tmp_path_factory.mktemp("rep")
+    write_folder(root / "img" / "warm", per_class=10, kinds=("red",), seed=1)
+    write_folder(root / "img" / "cool", per_class=10, kinds=("green", "blue"), seed=2)
+    ingest(tiny_loaded, str(root / "img"), "conv1,conv2", root / "index", params=IngestParams(top_k=10), progress=False)
+    return root / "index"
+
+
+@pytest.fixture(scope="module")
+def idx(index_dir):
+    with neuronindex.open(index_dir) as index:
+        yield index
+
+
+def test_summary_numbers(idx):
+    rows = {r["layer"]: r for r in report.summary(idx)}
+    assert set(rows) == {"conv1", "conv2"} and rows["conv1"]["neurons"] == 4 and rows["conv1"]["dead"] == 1
+    alphas = [r["color_index"] for r in idx.sql("SELECT color_index FROM neuron_view WHERE layer = 'conv2'")]
+    assert rows["conv2"]["mean_alpha"] == pytest.approx(np.mean(alphas))
+    assert rows["conv2"]["share_alpha_04"] == pytest.approx(np.mean([a >= 0.4 for a in alphas]))
+    layer_sparsity = idx.sql("SELECT sparsity FROM layers WHERE name = 'conv1'")[0]["sparsity"]
+    assert rows["conv1"]["sparsity"] == pytest.approx(layer_sparsity) and 0 <= layer_sparsity <= 1
+
+
+def test_curves_pick_extremes_relative_to_the_network_max(idx):
+    curves = report.figure_curves(idx, "tiny_cnn")
+    aucs = {r["key"]: r["auc"] for r in idx.sql("SELECT key, auc FROM neuron_view WHERE NOT dead")}
+    best = max(aucs.values())
+    for layer, picks in curves.items():
+        mine = [a for k, a in aucs.items() if f"/{layer}/" in k]
+        assert picks[0]["auc"] == min(mine) and picks[-1]["auc"] == max(mine)
+        assert all(p["auc_pct"] == pytest.approx(100 * p["auc"] / best) for p in picks)
+        assert all(p["curve"][0] == pytest.approx(1.0) and len(p["curve"]) == 400 for p in picks)
+    assert max(p["auc_pct"] for picks in curves.values() for p in picks) == pytest.approx(100)
+
+
+def test_selectivity_bins(idx):
+    bins = report.figure_selectivity_bins(idx, "tiny_cnn")
+    assert bins["layers"] == ["conv1", "conv2"]
+    for shares in bins["alpha"] + bins["gamma"]:
+        assert sum(shares) == pytest.approx(1.0)
+    alphas = [r["color_index"] for r in idx.sql("SELECT color_index FROM neuron_view WHERE layer = 'conv1' AND NOT dead")]
+    expected, _ = np.histogram(alphas, bins=report.ALPHA_BINS)
+    assert bins["alpha"][0] == pytest.approx((expected / len(alphas)).tolist())
+
+
+def test_hue_ring_self_response_variance_galleries(idx):
+    hue = report.figure_hue(idx, "tiny_cnn")
+    assert any(h["key"] == "tiny_cnn/conv1/0" and h["ring"] == 1 for h in hue)
+    assert all(h["color_index"] >= 0.4 and 0 <= h["hue"] < 360 for h in hue)
+    sr = report.figure_per_layer(idx, "tiny_cnn", "nf_self_response")
+    assert len(sr["conv1"]) == 3  # the dead neuron has none
+    var = report.figure_variance(idx, "tiny_cnn")
+    assert all(sum(v) == pytest.approx(1.0) and v == sorted(v, reverse=True) for v in var.values())
+    g = report.galleries(idx, "tiny_cnn")
+    assert g["by_alpha"][0]["key"] == "tiny_cnn/conv1/0"
+    assert [r["class_index"] for r in g["across_gamma"]] == sorted(r["class_index"] for r in g["across_gamma"])
+    assert any(tag[0] in ("warm", "cool") for r in g["across_gamma"] for tag in r["ontology_tags"])
+
+
+def test_report_html_is_self_contained(index_dir, cli_runner, tmp_path):
+    out = tmp_path / "report.html"
+    r = cli_runner.invoke(cli, ["report", str(index_dir), "-o", str(out), "--png-dir", str(tmp_path / "figs")])
+    assert r.exit_code == 0, r.output
+    page = out.read_text()
+    assert "http://" not in page and "https://" not in page and "<link" not in page and "<script src" not in page
+    assert page.count("data:image/png;base64,") >= 10
+    assert len(list((tmp_path / "figs").glob("*.png"))) == 7
+    for fmt in ("table", "csv", "json", "jsonl"):
+        r = cli_runner.invoke(cli, ["summary", str(index_dir), "--format", fmt])
+        assert r.exit_code == 0 and "conv2" in r.output
+    assert len(json.loads(cli_runner.invoke(cli, ["summary", str(index_dir), "--format", "json"]).output)) == 2
+    r = cli_runner.invoke(cli, ["report", str(index_dir), "--model", "nope", "-o", str(out)])
+    assert r.exit_code == 3 and "no model 'nope'" in r.output
