@@ -295,18 +295,6 @@ def indexes(index_dir, model, class_threshold, quiet):
         click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}")
 
 
-def _box(value):
-    if value is None:
-        return None
-    try:
-        parts = [float(v) for v in value.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 4:
-        raise click.BadParameter("use x0,y0,x1,y1 in image pixels")
-    return parts
-
-
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--image", required=True, type=click.Path(dir_okay=False), help="Image file holding the patch.")
@@ -320,8 +308,10 @@ def _box(value):
 @output_options(("table", "csv", "json", "jsonl"))
 def nearest(index_dir, image, box, layer, model, k, mode, space, fmt, output):
     """Neurons (or stored crops) nearest to an image patch."""
+    from neuronindex.api import parse_box
+
     with _open(index_dir) as idx:
-        rows = idx.nearest(image, _box(box), layer, k, mode, space, model).rows()
+        rows = idx.nearest(image, parse_box(box), layer, k, mode, space, model).rows()
     emit(rows, fmt, output)
 
 

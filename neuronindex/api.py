@@ -400,6 +400,21 @@ class Index:
         return row[0] if row else None
 
 
+def parse_box(text: str | None) -> list[float] | None:
+    """'x0,y0,x1,y1' (image pixels) -> four floats; None for no box."""
+    from .errors import UsageError
+
+    if not text:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 4:
+        raise UsageError(f"box {text!r} must be x0,y0,x1,y1 in image pixels")
+    return values
+
+
 def _unit(centre: float, offset, size, stride, length: int) -> int:
     """The unit whose receptive field is centred nearest `centre` (input pixels) along one axis."""
     if offset is None or not stride:

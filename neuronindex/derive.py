@@ -45,39 +45,8 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     return {"writers": writers, "features": feats, "owners": owners, "plan": plan}
 
 
-class PatchVectors:
-    """The layer's feature vector (all channels) at each top crop's unit (pass-2 callback)."""
-
-    def __init__(self, extractor, selections, plan, owners):
-        self.extractor = extractor
-        self.nodes = [s.layer.name for s in selections]
-        self.plan = plan
-        self.layer_of = np.array([li for li, _ in owners], dtype=np.int64)
-        self.vectors: list[np.ndarray | None] = [None] * len(plan.neuron)
-
-    def __call__(self, batch, local, entries):
-        import torch
-
-        valid = np.isfinite(self.plan.weight[entries])
-        entries, local = entries[valid], local[valid]
-        if len(entries) == 0:
-            return
-        maps = self.extractor(batch)
-        layers = self.layer_of[self.plan.neuron[entries]]
-        for li in np.unique(layers):
-            sel = layers == li
-            e = entries[sel]
-            m = maps[self.nodes[li]]
-            b = torch.from_numpy(local[sel])
-            y = torch.from_numpy(self.plan.ys[e].astype(np.int64))
-            x = torch.from_numpy(self.plan.xs[e].astype(np.int64))
-            vecs = m[b, :, y, x].cpu().numpy()  # (n, C)
-            for i, entry in enumerate(e):
-                self.vectors[entry] = vecs[i]
-
-
-class GreyResponses:
-    """Activations at each NF crop's unit when its image is shown in greyscale (pass-2 callback)."""
+class Reforward:
+    """A pass-2 callback that forwards the decoded images again and reads each crop's argmax unit."""
 
     def __init__(self, extractor, selections, plan, owners):
         self.extractor = extractor
@@ -85,26 +54,71 @@ class GreyResponses:
         self.plan = plan
         self.layer_of = np.array([li for li, _ in owners], dtype=np.int64)
         self.channel_of = np.array([c for _, c in owners], dtype=np.int64)
-        self.values = np.full(len(plan.neuron), np.nan)
+
+    def entries(self, entries, local):
+        """The entries this callback needs (and their images' batch indexes)."""
+        return entries, local
+
+    def images(self, batch):
+        return batch
 
     def __call__(self, batch, local, entries):
         import torch
 
-        use = self.plan.use_nf[entries]
-        entries, local = entries[use], local[use]
+        entries, local = self.entries(entries, local)
         if len(entries) == 0:
             return
-        luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
-        maps = self.extractor(luminance[..., None].expand(*luminance.shape, 3).contiguous())
-        neurons = self.plan.neuron[entries]
-        layers = self.layer_of[neurons]
+        maps = self.extractor(self.images(batch))
+        layers = self.layer_of[self.plan.neuron[entries]]
         for li in np.unique(layers):
             sel = layers == li
-            m = maps[self.nodes[li]]
             e = entries[sel]
-            idx = (torch.from_numpy(local[sel]), torch.from_numpy(self.channel_of[neurons[sel]]),
-                   torch.from_numpy(self.plan.ys[e].astype(np.int64)), torch.from_numpy(self.plan.xs[e].astype(np.int64)))
-            self.values[e] = m[idx].cpu().numpy()
+            units = (torch.from_numpy(local[sel]), torch.from_numpy(self.plan.ys[e].astype(np.int64)),
+                     torch.from_numpy(self.plan.xs[e].astype(np.int64)))
+            self.take(e, maps[self.nodes[li]], units)
+
+
+class PatchVectors(Reforward):
+    """The layer's feature vector (all channels) at each top crop's unit."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.vectors: list[np.ndarray | None] = [None] * len(self.plan.neuron)
+
+    def entries(self, entries, local):
+        valid = np.isfinite(self.plan.weight[entries])
+        return entries[valid], local[valid]
+
+    def take(self, e, m, units):
+        b, y, x = units
+        vecs = m[b, :, y, x].cpu().numpy()  # (n, C)
+        for i, entry in enumerate(e):
+            self.vectors[entry] = vecs[i]
+
+
+class GreyResponses(Reforward):
+    """Activations at each NF crop's unit when its image is shown in greyscale."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.values = np.full(len(self.plan.neuron), np.nan)
+
+    def entries(self, entries, local):
+        use = self.plan.use_nf[entries]
+        return entries[use], local[use]
+
+    def images(self, batch):
+        import torch
+
+        luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
+        return luminance[..., None].expand(*luminance.shape, 3).contiguous()
+
+    def take(self, e, m, units):
+        import torch
+
+        b, y, x = units
+        channel = torch.from_numpy(self.channel_of[self.plan.neuron[e]])
+        self.values[e] = m[b, channel, y, x].cpu().numpy()
 
     def result(self) -> np.ndarray:
         return self.values

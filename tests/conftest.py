@@ -64,3 +64,16 @@ def cli_runner():
     from click.testing import CliRunner
 
     return CliRunner()
+
+
+@pytest.fixture(scope="session")
+def hierarchy_index(tmp_path_factory, tiny_loaded) -> Path:
+    """The tiny model over coloured squares filed under a hierarchy: warm/red, cool/green, cool/blue."""
+    from neuronindex.ingest import IngestParams, ingest
+
+    root = tmp_path_factory.mktemp("hierarchy")
+    write_folder(root / "images" / "warm", per_class=10, kinds=("red",), seed=1)
+    write_folder(root / "images" / "cool", per_class=10, kinds=("green", "blue"), seed=2)
+    ingest(tiny_loaded, str(root / "images"), "conv1,conv2", root / "index", params=IngestParams(top_k=10),
+           progress=False)
+    return root / "index"

@@ -12,15 +12,8 @@ from neuronindex_cli.main import cli
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, tiny_loaded):
-    from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
-
-    root = tmp_path_factory.mktemp("rep")
-    write_folder(root / "img" / "warm", per_class=10, kinds=("red",), seed=1)
-    write_folder(root / "img" / "cool", per_class=10, kinds=("green", "blue"), seed=2)
-    ingest(tiny_loaded, str(root / "img"), "conv1,conv2", root / "index", params=IngestParams(top_k=10), progress=False)
-    return root / "index"
+def index_dir(hierarchy_index):
+    return hierarchy_index
 
 
 @pytest.fixture(scope="module")

@@ -16,15 +16,8 @@ from neuronindex.service import create_app
 
 
 @pytest.fixture(scope="module")
-def index_dir(tmp_path_factory, tiny_loaded):
-    from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
-
-    root = tmp_path_factory.mktemp("svc")
-    write_folder(root / "img" / "warm", per_class=8, kinds=("red",), seed=1)
-    write_folder(root / "img" / "cool", per_class=8, kinds=("green", "blue"), seed=2)
-    ingest(tiny_loaded, str(root / "img"), "conv1,conv2", root / "index", params=IngestParams(top_k=8), progress=False)
-    return root / "index"
+def index_dir(hierarchy_index):
+    return hierarchy_index
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +55,7 @@ def test_search_and_errors(client):
 
 def test_neuron_images_and_404(client):
     data = client.get("/api/neurons/tiny_cnn/conv1/0").json()
-    assert data["key"] == "tiny_cnn/conv1/0" and len(data["topk"]) == 8 and data["classes"] and data["colours"]
+    assert data["key"] == "tiny_cnn/conv1/0" and len(data["topk"]) == 10 and data["classes"] and data["colours"]
     assert any(not c["is_leaf"] and c["name"] == "warm" for c in data["classes"])
     for path in ("nf.png", "crops.png", "crops/1.png"):
         r = client.get(f"/api/neurons/tiny_cnn/conv1/0/{path}")
@@ -122,6 +115,13 @@ def test_token(index_dir):
 
     with pytest.raises(UsageError, match="--token"):
         serve(index_dir, host="0.0.0.0")
+
+
+def test_report_figures(client):
+    r = client.get("/api/report/tiny_cnn/fig8_alpha_bins.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert_error(client.get("/api/report/tiny_cnn/fig99.png"), 404, "no figure")
+    assert_error(client.get("/api/report/nope/fig8_alpha_bins.png"), 404, "no figure")
 
 
 def test_pages_render(client):

@@ -11,7 +11,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from .. import store
-from ..api import Index
+from ..api import Index, parse_box
 from ..errors import NeuronIndexError, NotFoundError, UsageError
 from ..formats import _plain
 
@@ -120,6 +120,23 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
         sql, params = run(lambda idx: idx.explain(q))
         return {"ok": True, "sql": sql, "params": _plain(params)}
 
+    figure_cache: dict = {}
+
+    @app.get("/api/report/{model}/{figure}.png")
+    def api_figure(model: str, figure: str):
+        from ..report import render_figures
+
+        def draw(idx):
+            key = (live._stamp, model)
+            if key not in figure_cache:
+                figure_cache.clear()
+                figure_cache[key] = render_figures(idx, model)
+            return figure_cache[key]
+        figures = run(lambda idx: (idx.layers(model).rows() and draw(idx)) or {})
+        if figure not in figures:
+            raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(figures) or 'none'}")
+        return Response(figures[figure], media_type="image/png")
+
     @app.post("/api/sql")
     def api_sql(body: dict):
         query = body.get("sql") if isinstance(body, dict) else None
@@ -161,7 +178,7 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
         if len(data) > max_upload:
             return error(413, f"upload larger than the {max_upload // (1024 * 1024)} MB limit")
         pil = _decode_upload(data)
-        parsed = _parse_box(box)
+        parsed = parse_box(box)
         rows = run(lambda idx: idx.nearest(pil, parsed, layer, k, mode, space, model).rows())
         return {"ok": True, "rows": _json(rows)}
 
@@ -269,18 +286,6 @@ def _decode_upload(data: bytes):
         raise UsageError("the image has too many pixels (decompression-bomb guard); send a smaller image") from None
     except (OSError, SyntaxError, ValueError):
         raise UsageError("the upload is not a readable image (PNG, JPEG, ...)") from None
-
-
-def _parse_box(box: str | None):
-    if not box:
-        return None
-    try:
-        values = [float(v) for v in box.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4:
-        raise UsageError("box must be x0,y0,x1,y1 in image pixels")
-    return values
 
 
 def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
