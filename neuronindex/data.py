@@ -115,15 +115,40 @@ def load_image(path: str | os.PathLike):
 def open_source(source: str, download: bool = False, root: str | None = None) -> ImageSet:
     """List the images of a source (no decoding yet)."""
     if source.startswith("torchvision:"):
-        return _torchvision_source(source, download, root)
+        return with_wordnet(_torchvision_source(source, download, root))
     path = Path(source)
     if not path.exists():
         raise DataError(f"image source {source} does not exist; pass a folder, a manifest .csv or torchvision:NAME")
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{source} is a file but not a manifest CSV; pass a folder or a .csv with path,label columns")
-        return _manifest_source(path)
-    return _folder_source(path)
+        return with_wordnet(_manifest_source(path))
+    return with_wordnet(_folder_source(path))
+
+
+def with_wordnet(images: ImageSet) -> ImageSet:
+    """Give classes named by WordNet ids, and without a parent of their own, their WordNet hypernyms.
+
+    Ancestors are named by their first lemma (`dog`), so a search for "dog" finds every breed;
+    a lemma already used by another class keeps its WordNet id as its name.
+    """
+    from . import wordnet
+
+    orphans = [c for c in images.classes.values() if c.wnid and c.parent is None]
+    if not orphans or wordnet.database() is None:
+        return images
+    name_of: dict[str, str] = {c.wnid: c.name for c in images.classes.values() if c.wnid}
+    for leaf in orphans:
+        child = leaf
+        for wnid, lemma in wordnet.hypernyms(leaf.wnid):
+            if wnid not in name_of:
+                name_of[wnid] = lemma if lemma not in images.classes else wnid
+                images.classes[name_of[wnid]] = ClassNode(name_of[wnid], None, wnid)
+            child.parent = name_of[wnid]
+            child = images.classes[name_of[wnid]]
+            if child.parent is not None:
+                break  # the rest of the chain is already there
+    return images
 
 
 def _is_image(p: Path) -> bool:

@@ -35,7 +35,7 @@ def test_manifest_with_parents_and_wordnet_ids(tmp_path):
     images = open_source(str(tmp_path / "m.csv"))
     assert len(images.images) == 2
     assert images.classes["n02085620"].wnid == "n02085620"
-    assert images.ancestors("n02085620") == ["n02084071"]
+    assert images.ancestors("n02085620")[0] == "n02084071"  # then its WordNet hypernyms, when installed
     (tmp_path / "bad.csv").write_text("file,class\nx.png,a\n")
     with pytest.raises(DataError, match="header"):
         open_source(str(tmp_path / "bad.csv"))
