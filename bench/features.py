@@ -2,9 +2,10 @@
 
     python bench/features.py [--images ../shared/data/cifar10/lossless-train] [--weights ...resnet20-12fca82f.th]
 
-Runs pass 1 of cifar-resnet20 (all conv layers) once, builds the crop plan, then alternates
-decode-only passes over the needed images and full pass-2 runs, and prints the median ratio.
-Without ../shared/data it falls back to the demo's generated images and model. Target <= 1.5x.
+Two cases: cifar-resnet20 (all conv layers) on real 32 px CIFAR PNGs (skipped without
+../shared/data), and torchvision resnet18 (random weights, layer1 + layer2) on generated 320x240
+JPEGs shown at 224 px. Each runs pass 1 once, builds the crop plan, then alternates decode-only
+passes over the needed images and full pass-2 runs, and prints the median ratio. Target <= 1.5x.
 """
 from __future__ import annotations
 
@@ -21,27 +22,32 @@ from neuronindex.stats import split
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--images", default=str(SHARED / "cifar10" / "lossless-train"))
-    parser.add_argument("--weights", default=str(SHARED / "cifar10-resnet" / "resnet20-12fca82f.th"))
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    if Path(args.images).exists():
-        run = prepare("cifar-resnet20", args.images, "all-conv", weights=args.weights, params=IngestParams(batch_size=256))
-    else:
-        from neuronindex.demo import preprocessing, run_demo
+def photos(folder: Path, n: int = 400) -> Path:
+    """n generated 320x240 JPEGs (shapes on noisy backgrounds): decoding costs what photos cost."""
+    import numpy as np
+    from PIL import Image, ImageDraw
 
-        out = run_demo("neuronindex-demo", progress=False)
-        run = prepare("python:neuronindex.demo:demo_cnn", str(Path("neuronindex-demo") / "images" / "train"), "all-conv",
-                      weights="neuronindex-demo/model.pt", preprocessing=preprocessing(), params=IngestParams())
-        del out
+    rng = np.random.default_rng(0)
+    for c in range(4):
+        d = folder / f"class{c}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n // 4):
+            img = Image.fromarray(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))
+            draw = ImageDraw.Draw(img)
+            for _ in range(6):
+                x, y = (int(v) for v in rng.integers(0, 280, 2))
+                draw.ellipse((x, y, x + 60, y + 60), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+            img.save(d / f"{i}.jpg", quality=90)
+    return folder
+
+
+def measure(name, run, repeats):
     stats = pass1(run, progress=False)
     results = split(stats[0].result(), [s.layer.channels for s in run.selections])
     plan, _ = features.plan_from_results(run.selections, results, 0.7, 100)
     needed = sorted(set(plan.image[plan.use_nf | plan.sprite].tolist()))
     decode, full = [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         for _batch in image_batches(run.images, run.loaded.preprocessing, 64, 0, needed):
             pass
@@ -50,8 +56,26 @@ def main():
         features.compute(plan, run.images, run.loaded.preprocessing, progress=False)
         full.append(time.perf_counter() - t0)
     d, f = statistics.median(decode), statistics.median(full)
-    print(f"{len(needed)} images decoded for {plan.n_neurons} neurons ({int(plan.use_nf.sum())} NF crops): "
-          f"decode only {d:.2f} s, pass 2 {f:.2f} s, ratio {f / d:.2f} (median of {args.repeats})")
+    print(f"{name}: {len(needed)} images decoded for {plan.n_neurons} neurons ({int(plan.use_nf.sum())} NF crops): "
+          f"decode only {d:.2f} s, pass 2 {f:.2f} s, ratio {f / d:.2f} (median of {repeats})")
+
+
+def main():
+    import tempfile
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--images", default=str(SHARED / "cifar10" / "lossless-train"))
+    parser.add_argument("--weights", default=str(SHARED / "cifar10-resnet" / "resnet20-12fca82f.th"))
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if Path(args.images).exists():
+        measure("cifar-resnet20 all-conv, 32 px PNGs",
+                prepare("cifar-resnet20", args.images, "all-conv", weights=args.weights,
+                        params=IngestParams(batch_size=256)), args.repeats)
+    with tempfile.TemporaryDirectory() as tmp:
+        measure("resnet18 (random) layer1+layer2, 320x240 JPEGs at 224 px",
+                prepare("torchvision:resnet18", str(photos(Path(tmp))), "layer1,layer2",
+                        params=IngestParams(batch_size=32, top_k=50)), args.repeats)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ makes sure padding never counts as image content.
 
   NF(p)   = sum_j w_j m_j(p) I_j(p) / sum_j w_j m_j(p)      over crops with w_j >= threshold,
                                                              at most nf_max of them
-  std(p)  = standard deviation of I_j(p) over the valid crops (the colour index weights use it)
+  std(p)  = the w-weighted standard deviation of I_j(p) over the valid crops, averaged over the
+            colour channels (the colour index weights use it)
 
 (Seed 004 writes (1/N) sum w_j I_j; normalising by the weights instead keeps the NF in the
 image's range and lets masked pixels average only what was seen. The ranking of neurons by
@@ -52,7 +53,7 @@ class CropPlan:
 class NeuronFeature:
     nf: np.ndarray  # (h, w, 3) float32 in [0, 255]
     valid: np.ndarray  # (h, w) bool: some crop saw this pixel
-    std: np.ndarray  # (h, w) float32, NaN where no crop saw the pixel
+    std: np.ndarray  # (h, w) float32: w-weighted std over the crops; NaN where no crop saw the pixel
     n_used: int
     sprite: np.ndarray | None  # (T, S*T, 3) uint8 strip of the top crops
     sprite_n: int
@@ -150,9 +151,7 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
         m = len(g["members"])
         g["wsum"] = torch.zeros(m, h, w)
         g["wimg"] = torch.zeros(m, h, w, 3)
-        g["cnt"] = torch.zeros(m, h, w)
-        g["s1"] = torch.zeros(m, h, w, 3)
-        g["s2"] = torch.zeros(m, h, w, 3)
+        g["wimg2"] = torch.zeros(m, h, w, 3)
         t = min(THUMB_MAX, max(h, w))
         g["thumb"] = t
         g["sprites"] = torch.full((m, SPRITE_CROPS, t, t, 3), 128, dtype=torch.uint8)
@@ -160,8 +159,6 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     np.add.at(n_used, plan.neuron[plan.use_nf], 1)
     sprite_n = np.zeros(plan.n_neurons, dtype=np.int64)
     np.add.at(sprite_n, plan.neuron[plan.sprite], 1)
-    mask_full = torch.zeros(H + 2 * pad, W + 2 * pad)
-    mask_full[pad:pad + H, pad:pad + W] = 1
     bar = tqdm(total=len(needed), unit="img", desc="pass 2: crops", disable=not progress, dynamic_ncols=True)
     lo = 0
     for batch, positions, problems in image_batches(images, preprocessing, batch_size, workers, needed.tolist()):
@@ -170,59 +167,61 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
         sel = idx[lo:hi]
         local = np.searchsorted(pos, e_image[lo:hi])
         lo = hi
-        padded = torch.nn.functional.pad(batch.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1).float()
+        padded = torch.nn.functional.pad(batch.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1)
         if on_batch is not None:
             on_batch(batch, local, sel)
         neurons = plan.neuron[sel]
         sizes = plan.sizes[neurons]
         for (h, w), g in groups.items():
-            in_group = (sizes[:, 0] == h) & (sizes[:, 1] == w)
+            in_group = (sizes[:, 0] == h) & (sizes[:, 1] == w) & (plan.use_nf[sel] | plan.sprite[sel])
             if not in_group.any():
                 continue
-            e = sel[in_group]
-            li = torch.from_numpy(local[in_group])
-            x0 = torch.from_numpy(plan.box[e, 0] + pad)
-            y0 = torch.from_numpy(plan.box[e, 1] + pad)
-            rows = (y0[:, None] + torch.arange(h)[None, :]).clamp(0, H + 2 * pad - 1)
-            cols = (x0[:, None] + torch.arange(w)[None, :]).clamp(0, W + 2 * pad - 1)
-            inside_r = (y0[:, None] + torch.arange(h)[None, :] >= 0) & (y0[:, None] + torch.arange(h)[None, :] < H + 2 * pad)
-            inside_c = (x0[:, None] + torch.arange(w)[None, :] >= 0) & (x0[:, None] + torch.arange(w)[None, :] < W + 2 * pad)
-            crops = padded[li[:, None, None], rows[:, :, None], cols[:, None, :]]  # (n, h, w, 3)
-            mask = mask_full[rows[:, :, None], cols[:, None, :]] * (inside_r[:, :, None] & inside_c[:, None, :])
+            # NF crops first, so the accumulation below works on a view of the stack
+            order = np.argsort(~plan.use_nf[sel[in_group]], kind="stable")
+            e, li = sel[in_group][order], local[in_group][order]
+            n_nf = int(plan.use_nf[e].sum())
+            x0, y0 = plan.box[e, 0] + pad, plan.box[e, 1] + pad
+            # the padding covers every box, so each crop is a plain slice (a view); one stack copies
+            crops = torch.stack([padded[int(b), int(y):int(y) + h, int(x):int(x) + w]
+                                 for b, y, x in zip(li, y0, x0)])  # (n, h, w, 3) uint8
+            ry = torch.from_numpy(y0)[:, None] + torch.arange(h)[None, :]
+            rx = torch.from_numpy(x0)[:, None] + torch.arange(w)[None, :]
+            row_in = (ry >= pad) & (ry < pad + H)
+            col_in = (rx >= pad) & (rx < pad + W)
+            mask = (row_in[:, :, None] & col_in[:, None, :]).float()  # valid image pixels, not padding
             slots = torch.from_numpy(slot_of[plan.neuron[e]])
-            use = torch.from_numpy(plan.use_nf[e])
-            if bool(use.any()):
-                wt = torch.from_numpy(plan.weight[e][plan.use_nf[e]]).float()
-                c, mk, s = crops[use], mask[use], slots[use]
-                wm = mk * wt[:, None, None]
-                g["wsum"].index_add_(0, s, wm)
-                g["wimg"].index_add_(0, s, c * wm[..., None])
-                g["cnt"].index_add_(0, s, mk)
-                g["s1"].index_add_(0, s, c * mk[..., None])
-                g["s2"].index_add_(0, s, c * c * mk[..., None])
-            spr = torch.from_numpy(plan.sprite[e])
-            if bool(spr.any()):
+            if n_nf:
+                c = crops[:n_nf].float()
+                wm = mask[:n_nf] * torch.from_numpy(plan.weight[e[:n_nf]]).float()[:, None, None]
+                weighted = c * wm[..., None]
+                s_ = slots[:n_nf]
+                g["wsum"].index_add_(0, s_, wm)
+                g["wimg"].index_add_(0, s_, weighted)
+                g["wimg2"].index_add_(0, s_, weighted.mul_(c))
+            spr = np.nonzero(plan.sprite[e])[0]
+            if len(spr):
                 t = g["thumb"]
-                c = torch.where(mask[spr][..., None] > 0, crops[spr], torch.tensor(128.0))
-                c = c.permute(0, 3, 1, 2)
+                pick = torch.from_numpy(spr)
+                c = torch.where(mask.index_select(0, pick)[..., None] > 0, crops.index_select(0, pick),
+                                torch.tensor(128, dtype=torch.uint8))
                 if (h, w) != (t, t):
-                    c = torch.nn.functional.interpolate(c, size=(t, t), mode="area" if max(h, w) > t else "nearest")
-                c = c.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-                g["sprites"][slots[spr], torch.from_numpy(plan.rank[e][plan.sprite[e]])] = c
+                    c = torch.nn.functional.interpolate(c.permute(0, 3, 1, 2).float(), size=(t, t),
+                                                        mode="area" if max(h, w) > t else "nearest")
+                    c = c.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+                g["sprites"][slots[pick], torch.from_numpy(plan.rank[e[spr]])] = c
         bar.update(len(pos))
     bar.close()
     out: list[NeuronFeature | None] = [None] * plan.n_neurons
     for (h, w), g in groups.items():
-        wsum, wimg, cnt, s1, s2 = (g[k].numpy() for k in ("wsum", "wimg", "cnt", "s1", "s2"))
+        wsum, wimg, wimg2 = (g[k].numpy() for k in ("wsum", "wimg", "wimg2"))
         for slot, n in enumerate(g["members"]):
             if n_used[n] == 0 and sprite_n[n] == 0:
                 continue
             valid = wsum[slot] > 0
             with np.errstate(invalid="ignore", divide="ignore"):
                 nf = np.where(valid[..., None], wimg[slot] / wsum[slot][..., None], 0.0).astype(np.float32)
-                mean = s1[slot] / cnt[slot][..., None]
-                var = np.maximum(s2[slot] / cnt[slot][..., None] - mean ** 2, 0.0)
-                std = np.where(cnt[slot] > 0, np.sqrt(var).mean(-1), np.nan).astype(np.float32)
+                var = np.maximum(wimg2[slot] / wsum[slot][..., None] - nf.astype(np.float64) ** 2, 0.0)
+                std = np.where(valid, np.sqrt(var).mean(-1), np.nan).astype(np.float32)
             k = int(sprite_n[n])
             sprite = None
             if k:

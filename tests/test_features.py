@@ -38,7 +38,8 @@ def test_nf_is_the_hand_computed_weighted_mean(tmp_path):
     expected = (1.0 * c0 + 0.8 * c1) / 1.8
     np.testing.assert_allclose(nf.nf, expected, rtol=1e-5)
     assert nf.n_used == 2 and nf.valid.all()
-    np.testing.assert_allclose(nf.std, np.stack([c0, c1]).std(0).mean(-1), rtol=1e-5)
+    weighted_var = (1.0 * (c0 - expected) ** 2 + 0.8 * (c1 - expected) ** 2) / 1.8
+    np.testing.assert_allclose(nf.std, np.sqrt(weighted_var).mean(-1), rtol=1e-4)
     assert nf.sprite_n == 3 and nf.sprite.shape == (2, 6, 3)
     np.testing.assert_array_equal(nf.sprite[:, 4:6], arrays[2][2:4, 2:4])
 
