@@ -250,7 +250,8 @@ class Index:
         """The parameterised SQL a search compiles to, and its parameters."""
         from .query.search import compile_query, parse
 
-        sql, params, _ = compile_query(parse(text, self._vocabulary()))
+        vocab = self._vocabulary()
+        sql, params, _ = compile_query(parse(text, vocab), vocab)
         return sql, params
 
     def export(self, text: str, fmt: str, path) -> int:

@@ -47,7 +47,6 @@ OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "col
 
 view = table("neuron_view", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node"}])
 nclasses = table("neuron_classes", column("neuron_id"), column("class_id"), column("share"), column("rank"))
-classes = table("classes", column("id"), column("name"))
 ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
 
 
@@ -58,6 +57,7 @@ class Vocabulary:
     layers: dict[str, str] = field(default_factory=dict)  # word -> how it is spelled in the index
     classes: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
+    class_ids: dict[str, list[int]] = field(default_factory=dict)  # class name -> ids (one per dataset)
 
     @classmethod
     def load(cls, con) -> "Vocabulary":
@@ -66,7 +66,9 @@ class Vocabulary:
             for word in (name, alias, node):
                 if word:
                     vocab.layers[word.lower()] = word
-        vocab.classes = {n.lower(): n for (n,) in con.execute("SELECT DISTINCT name FROM classes").fetchall()}
+        for class_id, name in con.execute("SELECT id, name FROM classes").fetchall():
+            vocab.classes[name.lower()] = name
+            vocab.class_ids.setdefault(name, []).append(class_id)
         vocab.models = {n.lower(): n for (n,) in con.execute("SELECT name FROM models").fetchall()}
         return vocab
 
@@ -175,7 +177,7 @@ def _number(value: str, raw: str):
     return number
 
 
-def compile_query(q: Query) -> tuple[str, list, list[str]]:
+def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     """(parameterised SQL, parameters, output columns)."""
     conditions = []
     columns = [view.c[c] for c in OUTPUT]
@@ -200,10 +202,9 @@ def compile_query(q: Query) -> tuple[str, list, list[str]]:
         conditions.append(or_(*options))
         rank_by.append((view.c.color_index if chromatic else view.c.color_share, True))
     if q.classes:
+        ids = [i for name in q.classes for i in vocab.class_ids.get(name, [])]
         matched = (select(nclasses.c.neuron_id, func.max(nclasses.c.share).label("class_share"))
-                   .select_from(nclasses.join(classes, classes.c.id == nclasses.c.class_id))
-                   .where(func.lower(classes.c.name).in_([c.lower() for c in q.classes]),
-                          or_(nclasses.c.rank == 1, nclasses.c.share >= CLASS_SHARE))
+                   .where(nclasses.c.class_id.in_(ids), or_(nclasses.c.rank == 1, nclasses.c.share >= CLASS_SHARE))
                    .group_by(nclasses.c.neuron_id).subquery("matched"))
         source = source.join(matched, matched.c.neuron_id == view.c.id)
         columns.append(matched.c.class_share)
@@ -231,6 +232,6 @@ def compile_query(q: Query) -> tuple[str, list, list[str]]:
 def search(con, text: str, vocab: Vocabulary | None = None) -> tuple[list[dict], str, list]:
     """Run a search; returns (rows, sql, params)."""
     vocab = vocab or Vocabulary.load(con)
-    sql, params, columns = compile_query(parse(text, vocab))
+    sql, params, columns = compile_query(parse(text, vocab), vocab)
     rows = con.execute(sql, params).fetchall()
     return [dict(zip(columns, r)) for r in rows], sql, params
