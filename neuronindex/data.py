@@ -116,9 +116,10 @@ def open_source(source: str, download: bool = False, root: str | None = None) ->
     """List the images of a source (no decoding yet)."""
     if source.startswith("torchvision:"):
         return with_wordnet(_torchvision_source(source, download, root))
-    path = Path(source)
+    path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"image source {source} does not exist; pass a folder, a manifest .csv or torchvision:NAME")
+    path = path.resolve()  # the index records absolute paths: it is used from other directories
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{source} is a file but not a manifest CSV; pass a folder or a .csv with path,label columns")

@@ -265,6 +265,10 @@ def load_model(
         loaded.preprocessing = preprocessing
     if name:
         loaded.name = name
+    if loaded.weights and Path(loaded.weights).is_file():
+        loaded.weights = str(Path(loaded.weights).resolve())  # recorded in the index, used from anywhere
+    if loaded.spec.startswith("torchscript:"):
+        loaded.spec = "torchscript:" + str(Path(loaded.spec.split(":", 1)[1]).resolve())
     loaded.module.eval()
     for p in loaded.module.parameters():
         p.requires_grad_(False)

@@ -170,3 +170,23 @@ def test_cli_shards_merge_into_one_run(tmp_path, image_folder, cli_runner, monke
         np.testing.assert_allclose(np.array(a[1:5] + a[6:], dtype=float), np.array(b[1:5] + b[6:], dtype=float), rtol=1e-9)
     r = cli_runner.invoke(cli, ["merge", "--index", str(merged), states[0], states[0]])
     assert r.exit_code != 0 and "same shard" in r.output
+
+
+def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch, tiny_loaded):
+    import torch
+
+    from neuronindex.derive import recompute
+    from neuronindex.models import load_model
+    from tinymodels import TinyCNN
+
+    folder = write_folder(tmp_path / "work" / "imgs", per_class=3)
+    torch.save(TinyCNN().state_dict(), tmp_path / "work" / "tiny.pt")
+    monkeypatch.chdir(tmp_path / "work")
+    loaded = load_model("python:tinymodels:tiny_cnn", weights="tiny.pt", preprocessing=tiny_loaded.preprocessing)
+    ingest(loaded, "imgs", "conv1", "index", params=IngestParams(top_k=3), progress=False)
+    index = tmp_path / "work" / "index"
+    assert rows(index, "SELECT source FROM datasets") == [(str(folder),)]
+    assert rows(index, "SELECT weights FROM models") == [(str(tmp_path / "work" / "tiny.pt"),)]
+    assert all(Path(p).is_absolute() for (p,) in rows(index, "SELECT path FROM images"))
+    monkeypatch.chdir(tmp_path)
+    assert recompute(index, progress=False)[0]["neurons"] == 4
