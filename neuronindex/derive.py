@@ -181,7 +181,10 @@ def write_features(con, ctx, owners, feats, self_resp, params) -> None:
         rows["sprite_png"].append(features_mod.png_bytes(f.sprite) if f.sprite is not None else None)
         rows["sprite_n"].append(f.sprite_n)
         rows["sprite_thumb"].append(int(f.sprite.shape[0]) if f.sprite is not None else None)
-    _insert_features(con, rows)
+    import pyarrow as pa
+
+    insert(con, "neuron_features", rows,
+           types={"nf_png": pa.binary(), "sprite_png": pa.binary(), "std": pa.list_(pa.float32())})
     n_used = np.array([f.n_used if f is not None else 0 for f in feats])
     execute(con, "CREATE TEMP TABLE IF NOT EXISTS _nf_update (neuron_id INTEGER, nf_n INTEGER, nf_self_response DOUBLE)")
     execute(con, "DELETE FROM _nf_update")
@@ -190,21 +193,6 @@ def write_features(con, ctx, owners, feats, self_resp, params) -> None:
                  "FROM _nf_update u WHERE neurons.id = u.neuron_id")
     execute(con, "UPDATE topk SET in_nf = (norm_activation >= ? AND rank <= ?) "
                  "WHERE neuron_id IN (SELECT neuron_id FROM _nf_update)", [float(params.nf_threshold), int(params.nf_max)])
-
-
-def _insert_features(con, rows) -> None:
-    import pyarrow as pa
-
-    if not rows["neuron_id"]:
-        return
-    types = {"nf_png": pa.binary(), "sprite_png": pa.binary(), "std": pa.list_(pa.float32())}
-    table = pa.table({k: pa.array(v, type=types.get(k), from_pandas=True) for k, v in rows.items()})
-    con.register("_features", table)
-    try:
-        cols = ", ".join(rows)
-        execute(con, f"INSERT INTO neuron_features ({cols}) SELECT {cols} FROM _features")
-    finally:
-        con.unregister("_features")
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray]]:
@@ -394,19 +382,6 @@ def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> No
         signature = vec.signatures(np.concatenate(probes, axis=1))
         for n in range(len(owners)):
             add("signature", None, ids[n], None, signature[n])
-    _insert_vectors(con, rows)
-
-
-def _insert_vectors(con, rows) -> None:
     import pyarrow as pa
 
-    if not rows["neuron_id"]:
-        return
-    table = pa.table({k: (pa.array(v, type=pa.list_(pa.float32())) if k == "vector" else pa.array(v))
-                      for k, v in rows.items()})
-    con.register("_vectors", table)
-    try:
-        cols = ", ".join(rows)
-        execute(con, f"INSERT INTO embeddings ({cols}) SELECT {cols} FROM _vectors")
-    finally:
-        con.unregister("_vectors")
+    insert(con, "embeddings", rows, types={"vector": pa.list_(pa.float32())})

@@ -9,13 +9,18 @@ import numpy as np
 from .store import execute, next_id
 
 
-def insert(con, table: str, columns: dict) -> None:
-    """Bulk insert columns (name -> array or list, equal lengths) through Arrow; NaN becomes NULL."""
+def insert(con, table: str, columns: dict, types: dict | None = None) -> None:
+    """Bulk insert columns (name -> array or list, equal lengths) through Arrow; NaN becomes NULL.
+
+    `types` gives the Arrow type of columns Arrow cannot infer (binary PNGs, lists of floats).
+    """
     import pyarrow as pa
 
     arrays = {}
     for k, v in columns.items():
-        if isinstance(v, np.ndarray) and v.ndim == 2:
+        if types and k in types:
+            arrays[k] = pa.array(v, type=types[k], from_pandas=True)
+        elif isinstance(v, np.ndarray) and v.ndim == 2:
             arrays[k] = pa.array(list(v.astype(np.float32)), type=pa.list_(pa.float32()), from_pandas=True)
         elif isinstance(v, np.ndarray):
             arrays[k] = pa.array(v, from_pandas=v.dtype.kind == "f")  # NaN -> NULL
