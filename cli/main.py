@@ -77,7 +77,7 @@ def model_options(f):
 
 def load_model_from_options(spec, weights=None, input_size=None, resize_policy=None, resize=None, mean=None,
                             std=None, channel_order=None, pixel_scale=None, name=None):
-    from dataclasses import asdict, replace
+    from dataclasses import asdict
 
     from neuronindex.models import Preprocessing, load_model
 
@@ -89,7 +89,6 @@ def load_model_from_options(spec, weights=None, input_size=None, resize_policy=N
     }.items() if v is not None}
     if changes:
         loaded.preprocessing = Preprocessing(**{**asdict(loaded.preprocessing), **changes})
-    del replace
     return loaded
 
 

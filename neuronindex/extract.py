@@ -136,7 +136,6 @@ def _collate(batch):
 def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
                   positions: list[int] | None = None) -> Iterator:
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
-    import torch
     from torch.utils.data import DataLoader, Subset
 
     from .data import GeometricDataset
@@ -147,7 +146,6 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_collate, persistent_workers=False,
                         prefetch_factor=4 if workers else None)
-    del torch
     yield from loader
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
 from .errors import IngestError, UsageError
 
 
@@ -331,6 +330,3 @@ def build_vectors(index_dir) -> list[dict]:
     finally:
         con.close()
 
-
-def package_version() -> str:
-    return __version__

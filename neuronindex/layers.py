@@ -125,8 +125,6 @@ def _is_add(node) -> bool:
 
 def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
     """List the selectable layers of a LoadedModel, with shapes and receptive fields."""
-    import torch
-
     size = tuple(input_size or loaded.preprocessing.input_size)
     if loaded.scripted:
         return _hooked(loaded.module, size)
@@ -153,7 +151,6 @@ def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
                             int(shape[3]), fields.get(node.name)))
     _assign_modules(layers, module)
     _assign_aliases(gm, layers, qual, modules)
-    del torch
     return ModelGraph(layers, traced=True)
 
 
@@ -206,7 +203,6 @@ def _assign_modules(layers: list[Layer], module) -> None:
 def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
     by_qual = {l.name: l for l in layers}
     nodes = [n for n in gm.graph.nodes if n.name in qual and qual[n.name] in by_qual]
-    convs = [n for n in nodes if _kind(n, modules) == "Conv2d"]
     pools = {"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"}
     merges = [n for n in nodes if len([a for a in n.all_input_nodes if a.name in qual]) > 1]
     chain = not merges
@@ -228,7 +224,6 @@ def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
                 layer.alias = f"pool{block}" if chain else f"pool{pool_count}"
             if chain and index:
                 block, index = block + 1, 0
-    del convs
 
 
 def _rectified(conv, modules, qual):

@@ -245,8 +245,6 @@ def load_model(
     name: str | None = None,
 ) -> LoadedModel:
     """Build the model named by `spec`, load weights, put it in eval mode."""
-    import torch
-
     spec = spec.strip()
     if spec.startswith("cifar-resnet"):
         loaded = _load_cifar(spec, weights)
@@ -272,7 +270,6 @@ def load_model(
     loaded.module.eval()
     for p in loaded.module.parameters():
         p.requires_grad_(False)
-    torch.set_grad_enabled(True)  # leave global state alone; callers use inference_mode
     return loaded
 
 

@@ -127,14 +127,12 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
     for li, (sel, res) in enumerate(zip(run.selections, results)):
         layer = sel.layer
         layer_id = layer_base + li
-        total_positions = None
         execute(
             con, "INSERT INTO layers (id, model_id, name, node, alias, kind, position, channels, map_h, map_w, rf_size, "
             "rf_stride, rf_offset, sparsity, ingest_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [layer_id, model_id, sel.name, layer.name, layer.alias, layer.kind, layer.position, layer.channels,
              layer.map_h, layer.map_w, layer.rf_size, layer.rf_stride, layer.rf_offset,
              float(np.mean(res["sparsity"])) if len(res["sparsity"]) else None, ingest_id])
-        del total_positions
         C = layer.channels
         ids = np.arange(nid, nid + C)
         neuron_ids_by_layer.append(ids)
