@@ -128,27 +128,23 @@ class Neuron:
         import numpy as np
         from PIL import Image
 
-        from .data import open_source
         from .models import Preprocessing
 
         row = self.index.con.execute(
-            "SELECT i.position, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM topk t "
+            "SELECT i.path, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM topk t "
             "JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
-            "JOIN models m ON m.id = ? WHERE t.neuron_id = ? AND t.rank = ?", [self.row_model_id(), self.id, rank]).fetchone()
+            "JOIN neurons n ON n.id = t.neuron_id JOIN models m ON m.id = n.model_id "
+            "WHERE t.neuron_id = ? AND t.rank = ?", [self.id, rank]).fetchone()
         if row is None:
             raise NotFoundError(f"neuron {self.key} has no rank {rank} image")
-        position, source, x0, y0, x1, y1, pre = row
-        images = open_source(source)
-        seen = np.asarray(Preprocessing.from_json(pre).geometric(images.load(images.images[position])))
+        path, source, x0, y0, x1, y1, pre = row
+        seen = np.asarray(Preprocessing.from_json(pre).geometric(self.index.load_image(path, source)))
         h, w = seen.shape[:2]
         out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
         sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
         if sy1 > sy0 and sx1 > sx0:
             out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seen[sy0:sy1, sx0:sx1]
         return Image.fromarray(out)
-
-    def row_model_id(self) -> int:
-        return self.index.con.execute("SELECT model_id FROM neurons WHERE id = ?", [self.id]).fetchone()[0]
 
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
@@ -373,20 +369,37 @@ class Index:
         return loaded, extractor, rows
 
     def _with_neurons(self, hits, space: str) -> Result:
-        """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches)."""
+        """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches), in one query."""
+        if not hits:
+            return Result([], ["score", "key"], index=self)
+        cols = ["key", "model", "layer", "channel", "color_index", "color_name", "class_index", "top_class", "csi",
+                "act_max"]
+        found = self.con.execute(
+            f"SELECT h.pos, {', '.join('v.' + c for c in cols)}, i.path, t.box_x0, t.box_y0, t.box_x1, t.box_y1 "
+            "FROM (SELECT unnest(?) AS id, unnest(?) AS rank, unnest(?) AS pos) h JOIN neuron_view v ON v.id = h.id "
+            "LEFT JOIN topk t ON t.neuron_id = h.id AND t.rank = h.rank LEFT JOIN images i ON i.id = t.image_id "
+            "ORDER BY h.pos", [[h[0] for h in hits], [h[1] for h in hits], list(range(len(hits)))]).fetchall()
         rows = []
-        for neuron_id, rank, score in hits:
-            row = self.con.execute("SELECT key, model, layer, channel, color_index, color_name, class_index, top_class, "
-                                   "csi, act_max FROM neuron_view WHERE id = ?", [neuron_id]).fetchone()
-            cols = ["key", "model", "layer", "channel", "color_index", "color_name", "class_index", "top_class", "csi",
-                    "act_max"]
-            out = {"score": score, **dict(zip(cols, row))}
+        for r in found:
+            neuron_id, rank, score = hits[r[0]]
+            out = {"score": score, **dict(zip(cols, r[1:1 + len(cols)]))}
             if space == "patch":
-                crop = self.con.execute("SELECT i.path, t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i "
-                                        "ON i.id = t.image_id WHERE t.neuron_id = ? AND t.rank = ?", [neuron_id, rank]).fetchone()
-                out.update(rank=rank, image=crop[0], box=list(crop[1:]))
+                out.update(rank=rank, image=r[1 + len(cols)], box=list(r[2 + len(cols):]))
             rows.append(out)
-        return Result(rows, list(rows[0]) if rows else ["score", "key"], index=self)
+        return Result(rows, list(rows[0]), index=self)
+
+    def load_image(self, path: str, source: str):
+        """An image of the index as a PIL RGB image: files directly by their stored path; torchvision
+        datasets through the dataset object, opened once per Index."""
+        from .data import load_image, open_source
+
+        if not path.startswith("torchvision:"):
+            return load_image(path)
+        cache = self.__dict__.setdefault("_datasets", {})
+        if source not in cache:
+            cache[source] = open_source(source)
+        images = cache[source]
+        return images.load(images.images[int(path.rsplit("/", 1)[1])])
 
     def _vocabulary(self):
         from .query.search import Vocabulary

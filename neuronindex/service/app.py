@@ -132,7 +132,7 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
                 figure_cache.clear()
                 figure_cache[key] = render_figures(idx, model)
             return figure_cache[key]
-        figures = run(lambda idx: (idx.layers(model).rows() and draw(idx)) or {})
+        figures = run(lambda idx: draw(idx) if idx.layers(model).rows() else {})
         if figure not in figures:
             raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(figures) or 'none'}")
         return Response(figures[figure], media_type="image/png")
