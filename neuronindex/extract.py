@@ -88,7 +88,10 @@ class Extractor:
                     tap(out[n])
             self._tap_list = taps
             return run
-        gm = copy.deepcopy(self.module)
+        # a deep copy of the extractor comes back in training mode (BatchNorm would then use each
+        # batch's own statistics); torchvision's extractor swaps graphs on train()/eval(), so set
+        # eval mode before the surgery, not after
+        gm = copy.deepcopy(self.module).eval()
         graph = gm.graph
         output = next(n for n in graph.nodes if n.op == "output")
         wanted = dict(output.args[0])

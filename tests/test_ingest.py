@@ -61,7 +61,6 @@ def test_batch_size_does_not_change_results(tmp_path, image_folder, tiny_loaded,
     ingest(tiny_loaded, str(image_folder), "conv1,conv2", other, params=IngestParams(top_k=5, batch_size=1),
            progress=False, derive=False)
     # the forward pass itself differs in the last float bits between batch sizes (oneDNN picks other
-    # kernels); ranks, images and locations are identical, values equal to float32 precision
     # kernels), which may swap near-tied ranks; ranked values agree, and so do images wherever
     # the ranks are separated by more than that noise
     a_rows, b_rows = rows(other, TOPK_SQL), rows(tiny_index, TOPK_SQL)
@@ -76,6 +75,46 @@ def test_batch_size_does_not_change_results(tmp_path, image_folder, tiny_loaded,
     for a, b in zip(rows(other, NEURON_SQL), rows(tiny_index, NEURON_SQL)):
         assert a[0] == b[0]
         np.testing.assert_allclose(np.array(a[1:], dtype=float), np.array(b[1:], dtype=float), rtol=1e-5)
+
+
+def test_stored_activations_are_the_models_eval_mode_forward(tmp_path):
+    """A BatchNorm network: pass 1 must see the running statistics, exactly like `module(x)` in
+    eval mode (a train-mode forward normalises with each batch's own statistics instead)."""
+    import torch
+
+    from neuronindex.models import load_model
+
+    loaded = load_model("cifar-resnet20")
+    gen = torch.Generator().manual_seed(1)
+    for m in loaded.module.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # running statistics far from any batch's own
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 3 + 0.2)
+    folder = write_folder(tmp_path / "images", per_class=6, size=32)
+    index = tmp_path / "index"
+    ingest(loaded, str(folder), "conv1,layer2,layer3", index, params=IngestParams(top_k=4, batch_size=5),
+           progress=False, derive=False)
+
+    from neuronindex.data import open_source
+    images = open_source(str(folder))
+    x = torch.stack([torch.from_numpy(np.array(images.load(r))) for r in images.images])
+    seen = {}
+    hooks = [getattr(loaded.module, name).register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, o))
+             for name in ("relu", "layer2", "layer3")]
+    with torch.no_grad():
+        loaded.module.eval()(loaded.preprocessing.normalize(x))
+    for h in hooks:
+        h.remove()
+    for alias, name in (("conv1", "relu"), ("layer2", "layer2"), ("layer3", "layer3")):
+        per_image = seen[name].amax(dim=(2, 3)).numpy()  # (images, channels)
+        stored = rows(index, "SELECT n.channel, n.act_max, n.act_mean FROM neurons n JOIN layers l ON l.id = n.layer_id "
+                             f"WHERE l.name = '{alias}' ORDER BY n.channel")
+        np.testing.assert_allclose([r[1] for r in stored], per_image.max(0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose([r[2] for r in stored], per_image.mean(0), rtol=1e-4, atol=1e-5)
+        top = rows(index, "SELECT n.channel, t.activation FROM topk t JOIN neurons n ON n.id = t.neuron_id "
+                          f"JOIN layers l ON l.id = n.layer_id WHERE l.name = '{alias}' ORDER BY n.channel, t.rank")
+        expected = -np.sort(-per_image, axis=0)[:4].T.ravel()
+        np.testing.assert_allclose([r[1] for r in top], expected, rtol=1e-4, atol=1e-5)
 
 
 def test_second_model_shares_the_dataset(tmp_path, image_folder, tiny_loaded):
