@@ -44,9 +44,8 @@ def test_resnet20_all_conv_ingest_on_test_jpeg(tmp_path):
 
 
 def test_resnet20_selectivity_by_depth(tmp_path):
-    """Seed 004's depth trends on a real network: colour selectivity falls, class selectivity
-    (CSI) rises. gamma is recorded but not asserted: on CIFAR-10 it is confined near 1 and
-    first-layer colour units are class-correlated (see the closing note of the selectivity issue)."""
+    """Seed 004's depth trends on a real network: colour selectivity falls, class selectivity rises
+    (both gamma and CSI). With 10 classes and N = 100, gamma lies in [0.909, 1]."""
     weights = shared("cifar10-resnet", "resnet20-12fca82f.th")
     source = shared("cifar10", "lossless-train")
     ingest("cifar-resnet20", str(source), "conv1,layer3.0,layer3.1,layer3.2", tmp_path, weights=str(weights),
@@ -58,7 +57,9 @@ def test_resnet20_selectivity_by_depth(tmp_path):
     by_layer = {r[0]: r[1:] for r in rows}
     first, last = by_layer["conv1"], by_layer["layer3.2"]
     assert first[0] > last[0] + 0.2  # colour selective share: ~0.4 vs ~0.05
-    assert last[1] > first[1]  # CSI grows with depth
+    assert last[1] > first[1] + 0.1  # CSI grows with depth: ~0.07 vs ~0.33
+    assert last[2] > first[2] + 0.02  # gamma too: ~0.91 (M ~ 9.7 classes) vs ~0.96 (M ~ 4.4)
+    assert last[3] < first[3] - 2
     for share, csi, gamma, m in by_layer.values():
         assert 0 <= share <= 1 and -1 <= csi <= 1 and 0.9 <= gamma <= 1 and 1 <= m <= 10
 
@@ -66,8 +67,8 @@ def test_resnet20_selectivity_by_depth(tmp_path):
 def test_resnet20_and_resnet56_depth_trends_in_one_index(tmp_path):
     """Seed 004's trends on two real depths, compared with SQL as seed 002 compares two CNNs.
 
-    Asserted: CSI grows from the first conv layer to the last stage; sparsity figures lie in
-    [0, 1]. gamma is reported, not asserted (see the selectivity issue's closing note)."""
+    Asserted: class selectivity (mean gamma and mean CSI) grows from the first conv layer to the
+    last stage; sparsity figures lie in [0, 1]."""
     import csv
 
     from neuronindex.report import summary
@@ -96,5 +97,6 @@ def test_resnet20_and_resnet56_depth_trends_in_one_index(tmp_path):
         mine = {r["layer"]: r for r in rows if r["model"] == model}
         assert list(mine) == ["conv1", "layer1", "layer2", "layer3"]
         assert mine["layer3"]["mean_csi"] > mine["conv1"]["mean_csi"]
+        assert mine["layer3"]["mean_gamma"] > mine["conv1"]["mean_gamma"]
         assert all(0 <= r["sparsity"] <= 1 and 0 <= r["share_alpha_04"] <= 1 for r in mine.values())
     print("\n" + "\n".join(str({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}) for r in rows))
