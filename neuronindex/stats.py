@@ -37,17 +37,34 @@ def summarize(acts, threshold):
     import torch
 
     B, C, H, W = acts.shape
-    values = acts.amax(dim=(2, 3))
     # sign() then a float sum: several times faster than reducing a boolean mask; float32 counts
     # are exact below 2**24 positions per channel, float64 beyond
     wide = B * H * W >= 2 ** 24
-    firing = torch.sign(acts).clamp_(min=0).sum(dim=(0, 2, 3), dtype=torch.float64 if wide else None)
+    if C > 1 and acts.is_contiguous(memory_format=torch.channels_last):
+        # channels innermost (an image given as HWC makes every map channels-last): reduce over
+        # rows of k * C values, so that few channels still fill the vector lanes, then fold k
+        rows = acts.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
+        k = _fold(C, H * W)
+        values = rows.reshape(B, H * W // k, k * C).amax(1).view(B, k, C).amax(1)
+        signs = torch.sign(rows.reshape(-1, k * C)).clamp_(min=0)
+        firing = signs.sum(0, dtype=torch.float64 if wide else None).view(k, C).sum(0)
+    else:
+        values = acts.amax(dim=(2, 3))
+        firing = torch.sign(acts).clamp_(min=0).sum(dim=(0, 2, 3), dtype=torch.float64 if wide else None)
     loc = torch.full((B, C), -1, dtype=torch.long, device=acts.device)
     cand = values >= threshold.to(values.device)
     if bool(cand.any()):
         b, c = cand.nonzero(as_tuple=True)
         loc[b, c] = acts[b, c].flatten(1).argmax(1)
     return values, firing, loc, H * W, W
+
+
+def _fold(channels: int, positions: int, lanes: int = 64) -> int:
+    """How many positions to lay side by side so a row holds about `lanes` values."""
+    k = 1
+    while k * 2 * channels <= lanes and positions % (k * 2) == 0:
+        k *= 2
+    return k
 
 
 class LayerStats:

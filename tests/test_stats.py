@@ -46,15 +46,22 @@ def brute_force(a: np.ndarray, labels: np.ndarray, k: int, n_classes: int):
     return out
 
 
+LAYOUTS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("batch_size", [1, 5, 24])
-def test_streaming_equals_brute_force(activations, batch_size):
+def test_streaming_equals_brute_force(activations, batch_size, layout):
+    """Both memory layouts take their own reduction path; a shifted copy of each map has
+    negative values, so sparsity counts them as not firing."""
     images, nodes, acts, pos, labels = activations
-    for node in nodes:
-        a = acts[node]
+    maps = [acts[n] for n in nodes] + [acts[nodes[1]] - acts[nodes[1]].mean()]
+    for a in maps:
         expected = brute_force(a.numpy(), labels.numpy(), K, 3)
         st = LayerStats(a.shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=7)
         for s in range(0, a.shape[0], batch_size):
-            st.add(a[s:s + batch_size], pos[s:s + batch_size], labels[s:s + batch_size])
+            batch = a[s:s + batch_size].contiguous(memory_format=LAYOUTS[layout])
+            st.add(batch, pos[s:s + batch_size], labels[s:s + batch_size])
         r = st.result()
         np.testing.assert_array_equal(r["top_ids"], expected["ids"])
         np.testing.assert_array_equal(r["top_values"], expected["values"])
