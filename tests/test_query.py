@@ -33,6 +33,31 @@ def truth(idx, where, order="id"):
     return keys(idx.sql(f"SELECT key FROM neuron_view WHERE {where} ORDER BY {order}"))
 
 
+def _search_tables_in_sync(index) -> None:
+    with neuronindex.open(index) as i:
+        assert i.sql("SELECT * FROM neuron_search ORDER BY id").rows() == i.sql("SELECT * FROM neuron_view ORDER BY id").rows()
+        assert sorted(tuple(r.values()) for r in i.sql("SELECT * FROM class_search").rows()) == sorted(
+            tuple(r.values()) for r in i.sql("SELECT class_id, neuron_id, share, rank FROM neuron_classes").rows())
+
+
+def test_search_tables_follow_every_write(index_dir, tmp_path):
+    """Searches scan materialised copies (neuron_search, class_search); every write refreshes them."""
+    import shutil
+
+    from neuronindex.derive import recompute
+
+    _search_tables_in_sync(index_dir)
+    copy = tmp_path / "copy"
+    shutil.copytree(index_dir, copy)
+    with neuronindex.open(copy) as i:
+        before = i.sql("SELECT sum(class_m) AS m FROM neuron_search").rows()[0]["m"]
+    recompute(copy, progress=False, class_threshold=0.5)
+    with neuronindex.open(copy) as i:
+        after = i.sql("SELECT sum(class_m) AS m FROM neuron_search").rows()[0]["m"]
+    assert after < before  # fewer classes reach half the weight than all of it
+    _search_tables_in_sync(copy)
+
+
 def test_red_conv1(idx):
     assert keys(idx.search("red conv1"))[0] == "tiny_cnn/conv1/0"
     assert keys(idx.search("red conv1")) == truth(idx, "layer = 'conv1' AND color_name = 'red' AND color_index >= 0.4",

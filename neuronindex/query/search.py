@@ -45,8 +45,10 @@ COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
 OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "color_name", "hue_name", "class_index",
           "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
 
-view = table("neuron_view", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node"}])
-nclasses = table("neuron_classes", column("neuron_id"), column("class_id"), column("share"), column("rank"))
+# neuron_view materialised (store.refresh_search): one table, so DuckDB fetches whole rows for
+# the top of the ranking only
+view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node"}])
+nclasses = table("class_search", column("neuron_id"), column("class_id"), column("share"), column("rank"))
 ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
 
 

@@ -133,6 +133,7 @@ def staged(directory: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         apply_migrations(con)
         yield con
+        refresh_search(con)
         execute(con, "CHECKPOINT")
         con.close()
         os.replace(stage, target)
@@ -143,6 +144,16 @@ def staged(directory: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
         stage.unlink(missing_ok=True)
         stage.with_name(stage.name + ".wal").unlink(missing_ok=True)
         raise
+
+
+def refresh_search(con: duckdb.DuckDBPyConnection) -> None:
+    """Rebuild the tables searches scan: `neuron_search` (neuron_view materialised) and
+    `class_search` (neuron_classes ordered by class)."""
+    execute(con, "DELETE FROM neuron_search")
+    execute(con, "INSERT INTO neuron_search SELECT * FROM neuron_view ORDER BY id")
+    execute(con, "DELETE FROM class_search")
+    execute(con, "INSERT INTO class_search SELECT class_id, neuron_id, share, rank FROM neuron_classes "
+                 "ORDER BY class_id, neuron_id")
 
 
 def _fsync_dir(directory: Path) -> None:
