@@ -41,7 +41,7 @@ def photos(folder: Path, n: int = 400) -> Path:
     return folder
 
 
-def measure(name, run, repeats):
+def measure(name, run, repeats, workers=0):
     stats = pass1(run, progress=False)
     results = split(stats[0].result(), [s.layer.channels for s in run.selections])
     plan, _ = features.plan_from_results(run.selections, results, 0.7, 100)
@@ -49,15 +49,15 @@ def measure(name, run, repeats):
     decode, full = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _batch in image_batches(run.images, run.loaded.preprocessing, 64, 0, needed):
+        for _batch in image_batches(run.images, run.loaded.preprocessing, 64, workers, needed):
             pass
         decode.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        features.compute(plan, run.images, run.loaded.preprocessing, progress=False)
+        features.compute(plan, run.images, run.loaded.preprocessing, workers=workers, progress=False)
         full.append(time.perf_counter() - t0)
     d, f = statistics.median(decode), statistics.median(full)
     print(f"{name}: {len(needed)} images decoded for {plan.n_neurons} neurons ({int(plan.use_nf.sum())} NF crops): "
-          f"decode only {d:.2f} s, pass 2 {f:.2f} s, ratio {f / d:.2f} (median of {repeats})")
+          f"decode only {d:.2f} s, pass 2 {f:.2f} s, ratio {f / d:.2f} (median of {repeats}, {workers} decoding workers)")
 
 
 def main():
@@ -66,16 +66,17 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", default=str(SHARED / "cifar10" / "lossless-train"))
     parser.add_argument("--weights", default=str(SHARED / "cifar10-resnet" / "resnet20-12fca82f.th"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers, the same for both timings")
     args = parser.parse_args()
     if Path(args.images).exists():
         measure("cifar-resnet20 all-conv, 32 px PNGs",
                 prepare("cifar-resnet20", args.images, "all-conv", weights=args.weights,
-                        params=IngestParams(batch_size=256)), args.repeats)
+                        params=IngestParams(batch_size=256)), args.repeats, args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         measure("resnet18 (random) layer1+layer2, 320x240 JPEGs at 224 px",
                 prepare("torchvision:resnet18", str(photos(Path(tmp))), "layer1,layer2",
-                        params=IngestParams(batch_size=32, top_k=50)), args.repeats)
+                        params=IngestParams(batch_size=32, top_k=50)), args.repeats, args.workers)
 
 
 if __name__ == "__main__":

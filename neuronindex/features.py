@@ -4,8 +4,9 @@ Input is a *crop plan*: for every (neuron, rank) of the top-k lists, the image, 
 field box of the argmax unit (in the model's input, possibly crossing the border) and the
 relative activation w_j = a_j / a_max. Each needed image is decoded exactly once (grouped by
 image, all layers together, in parallel DataLoader workers) and every crop it contributes is
-cut from it at once. Crops are padded where the box leaves the image, and a validity mask
-makes sure padding never counts as image content.
+summed straight from the decoded pixels by a compiled loop (numba) on a second thread, while
+the next batch decodes. Only the part of a box inside the image is visited: the validity mask
+m_j is 1 exactly there, so padding never counts as image content.
 
   NF(p)   = sum_j w_j m_j(p) I_j(p) / sum_j w_j m_j(p)      over crops with w_j >= threshold,
                                                              at most nf_max of them
@@ -19,12 +20,16 @@ any index is unaffected.)
 from __future__ import annotations
 
 import io
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 SPRITE_CROPS = 12
 THUMB_MAX = 48
+IN_FLIGHT = 4  # decoded batches waiting for the summing thread
 
 
 @dataclass
@@ -126,7 +131,6 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     `on_batch(images_uint8, local_image_index, entries)`, if given, sees every decoded batch with
     the plan entries it serves (e.g. to forward the images again in greyscale).
     """
-    import torch
     from tqdm import tqdm
 
     from .extract import image_batches
@@ -137,98 +141,89 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     idx = np.nonzero(keep)[0][order]
     e_image = plan.image[idx]
     needed = np.unique(e_image)
-    H, W = preprocessing.input_size
-    box = plan.box[idx]
-    pad = int(max(0, -box[:, 0].min(initial=0), -box[:, 1].min(initial=0), box[:, 2].max(initial=0) - W,
-                  box[:, 3].max(initial=0) - H))
-    groups: dict[tuple[int, int], dict] = {}
-    slot_of = np.zeros(plan.n_neurons, dtype=np.int64)
-    for n, (h, w) in enumerate(plan.sizes):
-        g = groups.setdefault((int(h), int(w)), {"members": []})
-        slot_of[n] = len(g["members"])
-        g["members"].append(n)
-    for (h, w), g in groups.items():
-        m = len(g["members"])
-        g["wsum"] = torch.zeros(m, h, w)
-        g["wimg"] = torch.zeros(m, h, w, 3)
-        g["wimg2"] = torch.zeros(m, h, w, 3)
-        t = min(THUMB_MAX, max(h, w))
-        g["thumb"] = t
-        g["sprites"] = torch.full((m, SPRITE_CROPS, t, t, 3), 128, dtype=torch.uint8)
-    n_used = np.zeros(plan.n_neurons, dtype=np.int64)
-    np.add.at(n_used, plan.neuron[plan.use_nf], 1)
-    sprite_n = np.zeros(plan.n_neurons, dtype=np.int64)
-    np.add.at(sprite_n, plan.neuron[plan.sprite], 1)
+    canvases = Canvases(plan.sizes)
     bar = tqdm(total=len(needed), unit="img", desc="pass 2: crops", disable=not progress, dynamic_ncols=True)
     lo = 0
-    for batch, positions, problems in image_batches(images, preprocessing, batch_size, workers, needed.tolist()):
-        pos = positions.numpy()
-        hi = np.searchsorted(e_image, pos[-1], side="right")
-        sel = idx[lo:hi]
-        local = np.searchsorted(pos, e_image[lo:hi])
-        lo = hi
-        padded = torch.nn.functional.pad(batch.permute(0, 3, 1, 2), (pad, pad, pad, pad)).permute(0, 2, 3, 1)
-        if on_batch is not None:
-            on_batch(batch, local, sel)
-        neurons = plan.neuron[sel]
-        sizes = plan.sizes[neurons]
-        for (h, w), g in groups.items():
-            in_group = (sizes[:, 0] == h) & (sizes[:, 1] == w) & (plan.use_nf[sel] | plan.sprite[sel])
-            if not in_group.any():
-                continue
-            # NF crops first, so the accumulation below works on a view of the stack
-            order = np.argsort(~plan.use_nf[sel[in_group]], kind="stable")
-            e, li = sel[in_group][order], local[in_group][order]
-            n_nf = int(plan.use_nf[e].sum())
-            x0, y0 = plan.box[e, 0] + pad, plan.box[e, 1] + pad
-            # the padding covers every box, so each crop is a plain slice (a view); one stack copies
-            crops = torch.stack([padded[int(b), int(y):int(y) + h, int(x):int(x) + w]
-                                 for b, y, x in zip(li, y0, x0)])  # (n, h, w, 3) uint8
-            ry = torch.from_numpy(y0)[:, None] + torch.arange(h)[None, :]
-            rx = torch.from_numpy(x0)[:, None] + torch.arange(w)[None, :]
-            row_in = (ry >= pad) & (ry < pad + H)
-            col_in = (rx >= pad) & (rx < pad + W)
-            mask = (row_in[:, :, None] & col_in[:, None, :]).float()  # valid image pixels, not padding
-            slots = torch.from_numpy(slot_of[plan.neuron[e]])
-            if n_nf:
-                c = crops[:n_nf].float()
-                wm = mask[:n_nf] * torch.from_numpy(plan.weight[e[:n_nf]]).float()[:, None, None]
-                weighted = c * wm[..., None]
-                s_ = slots[:n_nf]
-                g["wsum"].index_add_(0, s_, wm)
-                g["wimg"].index_add_(0, s_, weighted)
-                g["wimg2"].index_add_(0, s_, weighted.mul_(c))
-            spr = np.nonzero(plan.sprite[e])[0]
-            if len(spr):
-                t = g["thumb"]
-                pick = torch.from_numpy(spr)
-                c = torch.where(mask.index_select(0, pick)[..., None] > 0, crops.index_select(0, pick),
-                                torch.tensor(128, dtype=torch.uint8))
-                if (h, w) != (t, t):
-                    c = torch.nn.functional.interpolate(c.permute(0, 3, 1, 2).float(), size=(t, t),
-                                                        mode="area" if max(h, w) > t else "nearest")
-                    c = c.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-                g["sprites"][slots[pick], torch.from_numpy(plan.rank[e[spr]])] = c
-        bar.update(len(pos))
+    # the compiled loop releases the GIL: earlier batches' crops are summed on a second thread while
+    # the next is decoded (a few batches in flight, so the summing thread never waits on this one)
+    with ThreadPoolExecutor(1, thread_name_prefix="pass2") as pool:
+        pending: deque = deque()
+        for batch, positions, problems in image_batches(images, preprocessing, batch_size, workers, needed.tolist()):
+            pos = positions.numpy()
+            hi = np.searchsorted(e_image, pos[-1], side="right")
+            sel = idx[lo:hi]
+            local = np.searchsorted(pos, e_image[lo:hi])
+            lo = hi
+            if on_batch is not None:
+                on_batch(batch, local, sel)
+            if len(pending) == IN_FLIGHT:
+                pending.popleft().result()
+            nf, spr = sel[plan.use_nf[sel]], sel[plan.sprite[sel]]
+            pending.append(pool.submit(canvases.add, batch.contiguous().numpy(),
+                                       (local[plan.use_nf[sel]], plan.box[nf], plan.weight[nf], plan.neuron[nf]),
+                                       (local[plan.sprite[sel]], plan.box[spr], plan.neuron[spr], plan.rank[spr])))
+            bar.update(len(pos))
+        while pending:
+            pending.popleft().result()
     bar.close()
+    n_used = np.bincount(plan.neuron[plan.use_nf], minlength=plan.n_neurons)
+    sprite_n = np.bincount(plan.neuron[plan.sprite], minlength=plan.n_neurons)
     out: list[NeuronFeature | None] = [None] * plan.n_neurons
-    for (h, w), g in groups.items():
-        wsum, wimg, wimg2 = (g[k].numpy() for k in ("wsum", "wimg", "wimg2"))
-        for slot, n in enumerate(g["members"]):
-            if n_used[n] == 0 and sprite_n[n] == 0:
-                continue
-            valid = wsum[slot] > 0
-            with np.errstate(invalid="ignore", divide="ignore"):
-                nf = np.where(valid[..., None], wimg[slot] / wsum[slot][..., None], 0.0).astype(np.float32)
-                var = np.maximum(wimg2[slot] / wsum[slot][..., None] - nf.astype(np.float64) ** 2, 0.0)
-                std = np.where(valid, np.sqrt(var).mean(-1), np.nan).astype(np.float32)
-            k = int(sprite_n[n])
-            sprite = None
-            if k:
-                sp = g["sprites"][slot, :k].numpy()
-                sprite = np.concatenate(list(sp), axis=1)
-            out[n] = NeuronFeature(nf, valid, std, int(n_used[n]), sprite, k)
+    results = canvases.results()
+    for n in np.nonzero((n_used > 0) | (sprite_n > 0))[0]:
+        k = int(sprite_n[n])
+        out[n] = NeuronFeature(*results[n], int(n_used[n]), canvases.sprite(n, k) if k else None, k)
     return out
+
+
+class Canvases:
+    """Every neuron's NF sums and sprite, in two flat buffers (neuron n at its own offset).
+
+    Per canvas pixel (the neuron's receptive-field box) seven planes: W = sum w m, the weighted
+    mean of I (RGB) and S = sum w m (I - mean)^2 (RGB), kept by a running (Welford) update. Compiled loops add a whole batch's crops at once and visit only the real
+    pixels of each crop (a field larger than the image is mostly padding); no crop is copied.
+    """
+
+    def __init__(self, sizes: np.ndarray):
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        area = self.sizes[:, 0] * self.sizes[:, 1]
+        self.start = 7 * np.concatenate([[0], np.cumsum(area)])  # neuron n: seven (h, w) planes from start[n]
+        self.sums = np.zeros(self.start[-1], dtype=np.float32)
+        self.thumb = np.minimum(THUMB_MAX, self.sizes.max(1))
+        # neuron n: a strip (t, SPRITE_CROPS t, 3) of thumbnails from sprite_start[n]
+        self.sprite_start = np.concatenate([[0], np.cumsum(SPRITE_CROPS * self.thumb ** 2)])
+        self.sprites = np.full((self.sprite_start[-1], 3), 128, dtype=np.uint8)
+
+    def add(self, pixels: np.ndarray, crops, thumbnails):
+        """Add one batch: `pixels` (B, H, W, 3) uint8; `crops` (image in batch, box, weight, neuron) of
+        the NF crops; `thumbnails` (image in batch, box, neuron, rank) of the sprite crops. Thread-safe
+        against decoding (one compiled call without the GIL), not against another `add`."""
+        local, box, weight, neuron = crops
+        t_local, t_box, t_neuron, t_rank = thumbnails
+        t = self.thumb[t_neuron]
+        i64 = np.int64
+        _add(pixels, np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)),
+             local.astype(i64), box[:, 1].astype(i64), box[:, 0].astype(i64), weight.astype(np.float32),
+             self.start[neuron], self.sizes[neuron], self.sums,
+             t_local.astype(i64), t_box[:, 1].astype(i64), t_box[:, 0].astype(i64), self.sizes[t_neuron], t,
+             self.sprite_start[t_neuron] + t_rank.astype(i64) * t, SPRITE_CROPS, self.sprites)
+
+    def sprite(self, n: int, k: int) -> np.ndarray:
+        """Neuron n's first k thumbnails side by side: (t, k t, 3) uint8."""
+        t = int(self.thumb[n])
+        strip = self.sprites[self.sprite_start[n]:self.sprite_start[n + 1]].reshape(t, SPRITE_CROPS * t, 3)
+        return np.ascontiguousarray(strip[:, :k * t])
+
+    def results(self):
+        """Per neuron: NF (h, w, 3), valid (h, w) and std (h, w), float32 (std NaN where unseen)."""
+        pixels = self.start[-1] // 7
+        nf = np.empty((pixels, 3), dtype=np.float32)
+        std = np.empty(pixels, dtype=np.float32)
+        _finish(self.sums, self.start, self.sizes, nf, std)
+        shapes = [(int(h), int(w)) for h, w in self.sizes]
+        at = self.start // 7
+        return [(nf[a:b].reshape(*hw, 3), ~np.isnan(std[a:b]).reshape(hw), std[a:b].reshape(hw))
+                for a, b, hw in zip(at[:-1], at[1:], shapes)]
 
 
 def self_response(extractor, selections, owners, features, act_max_by_layer, preprocessing,
@@ -274,3 +269,86 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _add(pixels, planes, local, y0, x0, weight, start, size, sums,
+         t_local, t_y0, t_x0, t_size, thumb, at, per_row, sprites):  # pragma: no cover - compiled
+    _accumulate(planes, local, y0, x0, weight, start, size, sums)
+    _thumbnails(pixels, t_local, t_y0, t_x0, t_size, thumb, at, per_row, sprites)
+
+
+@numba.njit(cache=True, nogil=True)
+def _accumulate(planes, local, y0, x0, weight, start, size, sums):  # pragma: no cover - compiled
+    """Over the real pixels (y, x) of each crop j (of image local[j], box corner (y0, x0), size (h, w)),
+    update at (y - y0, x - x0) the seven planes of its neuron's canvas (from start[j]): the weight
+    sum W, the weighted mean (RGB) and the weighted sum of squared deviations S (RGB), by West's
+    weighted form of Welford's update, which stays exact in float32 where sum w I^2 - (sum w I)^2 / W
+    would cancel. `planes` is the batch (B, 3, H, W) uint8, so rows are contiguous."""
+    H, W = planes.shape[2], planes.shape[3]
+    for j in range(len(local)):
+        b, wt, top, left, h, w = local[j], weight[j], y0[j], x0[j], size[j, 0], size[j, 1]
+        hw = h * w
+        xa, xb = max(0, left), min(W, left + w)
+        for y in range(max(0, top), min(H, top + h)):
+            row = start[j] + (y - top) * w - left
+            for x in range(xa, xb):
+                i = row + x
+                total = sums[i] + wt
+                sums[i] = total
+                share = wt / total
+                for k in range(3):
+                    v = np.float32(planes[b, k, y, x])
+                    mean = sums[i + (1 + k) * hw]
+                    delta = v - mean
+                    mean += delta * share
+                    sums[i + (1 + k) * hw] = mean
+                    sums[i + (4 + k) * hw] += wt * delta * (v - mean)
+
+
+@numba.njit(cache=True, nogil=True)
+def _thumbnails(pixels, local, y0, x0, size, thumb, at, per_row, out):  # pragma: no cover - compiled
+    """Crop j (h, w) shrunk to (t, t) by area averaging (PyTorch's adaptive pooling bins), padding
+    counted as grey 128, into the strip from out[at_j] whose rows are per_row t pixels long; a crop
+    of thumbnail size is copied exactly."""
+    H, W = pixels.shape[1], pixels.shape[2]
+    for j in range(len(local)):
+        b, top, left, h, w, t = local[j], y0[j], x0[j], size[j, 0], size[j, 1], thumb[j]
+        for ty in range(t):
+            ya, yb = (ty * h) // t, -((-(ty + 1) * h) // t)
+            iya, iyb = max(ya + top, 0), min(yb + top, H)
+            for tx in range(t):
+                xa, xb = (tx * w) // t, -((-(tx + 1) * w) // t)
+                ixa, ixb = max(xa + left, 0), min(xb + left, W)
+                n = (yb - ya) * (xb - xa)
+                grey = 128.0 * (n - max(iyb - iya, 0) * max(ixb - ixa, 0))
+                r, g, bl = grey, grey, grey
+                for y in range(iya, iyb):
+                    for x in range(ixa, ixb):
+                        r += pixels[b, y, x, 0]
+                        g += pixels[b, y, x, 1]
+                        bl += pixels[b, y, x, 2]
+                i = at[j] + ty * per_row * t + tx
+                out[i, 0] = np.uint8(min(255.0, np.floor(r / n + 0.5)))
+                out[i, 1] = np.uint8(min(255.0, np.floor(g / n + 0.5)))
+                out[i, 2] = np.uint8(min(255.0, np.floor(bl / n + 0.5)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _finish(sums, start, size, nf, std):  # pragma: no cover - compiled
+    """From each neuron's seven planes: NF = the weighted mean (HWC) and std = the mean over RGB
+    of sqrt(S / W); where no crop saw a pixel, NF 0 and std NaN."""
+    for n in range(len(size)):
+        hw = size[n, 0] * size[n, 1]
+        for p in range(hw):
+            i, o = start[n] + p, start[n] // 7 + p
+            total = sums[i]
+            if total > 0:
+                s = np.float32(0.0)
+                for k in range(3):
+                    nf[o, k] = sums[i + (1 + k) * hw]
+                    s += np.sqrt(max(sums[i + (4 + k) * hw] / total, np.float32(0.0)))
+                std[o] = s / np.float32(3.0)
+            else:
+                nf[o, 0], nf[o, 1], nf[o, 2] = 0.0, 0.0, 0.0
+                std[o] = np.nan

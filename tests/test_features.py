@@ -70,6 +70,70 @@ def test_corner_unit_is_padded_and_masked(tmp_path):
     assert alone.sprite[0, 0].tolist() == [128, 128, 128]  # padding shown grey in the sprite
 
 
+def _brute_force(arrays, plan, h, w):
+    """NF, valid and std of neuron 0 by plain numpy: pad each image, slice the box, mask, average."""
+    big = max(h, w)
+    wsum = np.zeros((h, w))
+    wimg = np.zeros((h, w, 3))
+    wimg2 = np.zeros((h, w, 3))
+    for j in np.nonzero(plan.use_nf)[0]:
+        a = arrays[plan.image[j]].astype(float)
+        padded = np.pad(a, ((big, big), (big, big), (0, 0)))
+        seen = np.pad(np.ones(a.shape[:2]), big)
+        x0, y0 = plan.box[j, :2] + big
+        crop, m = padded[y0:y0 + h, x0:x0 + w], seen[y0:y0 + h, x0:x0 + w] * plan.weight[j]
+        wsum += m
+        wimg += crop * m[..., None]
+        wimg2 += crop ** 2 * m[..., None]
+    valid = wsum > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nf = np.where(valid[..., None], wimg / wsum[..., None], 0)
+        std = np.where(valid, np.sqrt(np.maximum(wimg2 / wsum[..., None] - nf ** 2, 0)).mean(-1), np.nan)
+    return nf, valid, std
+
+
+@pytest.mark.parametrize("size", [(3, 5), (11, 13)], ids=["inside", "larger-than-the-image"])
+def test_nf_equals_brute_force_over_batches(tmp_path, size):
+    """Random boxes on 8x8 images, many crossing the border (or covering the whole image), several
+    decoded batches: NF, validity and std equal a plain numpy computation."""
+    rng = np.random.default_rng(7)
+    arrays = [rng.integers(0, 256, (8, 8, 3)) for _ in range(9)]
+    images = _images(tmp_path, arrays)
+    h, w = size
+    n = 30
+    y0, x0 = rng.integers(-h + 1, 8, n), rng.integers(-w + 1, 8, n)
+    boxes = np.stack([x0, y0, x0 + w, y0 + h], 1)
+    weight = np.sort(rng.uniform(0.5, 1.0, n))[::-1]
+    plan = features.CropPlan(neuron=np.zeros(n, int), rank=np.arange(n), image=rng.integers(0, 9, n), box=boxes,
+                             weight=weight, sizes=np.array([[h, w]]), nf_max=25, threshold=0.6)
+    pre = Preprocessing(input_size=(8, 8), geometry="none", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
+    (nf,) = features.compute(plan, images, pre, batch_size=2, progress=False)
+    expected, valid, std = _brute_force(arrays, plan, h, w)
+    assert nf.n_used == int(plan.use_nf.sum()) and nf.sprite_n == features.SPRITE_CROPS
+    np.testing.assert_array_equal(nf.valid, valid)
+    np.testing.assert_allclose(nf.nf, expected, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(nf.std[valid], std[valid], rtol=1e-4, atol=1e-3)
+    assert np.isnan(nf.std[~valid]).all()
+
+
+def test_sprite_thumbnails_average_areas_and_show_padding_grey(tmp_path):
+    """A 96x96 field on a 64x64 image shrinks to a 48x48 thumbnail: each pixel the mean of a 2x2
+    block, grey 128 where the block is padding."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (64, 64, 3))
+    images = _images(tmp_path, [a])
+    plan = features.CropPlan(neuron=np.zeros(1, int), rank=np.zeros(1, int), image=np.zeros(1, int),
+                             box=np.array([[-16, -32, 80, 64]]), weight=np.array([1.0]), sizes=np.array([[96, 96]]))
+    pre = Preprocessing(input_size=(64, 64), geometry="none", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
+    (nf,) = features.compute(plan, images, pre, progress=False)
+    canvas = np.full((96, 96, 3), 128.0)
+    canvas[32:96, 16:80] = a
+    expected = np.floor(canvas.reshape(48, 2, 48, 2, 3).mean((1, 3)) + 0.5)
+    assert nf.sprite.shape == (48, 48, 3)
+    np.testing.assert_array_equal(nf.sprite, expected)
+    assert (nf.sprite[:16] == 128).all()  # the top third of the field lies above the image
+
+
 @pytest.fixture(scope="module")
 def index(tmp_path_factory, image_folder, tiny_loaded):
     path = tmp_path_factory.mktemp("feat")

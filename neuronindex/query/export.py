@@ -98,7 +98,7 @@ def dump(con, folder: str | Path) -> list[str]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for (name,) in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT internal ORDER BY 1").fetchall():
-        table = con.execute(f'SELECT * FROM "{name}"').to_arrow_table()
+        table = con.sql(f'SELECT * FROM "{name}"').to_arrow_table()
         pq.write_table(table, folder / f"{name}.parquet")
         written.append(name)
     return written
