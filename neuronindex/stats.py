@@ -14,12 +14,14 @@ Kept per channel:
   - positions where the unit does not fire (<= 0) over all spatial positions -> sparsity;
   - per-class sums and counts of the per-image activation -> class-conditional means (CSI);
   - activations of the first `probe_size` images (the probe sample).
-Locations are computed only for (image, channel) pairs at or above the channel's current k-th
-value, as taking the argmax everywhere costs several times a plain amax; `summarize` does this
-inside the model's graph (see extract.Extractor.summaries) while the map is still in cache.
+`summarize` reduces each map inside the model's graph (see extract.Extractor.summaries) while
+it is still in cache: on the CPU one compiled pass (numba) takes the spatial maxima, their
+locations and the firing counts together. Locations are kept only for (image, channel) pairs at
+or above the channel's current k-th value: only those can enter a top list.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 NO_IMAGE = np.iinfo(np.int64).max
@@ -29,8 +31,70 @@ def summarize(acts, threshold):
     """What the statistics need from one batch of one layer, computed while the map is hot.
 
     acts (B, C, H, W); threshold (C,): the channel's current k-th value. Returns
-    (values (B, C) spatial maxima, firing (C,) count of positions > 0, loc (B, C) flat argmax
-    index for pairs with value >= threshold, -1 elsewhere, positions per image H * W).
+    (values (B, C) spatial maxima, firing (C,) count of positions > 0, loc (B, C) flat index of
+    the first maximum for pairs with value >= threshold, -1 elsewhere, positions per image H * W,
+    W). On the CPU one compiled pass over the map (in its own memory layout) takes all three;
+    elsewhere torch reductions do (`summarize_torch`).
+    """
+    import torch
+
+    if acts.device.type != "cpu" or acts.dtype != torch.float32 or acts.numel() == 0:
+        return summarize_torch(acts, threshold)
+    B, C, H, W = acts.shape
+    values = np.empty((B, C), dtype=np.float32)
+    loc = np.empty((B, C), dtype=np.int64)
+    firing = np.zeros(C, dtype=np.float64)
+    bar = threshold.numpy() if threshold.dtype == torch.float32 else threshold.float().numpy()
+    if acts.is_contiguous(memory_format=torch.channels_last):
+        kernel, x = _reduce_channels_last, acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
+    else:
+        kernel, x = _reduce_channels_first, acts.contiguous().numpy().reshape(B, C, H * W)
+    kernel(x, bar, values, loc, firing)
+    return torch.from_numpy(values), torch.from_numpy(firing), torch.from_numpy(loc), H * W, W
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_channels_last(x, threshold, values, loc, firing):  # pragma: no cover - compiled
+    """x (B, P, C): per (b, c) the maximum over p and its first index (-1 below threshold[c]);
+    per c the count of x > 0."""
+    B, P, C = x.shape
+    for b in range(B):
+        for c in range(C):
+            values[b, c] = -np.inf
+            loc[b, c] = 0
+        for p in range(P):
+            for c in range(C):
+                v = x[b, p, c]
+                m = values[b, c]
+                better = v > m
+                values[b, c] = v if better else m
+                loc[b, c] = p if better else loc[b, c]
+                firing[c] += 1.0 if v > 0 else 0.0
+        for c in range(C):
+            if values[b, c] < threshold[c]:
+                loc[b, c] = -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _reduce_channels_first(x, threshold, values, loc, firing):  # pragma: no cover - compiled
+    """x (B, C, P): as `_reduce_channels_last`."""
+    B, C, P = x.shape
+    for b in range(B):
+        for c in range(C):
+            m, at, fired = -np.inf, 0, 0.0
+            for p in range(P):
+                v = x[b, c, p]
+                if v > m:
+                    m, at = v, p
+                fired += 1.0 if v > 0 else 0.0
+            values[b, c] = m
+            loc[b, c] = at if m >= threshold[c] else -1
+            firing[c] += fired
+
+
+def summarize_torch(acts, threshold):
+    """`summarize` by torch reductions (any device, any float dtype).
+
     Taking the argmax of every map costs several times an amax, so only pairs that can still
     enter a top list get one.
     """
@@ -65,6 +129,54 @@ def _fold(channels: int, positions: int, lanes: int = 64) -> int:
     while k * 2 * channels <= lanes and positions % (k * 2) == 0:
         k *= 2
     return k
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_top(values, ids, ys, xs, vals, loc, image_ids, width):  # pragma: no cover - compiled
+    """Per channel c, insert the batch's candidates (loc[b, c] >= 0) into the top list
+    (values, ids, ys, xs)[c], kept ordered by value descending, then image id ascending.
+
+    vals, loc (B, C); image_ids (B,); width (C,) map widths (loc is the flat index y * W + x).
+    A candidate that cannot beat the list's last entry is skipped; the rest are sorted by
+    insertion (few once the lists fill) and merged in one pass.
+    """
+    C, L = values.shape
+    B = vals.shape[0]
+    cv = np.empty(B, dtype=values.dtype)
+    ci = np.empty(B, dtype=np.int64)
+    cb = np.empty(B, dtype=np.int64)
+    nv = np.empty(L, dtype=values.dtype)
+    ni = np.empty(L, dtype=np.int64)
+    ny = np.empty(L, dtype=ys.dtype)
+    nx = np.empty(L, dtype=xs.dtype)
+    for c in range(C):
+        last_v, last_i = values[c, L - 1], ids[c, L - 1]
+        m = 0
+        for b in range(B):
+            if loc[b, c] < 0:
+                continue
+            v, i = vals[b, c], image_ids[b]
+            if v < last_v or (v == last_v and i > last_i):
+                continue
+            k = m
+            while k > 0 and (cv[k - 1] < v or (cv[k - 1] == v and ci[k - 1] > i)):
+                cv[k], ci[k], cb[k] = cv[k - 1], ci[k - 1], cb[k - 1]
+                k -= 1
+            cv[k], ci[k], cb[k] = v, i, b
+            m += 1
+        if m == 0:
+            continue
+        old, new = 0, 0
+        for r in range(L):
+            take_new = new < m and (cv[new] > values[c, old] or (cv[new] == values[c, old] and ci[new] < ids[c, old]))
+            if take_new:
+                at = loc[cb[new], c]
+                nv[r], ni[r], ny[r], nx[r] = cv[new], ci[new], at // width[c], at % width[c]
+                new += 1
+            else:
+                nv[r], ni[r], ny[r], nx[r] = values[c, old], ids[c, old], ys[c, old], xs[c, old]
+                old += 1
+        values[c], ids[c], ys[c], xs[c] = nv, ni, ny, nx
 
 
 class LayerStats:
@@ -131,6 +243,18 @@ class LayerStats:
         self._update_top(vals, loc, width, ids)
 
     def _update_top(self, vals, loc, width, ids) -> None:
+        """Merge the batch's candidates (loc >= 0) into the running top lists."""
+        import torch
+
+        if self.values.device.type != "cpu":
+            return self._update_top_torch(vals, loc, width, ids)
+        self.last_id = max(self.last_id, int(ids.max()))
+        widths = width.long() if torch.is_tensor(width) else torch.full((self.channels,), int(width), dtype=torch.long)
+        _merge_top(self.values.numpy(), self.ids.numpy(), self.ys.numpy(), self.xs.numpy(), vals.float().numpy(),
+                   loc.numpy(), ids.long().numpy(), widths.numpy())
+
+    def _update_top_torch(self, vals, loc, width, ids) -> None:
+        """`_update_top` by sorting (any device)."""
         import torch
 
         ordered = bool(ids.min() > self.last_id) and (len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))

@@ -49,11 +49,18 @@ def brute_force(a: np.ndarray, labels: np.ndarray, k: int, n_classes: int):
 LAYOUTS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
 
 
+@pytest.mark.parametrize("reduction", ["compiled", "torch"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("batch_size", [1, 5, 24])
-def test_streaming_equals_brute_force(activations, batch_size, layout):
-    """Both memory layouts take their own reduction path; a shifted copy of each map has
-    negative values, so sparsity counts them as not firing."""
+def test_streaming_equals_brute_force(activations, batch_size, layout, reduction, monkeypatch):
+    """Both reductions (the compiled CPU pass; torch, used on other devices) and both memory
+    layouts take their own path; a shifted copy of each map has negative values, so sparsity
+    counts them as not firing."""
+    from neuronindex import stats
+
+    if reduction == "torch":
+        monkeypatch.setattr(stats, "summarize", stats.summarize_torch)
+        monkeypatch.setattr(stats.LayerStats, "_update_top", stats.LayerStats._update_top_torch)
     images, nodes, acts, pos, labels = activations
     maps = [acts[n] for n in nodes] + [acts[nodes[1]] - acts[nodes[1]].mean()]
     for a in maps:
