@@ -2,8 +2,8 @@
 
 Runs the two variants interleaved batch by batch in one process (these machines are noisy),
 repeats, and prints the median ratio. Memory: peak RSS of a pass-1 run in a fresh process for
-two dataset sizes (glibc's mmap threshold fixed, so the figure is live memory); it must not grow
-with the number of images.
+two dataset sizes (the child's own high-water mark, VmHWM, with glibc's mmap threshold fixed so
+the figure is live memory); it must not grow with the number of images.
 
     python bench/ingest.py            # both models
     python bench/ingest.py --quick    # fewer batches
@@ -75,7 +75,7 @@ def _truncated_forward(loaded, selections):
 
 def peak_memory(spec, layers, size, batch, n_images):
     code = f"""
-import resource, torch
+import torch
 from neuronindex.extract import Extractor
 from neuronindex.layers import trace
 from neuronindex.models import Preprocessing, load_model
@@ -90,7 +90,8 @@ images = torch.randint(0, 256, ({batch}, *{size!r}, 3), dtype=torch.uint8)
 for b in range({n_images} // {batch}):
     summaries = ext.summaries(images, list(stats.threshold().split(ch)))
     stats.add_summary(combine(summaries), torch.arange(b * {batch}, (b + 1) * {batch}), torch.zeros({batch}, dtype=torch.long))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM: this process's own peak (ru_maxrss would also count the parent's size at fork)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """
     # a fixed glibc mmap threshold returns every large tensor to the system when freed: peak RSS is
     # then live memory, not heap fragmentation (which varies by +-150 MB from run to run)

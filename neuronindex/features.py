@@ -19,6 +19,7 @@ any index is unaffected.)
 """
 from __future__ import annotations
 
+import functools
 import io
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +31,7 @@ import numpy as np
 SPRITE_CROPS = 12
 THUMB_MAX = 48
 IN_FLIGHT = 4  # decoded batches waiting for the summing thread
+TRIM_EVERY = 8  # batches between handing freed heap memory back (see _trim_heap)
 
 
 @dataclass
@@ -148,6 +150,7 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     # the next is decoded (a few batches in flight, so the summing thread never waits on this one)
     with ThreadPoolExecutor(1, thread_name_prefix="pass2") as pool:
         pending: deque = deque()
+        batches = 0
         for batch, positions, problems in image_batches(images, preprocessing, batch_size, workers, needed.tolist()):
             pos = positions.numpy()
             hi = np.searchsorted(e_image, pos[-1], side="right")
@@ -159,9 +162,11 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
             if len(pending) == IN_FLIGHT:
                 pending.popleft().result()
             nf, spr = sel[plan.use_nf[sel]], sel[plan.sprite[sel]]
-            pending.append(pool.submit(canvases.add, batch.contiguous().numpy(),
+            pending.append(pool.submit(_add_and_trim, canvases, batch.contiguous().numpy(),
                                        (local[plan.use_nf[sel]], plan.box[nf], plan.weight[nf], plan.neuron[nf]),
-                                       (local[plan.sprite[sel]], plan.box[spr], plan.neuron[spr], plan.rank[spr])))
+                                       (local[plan.sprite[sel]], plan.box[spr], plan.neuron[spr], plan.rank[spr]),
+                                       batches % TRIM_EVERY == TRIM_EVERY - 1))
+            batches += 1
             bar.update(len(pos))
         while pending:
             pending.popleft().result()
@@ -174,6 +179,32 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
         k = int(sprite_n[n])
         out[n] = NeuronFeature(*results[n], int(n_used[n]), canvases.sprite(n, k) if k else None, k)
     return out
+
+
+def _add_and_trim(canvases: "Canvases", pixels, crops, thumbnails, trim: bool) -> None:
+    canvases.add(pixels, crops, thumbnails)
+    if trim:
+        _trim_heap()
+
+
+@functools.cache
+def _malloc_trim():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system. glibc keeps them otherwise, and the re-forwards of
+    the pass-2 callbacks free large maps every batch: cifar-resnet56 all-conv peaked at 5.9 GB
+    resident instead of 3.2 GB of live memory."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class Canvases:
