@@ -31,7 +31,7 @@ import numpy as np
 SPRITE_CROPS = 12
 THUMB_MAX = 48
 IN_FLIGHT = 4  # decoded batches waiting for the summing thread
-TRIM_EVERY = 8  # batches between handing freed heap memory back (see _trim_heap)
+TRIM_EVERY = 8  # batches between handing freed heap memory back (see _malloc_trim)
 
 
 @dataclass
@@ -161,10 +161,11 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
                 on_batch(batch, local, sel)
             if len(pending) == IN_FLIGHT:
                 pending.popleft().result()
-            nf, spr = sel[plan.use_nf[sel]], sel[plan.sprite[sel]]
+            is_nf, is_sprite = plan.use_nf[sel], plan.sprite[sel]
+            nf, spr = sel[is_nf], sel[is_sprite]
             pending.append(pool.submit(_add_and_trim, canvases, batch.contiguous().numpy(),
-                                       (local[plan.use_nf[sel]], plan.box[nf], plan.weight[nf], plan.neuron[nf]),
-                                       (local[plan.sprite[sel]], plan.box[spr], plan.neuron[spr], plan.rank[spr]),
+                                       (local[is_nf], plan.box[nf], plan.weight[nf], plan.neuron[nf]),
+                                       (local[is_sprite], plan.box[spr], plan.neuron[spr], plan.rank[spr]),
                                        batches % TRIM_EVERY == TRIM_EVERY - 1))
             batches += 1
             bar.update(len(pos))
@@ -184,35 +185,30 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
 def _add_and_trim(canvases: "Canvases", pixels, crops, thumbnails, trim: bool) -> None:
     canvases.add(pixels, crops, thumbnails)
     if trim:
-        _trim_heap()
+        _malloc_trim()(0)
 
 
 @functools.cache
 def _malloc_trim():
+    """glibc's malloc_trim (a no-op elsewhere): gives freed heap pages back to the system. glibc
+    keeps them otherwise, and the re-forwards of the pass-2 callbacks free large maps every batch:
+    cifar-resnet56 all-conv peaked at 5.9 GB resident instead of 3.3 GB of live memory."""
     import ctypes
     import ctypes.util
 
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):  # not glibc
-        return None
-
-
-def _trim_heap() -> None:
-    """Give freed heap pages back to the system. glibc keeps them otherwise, and the re-forwards of
-    the pass-2 callbacks free large maps every batch: cifar-resnet56 all-conv peaked at 5.9 GB
-    resident instead of 3.2 GB of live memory."""
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
+        return lambda pad: 0
 
 
 class Canvases:
     """Every neuron's NF sums and sprite, in two flat buffers (neuron n at its own offset).
 
     Per canvas pixel (the neuron's receptive-field box) seven planes: W = sum w m, the weighted
-    mean of I (RGB) and S = sum w m (I - mean)^2 (RGB), kept by a running (Welford) update. Compiled loops add a whole batch's crops at once and visit only the real
-    pixels of each crop (a field larger than the image is mostly padding); no crop is copied.
+    mean of I (RGB) and S = sum w m (I - mean)^2 (RGB), kept by a running (Welford) update.
+    Compiled loops add a whole batch's crops at once and visit only the real pixels of each crop
+    (a field larger than the image is mostly padding); no crop is copied.
     """
 
     def __init__(self, sizes: np.ndarray):

@@ -44,7 +44,7 @@ def summarize(acts, threshold):
     values = np.empty((B, C), dtype=np.float32)
     loc = np.empty((B, C), dtype=np.int64)
     firing = np.zeros(C, dtype=np.float64)
-    bar = threshold.numpy() if threshold.dtype == torch.float32 else threshold.float().numpy()
+    bar = threshold.float().numpy()  # no copy when already float32
     if acts.is_contiguous(memory_format=torch.channels_last):
         kernel, x = _reduce_channels_last, acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
     else:
