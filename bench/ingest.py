@@ -23,7 +23,7 @@ import torch
 from neuronindex.extract import Extractor
 from neuronindex.layers import trace
 from neuronindex.models import Preprocessing, load_model
-from neuronindex.stats import LayerStats, combine
+from neuronindex.stats import LayerStats
 
 CASES = {
     "cifar-resnet56 all-conv": ("cifar-resnet56", "all-conv", (32, 32), 128),
@@ -45,7 +45,7 @@ def overhead(spec, layers, size, batch, batches, repeats):
         stats = LayerStats(sum(channels), 100, 400, 10, 2048)
         labels = torch.randint(0, 10, (batch,))
         t_fwd = t_all = 0.0
-        ext.summaries(images, list(stats.threshold().split(channels)))  # warm-up
+        ext.summaries(images, stats.threshold(), channels)  # warm-up
         with torch.inference_mode():
             truncated(loaded.preprocessing.normalize(images))
         for b in range(batches):
@@ -54,8 +54,7 @@ def overhead(spec, layers, size, batch, batches, repeats):
                 truncated(loaded.preprocessing.normalize(images))
             t1 = time.perf_counter()
             ids = torch.arange(b * batch, (b + 1) * batch)
-            summaries = ext.summaries(images, list(stats.threshold().split(channels)))
-            stats.add_summary(combine(summaries), ids, labels)
+            stats.add_summary(ext.summaries(images, stats.threshold(), channels), ids, labels)
             t2 = time.perf_counter()
             t_fwd += t1 - t0
             t_all += t2 - t1
@@ -79,7 +78,7 @@ import torch
 from neuronindex.extract import Extractor
 from neuronindex.layers import trace
 from neuronindex.models import Preprocessing, load_model
-from neuronindex.stats import LayerStats, combine
+from neuronindex.stats import LayerStats
 loaded = load_model({spec!r})
 loaded.preprocessing = Preprocessing(input_size={size!r}, geometry="resize", resize=None)
 sel = trace(loaded).select({layers!r})
@@ -88,8 +87,8 @@ ch = [s.layer.channels for s in sel]
 stats = LayerStats(sum(ch), 100, 400, 10, 2048)
 images = torch.randint(0, 256, ({batch}, *{size!r}, 3), dtype=torch.uint8)
 for b in range({n_images} // {batch}):
-    summaries = ext.summaries(images, list(stats.threshold().split(ch)))
-    stats.add_summary(combine(summaries), torch.arange(b * {batch}, (b + 1) * {batch}), torch.zeros({batch}, dtype=torch.long))
+    summary = ext.summaries(images, stats.threshold(), ch)
+    stats.add_summary(summary, torch.arange(b * {batch}, (b + 1) * {batch}), torch.zeros({batch}, dtype=torch.long))
 # VmHWM: this process's own peak (ru_maxrss would also count the parent's size at fork)
 print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")))
 """

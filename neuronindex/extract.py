@@ -28,7 +28,6 @@ class Extractor:
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         self.amp = amp and self.device.type == "cuda"
         self._taps = None
-        self._tap_list: list = []
         if loaded.scripted:
             from .layers import ScriptTaps
 
@@ -39,54 +38,50 @@ class Extractor:
             module = _without_inplace(loaded.module)
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
 
-    def summaries(self, images_uint8, thresholds: list) -> list:
-        """Per-layer `stats.summarize` results, computed by taps inside the graph.
+    def summaries(self, images_uint8, threshold, channels: list[int]) -> tuple:
+        """One batch summarised for `stats.LayerStats.add_summary`, by taps inside the graph.
 
-        Each selected node is followed by a tap module that reduces its map right away (the map
-        is still in cache) and the maps themselves are not returned, so the forward can reuse
-        their memory. `thresholds[i]` is layer i's current k-th value per channel.
+        Each selected node is followed by a tap that reduces its map right away (the map is still
+        in cache) into a shared `stats.Summaries`, and the maps themselves are not returned, so
+        the forward can reuse their memory. threshold (sum(channels),): every layer's current
+        k-th value per channel, layers side by side in node order; channels: per node.
         """
         import torch
 
         if self._taps is None:
+            from .stats import Summaries
+
+            self._sink = Summaries(channels)
             self._taps = self._tapped_module()
-        for tap, t in zip(self._tap_list, thresholds):
-            tap.threshold = t
+        self._sink.begin(threshold, images_uint8.shape[0])
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 self._taps(x)
-        out = [tap.result for tap in self._tap_list]
-        for tap in self._tap_list:
-            tap.result = None
-        return out
+        return self._sink.result()
 
     def _tapped_module(self):
         import copy
 
         import torch.nn as nn
 
-        from .stats import summarize
+        sink = self._sink
 
         class Tap(nn.Module):
-            def __init__(self):
+            def __init__(self, index: int):
                 super().__init__()
-                self.threshold = None
-                self.result = None
+                self.index = index
 
             def forward(self, x):
-                self.result = summarize(x.float(), self.threshold)
-                return self.result[0]
+                sink.add(self.index, x)
 
         if self.loaded.scripted:
-            taps = [Tap() for _ in self.nodes]
             inner = self.module
 
             def run(x):
                 out = inner(x)
-                for tap, n in zip(taps, self.nodes):
-                    tap(out[n])
-            self._tap_list = taps
+                for i, n in enumerate(self.nodes):
+                    sink.add(i, out[n])
             return run
         # a deep copy of the extractor comes back in training mode (BatchNorm would then use each
         # batch's own statistics); torchvision's extractor swaps graphs on train()/eval(), so set
@@ -95,15 +90,11 @@ class Extractor:
         graph = gm.graph
         output = next(n for n in graph.nodes if n.op == "output")
         wanted = dict(output.args[0])
-        self._tap_list = []
         results = {}
         for i, name in enumerate(self.nodes):
-            node = wanted[name]
-            tap = Tap()
-            gm.add_module(f"_neuronindex_tap_{i}", tap)
-            with graph.inserting_after(node):
-                results[name] = graph.call_module(f"_neuronindex_tap_{i}", (node,))
-            self._tap_list.append(tap)
+            gm.add_module(f"_neuronindex_tap_{i}", Tap(i))
+            with graph.inserting_after(wanted[name]):
+                results[name] = graph.call_module(f"_neuronindex_tap_{i}", (wanted[name],))
         output.args = (results,)
         graph.lint()
         gm.recompile()

@@ -139,10 +139,6 @@ def new_stats(run: Run) -> list:
     return [LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)]
 
 
-def thresholds(run: Run, stats: list) -> list:
-    return list(stats[0].threshold().split([s.layer.channels for s in run.selections]))
-
-
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
           checkpoint_seconds: float = 120.0) -> list:
     """Stream the run's images (from batch `done` on) through the model into per-layer stats."""
@@ -150,7 +146,6 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     from tqdm import tqdm
 
     from .extract import Extractor, image_batches
-    from .stats import combine
 
     stats = stats if stats is not None else new_stats(run)
     positions = run.positions()
@@ -160,6 +155,7 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
                           dtype=torch.long)
     extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp)
+    channels = [s.layer.channels for s in run.selections]
     last = time.monotonic()
     bar = tqdm(total=len(positions), initial=min(done * bs, len(positions)), unit="img", desc="pass 1: activations",
                disable=not progress, dynamic_ncols=True, smoothing=0.1)
@@ -171,8 +167,8 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
                 run.problems[int(pos[i])] = p
         if bool(ok.any()):
             ids = pos[ok]
-            summaries = extractor.summaries(batch[ok], thresholds(run, stats))
-            stats[0].add_summary(combine(summaries), ids, labels[ids])
+            summary = extractor.summaries(batch[ok], stats[0].threshold(), channels)
+            stats[0].add_summary(summary, ids, labels[ids])
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:

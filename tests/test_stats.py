@@ -147,3 +147,78 @@ def test_combined_layers_equal_separate_stats(activations):
         whole = st.result()
         for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "class_means", "act_mean"):
             np.testing.assert_array_equal(part[key], whole[key])
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 5, 8, 8), (2, 3, 7, 7), (2, 7, 9, 9), (2, 2, 20, 20),
+                                   (3, 4, 1, 1)])
+def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout):
+    """The compiled pass reads maps in vector lanes (channels-last rows folded to ~64 values,
+    channels-first rows in chunks with a tail): small integers make ties everywhere, and the
+    location must still be the first maximum, the count exactly the positives."""
+    from neuronindex.stats import summarize
+
+    rng = np.random.default_rng(sum(shape))
+    a = rng.integers(-2, 3, size=shape).astype(np.float32)
+    B, C, H, W = shape
+    threshold = rng.choice(np.array([-np.inf, 0.0, 1.0, 2.0, 3.0], dtype=np.float32), size=C)
+    acts = torch.from_numpy(a).contiguous(memory_format=LAYOUTS[layout])
+    values, firing, loc, per_image, width = summarize(acts, torch.from_numpy(threshold))
+    flat = a.reshape(B, C, H * W)
+    np.testing.assert_array_equal(values.numpy(), flat.max(2))
+    np.testing.assert_array_equal(firing.numpy(), (flat > 0).sum((0, 2)))
+    first = flat.argmax(2)  # numpy's argmax is the first maximum
+    np.testing.assert_array_equal(loc.numpy(), np.where(flat.max(2) >= threshold, first, -1))
+    assert (per_image, width) == (H * W, W)
+
+
+@pytest.mark.parametrize("reduction", ["compiled", "torch"])
+def test_top_lists_under_ties_and_unordered_ids(reduction, monkeypatch):
+    """Batches whose image ids come in any order (shards, resumed runs) and values with many ties
+    keep exactly the top list of a sort by (value desc, id asc)."""
+    from neuronindex import stats
+
+    if reduction == "torch":
+        monkeypatch.setattr(stats.LayerStats, "_update_top", stats.LayerStats._update_top_torch)
+    rng = np.random.default_rng(7)
+    n, C = 300, 6
+    vals = rng.integers(0, 6, size=(n, C)).astype(np.float32)
+    ids = rng.permutation(10 * n)[:n]
+    st = LayerStats(C, top_k=25, curve_len=25, n_classes=0, probe_size=0)  # every rank has an id
+    for s in range(0, n, 37):
+        acts = torch.from_numpy(vals[s:s + 37]).view(-1, C, 1, 1)
+        st.add(acts, torch.from_numpy(ids[s:s + 37]))
+    r = st.result()
+    for c in range(C):
+        order = sorted(range(n), key=lambda b: (-vals[b, c], ids[b]))[:25]
+        np.testing.assert_array_equal(r["top_ids"][c], ids[order])
+        np.testing.assert_array_equal(r["top_values"][c], vals[order, c])
+        expected_curve = np.sort(vals[:, c])[::-1][:25] / vals[:, c].max()
+        np.testing.assert_allclose(r["curve"][c], expected_curve, rtol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, compiled):
+    """The taps inside the graph (all layers written side by side into one summary) give the
+    statistics of feeding each layer's returned map to its own LayerStats."""
+    images = open_source(str(image_folder))
+    graph = trace(tiny_loaded)
+    nodes = [graph.lookup("conv1").name, graph.lookup("conv2").name]
+    ext = Extractor(tiny_loaded, nodes)
+    channels = [graph.lookup("conv1").channels, graph.lookup("conv2").channels]
+    both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
+    separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
+    for batch, pos, _ in image_batches(images, tiny_loaded.preprocessing, 7):
+        summary = ext.summaries(batch, both.threshold(), channels)
+        if not compiled:
+            ext._sink.force = False  # the torch reductions used on other devices, from now on
+        both.add_summary(summary, pos)
+        maps = ext(batch)
+        for n, st in zip(nodes, separate):
+            st.add(maps[n], pos)
+    from neuronindex.stats import split
+
+    for part, st in zip(split(both.result(), channels), separate):
+        whole = st.result()
+        for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
+            np.testing.assert_array_equal(part[key], whole[key])
