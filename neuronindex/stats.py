@@ -1,7 +1,7 @@
 """Streaming per-neuron statistics: add(batch) / result() / state_dict() / merge().
 
-One LayerStats may hold the channels of several layers side by side (`combine` / `split`), so
-each batch costs one top-k merge whatever the number of layers.
+One LayerStats may hold the channels of several layers side by side (`Summaries` or `combine`,
+then `split`), so each batch costs one top-k merge whatever the number of layers.
 
 Memory is O(channels x ranks), never O(images). A neuron's activation for an image is the spatial
 maximum of its channel's map; its location (y, x) is the first maximum in row-major order.
@@ -16,7 +16,8 @@ Kept per channel:
   - activations of the first `probe_size` images (the probe sample).
 `summarize` reduces each map inside the model's graph (see extract.Extractor.summaries) while
 it is still in cache: on the CPU one compiled pass (numba) takes the spatial maxima, their
-locations and the firing counts together. Locations are kept only for (image, channel) pairs at
+locations and the firing counts together, writing each layer's part of one batch summary
+(`Summaries`). Locations are kept only for (image, channel) pairs at
 or above the channel's current k-th value: only those can enter a top list.
 """
 from __future__ import annotations
