@@ -173,9 +173,11 @@ def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout):
 
 
 @pytest.mark.parametrize("reduction", ["compiled", "torch"])
-def test_top_lists_under_ties_and_unordered_ids(reduction, monkeypatch):
+@pytest.mark.parametrize("top_k,curve_len", [(25, 25), (10, 40)])
+def test_top_lists_under_ties_and_unordered_ids(reduction, top_k, curve_len, monkeypatch):
     """Batches whose image ids come in any order (shards, resumed runs) and values with many ties
-    keep exactly the top list of a sort by (value desc, id asc)."""
+    keep exactly the records of a sort by (value desc, id asc), and the ranked values beyond
+    them."""
     from neuronindex import stats
 
     if reduction == "torch":
@@ -184,16 +186,16 @@ def test_top_lists_under_ties_and_unordered_ids(reduction, monkeypatch):
     n, C = 300, 6
     vals = rng.integers(0, 6, size=(n, C)).astype(np.float32)
     ids = rng.permutation(10 * n)[:n]
-    st = LayerStats(C, top_k=25, curve_len=25, n_classes=0, probe_size=0)  # every rank has an id
+    st = LayerStats(C, top_k=top_k, curve_len=curve_len, n_classes=0, probe_size=0)
     for s in range(0, n, 37):
         acts = torch.from_numpy(vals[s:s + 37]).view(-1, C, 1, 1)
         st.add(acts, torch.from_numpy(ids[s:s + 37]))
     r = st.result()
     for c in range(C):
-        order = sorted(range(n), key=lambda b: (-vals[b, c], ids[b]))[:25]
+        order = sorted(range(n), key=lambda b: (-vals[b, c], ids[b]))[:top_k]
         np.testing.assert_array_equal(r["top_ids"][c], ids[order])
         np.testing.assert_array_equal(r["top_values"][c], vals[order, c])
-        expected_curve = np.sort(vals[:, c])[::-1][:25] / vals[:, c].max()
+        expected_curve = np.sort(vals[:, c])[::-1][:curve_len] / vals[:, c].max()
         np.testing.assert_allclose(r["curve"][c], expected_curve, rtol=1e-6)
 
 
