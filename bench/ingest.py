@@ -39,7 +39,7 @@ def overhead(spec, layers, size, batch, batches, repeats):
     ext = Extractor(loaded, [s.layer.name for s in selections])
     truncated = _truncated_forward(loaded, selections)
     images = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)
-    ratios, ips = [], []
+    ratios, ips, fwd_times, all_times = [], [], [], []
     for _ in range(repeats):
         channels = [s.layer.channels for s in selections]
         stats = LayerStats(sum(channels), 100, 400, 10, 2048)
@@ -60,7 +60,11 @@ def overhead(spec, layers, size, batch, batches, repeats):
             t_all += t2 - t1
         ratios.append(t_all / t_fwd)
         ips.append(batches * batch / t_all)
-    return statistics.median(ratios), statistics.median(ips), ratios
+        fwd_times.append(t_fwd)
+        all_times.append(t_all)
+    # the times of the run whose ratio is the median
+    mid = ratios.index(statistics.median_low(ratios))
+    return statistics.median_low(ratios), ips[mid], ratios, fwd_times[mid], all_times[mid]
 
 
 def _truncated_forward(loaded, selections):
@@ -112,13 +116,15 @@ def main():
         batches = 8 if args.quick else 40
         if size[0] > 100:
             batches = 4 if args.quick else 12
-        ratio, ips, all_ratios = overhead(spec, layers, size, batch, batches, 2 if args.quick else 3)
+        ratio, ips, all_ratios, t_fwd, t_all = overhead(spec, layers, size, batch, batches, 2 if args.quick else 5)
         small = 4 * batch if size[0] > 100 else 16 * batch
         m1 = peak_memory(spec, layers, size, batch, small)
         m2 = peak_memory(spec, layers, size, batch, small * 4)
-        results[name] = {"ratio": ratio, "images_per_s": ips, "runs": all_ratios,
-                         "peak_mb": {small: m1, small * 4: m2}}
-        print(f"{name}: pass-1 / forward-only = {ratio:.3f} (median of {len(all_ratios)}: "
+        images = batches * batch
+        results[name] = {"ratio": ratio, "images_per_s": ips, "runs": all_ratios, "forward_s": t_fwd,
+                         "pass1_s": t_all, "images": images, "peak_mb": {small: m1, small * 4: m2}}
+        print(f"{name}: forward-only {t_fwd:.2f} s, pass 1 {t_all:.2f} s for {images} images; "
+              f"pass-1 / forward-only = {ratio:.3f} (median of {len(all_ratios)}: "
               f"{', '.join(f'{r:.3f}' for r in all_ratios)}), {ips:.0f} images/s with statistics; "
               f"peak RSS {m1:.0f} MB for {small} images, {m2:.0f} MB for {small * 4}")
     if args.json:
