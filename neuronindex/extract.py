@@ -44,7 +44,8 @@ class Extractor:
         Each selected node is followed by a tap that reduces its map right away (the map is still
         in cache) into a shared `stats.Summaries`, and the maps themselves are not returned, so
         the forward can reuse their memory. threshold (sum(channels),): every layer's current
-        k-th value per channel, layers side by side in node order; channels: per node.
+        k-th value per channel, layers side by side in node order; channels: per node (fixed by
+        the first call; a map of another width raises).
         """
         import torch
 
