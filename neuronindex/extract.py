@@ -53,7 +53,7 @@ class Extractor:
             from .stats import Summaries
 
             self._sink = Summaries(channels)
-            self._taps = self._tapped_module()
+            self._taps = self._tapped_module(self._sink)
         self._sink.begin(threshold, images_uint8.shape[0])
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
@@ -61,12 +61,11 @@ class Extractor:
                 self._taps(x)
         return self._sink.result()
 
-    def _tapped_module(self):
+    def _tapped_module(self, sink):
+        """The extractor with a tap after every selected node, each feeding its map to `sink`."""
         import copy
 
         import torch.nn as nn
-
-        sink = self._sink
 
         class Tap(nn.Module):
             def __init__(self, index: int):

@@ -131,7 +131,7 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 # ---------------------------------------------------------------------------- pass 1
 
 def new_stats(run: Run) -> list:
-    """One LayerStats over the channels of every selected layer (see stats.combine)."""
+    """One LayerStats over the channels of every selected layer (see stats.Summaries)."""
     from .stats import LayerStats
 
     p = run.params

@@ -161,8 +161,9 @@ class Summaries:
         """Start a batch of `batch` images; threshold (channels,) is the combined k-th value."""
         self.threshold = threshold
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
-        self.parts = [None] * len(self.channels)
-        if self.compiled:
+        if not self.compiled:
+            self.parts = [None] * len(self.channels)
+        else:
             n = int(self.starts[-1])
             self.bar = threshold.float().numpy()
             self.values = np.empty((batch, n), dtype=np.float32)

@@ -205,9 +205,9 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
     statistics of feeding each layer's returned map to its own LayerStats."""
     images = open_source(str(image_folder))
     graph = trace(tiny_loaded)
-    nodes = [graph.lookup("conv1").name, graph.lookup("conv2").name]
+    layers = [graph.lookup("conv1"), graph.lookup("conv2")]
+    nodes, channels = [la.name for la in layers], [la.channels for la in layers]
     ext = Extractor(tiny_loaded, nodes)
-    channels = [graph.lookup("conv1").channels, graph.lookup("conv2").channels]
     both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
     separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
     for batch, pos, _ in image_batches(images, tiny_loaded.preprocessing, 7):
