@@ -15,12 +15,19 @@ Kept per channel:
   - per-class sums and counts of the per-image activation -> class-conditional means (CSI);
   - activations of the first `probe_size` images (the probe sample).
 `summarize` reduces each map inside the model's graph (see extract.Extractor.summaries) while
-it is still in cache: on the CPU one compiled pass (numba) takes the spatial maxima, their
-locations and the firing counts together, writing each layer's part of one batch summary
-(`Summaries`). Locations are kept only for (image, channel) pairs at
-or above the channel's current k-th value: only those can enter a top list.
+it is still in cache: on the CPU one compiled pass takes the spatial maxima, their locations and
+the firing counts together, writing each layer's part of one batch summary (`Summaries`).
+Locations are kept only for (image, channel) pairs at or above the channel's current k-th value:
+only those can enter a top list.
+
+The CPU kernels (that pass and the top-list merge) come in two builds with equal results: native
+(`neuronindex/_pass1.cpp`, compiled at install, run on torch's own OpenMP threads, so on every
+core the forward uses) and numba (one thread each; used where the native build is absent, or with
+NEURONINDEX_NATIVE=0).
 """
 from __future__ import annotations
+
+import os
 
 import numba
 import numpy as np
@@ -49,12 +56,49 @@ def summarize(acts, threshold):
     return torch.from_numpy(values), torch.from_numpy(firing), torch.from_numpy(loc), H * W, W
 
 
+def native():
+    """The native pass-1 kernels (`neuronindex._pass1`, built at install from _pass1.cpp), or None
+    where they were not built or NEURONINDEX_NATIVE=0; the numba kernels stand in for them."""
+    global _native
+    if _native is False:
+        import torch  # noqa: F401 - torch's libgomp first, so the kernels run on torch's threads
+
+        _native = None
+        if os.environ.get("NEURONINDEX_NATIVE", "1") != "0":
+            try:
+                from . import _pass1 as _native
+            except ImportError:
+                pass
+    return _native
+
+
+_native = False
+
+
+def _rows(a: np.ndarray, dtype, shape) -> int:
+    """Row stride (in elements) of a 2-D array the native kernels may write, after checking it."""
+    if a.dtype != dtype or a.shape != shape or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
+        raise ValueError(f"expected a row-major {np.dtype(dtype)} array of shape {shape}, got {a.dtype} {a.shape}")
+    return a.strides[0] // a.itemsize
+
+
 def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
     import torch
 
     B, C, H, W = acts.shape
+    lib = native()
+    if lib is not None:
+        last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
+        x = acts if last else acts.contiguous()
+        bar = np.ascontiguousarray(threshold, dtype=np.float32)
+        if bar.shape != (C,) or firing.dtype != np.float64 or firing.shape != (C,) or firing.strides[0] != 8:
+            raise ValueError(f"threshold and firing must have one entry per channel ({C})")
+        vstride, lstride = _rows(values, np.float32, (B, C)), _rows(loc, np.int64, (B, C))
+        lib.reduce(int(last), x.data_ptr(), B, C, H * W, bar.ctypes.data, values.ctypes.data, vstride,
+                   loc.ctypes.data, lstride, firing.ctypes.data, torch.get_num_threads())
+        return
     if acts.is_contiguous(memory_format=torch.channels_last):
         x = acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
         _reduce_channels_last(x, _fold(C, H * W, LANES), threshold, values, loc, firing)
@@ -365,8 +409,18 @@ class LayerStats:
             return self._update_top_torch(vals, loc, width, ids)
         self.last_id = max(self.last_id, int(ids.max()))
         widths = width.long() if torch.is_tensor(width) else torch.full((self.channels,), int(width), dtype=torch.long)
-        _merge_top(self.values.numpy(), self.ids.numpy(), self.ys.numpy(), self.xs.numpy(), vals.float().numpy(),
-                   loc.numpy(), ids.long().numpy(), widths.numpy())
+        lists = [t.numpy() for t in (self.values, self.ids, self.ys, self.xs)]
+        batch = [np.ascontiguousarray(a.numpy(), dtype=d) for a, d in
+                 ((vals, np.float32), (loc, np.int64), (ids, np.int64), (widths, np.int64))]
+        lib = native()
+        if lib is None or not all(a.flags.c_contiguous for a in lists):
+            return _merge_top(*lists, *batch)
+        C, L = self.values.shape
+        if batch[0].shape != batch[1].shape or batch[0].shape[1] != C or batch[2].shape != batch[0].shape[:1] \
+                or batch[3].shape != (C,):
+            raise ValueError(f"a batch of {C} channels was expected, got values {batch[0].shape}")
+        lib.merge_top(*(a.ctypes.data for a in lists), C, L, *(a.ctypes.data for a in batch), batch[0].shape[0],
+                      torch.get_num_threads())
 
     def _update_top_torch(self, vals, loc, width, ids) -> None:
         """`_update_top` by sorting (any device)."""

@@ -52,6 +52,15 @@ def tiny_loaded():
                                                   mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
 
 
+def native_expected() -> bool:
+    """The install builds the native pass-1 kernels (neuronindex/_pass1.cpp) wherever a C++
+    compiler is at hand."""
+    import shutil
+    import sysconfig
+
+    return shutil.which((sysconfig.get_config_var("CXX") or "c++").split()[0]) is not None
+
+
 def shared(*parts) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():

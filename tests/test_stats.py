@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import native_expected
 
 from neuronindex.data import open_source
 from neuronindex.extract import Extractor, image_batches
@@ -47,20 +48,41 @@ def brute_force(a: np.ndarray, labels: np.ndarray, k: int, n_classes: int):
 
 
 LAYOUTS = {"nchw": torch.contiguous_format, "channels-last": torch.channels_last}
+# the CPU kernels: native (neuronindex/_pass1.cpp, on torch's threads) and numba (the fallback);
+# torch's reductions and sorting merge, used on other devices
+KERNELS = ["native", "numba", "torch"]
 
 
-@pytest.mark.parametrize("reduction", ["compiled", "torch"])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-@pytest.mark.parametrize("batch_size", [1, 5, 24])
-def test_streaming_equals_brute_force(activations, batch_size, layout, reduction, monkeypatch):
-    """Both reductions (the compiled CPU pass; torch, used on other devices) and both memory
-    layouts take their own path; a shifted copy of each map has negative values, so sparsity
-    counts them as not firing."""
+def use_kernels(kernels: str, monkeypatch) -> None:
     from neuronindex import stats
 
-    if reduction == "torch":
+    if kernels == "native" and stats.native() is None:
+        pytest.skip("the native kernels are not built (see test_native_kernels_are_built)")
+    if kernels != "native":
+        monkeypatch.setattr(stats, "native", lambda: None)
+    if kernels == "torch":
         monkeypatch.setattr(stats, "summarize", stats.summarize_torch)
         monkeypatch.setattr(stats.LayerStats, "_update_top", stats.LayerStats._update_top_torch)
+
+
+def test_native_kernels_are_built():
+    """Where a C++ compiler is at hand the install builds them; a silent fallback to numba would
+    leave the native tests skipped and pass 1 slower."""
+    from neuronindex import stats
+
+    if not native_expected():
+        pytest.skip("no C++ compiler on this machine")
+    assert stats.native() is not None, "neuronindex._pass1 did not build: see the output of pip install -v -e ."
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("batch_size", [1, 5, 24])
+def test_streaming_equals_brute_force(activations, batch_size, layout, kernels, monkeypatch):
+    """Every kernel set (native and numba on the CPU; torch, used on other devices) and both
+    memory layouts take their own path; a shifted copy of each map has negative values, so
+    sparsity counts them as not firing."""
+    use_kernels(kernels, monkeypatch)
     images, nodes, acts, pos, labels = activations
     maps = [acts[n] for n in nodes] + [acts[nodes[1]] - acts[nodes[1]].mean()]
     for a in maps:
@@ -149,14 +171,20 @@ def test_combined_layers_equal_separate_stats(activations):
             np.testing.assert_array_equal(part[key], whole[key])
 
 
+@pytest.mark.parametrize("kernels", ["native", "numba"])
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 5, 8, 8), (2, 3, 7, 7), (2, 7, 9, 9), (2, 2, 20, 20),
-                                   (3, 4, 1, 1)])
-def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout):
-    """The compiled pass reads maps in vector lanes (channels-last rows folded to ~64 values,
-    channels-first rows in chunks with a tail): small integers make ties everywhere, and the
-    location must still be the first maximum, the count exactly the positives."""
+                                   (3, 4, 1, 1), (2, 3, 17, 17), (2, 3, 10, 10), (2, 5, 3, 3), (2, 37, 5, 5),
+                                   (2, 32, 3, 3), (2, 48, 2, 2), (2, 80, 3, 3)])
+def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout, kernels, monkeypatch):
+    """The compiled passes read maps in vector lanes (channels-last rows folded to ~64 values,
+    or up to 64 channels at a time, and for native a scalar rest when channels are not a multiple
+    of 16; channels-first rows in chunks of 16-64 with a tail): small integers make ties
+    everywhere, and the location must still be the first maximum, the count exactly the
+    positives."""
     from neuronindex.stats import summarize
+
+    use_kernels(kernels, monkeypatch)
 
     rng = np.random.default_rng(sum(shape))
     a = rng.integers(-2, 3, size=shape).astype(np.float32)
@@ -172,18 +200,15 @@ def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout):
     assert (per_image, width) == (H * W, W)
 
 
-@pytest.mark.parametrize("reduction", ["compiled", "torch"])
-@pytest.mark.parametrize("top_k,curve_len", [(25, 25), (10, 40)])
-def test_top_lists_under_ties_and_unordered_ids(reduction, top_k, curve_len, monkeypatch):
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("top_k,curve_len,C", [(25, 25, 6), (10, 40, 6), (10, 40, 150)])
+def test_top_lists_under_ties_and_unordered_ids(kernels, top_k, curve_len, C, monkeypatch):
     """Batches whose image ids come in any order (shards, resumed runs) and values with many ties
     keep exactly the records of a sort by (value desc, id asc), and the ranked values beyond
-    them."""
-    from neuronindex import stats
-
-    if reduction == "torch":
-        monkeypatch.setattr(stats.LayerStats, "_update_top", stats.LayerStats._update_top_torch)
+    them (150 channels: the native merge splits channels between threads in spans of 64)."""
+    use_kernels(kernels, monkeypatch)
     rng = np.random.default_rng(7)
-    n, C = 300, 6
+    n = 300
     vals = rng.integers(0, 6, size=(n, C)).astype(np.float32)
     ids = rng.permutation(10 * n)[:n]
     st = LayerStats(C, top_k=top_k, curve_len=curve_len, n_classes=0, probe_size=0)
@@ -199,10 +224,12 @@ def test_top_lists_under_ties_and_unordered_ids(reduction, top_k, curve_len, mon
         np.testing.assert_allclose(r["curve"][c], expected_curve, rtol=1e-6)
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, compiled):
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, kernels, monkeypatch):
     """The taps inside the graph (all layers written side by side into one summary) give the
     statistics of feeding each layer's returned map to its own LayerStats."""
+    if kernels != "torch":
+        use_kernels(kernels, monkeypatch)
     images = open_source(str(image_folder))
     graph = trace(tiny_loaded)
     layers = [graph.lookup("conv1"), graph.lookup("conv2")]
@@ -212,7 +239,7 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
     separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
     for batch, pos, _ in image_batches(images, tiny_loaded.preprocessing, 7):
         summary = ext.summaries(batch, both.threshold(), channels)
-        if not compiled:
+        if kernels == "torch":
             ext._sink.force = False  # the torch reductions used on other devices, from now on
         both.add_summary(summary, pos)
         maps = ext(batch)
