@@ -82,6 +82,15 @@ def _rows(a: np.ndarray, dtype, shape) -> int:
     return a.strides[0] // a.itemsize
 
 
+def _layout(acts) -> tuple:
+    """(1, acts) for a channels-last map, else (0, its channels-first contiguous copy or itself):
+    the layout argument and the tensor the native reduction reads."""
+    import torch
+
+    last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
+    return (1, acts) if last else (0, acts.contiguous())
+
+
 def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
@@ -90,13 +99,12 @@ def summarize_into(acts, threshold, values, loc, firing) -> None:
     B, C, H, W = acts.shape
     lib = native()
     if lib is not None:
-        last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
-        x = acts if last else acts.contiguous()
+        last, x = _layout(acts)
         bar = np.ascontiguousarray(threshold, dtype=np.float32)
         if bar.shape != (C,) or firing.dtype != np.float64 or firing.shape != (C,) or firing.strides[0] != 8:
             raise ValueError(f"threshold and firing must have one entry per channel ({C})")
         vstride, lstride = _rows(values, np.float32, (B, C)), _rows(loc, np.int64, (B, C))
-        lib.reduce(int(last), x.data_ptr(), B, C, H * W, bar.ctypes.data, values.ctypes.data, vstride,
+        lib.reduce(last, x.data_ptr(), B, C, H * W, bar.ctypes.data, values.ctypes.data, vstride,
                    loc.ctypes.data, lstride, firing.ctypes.data, torch.get_num_threads())
         return
     if acts.is_contiguous(memory_format=torch.channels_last):
@@ -211,6 +219,8 @@ class Summaries:
             n = int(self.starts[-1])
             self.batch = batch
             self.bar = np.ascontiguousarray(threshold.float().numpy())
+            if self.bar.shape != (n,):
+                raise ValueError(f"the threshold has {self.bar.shape[0]} channels where {n} were expected")
             self.values = np.empty((batch, n), dtype=np.float32)
             self.loc = np.empty((batch, n), dtype=np.int64)
             self.firing = np.zeros(n, dtype=np.float64)
@@ -237,11 +247,10 @@ class Summaries:
             self.parts[i] = summarize_torch(acts, self.threshold[s:e])
             return
         if self.lib is not None and acts.dtype == torch.float32 and acts.device.type == "cpu" and B == self.batch:
-            last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
-            x = acts if last else acts.contiguous()
+            last, x = _layout(acts)
             bar, values, loc, firing = self.addresses
             n = self.values.shape[1]
-            self.lib.reduce(int(last), x.data_ptr(), B, C, H * W, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n,
+            self.lib.reduce(last, x.data_ptr(), B, C, H * W, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n,
                             firing + 8 * s, self.threads)
         else:
             summarize_into(acts.float(), self.bar[s:e], self.values[:, s:e], self.loc[:, s:e], self.firing[s:e])

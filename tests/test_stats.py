@@ -251,3 +251,22 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
         whole = st.result()
         for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
             np.testing.assert_array_equal(part[key], whole[key])
+
+
+@pytest.mark.parametrize("kernels", ["native", "numba"])
+def test_summaries_refuse_maps_and_thresholds_of_another_width(kernels, monkeypatch):
+    """The compiled kernels write layer i's columns of one shared summary: a map or threshold of
+    another width must be refused, not written over its neighbours' columns."""
+    from neuronindex.stats import Summaries
+
+    use_kernels(kernels, monkeypatch)
+    sink = Summaries([4, 8])
+    with pytest.raises(ValueError, match="10 channels where 12 were expected"):
+        sink.begin(torch.zeros(10), 2)
+    sink.begin(torch.zeros(12), 2)
+    with pytest.raises(ValueError, match="layer 1 has 5 channels where 8 were expected"):
+        sink.add(1, torch.ones(2, 5, 3, 3))
+    sink.add(0, torch.ones(2, 4, 3, 3))
+    sink.add(1, torch.ones(2, 8, 3, 3))
+    values, firing, loc, per_image, width = sink.result()
+    assert values.shape == (2, 12) and firing.tolist() == [18.0] * 12 and loc.tolist() == [[0] * 12] * 2
