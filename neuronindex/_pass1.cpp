@@ -34,17 +34,28 @@ constexpr int W = 16;  // float lanes per vector
 
 const float NEG_INF = -std::numeric_limits<float>::infinity();
 
+// torch.relu's values exactly (it is clamp_min(x, 0)): 0 where x < 0; x itself elsewhere, so NaN
+// stays NaN and -0.0 stays -0.0.
+INLINE void rectify(vf& v) {  // in place: a vector return value would be an ABI note per clone
+  const vf zero = {};
+  v = v < zero ? zero : v;
+}
+INLINE float relu(float v) { return v < 0.f ? 0.f : v; }
+
 // Channels-first rows: row r = (b, c) holds P positions. Each of U vectors keeps, per lane, its
 // running maximum, where it was first reached and how many positions fired (> 0); lanes are
 // folded at the end, the earliest position winning ties, then the tail is read in order.
-template <int U>
-INLINE void rows_first(const float* X, int64_t r0, int64_t r1, int64_t C, int64_t P, const float* bar,
+// With R (fused ReLU) the map read is the ReLU's input: its rectified values are written to Y (same
+// layout) and summarised, so the ReLU's output is never read back.
+template <int U, bool R>
+INLINE void rows_first(const float* X, float* Y, int64_t r0, int64_t r1, int64_t C, int64_t P, const float* bar,
                        float* values, int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired) {
   constexpr int K = W * U;
   const int64_t chunks = P / K;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t b = r / C, c = r % C;
     const float* row = X + r * P;
+    float* out = R ? Y + r * P : nullptr;
     float m = NEG_INF;
     int64_t p = 0;
     int32_t n = 0;
@@ -63,6 +74,10 @@ INLINE void rows_first(const float* X, int64_t r0, int64_t r1, int64_t C, int64_
         for (int u = 0; u < U; ++u) {
           vf v;
           std::memcpy(&v, row + i * K + u * W, sizeof v);
+          if (R) {
+            rectify(v);
+            std::memcpy(out + i * K + u * W, &v, sizeof v);
+          }
           const vi better = v > best[u];
           best[u] = better ? v : best[u];
           at[u] = better ? idx[u] : at[u];
@@ -83,7 +98,8 @@ INLINE void rows_first(const float* X, int64_t r0, int64_t r1, int64_t C, int64_
         }
     }
     for (int64_t q = chunks * K; q < P; ++q) {
-      const float v = row[q];
+      float v = row[q];
+      if (R) out[q] = v = relu(v);
       if (v > m) {
         m = v;
         p = q;
@@ -98,30 +114,39 @@ INLINE void rows_first(const float* X, int64_t r0, int64_t r1, int64_t C, int64_
 
 // OpenMP outlines a parallel loop's body into a function of its own, which target_clones does not
 // clone, so the loop bodies below call clone-compiled workers for their share of the rows.
-CLONES void first_rows(const float* X, int64_t r0, int64_t r1, int64_t C, int64_t P, const float* bar,
-                       float* values, int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired) {
+template <bool R>
+INLINE void first_rows_u(const float* X, float* Y, int64_t r0, int64_t r1, int64_t C, int64_t P, const float* bar,
+                         float* values, int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired) {
   if (P >= 256)
-    rows_first<4>(X, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
+    rows_first<4, R>(X, Y, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
   else if (P >= 64)  // short rows: fewer lanes to fold
-    rows_first<2>(X, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
+    rows_first<2, R>(X, Y, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
   else
-    rows_first<1>(X, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
+    rows_first<1, R>(X, Y, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
 }
 
-void reduce_first(const float* X, int64_t B, int64_t C, int64_t P, const float* bar, float* values,
+CLONES void first_rows(const float* X, float* Y, int64_t r0, int64_t r1, int64_t C, int64_t P, const float* bar,
+                       float* values, int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired) {
+  if (Y)
+    first_rows_u<true>(X, Y, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
+  else
+    first_rows_u<false>(X, Y, r0, r1, C, P, bar, values, vstride, loc, lstride, fired);
+}
+
+void reduce_first(const float* X, float* Y, int64_t B, int64_t C, int64_t P, const float* bar, float* values,
                   int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired, int threads) {
   const int64_t R = B * C, step = 16;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t s = 0; s < R; s += step)
-    first_rows(X, s, s + step < R ? s + step : R, C, P, bar, values, vstride, loc, lstride, fired);
+    first_rows(X, Y, s, s + step < R ? s + step : R, C, P, bar, values, vstride, loc, lstride, fired);
 }
 
 // Channels-last maps (B, P, C), C a multiple of 16: a task reads U vectors (up to 64 lanes) down
 // the positions of one image. Lanes are channels c0.. of one group; when there are fewer than 64
 // channels, `fold` consecutive positions lie side by side in the lanes (lane k: channel k % C,
 // position offset k / C) and are folded at the end, the earliest position winning ties.
-template <int U>
-INLINE void last_group(const float* img, int64_t c0, int64_t C, int64_t P, int64_t fold, const float* bar,
+template <int U, bool R>
+INLINE void last_group(const float* img, float* oimg, int64_t c0, int64_t C, int64_t P, int64_t fold, const float* bar,
                        float* values, int64_t* loc, int32_t* fired) {
   constexpr int K = W * U;
   const int64_t rows = P / fold, stride = fold * C;
@@ -137,9 +162,14 @@ INLINE void last_group(const float* img, int64_t c0, int64_t C, int64_t P, int64
   const vi one = row + 1;
   for (int64_t r = 0; r < rows; ++r) {
     const float* x = img + r * stride + c0;
+    float* o = oimg + r * stride + c0;
     for (int u = 0; u < U; ++u) {
       vf v;
       std::memcpy(&v, x + u * W, sizeof v);
+      if (R) {
+        rectify(v);
+        std::memcpy(o + u * W, &v, sizeof v);
+      }
       const vi better = v > best[u];
       best[u] = better ? v : best[u];
       at[u] = better ? row : at[u];
@@ -173,16 +203,18 @@ INLINE void last_group(const float* img, int64_t c0, int64_t C, int64_t P, int64
 }
 
 // Any other channel count: 16 channels per vector down the positions, the rest one by one.
-INLINE void last_any(const float* img, int64_t C, int64_t P, const float* bar, float* values, int64_t* loc,
+template <bool R>
+INLINE void last_any(const float* img, float* oimg, int64_t C, int64_t P, const float* bar, float* values, int64_t* loc,
                      int32_t* fired) {
   const int64_t blocks = C / W;
-  for (int64_t k = 0; k < blocks; ++k) last_group<1>(img, k * W, C, P, 1, bar, values, loc, fired);
+  for (int64_t k = 0; k < blocks; ++k) last_group<1, R>(img, oimg, k * W, C, P, 1, bar, values, loc, fired);
   for (int64_t c = blocks * W; c < C; ++c) {
     float m = NEG_INF;
     int64_t p = 0;
     int32_t n = 0;
     for (int64_t q = 0; q < P; ++q) {
-      const float v = img[q * C + c];
+      float v = img[q * C + c];
+      if (R) oimg[q * C + c] = v = relu(v);
       if (v > m) {
         m = v;
         p = q;
@@ -195,24 +227,36 @@ INLINE void last_any(const float* img, int64_t C, int64_t P, const float* bar, f
   }
 }
 
-// Task k of image b: channel group k (64 channels) when C is a multiple of 16, else all channels.
-CLONES void last_task(const float* X, int64_t b, int64_t k, int64_t C, int64_t P, int64_t fold, const float* bar,
-                      float* values, int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired) {
+template <bool R>
+INLINE void last_task_r(const float* X, float* Y, int64_t b, int64_t k, int64_t C, int64_t P, int64_t fold,
+                        const float* bar, float* values, int64_t vstride, int64_t* loc, int64_t lstride,
+                        int32_t* fired) {
   const float* img = X + b * P * C;
+  float* oimg = R ? Y + b * P * C : nullptr;
   float* V = values + b * vstride;
   int64_t* Lc = loc + b * lstride;
   int32_t* F = fired + b * C;
-  if (C % W) return last_any(img, C, P, bar, V, Lc, F);
+  if (C % W) return last_any<R>(img, oimg, C, P, bar, V, Lc, F);
   const int64_t c0 = k * 4 * W, lanes = fold > 1 ? fold * C : (C - c0 < 4 * W ? C - c0 : 4 * W);
   switch (lanes / W) {
-    case 1: return last_group<1>(img, c0, C, P, fold, bar, V, Lc, F);
-    case 2: return last_group<2>(img, c0, C, P, fold, bar, V, Lc, F);
-    case 3: return last_group<3>(img, c0, C, P, fold, bar, V, Lc, F);
-    default: return last_group<4>(img, c0, C, P, fold, bar, V, Lc, F);
+    case 1: return last_group<1, R>(img, oimg, c0, C, P, fold, bar, V, Lc, F);
+    case 2: return last_group<2, R>(img, oimg, c0, C, P, fold, bar, V, Lc, F);
+    case 3: return last_group<3, R>(img, oimg, c0, C, P, fold, bar, V, Lc, F);
+    default: return last_group<4, R>(img, oimg, c0, C, P, fold, bar, V, Lc, F);
   }
 }
 
-void reduce_last(const float* X, int64_t B, int64_t C, int64_t P, const float* bar, float* values,
+// Task k of image b: channel group k (64 channels) when C is a multiple of 16, else all channels.
+CLONES void last_task(const float* X, float* Y, int64_t b, int64_t k, int64_t C, int64_t P, int64_t fold,
+                      const float* bar, float* values, int64_t vstride, int64_t* loc, int64_t lstride,
+                      int32_t* fired) {
+  if (Y)
+    last_task_r<true>(X, Y, b, k, C, P, fold, bar, values, vstride, loc, lstride, fired);
+  else
+    last_task_r<false>(X, Y, b, k, C, P, fold, bar, values, vstride, loc, lstride, fired);
+}
+
+void reduce_last(const float* X, float* Y, int64_t B, int64_t C, int64_t P, const float* bar, float* values,
                  int64_t vstride, int64_t* loc, int64_t lstride, int32_t* fired, int threads) {
   int64_t fold = 1;  // positions side by side, so that few channels still fill 64 lanes
   if (C % W == 0)
@@ -221,7 +265,7 @@ void reduce_last(const float* X, int64_t B, int64_t C, int64_t P, const float* b
   const int64_t tasks = B * groups;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t t = 0; t < tasks; ++t)
-    last_task(X, t / groups, t % groups, C, P, fold, bar, values, vstride, loc, lstride, fired);
+    last_task(X, Y, t / groups, t % groups, C, P, fold, bar, values, vstride, loc, lstride, fired);
 }
 
 // Per channel, merge the batch's candidates (loc[b, c] >= 0) into the top list
@@ -324,17 +368,18 @@ T* ptr(int64_t a) {
   return reinterpret_cast<T*>(static_cast<uintptr_t>(a));
 }
 
-// reduce(layout, x, B, C, P, bar, values, vstride, loc, lstride, firing, threads); layout 0 is
+// reduce(layout, x, B, C, P, bar, values, vstride, loc, lstride, firing, threads, y); layout 0 is
 // channels-first (B, C, P), 1 channels-last (B, P, C); each channel's count of firing positions
-// is added to firing (C,) float64.
+// is added to firing (C,) float64. y: 0, or where to write relu(x) (x's layout), which is then
+// what is summarised.
 PyObject* py_reduce(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  int64_t a[12];
-  if (!ints(args, nargs, 12, a)) return nullptr;
+  int64_t a[13];
+  if (!ints(args, nargs, 13, a)) return nullptr;
   const int64_t B = a[2], C = a[3];
   Py_BEGIN_ALLOW_THREADS;
   std::vector<int32_t> fired(B * C);
   auto fn = a[0] ? reduce_last : reduce_first;
-  fn(ptr<const float>(a[1]), B, C, a[4], ptr<const float>(a[5]), ptr<float>(a[6]), a[7], ptr<int64_t>(a[8]), a[9],
+  fn(ptr<const float>(a[1]), ptr<float>(a[12]), B, C, a[4], ptr<const float>(a[5]), ptr<float>(a[6]), a[7], ptr<int64_t>(a[8]), a[9],
      fired.data(), (int)a[11]);
   double* firing = ptr<double>(a[10]);
   for (int64_t b = 0; b < B; ++b)

@@ -105,7 +105,7 @@ def summarize_into(acts, threshold, values, loc, firing) -> None:
             raise ValueError(f"threshold and firing must have one entry per channel ({C})")
         vstride, lstride = _rows(values, np.float32, (B, C)), _rows(loc, np.int64, (B, C))
         lib.reduce(last, x.data_ptr(), B, C, H * W, bar.ctypes.data, values.ctypes.data, vstride,
-                   loc.ctypes.data, lstride, firing.ctypes.data, torch.get_num_threads())
+                   loc.ctypes.data, lstride, firing.ctypes.data, torch.get_num_threads(), 0)
         return
     if acts.is_contiguous(memory_format=torch.channels_last):
         x = acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
@@ -213,6 +213,7 @@ class Summaries:
         """Start a batch of `batch` images; threshold (channels,) is the combined k-th value."""
         self.threshold = threshold
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
+        self.lib = None
         if not self.compiled:
             self.parts = [None] * len(self.channels)
         else:
@@ -237,25 +238,50 @@ class Summaries:
 
     def add(self, i: int, acts) -> None:
         """Summarise layer i's map (B, C, H, W)."""
+        if self._native(i, acts, None):
+            return
+        s, e = self.starts[i], self.starts[i + 1]
+        if self.compiled:
+            summarize_into(acts.float(), self.bar[s:e], self.values[:, s:e], self.loc[:, s:e], self.firing[s:e])
+            self.per_image[s:e] = acts.shape[2] * acts.shape[3]
+            self.width[s:e] = acts.shape[3]
+        else:
+            self.parts[i] = summarize_torch(acts, self.threshold[s:e])
+
+    def add_relu(self, i: int, x):
+        """relu(x), summarised as layer i's map, and returned: the native kernel rectifies and
+        summarises in one read of x (a ReLU's output is otherwise written, then read back)."""
+        import torch
+
+        if self.lib is not None:
+            last, x = _layout(x)
+            y = torch.empty_like(x)
+            if self._native(i, x, y):
+                return y
+        y = torch.relu(x)
+        self.add(i, y)
+        return y
+
+    def _native(self, i: int, acts, out) -> bool:
+        """Layer i's map summarised by the native kernel (rectified into `out` first, unless None);
+        False where another path must do it."""
         import torch
 
         s, e = self.starts[i], self.starts[i + 1]
         B, C, H, W = acts.shape
         if C != e - s:
             raise ValueError(f"layer {i} has {C} channels where {e - s} were expected")
-        if not self.compiled:
-            self.parts[i] = summarize_torch(acts, self.threshold[s:e])
-            return
-        if self.lib is not None and acts.dtype == torch.float32 and acts.device.type == "cpu" and B == self.batch:
-            last, x = _layout(acts)
-            bar, values, loc, firing = self.addresses
-            n = self.values.shape[1]
-            self.lib.reduce(last, x.data_ptr(), B, C, H * W, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n,
-                            firing + 8 * s, self.threads)
-        else:
-            summarize_into(acts.float(), self.bar[s:e], self.values[:, s:e], self.loc[:, s:e], self.firing[s:e])
+        if not (self.lib is not None and acts.dtype == torch.float32 and acts.device.type == "cpu"
+                and B == self.batch):
+            return False
+        last, x = _layout(acts)
+        bar, values, loc, firing = self.addresses
+        n = self.values.shape[1]
+        self.lib.reduce(last, x.data_ptr(), B, C, H * W, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n,
+                        firing + 8 * s, self.threads, 0 if out is None else out.data_ptr())
         self.per_image[s:e] = H * W
         self.width[s:e] = W
+        return True
 
     def result(self) -> tuple:
         import torch

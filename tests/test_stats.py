@@ -227,14 +227,21 @@ def test_top_lists_under_ties_and_unordered_ids(kernels, top_k, curve_len, C, mo
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, kernels, monkeypatch):
     """The taps inside the graph (all layers written side by side into one summary) give the
-    statistics of feeding each layer's returned map to its own LayerStats."""
+    statistics of feeding each layer's returned map to its own LayerStats. The selected ReLUs
+    are fused into their taps (rectified and summarised in one read): conv2, after relu1, shows
+    that the rectified values flowing on are exact, relu2 that a tap with no users still runs."""
     if kernels != "torch":
         use_kernels(kernels, monkeypatch)
     images = open_source(str(image_folder))
     graph = trace(tiny_loaded)
-    layers = [graph.lookup("conv1"), graph.lookup("conv2")]
+    layers = [graph.lookup(name) for name in ("conv1", "relu1", "conv2", "relu2")]
     nodes, channels = [la.name for la in layers], [la.channels for la in layers]
     ext = Extractor(tiny_loaded, nodes)
+    from neuronindex.stats import Summaries
+
+    tapped = ext._tapped_module(Summaries(channels))
+    calls = [str(n.target) for n in tapped.graph.nodes if n.op == "call_module"]
+    assert "relu1" not in calls and "relu2" not in calls and calls.count("conv1") == 1
     both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
     separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
     for batch, pos, _ in image_batches(images, tiny_loaded.preprocessing, 7):
@@ -270,3 +277,75 @@ def test_summaries_refuse_maps_and_thresholds_of_another_width(kernels, monkeypa
     sink.add(1, torch.ones(2, 8, 3, 3))
     values, firing, loc, per_image, width = sink.result()
     assert values.shape == (2, 12) and firing.tolist() == [18.0] * 12 and loc.tolist() == [[0] * 12] * 2
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS) + ["strided"])
+@pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 3, 7, 7), (2, 3, 17, 17), (2, 37, 5, 5), (2, 80, 3, 3),
+                                   (3, 4, 1, 1)])
+def test_fused_relu_equals_relu_then_summary(shape, layout, monkeypatch):
+    """A tapped ReLU is rectified and summarised in one read (`Summaries.add_relu`): its output
+    must be torch.relu's bit for bit (-0.0 and NaN included), the input untouched, and the
+    summary that of the rectified map."""
+    from neuronindex.stats import Summaries
+
+    use_kernels("native", monkeypatch)
+    rng = np.random.default_rng(sum(shape))
+    a = rng.choice(np.array([-2, -1, -0.0, 0, 1, 2, 3, np.nan], dtype=np.float32), size=shape)
+    B, C, H, W = shape
+    if layout == "strided":  # neither layout: the kernel reads a contiguous copy
+        x = torch.from_numpy(np.ascontiguousarray(a.transpose(0, 1, 3, 2))).transpose(2, 3)
+    else:
+        x = torch.from_numpy(a).contiguous(memory_format=LAYOUTS[layout])
+    before = x.clone()
+    threshold = torch.from_numpy(rng.choice(np.array([-np.inf, 0.0, 1.0, 2.0], dtype=np.float32), size=C))
+    fused, plain = Summaries([C]), Summaries([C])
+    fused.begin(threshold, B)
+    plain.begin(threshold, B)
+    y = fused.add_relu(0, x)
+    expected = torch.relu(x)
+    plain.add(0, expected)
+    assert torch.equal(y.contiguous().view(torch.int32), expected.contiguous().view(torch.int32))
+    assert torch.equal(x.contiguous().view(torch.int32), before.contiguous().view(torch.int32))
+    for got, want in zip(fused.result(), plain.result()):
+        np.testing.assert_array_equal(got.numpy(), want.numpy())
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypatch):
+    """The tapped graph keeps the model's in-place ReLUs (no out-of-place copies): relu1 is fused
+    into its tap (nothing else reads its input), relu2 is not (the sum reads its input again,
+    rectified in place), and every layer's statistics equal those of the model's own forward."""
+    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.stats import Summaries, split
+
+    if kernels != "torch":
+        use_kernels(kernels, monkeypatch)
+    loaded = load_model("python:tinymodels:inplace_cnn",
+                        preprocessing=Preprocessing(input_size=(16, 16), geometry="resize", resize=None,
+                                                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    names = ("relu1", "relu2", "conv3")
+    graph = trace(loaded)
+    layers = [graph.lookup(name) for name in names]
+    nodes, channels = [la.name for la in layers], [la.channels for la in layers]
+    ext = Extractor(loaded, nodes)
+    calls = [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
+    assert "relu1" not in calls and "relu2" in calls
+    maps = {}
+    for name in names:  # the model's own forward, each output copied the moment it is produced
+        getattr(loaded.module, name).register_forward_hook(lambda m, i, out, name=name: maps.__setitem__(name, out.clone()))
+    both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
+    separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
+    images = open_source(str(image_folder))
+    for batch, pos, _ in image_batches(images, loaded.preprocessing, 7):
+        summary = ext.summaries(batch, both.threshold(), channels)
+        if kernels == "torch":
+            ext._sink.force = False
+        both.add_summary(summary, pos)
+        with torch.inference_mode():
+            loaded.module(loaded.preprocessing.normalize(batch))
+        for name, st in zip(names, separate):
+            st.add(maps[name], pos)
+    for part, st in zip(split(both.result(), channels), separate):
+        whole = st.result()
+        for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
+            np.testing.assert_array_equal(part[key], whole[key])

@@ -88,3 +88,27 @@ class WideCNN(nn.Module):
 
 def wide_cnn():
     return WideCNN()
+
+
+class InplaceCNN(nn.Module):
+    """In-place ReLUs: nothing but relu1 reads conv1's output, while relu2 rectifies conv2's
+    output in place and the sum then reads it again (so it sees the rectified values)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(4, 6, 3, padding=1)
+
+    def forward(self, x):
+        x = self.relu1(self.conv1(x))
+        y = self.conv2(x)
+        z = self.relu2(y)
+        return self.conv3(z + y)
+
+
+def inplace_cnn():
+    return InplaceCNN()
