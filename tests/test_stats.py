@@ -237,23 +237,32 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
     layers = [graph.lookup(name) for name in ("conv1", "relu1", "conv2", "relu2")]
     nodes, channels = [la.name for la in layers], [la.channels for la in layers]
     ext = Extractor(tiny_loaded, nodes)
+    calls = tapped_calls(ext, channels)
+    assert "relu1" not in calls and "relu2" not in calls and calls.count("conv1") == 1
+    assert_taps_give_the_maps_statistics(ext, images, channels, kernels, lambda batch: ext(batch).values())
+
+
+def tapped_calls(ext, channels) -> list[str]:
+    """The modules the tapped graph calls, in order."""
     from neuronindex.stats import Summaries
 
-    tapped = ext._tapped_module(Summaries(channels))
-    calls = [str(n.target) for n in tapped.graph.nodes if n.op == "call_module"]
-    assert "relu1" not in calls and "relu2" not in calls and calls.count("conv1") == 1
+    return [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
+
+
+def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of):
+    """Over all images, the taps' one shared summary gives exactly the statistics of feeding
+    each layer's map (`maps_of(batch)`, in layer order) to its own LayerStats."""
+    from neuronindex.stats import split
+
     both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
     separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
-    for batch, pos, _ in image_batches(images, tiny_loaded.preprocessing, 7):
+    for batch, pos, _ in image_batches(images, ext.loaded.preprocessing, 7):
         summary = ext.summaries(batch, both.threshold(), channels)
         if kernels == "torch":
             ext._sink.force = False  # the torch reductions used on other devices, from now on
         both.add_summary(summary, pos)
-        maps = ext(batch)
-        for n, st in zip(nodes, separate):
-            st.add(maps[n], pos)
-    from neuronindex.stats import split
-
+        for a, st in zip(maps_of(batch), separate):
+            st.add(a, pos)
     for part, st in zip(split(both.result(), channels), separate):
         whole = st.result()
         for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
@@ -316,7 +325,6 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
     into its tap (nothing else reads its input), relu2 is not (the sum reads its input again,
     rectified in place), and every layer's statistics equal those of the model's own forward."""
     from neuronindex.models import Preprocessing, load_model
-    from neuronindex.stats import Summaries, split
 
     if kernels != "torch":
         use_kernels(kernels, monkeypatch)
@@ -328,24 +336,15 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
     layers = [graph.lookup(name) for name in names]
     nodes, channels = [la.name for la in layers], [la.channels for la in layers]
     ext = Extractor(loaded, nodes)
-    calls = [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
+    calls = tapped_calls(ext, channels)
     assert "relu1" not in calls and "relu2" in calls
     maps = {}
     for name in names:  # the model's own forward, each output copied the moment it is produced
         getattr(loaded.module, name).register_forward_hook(lambda m, i, out, name=name: maps.__setitem__(name, out.clone()))
-    both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
-    separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
-    images = open_source(str(image_folder))
-    for batch, pos, _ in image_batches(images, loaded.preprocessing, 7):
-        summary = ext.summaries(batch, both.threshold(), channels)
-        if kernels == "torch":
-            ext._sink.force = False
-        both.add_summary(summary, pos)
+
+    def model_maps(batch):
         with torch.inference_mode():
             loaded.module(loaded.preprocessing.normalize(batch))
-        for name, st in zip(names, separate):
-            st.add(maps[name], pos)
-    for part, st in zip(split(both.result(), channels), separate):
-        whole = st.result()
-        for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
-            np.testing.assert_array_equal(part[key], whole[key])
+        return [maps[name] for name in names]
+
+    assert_taps_give_the_maps_statistics(ext, open_source(str(image_folder)), channels, kernels, model_maps)
