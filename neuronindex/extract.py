@@ -66,6 +66,8 @@ class Extractor:
 
         A selected ReLU is replaced by a tap that rectifies and summarises in one read of its
         input (`stats.Summaries.add_relu`), with torch.relu's exact values flowing on."""
+        import copy
+
         import torch.nn as nn
 
         class Tap(nn.Module):
@@ -94,8 +96,8 @@ class Extractor:
         # extractor swaps graphs on train()/eval(), so set eval mode before the surgery.
         from torchvision.models.feature_extraction import create_feature_extractor
 
-        gm = create_feature_extractor(self.loaded.module, return_nodes={n: n for n in self.nodes})
-        gm = gm.to(self.device).eval()
+        model = copy.deepcopy(self.loaded.module)  # its own parameters, as self.module has
+        gm = create_feature_extractor(model, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
         graph = gm.graph
         output = next(n for n in graph.nodes if n.op == "output")
         wanted = dict(output.args[0])
