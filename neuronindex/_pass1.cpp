@@ -1,5 +1,6 @@
 // Pass-1 kernels of neuronindex.stats on both CPU cores: the spatial reduction of one feature map
-// and the merge of a batch's candidates into the running top lists.
+// (optionally rectifying it on the way, for a tapped ReLU) and the merge of a batch's candidates
+// into the running top lists.
 //
 // Written for the place they run: inside the model's forward, right after the map is produced,
 // where numba's single-threaded loops cost about 15% of the forward. The loops run in OpenMP

@@ -2,7 +2,9 @@
 
 `Extractor(loaded, nodes)` builds a torch.fx feature extractor returning only the requested
 nodes; torchvision prunes every node after the deepest one, so the model is truncated for
-free. TorchScript models (no hooks, no fx) are tapped by graph surgery: see layers.ScriptTaps. `image_batches` streams
+free. Pass 1 does not take maps back: `Extractor.summaries` runs a copy of the graph with a tap
+after each selected node (see `_tapped_module`). TorchScript models (no hooks, no fx) are
+tapped by graph surgery: see layers.ScriptTaps. `image_batches` streams
 (uint8 images as the model sees them, positions, problems) from a DataLoader whose workers
 decode in parallel with the forward pass.
 """

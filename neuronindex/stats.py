@@ -201,7 +201,8 @@ class Summaries:
 
     On the CPU every layer's compiled pass writes straight into column slices of shared arrays,
     so a batch costs a handful of allocations whatever the number of layers; elsewhere each
-    layer is summarised by torch and the parts are combined.
+    layer is summarised by torch and the parts are combined. A tapped ReLU goes through
+    `add_relu`, which rectifies and summarises in one read where the native kernels are built.
     """
 
     def __init__(self, channels: list[int], compiled: bool | None = None):
