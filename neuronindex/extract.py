@@ -81,8 +81,12 @@ class Extractor:
                 sink.add(self.index, x)
 
         class ReluTap(Tap):
+            def __init__(self, index: int, inplace: bool):
+                super().__init__(index)
+                self.inplace = inplace
+
             def forward(self, x):
-                return sink.add_relu(self.index, x)
+                return sink.add_relu(self.index, x, self.inplace)
 
         if self.loaded.scripted:
             inner = self.module
@@ -106,8 +110,8 @@ class Extractor:
         results = {}
         for i, name in enumerate(self.nodes):
             node, tap = wanted[name], f"_neuronindex_tap_{i}"
-            source = _relu_input(gm, node)
-            gm.add_module(tap, Tap(i) if source is None else ReluTap(i))
+            source, inplace = _relu_input(gm, node)
+            gm.add_module(tap, Tap(i) if source is None else ReluTap(i, inplace))
             with graph.inserting_after(node):
                 results[name] = graph.call_module(tap, (node if source is None else source,))
             if source is not None:
@@ -139,16 +143,16 @@ class Extractor:
             return {n: out[n].float() for n in self.nodes}
 
 
-def _relu_input(gm, node):
-    """The input of `node` when it is a ReLU of one tensor (an nn.ReLU module, torch.relu, F.relu
-    or Tensor.relu) that an out-of-place rectification can replace, else None. An in-place one
-    qualifies only when nothing else uses its input, which it would have rectified too."""
+def _relu_input(gm, node) -> tuple:
+    """(input, in place) of `node` when it is a ReLU of one tensor (an nn.ReLU module, torch.relu,
+    F.relu or Tensor.relu), which a tap can replace, rectifying that input in place or not as the
+    ReLU did; else (None, False)."""
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
 
-    if len(node.args) != 1 or set(node.kwargs) - {"inplace"}:
-        return None
+    if len(node.args) != 1 or set(node.kwargs) - {"inplace"} or not hasattr(node.args[0], "users"):
+        return None, False
     inplace = bool(node.kwargs.get("inplace"))
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
@@ -156,10 +160,7 @@ def _relu_input(gm, node):
     else:
         relu = (node.op == "call_function" and node.target in (torch.relu, F.relu)) or \
             (node.op == "call_method" and node.target == "relu")
-    source = node.args[0]
-    if not relu or not hasattr(source, "users") or (inplace and len(source.users) > 1):
-        return None
-    return source
+    return (node.args[0], inplace) if relu else (None, False)
 
 
 def _collate(batch):

@@ -249,17 +249,18 @@ class Summaries:
         else:
             self.parts[i] = summarize_torch(acts, self.threshold[s:e])
 
-    def add_relu(self, i: int, x):
+    def add_relu(self, i: int, x, inplace: bool = False):
         """relu(x), summarised as layer i's map, and returned: the native kernel rectifies and
-        summarises in one read of x (a ReLU's output is otherwise written, then read back)."""
+        summarises in one read of x (a ReLU's output is otherwise written, then read back).
+        inplace: rectify x itself, as an in-place ReLU does, and return it."""
         import torch
 
         if self.lib is not None:
-            last, x = _layout(x)
-            y = torch.empty_like(x)  # x's strides: the kernel writes y in x's memory order
-            if y.stride() == x.stride() and self._native(i, x, y):
+            last, dense = _layout(x)
+            y = x if inplace else torch.empty_like(dense)  # the kernel writes y in x's memory order
+            if (dense is x or not inplace) and y.stride() == dense.stride() and self._native(i, dense, y):
                 return y
-        y = torch.relu(x)
+        y = x.relu_() if inplace else torch.relu(x)
         self.add(i, y)
         return y
 

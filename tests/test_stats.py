@@ -288,13 +288,14 @@ def test_summaries_refuse_maps_and_thresholds_of_another_width(kernels, monkeypa
     assert values.shape == (2, 12) and firing.tolist() == [18.0] * 12 and loc.tolist() == [[0] * 12] * 2
 
 
+@pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("layout", list(LAYOUTS) + ["strided"])
 @pytest.mark.parametrize("shape", [(3, 16, 32, 32), (2, 3, 7, 7), (2, 3, 17, 17), (2, 37, 5, 5), (2, 80, 3, 3),
                                    (3, 4, 1, 1)])
-def test_fused_relu_equals_relu_then_summary(shape, layout, monkeypatch):
+def test_fused_relu_equals_relu_then_summary(shape, layout, inplace, monkeypatch):
     """A tapped ReLU is rectified and summarised in one read (`Summaries.add_relu`): its output
-    must be torch.relu's bit for bit (-0.0 and NaN included), the input untouched, and the
-    summary that of the rectified map."""
+    must be torch.relu's bit for bit (-0.0 and NaN included), the input untouched (or, in place,
+    the input itself rectified), and the summary that of the rectified map."""
     from neuronindex.stats import Summaries
 
     use_kernels("native", monkeypatch)
@@ -310,20 +311,23 @@ def test_fused_relu_equals_relu_then_summary(shape, layout, monkeypatch):
     fused, plain = Summaries([C]), Summaries([C])
     fused.begin(threshold, B)
     plain.begin(threshold, B)
-    y = fused.add_relu(0, x)
     expected = torch.relu(x)
+    y = fused.add_relu(0, x, inplace)
     plain.add(0, expected)
     assert torch.equal(y.contiguous().view(torch.int32), expected.contiguous().view(torch.int32))
-    assert torch.equal(x.contiguous().view(torch.int32), before.contiguous().view(torch.int32))
+    if inplace:
+        assert y is x
+    else:
+        assert torch.equal(x.contiguous().view(torch.int32), before.contiguous().view(torch.int32))
     for got, want in zip(fused.result(), plain.result()):
         np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
 def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypatch):
-    """The tapped graph keeps the model's in-place ReLUs (no out-of-place copies): relu1 is fused
-    into its tap (nothing else reads its input), relu2 is not (the sum reads its input again,
-    rectified in place), and every layer's statistics equal those of the model's own forward."""
+    """The tapped graph keeps the model's in-place ReLUs (no out-of-place copies), and the fused
+    taps that replace them rectify in place too: the sum reads relu2's input again, rectified.
+    Every layer's statistics equal those of the model's own forward."""
     from neuronindex.models import Preprocessing, load_model
 
     if kernels != "torch":
@@ -337,7 +341,7 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
     nodes, channels = [la.name for la in layers], [la.channels for la in layers]
     ext = Extractor(loaded, nodes)
     calls = tapped_calls(ext, channels)
-    assert "relu1" not in calls and "relu2" in calls
+    assert "relu1" not in calls and "relu2" not in calls
     maps = {}
     for name in names:  # the model's own forward, each output copied the moment it is produced
         getattr(loaded.module, name).register_forward_hook(lambda m, i, out, name=name: maps.__setitem__(name, out.clone()))
