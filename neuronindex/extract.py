@@ -107,18 +107,17 @@ class Extractor:
         graph = gm.graph
         output = next(n for n in graph.nodes if n.op == "output")
         wanted = dict(output.args[0])
-        results = {}
+        # the maps are not returned (their memory is reused); fx runs a node with no users anyway
+        output.args = ({name: None for name in self.nodes},)
         for i, name in enumerate(self.nodes):
             node, tap = wanted[name], f"_neuronindex_tap_{i}"
             source, inplace = _relu_input(gm, node)
             gm.add_module(tap, Tap(i) if source is None else ReluTap(i, inplace))
             with graph.inserting_after(node):
-                results[name] = graph.call_module(tap, (node if source is None else source,))
-            if source is not None:
-                node.replace_all_uses_with(results[name])
+                fused = graph.call_module(tap, (node if source is None else source,))
+            if source is not None:  # the rectified map flows on to the ReLU's users
+                node.replace_all_uses_with(fused)
                 graph.erase_node(node)
-                results[name] = None  # the rectified map flows on to its users, not to the output
-        output.args = (results,)
         graph.lint()
         gm.recompile()
         return gm

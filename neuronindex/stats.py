@@ -91,6 +91,16 @@ def _layout(acts) -> tuple:
     return (1, acts) if last else (0, acts.contiguous())
 
 
+def _reduce_native(lib, acts, bar, values, vstride, loc, lstride, firing, threads, out=None) -> None:
+    """The native reduction of one float32 CPU map (B, C, H, W), given checked addresses: bar
+    (C,) float32, the first of B rows of values (float32) and loc (int64), strides in elements,
+    and firing (C,) float64; out: where to write relu(acts) first (acts' strides), or None."""
+    last, x = _layout(acts)
+    B, C, H, W = x.shape
+    lib.reduce(last, x.data_ptr(), B, C, H * W, bar, values, vstride, loc, lstride, firing, threads,
+               0 if out is None else out.data_ptr())
+
+
 def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
@@ -99,13 +109,12 @@ def summarize_into(acts, threshold, values, loc, firing) -> None:
     B, C, H, W = acts.shape
     lib = native()
     if lib is not None:
-        last, x = _layout(acts)
         bar = np.ascontiguousarray(threshold, dtype=np.float32)
         if bar.shape != (C,) or firing.dtype != np.float64 or firing.shape != (C,) or firing.strides[0] != 8:
             raise ValueError(f"threshold and firing must have one entry per channel ({C})")
         vstride, lstride = _rows(values, np.float32, (B, C)), _rows(loc, np.int64, (B, C))
-        lib.reduce(last, x.data_ptr(), B, C, H * W, bar.ctypes.data, values.ctypes.data, vstride,
-                   loc.ctypes.data, lstride, firing.ctypes.data, torch.get_num_threads(), 0)
+        _reduce_native(lib, acts, bar.ctypes.data, values.ctypes.data, vstride, loc.ctypes.data, lstride,
+                       firing.ctypes.data, torch.get_num_threads())
         return
     if acts.is_contiguous(memory_format=torch.channels_last):
         x = acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
@@ -276,11 +285,9 @@ class Summaries:
         if not (self.lib is not None and acts.dtype == torch.float32 and acts.device.type == "cpu"
                 and B == self.batch):
             return False
-        last, x = _layout(acts)
         bar, values, loc, firing = self.addresses
         n = self.values.shape[1]
-        self.lib.reduce(last, x.data_ptr(), B, C, H * W, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n,
-                        firing + 8 * s, self.threads, 0 if out is None else out.data_ptr())
+        _reduce_native(self.lib, acts, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n, firing + 8 * s, self.threads, out)
         self.per_image[s:e] = H * W
         self.width[s:e] = W
         return True
