@@ -26,19 +26,30 @@ def layers(model_spec, fmt, output, show_all, **model_kw):
     emit(rows, fmt, output)
 
 
+def label_options(f):
+    """--labels and --class-list: how a flat folder's images get their classes."""
+    f = click.option("--class-list", type=click.Path(dir_okay=False), default=None,
+                     help="Class names in number order (one per line) for numbered ground-truth labels.")(f)
+    return click.option("--labels", default="auto", show_default=True,
+                        help="auto | folders | imagenet (nXXXXXXXX_* file names) | regex:PATTERN | none | a "
+                             "ground-truth FILE (ImageNet validation style).")(f)
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--download", is_flag=True, help="Download a torchvision dataset (needs internet).")
 @click.option("--no-check", is_flag=True, help="List only; do not decode every image.")
+@label_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def images(source, download, no_check, fmt):
+def images(source, download, no_check, labels, class_list, fmt):
     """Count the images of SOURCE per class and report unreadable files.
 
     SOURCE: an image folder (class sub-folders), a flat folder, a manifest CSV, or torchvision:NAME[:split].
     """
     from neuronindex.data import open_source, survey
 
-    report = survey(open_source(source, download=download), check=not no_check, progress=fmt == "table")
+    report = survey(open_source(source, download=download, labels=labels, class_list=class_list), check=not no_check,
+                    progress=fmt == "table")
     if fmt == "json":
         click.echo(json.dumps(report, indent=2))
         return
@@ -83,6 +94,7 @@ def _shard(value):
 @click.option("--name", default=None, help="Model name in the index (first part of neuron keys).")
 @click.option("--images", "source", required=True, help="Image folder, manifest CSV or torchvision:NAME[:split].")
 @click.option("--download", is_flag=True, help="Download a torchvision dataset (needs internet).")
+@label_options
 @click.option("--layers", "layer_spec", required=True, help="Comma-separated layer names or aliases, or all-conv.")
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
 @click.option("--top-k", default=100, show_default=True, help="Top images kept per neuron.")
@@ -101,7 +113,7 @@ def _shard(value):
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
               help="Save the mergeable pass-1 state here instead of publishing (see `merge`).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def ingest(model_spec, name, source, download, layer_spec, index_dir, top_k, batch_size, device, amp, workers, limit,
+def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp, workers, limit,
            probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, quiet,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
@@ -114,7 +126,8 @@ def ingest(model_spec, name, source, download, layer_spec, index_dir, top_k, bat
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
-                  checkpoint_seconds=checkpoint_every, state_out=state_out, download=download)
+                  checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
+                  class_list=class_list)
     _print_summary(summary, index_dir)
 
 

@@ -3,12 +3,16 @@
 Sources:
   an image folder with class sub-folders; nested folders form a class hierarchy
       (`animals/dog/husky/*.jpg`: class husky, parent dog, grandparent animals)
-  a flat folder of images (unlabeled)
+  a flat folder of images: unlabeled, or labelled by file name (ImageNet's `n01440764_tench.JPEG`
+      is recognised by itself; `labels="regex:PATTERN"` for other schemes) or by a ground-truth
+      file (ImageNet's validation layout: `labels="val.txt"`, see `read_ground_truth`)
   a manifest CSV with a header `path,label[,parent,...]` (paths relative to the CSV's folder;
       extra columns give ancestors, nearest first)
   torchvision:NAME[:split]   a torchvision dataset (CIFAR10, CIFAR100, MNIST, ...), downloaded
       with download=True for users with internet
-Class names that are WordNet ids (n01440764) are recognised and kept in `wnid`.
+Classes given by WordNet ids (n01440764) keep the id in `wnid` and are named by their lemma
+(`tench`, `golden retriever`): from WordNet when Debian's wordnet-base is installed, else from the
+file name (`n01440764_tench.JPEG`); without either they keep the id, with one warning.
 Decoding applies EXIF orientation and converts greyscale, palette, CMYK and alpha images to RGB.
 A file that cannot be decoded is recorded with its reason and skipped; it never stops a run.
 """
@@ -26,6 +30,7 @@ import numpy as np
 
 from .errors import DataError
 
+LABEL_PRESETS = {"imagenet": r"^(?P<label>n\d{8})(?:[_.-](?P<name>[^.]*))?"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
 WNID = re.compile(r"^n\d{8}$")
 
@@ -35,6 +40,7 @@ class ClassNode:
     name: str
     parent: str | None  # name of the parent class, None at the top
     wnid: str | None = None
+    display: str | None = None  # a name the files carry (n01440764_tench.JPEG), used without WordNet
 
 
 @dataclass
@@ -53,6 +59,8 @@ class ImageSet:
     classes: dict[str, ClassNode] = field(default_factory=dict)  # leaf and ancestor classes by name
     problems: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) found while listing
     _dataset: object = None  # the torchvision dataset, when kind == torchvision
+    labels: str = "auto"  # how labels were read (see open_source); stored with the dataset
+    class_list: str | None = None  # the class list of numbered ground-truth labels
 
     @property
     def leaf_classes(self) -> list[str]:
@@ -76,7 +84,8 @@ class ImageSet:
 
     def subset(self, start: int = 0, stop: int | None = None) -> "ImageSet":
         images = self.images[start:stop]
-        return ImageSet(self.name, self.source, self.kind, images, self.classes, self.problems, self._dataset)
+        return ImageSet(self.name, self.source, self.kind, images, self.classes, self.problems, self._dataset,
+                        self.labels, self.class_list)
 
     def load(self, record: ImageRecord):
         """PIL RGB image for a record; raises DataError with the reason when unreadable."""
@@ -112,10 +121,23 @@ def load_image(path: str | os.PathLike):
         raise DataError(f"cannot decode image {path}: {exc}") from None
 
 
-def open_source(source: str, download: bool = False, root: str | None = None) -> ImageSet:
-    """List the images of a source (no decoding yet)."""
+def open_source(source: str, download: bool = False, root: str | None = None, labels: str = "auto",
+                class_list: str | None = None) -> ImageSet:
+    """List the images of a source (no decoding yet).
+
+    labels (image folders only):
+      auto          class sub-folders; in a flat folder, ImageNet file names (`nXXXXXXXX_*`) when
+                    every image has one, else unlabeled
+      folders       class sub-folders only
+      imagenet      the WordNet id at the start of each file name
+      regex:PATTERN the group named `label` (else the first group) of a search in each file name
+      none          unlabeled
+      PATH          a ground-truth file (see read_ground_truth); numbered labels need
+                    `class_list`, a file naming the classes in number order
+    """
     if source.startswith("torchvision:"):
-        return with_wordnet(_torchvision_source(source, download, root))
+        _labels_not_for(source, labels, "a torchvision dataset")
+        return name_classes(_torchvision_source(source, download, root))
     path = Path(source).expanduser()
     if not path.exists():
         raise DataError(f"image source {source} does not exist; pass a folder, a manifest .csv or torchvision:NAME")
@@ -123,12 +145,195 @@ def open_source(source: str, download: bool = False, root: str | None = None) ->
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DataError(f"{source} is a file but not a manifest CSV; pass a folder or a .csv with path,label columns")
-        return with_wordnet(_manifest_source(path))
-    return with_wordnet(_folder_source(path))
+        _labels_not_for(source, labels, "a manifest")
+        return name_classes(_manifest_source(path))
+    images = _folder_source(path)
+    if class_list and not Path(class_list).expanduser().is_file():
+        raise DataError(f"class list {class_list} does not exist; pass a text file with one class per line")
+    return name_classes(_relabel(images, labels or "auto", class_list))
+
+
+def _labels_not_for(source: str, labels: str | None, what: str) -> None:
+    if labels not in (None, "auto"):
+        raise DataError(f"--labels applies to image folders; {source} is {what}, which carries its own labels")
+
+
+def _relabel(images: ImageSet, labels: str, class_list: str | None) -> ImageSet:
+    if labels == "auto":
+        if images.kind != "flat":
+            images.labels = "folders"
+            return images
+        pattern = re.compile(LABEL_PRESETS["imagenet"])
+        if not all(pattern.match(Path(r.path).name) for r in images.images):
+            images.labels = "none"
+            return images
+        labels = "imagenet"
+    if labels == "folders":
+        if images.kind == "flat":
+            raise DataError(f"{images.source} has no class sub-folders; use --labels imagenet, regex:PATTERN or a "
+                            "ground-truth file for a flat folder")
+        images.labels = "folders"
+        return images
+    images.labels = labels
+    images.classes = {}
+    if labels == "none":
+        for r in images.images:
+            r.label = None
+        return images
+    if labels in LABEL_PRESETS or labels.startswith("regex:"):
+        return _labels_from_names(images, LABEL_PRESETS.get(labels) or labels[len("regex:"):])
+    if Path(labels).expanduser().is_file():
+        images.labels = str(Path(labels).expanduser().resolve())
+        found = read_ground_truth(images.labels, [r.path for r in images.images], class_list)
+        if class_list:
+            images.class_list = str(Path(class_list).expanduser().resolve())
+        for r in images.images:
+            r.label = found.get(r.path)
+        for label in {r.label for r in images.images if r.label}:
+            images.classes[label] = ClassNode(label, None, label if WNID.match(label) else None)
+        return images
+    raise DataError(f"unknown --labels {labels!r}; use auto, folders, imagenet, regex:PATTERN, none, or the path of "
+                    "a ground-truth file")
+
+
+def _labels_from_names(images: ImageSet, pattern: str) -> ImageSet:
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise DataError(f"--labels regex {pattern!r} does not compile ({exc}); fix the pattern") from None
+    if not regex.groups:
+        raise DataError(f"--labels regex {pattern!r} has no group; mark the label with (...) or (?P<label>...)")
+    key = "label" if "label" in regex.groupindex else 1
+    unmatched = 0
+    for r in images.images:
+        m = regex.search(Path(r.path).name)
+        r.label = m.group(key) if m and m.group(key) else None
+        if r.label is None:
+            unmatched += 1
+            continue
+        if r.label not in images.classes:
+            images.classes[r.label] = ClassNode(r.label, None, r.label if WNID.match(r.label) else None)
+        shown = m.groupdict().get("name")
+        node = images.classes[r.label]
+        if node.display is None and shown and re.search(r"[A-Za-z]", shown):  # n01440764_10026.JPEG names nothing
+            node.display = shown.replace("_", " ")
+    if unmatched == len(images.images):
+        raise DataError(f"no file name under {images.source} matches --labels {pattern!r}; check the pattern")
+    if unmatched:
+        _warn(f"{unmatched} of {len(images.images)} file names do not match the label pattern {pattern!r}; "
+              "they are indexed unlabeled")
+    return images
+
+
+def read_ground_truth(path: str, image_paths: list[str], class_list: str | None = None) -> dict[str, str]:
+    """Labels of a flat folder from a ground-truth file -> {image path: label}.
+
+    Two forms:
+      `NAME LABEL` per line (space, tab or comma; NAME with or without its extension; a header
+          line that names no image is skipped; further fields are ignored, so Kaggle's
+          LOC_val_solution.csv works): Caffe's val.txt numbers classes from 0.
+      one LABEL per line, for the folder's images in sorted name order: the ILSVRC2012 devkit's
+          validation ground truth, numbered from 1.
+    LABEL is a class name or WordNet id, or a class number with `class_list` (one class per line
+    in number order; the first word counts, so synset_words.txt works).
+    """
+    rows = [re.split(r"[,\s]+", line.strip()) for line in open(path, encoding="utf-8", errors="replace")
+            if line.strip()]
+    by_name = {}
+    for p in image_paths:
+        by_name[Path(p).name] = p
+        by_name.setdefault(Path(p).stem, p)
+    if rows and len(rows[0]) >= 2 and rows[0][0] not in by_name:
+        rows = rows[1:]  # a header line
+    if not rows:
+        raise DataError(f"ground-truth file {path} lists no labels")
+    two_columns = all(len(r) >= 2 for r in rows) and any(r[0] in by_name for r in rows)
+    if two_columns:
+        pairs = [(by_name.get(r[0]), r[1]) for r in rows]
+        base = 0
+    else:
+        if len(rows) != len(image_paths):
+            raise DataError(f"ground-truth file {path} has {len(rows)} lines and names no image; a one-label-per-line "
+                            f"file needs exactly one line per image ({len(image_paths)})")
+        pairs = list(zip(sorted(image_paths, key=lambda p: Path(p).name), (r[0] for r in rows)))
+        base = 1
+    names = None
+    if any(label.isdigit() for _, label in pairs):
+        if not class_list:
+            raise DataError(f"the labels in {path} are class numbers; pass --class-list FILE naming the classes in "
+                            "number order (one per line)")
+        names = [line.split()[0].rstrip(",") for line in open(class_list, encoding="utf-8") if line.strip()]
+    out = {}
+    for image, label in pairs:
+        if image is None:
+            continue
+        if names is not None and label.isdigit():
+            i = int(label) - base
+            if not 0 <= i < len(names):
+                raise DataError(f"class number {label} in {path} is outside the class list ({len(names)} classes)")
+            label = names[i]
+        out[image] = label
+    if not out:
+        raise DataError(f"no image of the folder is named in the ground-truth file {path}")
+    missing = len(image_paths) - len(out)
+    if missing:
+        _warn(f"{missing} of {len(image_paths)} images are not in {path}; they are indexed unlabeled")
+    return out
+
+
+_WARNED: set[str] = set()
+
+
+def _warn(message: str) -> None:
+    """One clear line on stderr, once per process for the same message."""
+    import sys
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        print(f"warning: {message}", file=sys.stderr)
+
+
+def name_classes(images: ImageSet) -> ImageSet:
+    """Name classes given by WordNet ids by their lemma, then add their WordNet hypernyms.
+
+    A leaf `n01440764` becomes `tench` (WordNet's first lemma, else the name its files carry);
+    two classes with one lemma (ImageNet's two `crane`s) become `crane (n02012849)` and
+    `crane (n03126707)`. The id stays in `wnid` and is accepted by searches.
+    """
+    from . import wordnet
+
+    ids = [c for c in images.classes.values() if c.wnid and c.name == c.wnid]
+    if not ids:
+        return images
+    have_wordnet = wordnet.database() is not None
+    if not have_wordnet:
+        _warn("class names are WordNet ids but WordNet is not installed (Debian's wordnet-base, or "
+              "$NEURONINDEX_WORDNET): no hypernyms (`dog` will not find the breeds); install it and ingest again")
+    lemma = {c.wnid: (wordnet.lemma(c.wnid) if have_wordnet else None) or c.display for c in ids}
+    counts = Counter(v for v in lemma.values() if v)
+    taken = set(images.classes) - {c.name for c in ids}
+    rename = {}
+    for c in ids:
+        name = lemma[c.wnid]
+        if not name:
+            continue
+        if counts[name] > 1 or name in taken:
+            name = f"{name} ({c.wnid})"
+        rename[c.name] = name
+    if rename:
+        images.classes = {rename.get(k, k): c for k, c in images.classes.items()}
+        for c in images.classes.values():
+            c.name = rename.get(c.name, c.name)
+            if c.parent:
+                c.parent = rename.get(c.parent, c.parent)
+        for r in images.images:
+            if r.label:
+                r.label = rename.get(r.label, r.label)
+    return with_wordnet(images)
 
 
 def with_wordnet(images: ImageSet) -> ImageSet:
-    """Give classes named by WordNet ids, and without a parent of their own, their WordNet hypernyms.
+    """Give classes with a WordNet id, and without a parent of their own, their WordNet hypernyms.
 
     Ancestors are named by their first lemma (`dog`), so a search for "dog" finds every breed;
     a lemma already used by another class keeps its WordNet id as its name.
@@ -208,7 +413,7 @@ def _manifest_source(path: Path) -> ImageSet:
         records.append(ImageRecord(len(records), str(p), label))
     if not records:
         raise DataError(f"manifest {path} lists no images")
-    return ImageSet(path.stem, str(path), "manifest", records, classes)
+    return ImageSet(path.stem, str(path), "manifest", records, classes, labels="manifest")
 
 
 def _torchvision_source(source: str, download: bool, root: str | None) -> ImageSet:
@@ -243,7 +448,7 @@ def _torchvision_source(source: str, download: bool, root: str | None) -> ImageS
             label = class_names[int(targets[i])]
         records.append(ImageRecord(i, f"torchvision:{name}:{split}/{i}", label))
     classes = {c: ClassNode(c, None, c if WNID.match(c) else None) for c in class_names}
-    return ImageSet(f"{name}-{split}", source, "torchvision", records, classes, _dataset=dataset)
+    return ImageSet(f"{name}-{split}", source, "torchvision", records, classes, _dataset=dataset, labels="torchvision")
 
 
 def survey(images: ImageSet, check: bool = True, progress: bool = False) -> dict:

@@ -17,9 +17,13 @@ from .writer import insert
 def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> dict:
     timings = timings if timings is not None else {}
     writers = []
-    if any(s.layer.field is None for s in run.selections):
-        if progress:
-            print("no receptive fields for this model (TorchScript): skipping Neuron Features")
+    missing = [s for s in run.selections if s.layer.field is None]
+    if missing:
+        import sys
+
+        why = "; ".join(f"{s.name}: {s.layer.field_note or 'TorchScript models have no traced graph'}" for s in missing)
+        print(f"no receptive field for {', '.join(s.name for s in missing)} ({why}): Neuron Features, colour and "
+              "class indexes and embeddings are skipped; select layers before that operation", file=sys.stderr)
         return {"writers": writers}
     from .extract import Extractor
 
@@ -37,7 +41,8 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     timings["self_response"] = time.time() - t0
     t0 = time.time()
     act_max = np.concatenate([r["act_max"] for r in results])
-    indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max)
+    dead = np.concatenate([r["dead"] for r in results])
+    indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max, dead)
     timings["indexes"] = time.time() - t0
     writers.append(lambda con, ctx: write_features(con, ctx, owners, feats, sr, run.params))
     writers.append(lambda con, ctx: write_indexes(con, ctx, owners, indexes, run))
@@ -124,10 +129,11 @@ class GreyResponses(Reforward):
         return self.values
 
 
-def compute_indexes(run, plan, owners, feats, grey, act_max) -> list[dict]:
+def compute_indexes(run, plan, owners, feats, grey, act_max, dead) -> list[dict]:
     """Colour and class selectivity per neuron (see neuronindex.selectivity).
 
-    grey: per plan entry, the activation on the greyscale image; act_max: per neuron.
+    grey: per plan entry, the activation on the greyscale image; act_max, dead: per neuron.
+    Dead neurons (selectivity.dead_neurons) make no colour or class claims.
     """
     from . import selectivity as sel
 
@@ -136,6 +142,9 @@ def compute_indexes(run, plan, owners, feats, grey, act_max) -> list[dict]:
     bounds = np.searchsorted(plan.neuron[order], np.arange(len(owners) + 1))
     out = []
     for n in range(len(owners)):
+        if dead[n]:
+            out.append({"color": None, "cri": None, "class": sel.ClassSelectivity(None, None, 0, [], 0), "ancestors": {}})
+            continue
         top = order[bounds[n]:bounds[n + 1]]
         e = top[plan.use_nf[top]]
         # the class index uses the top N = nf_max images, not only those above the NF threshold:
@@ -205,9 +214,11 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
                     [ingest_id])[0][0] or 1)
     names, results, ids = [], [], []
     for layer_id, name, channels in layers:
-        neuron_rows = execute(con, "SELECT id, channel, act_max FROM neurons WHERE layer_id = ? ORDER BY channel", [layer_id])
+        neuron_rows = execute(con, "SELECT id, channel, act_max, dead FROM neurons WHERE layer_id = ? ORDER BY channel",
+                              [layer_id])
         nid = np.array([r[0] for r in neuron_rows])
         act_max = np.array([np.nan if r[2] is None else r[2] for r in neuron_rows], dtype=float)
+        dead = np.array([bool(r[3]) for r in neuron_rows], dtype=bool)
         top = execute(con, "SELECT n.channel, t.rank, i.position, t.activation, t.y, t.x FROM topk t "
                            "JOIN neurons n ON n.id = t.neuron_id JOIN images i ON i.id = t.image_id "
                            "WHERE n.layer_id = ?", [layer_id])
@@ -220,7 +231,8 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
             c, r = t[:, 0].astype(int), t[:, 1].astype(int) - 1
             pos[c, r], vals[c, r], ys[c, r], xs[c, r] = t[:, 2].astype(np.int64), t[:, 3], t[:, 4], t[:, 5]
         names.append(name)
-        results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max})
+        results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max,
+                        "dead": dead})
         ids.append(nid)
     return names, results, ids
 
@@ -237,7 +249,7 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
     con = store.connect(index_dir)
     try:
         rows = execute(con, "SELECT i.id, m.name, m.spec, m.weights, m.preprocessing, i.parameters, d.source, "
-                            "m.fingerprint, d.fingerprint FROM ingests i JOIN models m ON m.id = i.model_id "
+                            "m.fingerprint, d.fingerprint, d.labels, d.class_list FROM ingests i JOIN models m ON m.id = i.model_id "
                             "JOIN datasets d ON d.id = i.dataset_id ORDER BY i.id")
         if model is not None:
             known = [r[1] for r in rows]
@@ -245,18 +257,21 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
             if not rows:
                 raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, known) or '; it has ' + ', '.join(known)}")
         jobs = []
-        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp in rows:
+        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list in rows:
             names, results, ids = results_from_index(con, ingest_id)
             jobs.append((ingest_id, name, spec, weights, pre, json.loads(params), source, model_fp, data_fp,
-                         names, results, ids))
+                         names, results, ids, labels, class_list))
     finally:
         con.close()
     done = []
-    for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids in jobs:
+    for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids, labels, \
+            class_list in jobs:
         params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
         p = IngestParams(**{k: v for k, v in params.items() if k in IngestParams.__dataclass_fields__})
         p.shard = None
-        run = prepare(spec, source, names, weights=weights, name=name, preprocessing=Preprocessing.from_json(pre), params=p)
+        labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
+        run = prepare(spec, source, names, weights=weights, name=name, preprocessing=Preprocessing.from_json(pre), params=p,
+                      labels=labels, class_list=class_list)
         from .errors import IngestError
 
         if run.meta["model_fingerprint"] != model_fp:
@@ -286,7 +301,7 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
                                  "WHERE i.id = ?", [ingest_id]))
     for table in ("neuron_colors", "neuron_classes"):
         execute(con, f"DELETE FROM {table} WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)", [ingest_id])
-    cols = {k: [] for k in ("neuron_id", "color_index", "hue", "hue_name", "color_name", "color_share",
+    cols = {k: [] for k in ("neuron_id", "color_index", "hue", "hue_name", "color_name", "color_share", "mean_chroma",
                             "color_response", "class_index", "class_m", "top_class_id", "top_class_share")}
     colors = {"neuron_id": [], "name": [], "share": []}
     classes = {k: [] for k in ("neuron_id", "class_id", "share", "rank", "in_set", "is_leaf")}
@@ -298,6 +313,7 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
         cols["hue_name"].append(c.hue_name if c else None)
         cols["color_name"].append(c.color_name if c else None)
         cols["color_share"].append(c.color_share if c else None)
+        cols["mean_chroma"].append(c.chroma if c else None)
         cols["color_response"].append(ix["cri"])
         cols["class_index"].append(k.gamma)
         cols["class_m"].append(k.m)
@@ -320,7 +336,7 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
     insert(con, "neuron_colors", colors)
     insert(con, "neuron_classes", classes)
     execute(con, "CREATE TEMP TABLE IF NOT EXISTS _idx_update AS SELECT id AS neuron_id, color_index, hue, hue_name, "
-                 "color_name, color_share, color_response, class_index, class_m, top_class_id, top_class_share "
+                 "color_name, color_share, mean_chroma, color_response, class_index, class_m, top_class_id, top_class_share "
                  "FROM neurons LIMIT 0")
     execute(con, "DELETE FROM _idx_update")
     insert(con, "_idx_update", cols)
@@ -341,6 +357,7 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
         insert(con, "_csi_update", {"neuron_id": neuron_ids, "csi": value, "csi_class_id": class_ids[top]})
         execute(con, "UPDATE neurons SET csi = u.csi, csi_class_id = u.csi_class_id FROM _csi_update u "
                      "WHERE neurons.id = u.neuron_id")
+        execute(con, "UPDATE neurons SET csi = NULL, csi_class_id = NULL WHERE dead AND ingest_id = ?", [ingest_id])
 
 
 def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> None:

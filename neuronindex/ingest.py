@@ -87,7 +87,7 @@ class Run:
 
 
 def prepare(model, images, layers, *, weights=None, name=None, preprocessing=None, params=None,
-            download=False) -> Run:
+            download=False, labels: str = "auto", class_list: str | None = None) -> Run:
     from .data import ImageSet, open_source
     from .layers import trace
     from .models import LoadedModel, load_model
@@ -99,7 +99,8 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
         loaded.preprocessing = preprocessing
     if name:
         loaded.name = name
-    image_set = images if isinstance(images, ImageSet) else open_source(images, download=download)
+    image_set = images if isinstance(images, ImageSet) else open_source(images, download=download, labels=labels,
+                                                                        class_list=class_list)
     if params.limit is not None:
         image_set = image_set.subset(0, params.limit)
     graph = trace(loaded)
@@ -107,6 +108,7 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
     meta = {
         "model_spec": loaded.spec, "weights": loaded.weights, "name": loaded.name,
         "preprocessing": loaded.preprocessing.to_json(), "source": image_set.source,
+        "labels": image_set.labels, "class_list": image_set.class_list,
         "layers": [s.name for s in selections], "model_fingerprint": loaded.fingerprint(),
         "data_fingerprint": image_set.fingerprint(), "params": asdict(params),
     }
@@ -120,7 +122,8 @@ def run_from_meta(meta: dict, **overrides) -> Run:
     if params.shard is not None:
         params.shard = tuple(params.shard)
     run = prepare(meta["model_spec"], meta["source"], meta["layers"], weights=meta["weights"], name=meta["name"],
-                  preprocessing=Preprocessing.from_json(meta["preprocessing"]), params=params)
+                  preprocessing=Preprocessing.from_json(meta["preprocessing"]), params=params,
+                  labels=meta.get("labels", "auto"), class_list=meta.get("class_list"))
     if run.meta["model_fingerprint"] != meta["model_fingerprint"]:
         raise IngestError("the model's weights changed since the saved state was written; start a new ingest")
     if run.meta["data_fingerprint"] != meta["data_fingerprint"]:
@@ -222,7 +225,7 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, list]:
 def ingest(model, images, layers, index_dir, *, weights=None, name=None, preprocessing=None,
            params: IngestParams | None = None, resume: bool = False, progress: bool = True,
            checkpoint_seconds: float = 120.0, state_out: str | None = None, download: bool = False,
-           derive: bool = True) -> dict:
+           derive: bool = True, labels: str = "auto", class_list: str | None = None) -> dict:
     """Run an ingest end to end and publish it into `index_dir`; returns a summary dict.
 
     With `state_out`, only pass 1 runs (typically on a shard) and its mergeable state is saved
@@ -231,7 +234,7 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     index_dir = Path(index_dir)
     started = time.time()
     run = prepare(model, images, layers, weights=weights, name=name, preprocessing=preprocessing,
-                  params=params, download=download)
+                  params=params, download=download, labels=labels, class_list=class_list)
     work = _work_dir(index_dir, run)
     state_file = work / "pass1.npz"
     stats, done = None, 0
@@ -295,7 +298,11 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
 
     from .stats import split
 
+    from .selectivity import dead_neurons
+
     results = split(stats[0].result(), [s.layer.channels for s in run.selections])
+    for res in results:
+        res["dead"] = dead_neurons(res["act_max"], res["act_std"])
     extra: dict = {}
     if derive:
         from . import derive as derive_mod

@@ -22,6 +22,8 @@ from .receptive import Field, propagate
 RELU_NAMES = {"ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Hardswish", "PReLU", "relu", "relu_", "gelu", "silu"}
 NORM_NAMES = {"BatchNorm2d", "GroupNorm", "InstanceNorm2d", "LocalResponseNorm"}
 ADD_TARGETS = {"add", "iadd"}
+# between a convolution and its activation in timm's fused norm-act modules (traced as functions)
+PASS_THROUGH = {"batch_norm", "group_norm", "Identity", "Dropout", "dropout"}
 ALL_CONV = "all-conv"
 
 
@@ -36,6 +38,7 @@ class Layer:
     field: Field | None
     alias: str | None = None
     modules: list[str] = field(default_factory=list)  # container modules ending at this node
+    field_note: str | None = None  # why there is no receptive field (the operation that stopped it)
 
     @property
     def rf_size(self):
@@ -54,7 +57,7 @@ class Layer:
             "name": self.name, "alias": self.alias, "kind": self.kind, "position": self.position,
             "channels": self.channels, "map_h": self.map_h, "map_w": self.map_w,
             "rf_size": self.rf_size, "rf_stride": self.rf_stride, "rf_offset": self.rf_offset,
-            "modules": ",".join(self.modules),
+            "modules": ",".join(self.modules), "rf_note": self.field_note,
         }
 
 
@@ -140,15 +143,16 @@ def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
                          "export it with torch.jit.script and use torchscript:PATH") from None
     qual = {node.name: q for q, node in _output_nodes(gm).items()}
     shapes = _shapes(gm, size)
-    fields = propagate(gm, shapes)
+    reasons: dict[str, str] = {}
+    fields = propagate(gm, shapes, reasons)
     modules = dict(gm.named_modules())
     layers: list[Layer] = []
     for position, node in enumerate(gm.graph.nodes):
         shape = shapes.get(node.name)
-        if node.op in ("placeholder", "output") or shape is None or len(shape) != 4 or node.name not in qual:
+        if node.op in ("placeholder", "output", "get_attr") or shape is None or len(shape) != 4 or node.name not in qual:
             continue
         layers.append(Layer(qual[node.name], _kind(node, modules), position, int(shape[1]), int(shape[2]),
-                            int(shape[3]), fields.get(node.name)))
+                            int(shape[3]), fields.get(node.name), field_note=reasons.get(node.name)))
     _assign_modules(layers, module)
     _assign_aliases(gm, layers, qual, modules)
     return ModelGraph(layers, traced=True)
@@ -209,7 +213,7 @@ def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
     block, index, count, pool_count = 1, 0, 0, 0
     for node in nodes:
         kind = _kind(node, modules)
-        if kind == "Conv2d":
+        if kind in ("Conv2d", "conv2d"):
             count += 1
             index += 1
             alias = f"conv{block}_{index}" if chain else f"conv{count}"
@@ -237,7 +241,7 @@ def _rectified(conv, modules, qual):
         kind = _kind(nxt, modules)
         if kind in RELU_NAMES:
             return nxt
-        if kind in NORM_NAMES or _is_add(nxt):
+        if kind in NORM_NAMES or kind in PASS_THROUGH or _is_add(nxt):
             node = nxt
             continue
         return conv

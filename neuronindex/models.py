@@ -7,6 +7,9 @@ Specs:
                               initialised with a fixed seed
   cifar-resnet20|32|44|56     He et al. 2016 CIFAR ResNets (option-A shortcuts); --weights is a
                               checkpoint such as akamaster's resnet20-12fca82f.th
+  timm:NAME                   a timm model (convnets: resnet, mobilenet, efficientnet, ...); --weights
+                              is a local checkpoint, or `pretrained` to download timm's weights;
+                              without weights it is randomly initialised with a fixed seed
   torchscript:PATH            a TorchScript file
   python:pkg.module:callable  a callable returning an nn.Module
 
@@ -250,13 +253,15 @@ def load_model(
         loaded = _load_cifar(spec, weights)
     elif spec.startswith("torchvision:"):
         loaded = _load_torchvision(spec, weights)
+    elif spec.startswith("timm:"):
+        loaded = _load_timm(spec, weights)
     elif spec.startswith("torchscript:"):
         loaded = _load_torchscript(spec, weights)
     elif spec.startswith("python:"):
         loaded = _load_python(spec, weights)
     else:
         raise ModelError(
-            f"unknown model spec {spec!r}; use torchvision:NAME, cifar-resnet20|32|44|56, "
+            f"unknown model spec {spec!r}; use torchvision:NAME, timm:NAME, cifar-resnet20|32|44|56, "
             "torchscript:PATH or python:package.module:callable"
         )
     if preprocessing is not None:
@@ -334,6 +339,43 @@ def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
         module = tvm.get_model(arch, weights=None)
         provenance["weights"] = "random (seed 0)"
     return LoadedModel(module, pre, spec, weights, arch, class_names, provenance)
+
+
+def _load_timm(spec: str, weights: str | None) -> LoadedModel:
+    """timm:NAME[?key=value&...]: keyword arguments go to timm.create_model (`output_stride=8` dilates)."""
+    import torch
+
+    try:
+        import timm
+    except ImportError:
+        raise ModelError("timm is not installed; pip install timm (or neuronindex[timm])") from None
+    arch, _, query = spec.split(":", 1)[1].partition("?")
+    kwargs = {}
+    for part in filter(None, query.split("&")):
+        key, _, value = part.partition("=")
+        kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
+    if arch not in timm.list_models():
+        from .errors import did_you_mean
+
+        raise ModelError(f"timm has no model {arch!r}{did_you_mean(arch, timm.list_models())}")
+    torch.manual_seed(0)
+    pretrained = weights == "pretrained"
+    try:
+        module = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except TypeError as exc:
+        raise ModelError(f"timm cannot build {arch} with {query}: {exc}") from None
+    except Exception as exc:  # download failures: URLError, HTTPError, OSError, RuntimeError
+        raise ModelError(f"cannot download timm weights for {arch} ({type(exc).__name__}); without internet, pass a "
+                         "local checkpoint file with --weights PATH") from None
+    if weights and not pretrained:
+        load_checkpoint(module, weights)
+    config = timm.data.resolve_data_config({}, model=module)
+    h, w = (int(v) for v in config["input_size"][1:])
+    pre = Preprocessing(input_size=(h, w), geometry="resize-crop", resize=int(round(min(h, w) / config.get("crop_pct", 0.875))),
+                        mean=tuple(config["mean"]), std=tuple(config["std"]))
+    provenance = {"source": "timm", "architecture": arch, "kwargs": kwargs,
+                  "weights": "timm pretrained" if pretrained else (weights or "random (seed 0)")}
+    return LoadedModel(module, pre, spec, None if pretrained else weights, arch, None, provenance)
 
 
 def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:

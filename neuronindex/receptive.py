@@ -96,14 +96,14 @@ def _pair(v):
     return (int(v), int(v))
 
 
-def _conv(field: Field, mod) -> Field:
-    groups = mod.groups
-    cin, cout = field.channels, mod.out_channels
-    kernel, stride, dilation = _pair(mod.kernel_size), _pair(mod.stride), _pair(mod.dilation)
-    if isinstance(mod.padding, str):
-        padding = (0, 0) if mod.padding == "valid" else tuple((dilation[i] * (kernel[i] - 1)) // 2 for i in range(2))
+def _conv(field: Field, out_channels: int, kernel, stride, padding, dilation, groups: int) -> Field:
+    """A convolution (module or F.conv2d): each output channel sees the union of its group's inputs."""
+    kernel, stride, dilation = _pair(kernel), _pair(stride), _pair(dilation)
+    if isinstance(padding, str):
+        padding = (0, 0) if padding == "valid" else tuple((dilation[i] * (kernel[i] - 1)) // 2 for i in range(2))
     else:
-        padding = _pair(mod.padding)
+        padding = _pair(padding)
+    cin, cout = field.channels, out_channels
     per_in, per_out = cin // groups, cout // groups
     start = np.empty((cout, 2))
     end = np.empty((cout, 2))
@@ -169,24 +169,55 @@ def _arg(node, i, name, default=None):
     return node.kwargs.get(name, default)
 
 
-def propagate(gm, shapes: dict[str, tuple]) -> dict[str, Field | None]:
+# Operations that act on each spatial position alone (element-wise, or mixing channels at one
+# position): the output unit sees what its inputs' units at the same place see.
+POINTWISE_MODULES = {
+    "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm2d", "FrozenBatchNorm2d",
+    "GroupNorm", "InstanceNorm2d", "LayerNorm", "LocalResponseNorm", "CrossMapLRN2d",
+    "ReLU", "ReLU6", "LeakyReLU", "PReLU", "RReLU", "ELU", "SELU", "CELU", "GELU", "SiLU", "Mish", "Hardswish",
+    "Hardsigmoid", "Hardtanh", "Sigmoid", "Tanh", "Softplus", "Softsign", "Tanhshrink", "Threshold", "LogSigmoid",
+    "Softmax2d", "Identity", "Dropout", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout",
+}
+POINTWISE_NAMES = {
+    "add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "div", "neg", "pos", "abs", "exp", "log",
+    "pow", "sqrt", "rsqrt", "reciprocal", "clamp", "clamp_", "clip", "maximum", "minimum", "where", "sign",
+    "relu", "relu_", "relu6", "gelu", "silu", "silu_", "mish", "hardswish", "hardswish_", "hardsigmoid",
+    "hardsigmoid_", "hardtanh", "hardtanh_", "sigmoid", "sigmoid_", "tanh", "tanh_", "leaky_relu", "leaky_relu_",
+    "elu", "elu_", "selu", "celu", "softplus", "prelu", "threshold", "logsigmoid",
+    "batch_norm", "group_norm", "instance_norm", "layer_norm", "local_response_norm", "dropout", "dropout2d",
+    "alpha_dropout", "feature_alpha_dropout", "contiguous", "to", "float", "half", "double", "type", "type_as",
+    "clone", "detach", "add_", "mul_", "sub_", "div_", "masked_fill", "nan_to_num",
+}
+# Operations that reduce the map to 1 x 1 (global pooling, squeeze-and-excitation means).
+GLOBAL_REDUCTIONS = {"mean", "amax", "sum", "max", "adaptive_avg_pool2d", "adaptive_max_pool2d", "AdaptiveAvgPool2d",
+                     "AdaptiveMaxPool2d"}
+POOL_FUNCTIONS = {"max_pool2d", "avg_pool2d", "max_pool2d_with_indices", "lp_pool2d"}
+
+
+def _op_name(node, modules) -> str:
+    if node.op == "call_module":
+        return type(modules[node.target]).__name__
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def propagate(gm, shapes: dict[str, tuple], reasons: dict[str, str] | None = None) -> dict[str, Field | None]:
     """Field for every node of a traced GraphModule whose output is a 4-D tensor.
 
-    `shapes` maps node name -> output shape (from a shape-propagation run).
+    `shapes` maps node name -> output shape (from a shape-propagation run). A node whose spatial
+    effect is not understood gets None, and so does everything computed from it; `reasons`, when
+    given, receives for each such node the operation that stopped the propagation.
     """
-    import torch
     import torch.nn as nn
-    import torch.nn.functional as F
 
+    reasons = reasons if reasons is not None else {}
     modules = dict(gm.named_modules())
     fields: dict[str, Field | None] = {}
 
-    def tensor_inputs(node):
-        out = []
-        for a in node.all_input_nodes:
-            if a.name in fields:
-                out.append(a)
-        return out
+    def unknown(node, why: str):
+        reasons[node.name] = why
+        return None
 
     for node in gm.graph.nodes:
         shape = shapes.get(node.name)
@@ -194,37 +225,56 @@ def propagate(gm, shapes: dict[str, tuple]) -> dict[str, Field | None]:
             if shape is not None and len(shape) == 4:
                 fields[node.name] = Field.input(int(shape[1]))
             continue
-        if shape is None or len(shape) != 4:
-            continue
-        ins = tensor_inputs(node)
+        if shape is None or len(shape) != 4 or node.op == "get_attr":
+            continue  # parameters (F.conv2d weights) are not maps
+        args = [a for a in node.all_input_nodes if a.name in fields]
         src = fields.get(node.args[0].name) if node.args and hasattr(node.args[0], "name") else None
-        result: Field | None
-        target = node.target
-        if node.op == "call_module":
-            mod = modules[target]
-            if isinstance(mod, nn.Conv2d):
-                result = _conv(src, mod) if src is not None else None
-            elif isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
-                dil = getattr(mod, "dilation", 1)
-                result = _pool(src, mod.kernel_size, mod.stride, mod.padding, dil) if src is not None else None
-            elif isinstance(mod, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                in_shape = shapes[node.args[0].name]
-                result = _adaptive(src, tuple(in_shape[2:]), mod.output_size) if src is not None else None
+        first = node.args[0] if node.args and hasattr(node.args[0], "name") else None
+        inherited = next((reasons[a.name] for a in args if fields[a.name] is None and a.name in reasons), None)
+        name = _op_name(node, modules)
+        result: Field | None = None
+        pointwise = name in POINTWISE_MODULES or name in POINTWISE_NAMES
+        if first is not None and first.name in fields and src is None and not pointwise:
+            result = unknown(node, inherited or f"{name} at node {node.name} has an input without a receptive field")
+        elif node.op == "call_module" and isinstance(modules[node.target], nn.Conv2d):
+            mod = modules[node.target]
+            result = _conv(src, mod.out_channels, mod.kernel_size, mod.stride, mod.padding, mod.dilation, mod.groups)
+        elif node.op == "call_module" and isinstance(modules[node.target], (nn.MaxPool2d, nn.AvgPool2d)):
+            mod = modules[node.target]
+            result = _pool(src, mod.kernel_size, mod.stride, mod.padding, getattr(mod, "dilation", 1))
+        elif node.op == "call_module" and isinstance(modules[node.target], (nn.ZeroPad2d, nn.ConstantPad2d,
+                                                                              nn.ReflectionPad2d, nn.ReplicationPad2d)):
+            pad = modules[node.target].padding
+            result = _pad(src, list(pad) if isinstance(pad, (tuple, list)) else [pad] * 4)
+        elif name in ("conv2d",) and node.op == "call_function":
+            weight = _arg(node, 1, "weight")
+            wshape = shapes.get(getattr(weight, "name", None))
+            if wshape is None or len(wshape) != 4:
+                result = unknown(node, f"conv2d at node {node.name}: the weight's shape is unknown")
             else:
-                result = _generic(node, ins, fields, shapes, shape)
-        elif node.op == "call_function" and target in (F.max_pool2d, F.avg_pool2d, torch.max_pool2d, torch.nn.functional.avg_pool2d):
+                result = _conv(src, int(wshape[0]), tuple(wshape[2:]), _arg(node, 3, "stride", 1),
+                               _arg(node, 4, "padding", 0), _arg(node, 5, "dilation", 1), int(_arg(node, 6, "groups", 1)))
+        elif name in POOL_FUNCTIONS and node.op == "call_function":
             kernel = _arg(node, 1, "kernel_size")
             stride = _arg(node, 2, "stride", None) or kernel
-            result = _pool(src, kernel, stride, _arg(node, 3, "padding", 0)) if src is not None else None
-        elif node.op == "call_function" and target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-            in_shape = shapes[node.args[0].name]
-            result = _adaptive(src, tuple(in_shape[2:]), _arg(node, 1, "output_size")) if src is not None else None
-        elif node.op == "call_function" and target is operator.getitem:
-            in_shape = shapes.get(node.args[0].name)
-            result = _getitem(src, node.args[1], in_shape) if src is not None and in_shape else None
-        elif node.op == "call_function" and target is F.pad:
-            result = _pad(src, _arg(node, 1, "pad")) if src is not None else None
-        elif node.op == "call_function" and target is torch.cat:
+            dilation = _arg(node, 4, "dilation", 1) if name != "avg_pool2d" else 1
+            result = _pool(src, kernel, stride, _arg(node, 3, "padding", 0), dilation)
+        elif name in GLOBAL_REDUCTIONS and tuple(shape[2:]) == (1, 1):
+            result = _adaptive(src, tuple(shapes[first.name][2:]), (1, 1))
+        elif name in GLOBAL_REDUCTIONS and tuple(shape[2:]) == tuple(shapes[first.name][2:]):
+            result = union([src], int(shape[1]))  # a reduction across channels at each position
+        elif name in ("AdaptiveAvgPool2d", "AdaptiveMaxPool2d"):
+            result = _adaptive(src, tuple(shapes[first.name][2:]), modules[node.target].output_size)
+        elif name in ("adaptive_avg_pool2d", "adaptive_max_pool2d"):
+            result = _adaptive(src, tuple(shapes[first.name][2:]), _arg(node, 1, "output_size"))
+        elif node.op == "call_function" and name == "getitem":
+            in_shape = shapes.get(first.name)
+            result = _getitem(src, node.args[1], in_shape) if in_shape else None
+            if result is None:
+                unknown(node, f"indexing at node {node.name} is not a plain slice")
+        elif node.op == "call_function" and name == "pad":
+            result = _pad(src, _arg(node, 1, "pad"))
+        elif node.op == "call_function" and name == "cat":
             tensors = _arg(node, 0, "tensors")
             dim = _arg(node, 1, "dim", 0)
             parts = [fields.get(t.name) for t in tensors]
@@ -232,19 +282,27 @@ def propagate(gm, shapes: dict[str, tuple]) -> dict[str, Field | None]:
                 stride = np.maximum.reduce([p.stride for p in parts])
                 result = Field(np.concatenate([p.start for p in parts]), np.concatenate([p.end for p in parts]), stride)
             else:
-                result = None
+                result = unknown(node, inherited or f"cat at node {node.name} joins along dimension {dim}, not channels")
+        elif pointwise:
+            result = _pointwise(node, args, fields, shapes, shape)
+            if result is None:
+                unknown(node, inherited or f"{name} at node {node.name} changes the map size")
         else:
-            result = _generic(node, ins, fields, shapes, shape)
+            result = unknown(node, inherited or f"{name} at node {node.name}: its spatial effect is not modelled")
         fields[node.name] = result
     return fields
 
 
-def _generic(node, ins, fields, shapes, shape) -> Field | None:
-    """Element-wise or channel-mixing operations that keep the spatial size."""
-    if not ins:
+def _pointwise(node, ins, fields, shapes, shape) -> Field | None:
+    """Element-wise or channel-mixing operations at each position.
+
+    An input reduced to 1 x 1 and broadcast over the map (a squeeze-and-excitation gate, a global
+    scale) modulates every unit alike: it does not locate, so its global support is not counted
+    (the convention of receptive-field tables for SE networks)."""
+    spatial = [a for a in ins if tuple((shapes.get(a.name) or (0, 0, 0, 0))[2:]) == tuple(shape[2:])]
+    broadcast = [a for a in ins if a not in spatial and tuple((shapes.get(a.name) or (0, 0, -1, -1))[2:]) == (1, 1)]
+    if not spatial or len(spatial) + len(broadcast) != len(ins):
         return None
-    for a in ins:
-        ishape = shapes.get(a.name)
-        if ishape is None or tuple(ishape[2:]) != tuple(shape[2:]):
-            return None
-    return union([fields[a.name] for a in ins], int(shape[1]))
+    if any(fields[a.name] is None for a in spatial):
+        return None
+    return union([fields[a.name] for a in spatial], int(shape[1]))

@@ -2,22 +2,29 @@
 
 Colour selectivity index alpha (seed 004, eq. 2)
     The NF's pixels in the opponent colour space O1 = (R-G)/sqrt2, O2 = (R+G-2B)/sqrt6,
-    O3 = (R+G+B)/sqrt3; weighted PCA with per-pixel weight 1/std (std of that pixel over the
-    crops, guarded below by 1 grey level); v = first principal component; alpha = angle(v, b)/90
-    with b the intensity axis O3, in [0, 1] (v's sign is arbitrary, so the angle is folded).
-    The second moments are taken about the achromatic point at the NF's mean intensity
-    (0, 0, mean O3): a uniform colour patch then points at its chroma (alpha near 1), a
-    luminance edge along O3 (alpha near 0), and a grey average of many colours has little chroma.
-    A floor of 0.03 (about 8 grey levels) added along O3 keeps a faint tint of a near-uniform
-    NF from reading as colour selective.
-Hue: the angle of v projected on the (O1, O2) plane, v oriented towards the NF's mean chroma;
-    0 deg = the O1 (red-green) axis towards red; `hue_name` is the colour name of the most
-    saturated colour of that hue at mid-grey intensity.
-Colour names: the 11 basic colour terms of Berlin & Kay. Each pixel takes the name of the
-    nearest prototype in CIELAB (D65); the prototypes are the sRGB keyword colours of the same
-    names in the W3C CSS Color Module Level 4 (grey #808080, brown #a52a2a, ...). This is a
-    simple stand-in for a psychophysical model such as Benavente et al. (2008), which seed 004
-    cites. Shares are weighted by the same per-pixel weights as the PCA.
+    O3 = (R+G+B)/sqrt3 (RGB in [0, 1]); v = the first principal component of a weighted PCA in
+    the sense of Delchambre (2014), the reference seed 004 gives: per-pixel weights
+    w = 1 / max(std, 1 grey level), std = that pixel's standard deviation over the NF's crops
+    (the floor keeps a pixel every crop agrees on from taking all the weight); the weighted mean
+    mu = sum w x / sum w is subtracted and the covariance is sum w^2 (x-mu)(x-mu)^T / sum w^2
+    (Delchambre's (W.X)(W.X)^T / (W W^T) with one weight per pixel for all three channels).
+    alpha = angle(v, b) / 90 deg with b the intensity axis O3, in [0, 1] (v's sign is arbitrary,
+    so the angle is folded into [0, 90]). No floor and no other centre: the NF's own mean colour
+    is removed, so a uniform tint (the brownish average of natural-image crops) is not colour
+    selectivity. An NF with no variation at all (weighted variance below (0.5 grey level)^2)
+    has no principal component: alpha is NULL.
+Mean chroma (`mean_chroma`, not part of seed 004): the length of the weighted mean colour's
+    (O1, O2) part. It sees what eq. 2 cannot: an NF that is one flat saturated colour has little
+    variance, so its alpha can be anything. Searched only when asked for (`chroma>0.2`).
+Hue: the angle of v on the (O1, O2) plane, 0 deg = +O1 (towards red), 90 deg = +O2; v is
+    oriented towards the end of the component whose pixels are the more saturated (a blue blob
+    on a brown background points at blue). `hue_name`: the chromatic colour name of the most
+    saturated in-gamut colour in that direction from mid-grey.
+Colour names: the 11 basic colour terms with a probability per pixel from `colornames` (a model
+    of human colour naming fitted to the XKCD colour survey; see that module). The NF's share of
+    a term is the w-weighted mean probability over its valid pixels, with the same 1/std
+    weights as alpha, so pixels on which the crops disagree (a ring detector's varying
+    background) count little. `color_name` is the chromatic term with the largest share.
 Colour response index: 1 - sum a_grey / sum a over the NF's images, a_grey the activation at the
     same unit when the image is shown in greyscale (a response-based measure, not from the NF).
 Class selectivity index gamma (seed 004, eqs. 3-4): over the neuron's top N images (N = nf_max,
@@ -34,19 +41,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-COLOR_NAMES = ("black", "white", "grey", "red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
-ACHROMATIC = ("black", "white", "grey")
-CHROMATIC = tuple(n for n in COLOR_NAMES if n not in ACHROMATIC)
-# W3C CSS Color Module Level 4 keyword colours for the basic terms (sRGB)
-PROTOTYPES_SRGB = {
-    "black": (0, 0, 0), "white": (255, 255, 255), "grey": (128, 128, 128), "red": (255, 0, 0),
-    "orange": (255, 165, 0), "yellow": (255, 255, 0), "green": (0, 128, 0), "blue": (0, 0, 255),
-    "purple": (128, 0, 128), "pink": (255, 192, 203), "brown": (165, 42, 42),
-}
+from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES
+
 COLOR_THRESHOLD = 0.4  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
 STD_FLOOR = 1.0  # grey levels: guards 1/std where every crop agrees
-INTENSITY_FLOOR = 0.03  # opponent units (about 8 grey levels): chroma weaker than this does not count
-EPS = 1e-6
+FLAT_VARIANCE = (0.5 / 255.0) ** 2  # opponent units^2: below this the NF has no principal component
+EPS = 1e-12
 
 _SQ2, _SQ3, _SQ6 = np.sqrt(2.0), np.sqrt(3.0), np.sqrt(6.0)
 
@@ -64,24 +64,27 @@ def from_opponent(opp: np.ndarray) -> np.ndarray:
     return np.stack([(rg + d) / 2, (rg - d) / 2, b], -1)
 
 
-def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) sRGB in [0, 1] -> CIELAB (D65)."""
-    c = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
-    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
-    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
-    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+def weighted_pca(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Delchambre (2014) weighted PCA with one weight per observation (row of x).
+
+    Returns (weighted mean, eigenvalues ascending, eigenvectors as columns)."""
+    mean = w @ x / w.sum()
+    d = (x - mean) * w[:, None]
+    cov = d.T @ d / (w @ w)
+    values, vectors = np.linalg.eigh(cov)
+    return mean, values, vectors
 
 
-_PROTO_LAB = srgb_to_lab(np.array([PROTOTYPES_SRGB[n] for n in COLOR_NAMES], dtype=float) / 255.0)
+def hue_name_of(hue: float) -> str:
+    """The colour name of the most saturated in-gamut colour at `hue` degrees from mid-grey."""
+    from .colornames import chromatic_name
 
-
-def color_name_of(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) RGB in [0, 1] -> index into COLOR_NAMES of the nearest prototype in CIELAB."""
-    lab = srgb_to_lab(np.clip(rgb, 0, 1))
-    d = ((lab[..., None, :] - _PROTO_LAB) ** 2).sum(-1)
-    return d.argmin(-1)
+    t = np.radians(hue)
+    direction = from_opponent(np.array([np.cos(t), np.sin(t), 0.0]))
+    grey = np.full(3, 0.5)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steps = np.where(direction > 0, (1 - grey) / direction, np.where(direction < 0, -grey / direction, np.inf))
+    return chromatic_name(np.clip(grey + steps.min() * direction, 0, 1))
 
 
 @dataclass
@@ -92,48 +95,39 @@ class ColorSelectivity:
     shares: dict[str, float]
     color_name: str | None  # dominant chromatic name
     color_share: float | None
+    chroma: float | None = None  # chroma of the weighted mean colour (opponent units)
 
 
 def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> ColorSelectivity:
     """nf (h, w, 3) in [0, 255]; valid (h, w); std (h, w) grey levels (NaN where unseen)."""
+    from .colornames import probabilities
+
     mask = valid & np.isfinite(std)
     if not mask.any():
-        return ColorSelectivity(None, None, None, {}, None, None)
+        return ColorSelectivity(None, None, None, {}, None, None, None)
     rgb = nf[mask].astype(float) / 255.0
     weights = 1.0 / np.maximum(std[mask].astype(float), STD_FLOOR)
-    weights = weights / weights.sum()
     opp = to_opponent(rgb)
-    centre = np.array([0.0, 0.0, float(weights @ opp[:, 2])])
-    x = opp - centre
-    moment = (x * weights[:, None]).T @ x
-    # a floor along the intensity axis: a faint tint of a near-uniform NF stays achromatic
-    moment[2, 2] += INTENSITY_FLOOR ** 2
-    names = color_name_of(rgb)
-    shares = {n: float(weights[names == i].sum()) for i, n in enumerate(COLOR_NAMES) if (names == i).any()}
-    chromatic = {n: s for n, s in shares.items() if n in CHROMATIC}
-    dominant = max(chromatic, key=chromatic.get) if chromatic else None
-    eigvals, eigvecs = np.linalg.eigh(moment)
-    v = eigvecs[:, -1]
-    chroma_mean = weights @ opp[:, :2]
-    if v[:2] @ chroma_mean < 0:
-        v = -v
-    cos = min(1.0, abs(v[2]) / (np.linalg.norm(v) + EPS))
-    alpha = float(np.degrees(np.arccos(cos)) / 90.0)
-    hue = hue_name = None
-    if np.linalg.norm(v[:2]) > 1e-6:
-        hue = float(np.degrees(np.arctan2(v[1], v[0])) % 360.0)
-        direction = from_opponent(np.array([v[0], v[1], 0.0]) / np.linalg.norm(v[:2]))
-        # the most saturated in-gamut colour of that hue at mid-grey intensity
-        grey = np.full(3, 0.5)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            steps = np.where(direction > 0, (1 - grey) / direction, np.where(direction < 0, -grey / direction, np.inf))
-        point = grey + steps.min() * direction
-        # the name of the chromatic prototype nearest to that point
-        lab = srgb_to_lab(np.clip(point, 0, 1))
-        chrom_idx = [COLOR_NAMES.index(n) for n in CHROMATIC]
-        d = ((_PROTO_LAB[chrom_idx] - lab) ** 2).sum(-1)
-        hue_name = CHROMATIC[int(d.argmin())]
-    return ColorSelectivity(alpha, hue, hue_name, shares, dominant, chromatic.get(dominant))
+    mean, eigvals, eigvecs = weighted_pca(opp, weights)
+    shares_all = weights @ probabilities(rgb) / weights.sum()
+    shares = {n: float(s) for n, s in zip(COLOR_NAMES, shares_all) if s > 0}
+    chromatic = {n: shares.get(n, 0.0) for n in CHROMATIC}
+    dominant = max(chromatic, key=chromatic.get)
+    chroma = float(np.hypot(mean[0], mean[1]))
+    alpha = hue = hue_name = None
+    if eigvals[-1] > FLAT_VARIANCE:
+        v = eigvecs[:, -1]
+        alpha = float(np.degrees(np.arccos(min(1.0, abs(v[2])))) / 90.0)
+        if np.hypot(v[0], v[1]) > 1e-9:
+            # orient v towards the end of the component whose pixels are the more saturated
+            t = (opp - mean) @ v
+            ends = [(weights * np.clip(sign * t, 0, None)) for sign in (1, -1)]
+            sat = [np.hypot(*(e @ opp[:, :2] / max(e.sum(), EPS))) if e.sum() > 0 else 0.0 for e in ends]
+            if sat[1] > sat[0]:
+                v = -v
+            hue = float(np.degrees(np.arctan2(v[1], v[0])) % 360.0)
+            hue_name = hue_name_of(hue)
+    return ColorSelectivity(alpha, hue, hue_name, shares, dominant, chromatic[dominant], chroma)
 
 
 @dataclass
@@ -146,22 +140,30 @@ class ClassSelectivity:
 
 
 def class_selectivity(labels: list[str | None], weights: np.ndarray, threshold: float = 1.0) -> ClassSelectivity:
-    """gamma over the NF's N images: labels of the images and their relative activations w_j."""
-    pairs = [(l, float(w)) for l, w in zip(labels, weights) if l is not None and np.isfinite(w)]
+    """gamma over the neuron's N top images: their labels and relative activations w_j = a_j / a_max.
+
+    Only classes with a positive summed weight have a frequency: an image that does not
+    activate the neuron (w_j <= 0) counts in N but names no class, so M never counts it. With
+    th = 1, M is exactly the number of such classes (no float round-off decides it)."""
+    pairs = [(l, max(float(w), 0.0)) for l, w in zip(labels, weights) if l is not None and np.isfinite(w)]
     n = len(pairs)
-    if n == 0:
-        return ClassSelectivity(None, None, 0, [], 0)
     total = sum(w for _, w in pairs)
+    if n == 0 or total <= 0:
+        return ClassSelectivity(None, None, n, [], 0)
     freq: dict[str, float] = {}
     for label, w in pairs:
-        freq[label] = freq.get(label, 0.0) + w / total
-    ordered = sorted(freq.items(), key=lambda kv: (-kv[1], kv[0]))
-    cumulative, m = 0.0, 0
-    for _, f in ordered:
-        cumulative += f
-        m += 1
-        if cumulative >= threshold - 1e-9:
-            break
+        if w > 0:
+            freq[label] = freq.get(label, 0.0) + w
+    ordered = sorted(((label, w / total) for label, w in freq.items()), key=lambda kv: (-kv[1], kv[0]))
+    if threshold >= 1.0:
+        m = len(ordered)
+    else:
+        cumulative, m = 0.0, 0
+        for _, f in ordered:
+            cumulative += f
+            m += 1
+            if cumulative >= threshold * (1 - 1e-9):
+                break
     gamma = (n - m) / (n - 1) if n > 1 else None
     return ClassSelectivity(gamma, m, n, ordered, m)
 
@@ -173,6 +175,25 @@ def roll_up(frequencies: list[tuple[str, float]], ancestors) -> dict[str, float]
         for a in ancestors(leaf):
             out[a] = out.get(a, 0.0) + f
     return out
+
+
+DEAD_RELATIVE = 1e-6
+
+
+def dead_neurons(act_max: np.ndarray, act_std: np.ndarray) -> np.ndarray:
+    """Neurons of one layer with (near) zero activation range over the dataset: they make no
+    colour or class claims.
+
+    Dead: never above 0 (a_max <= 0), or constant (std of the per-image activation at most
+    1e-6 a_max: e.g. a bias-only output of 8e-14 on every image), or negligible (a_max at most
+    1e-6 of the layer's median a_max over its firing neurons)."""
+    act_max = np.asarray(act_max, dtype=float)
+    act_std = np.asarray(act_std, dtype=float)
+    firing = np.isfinite(act_max) & (act_max > 0)
+    scale = float(np.median(act_max[firing])) if firing.any() else 0.0
+    with np.errstate(invalid="ignore"):
+        alive = firing & (act_std > DEAD_RELATIVE * np.abs(act_max)) & (act_max > DEAD_RELATIVE * scale)
+    return ~alive
 
 
 def csi(class_means: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:

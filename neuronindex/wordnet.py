@@ -54,3 +54,12 @@ def hypernyms(wnid: str) -> list[tuple[str, str]]:
         chain.append((parent, lemma))
         parent = up
     return chain
+
+
+def lemma(wnid: str) -> str | None:
+    """The synset's first lemma (`n01440764` -> `tench`); None without the database or the id."""
+    path = database()
+    if path is None:
+        return None
+    found = _synsets(str(path)).get(wnid)
+    return found[0] if found else None

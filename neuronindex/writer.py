@@ -64,8 +64,10 @@ def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
         classes = dict(execute(con, "SELECT name, id FROM classes WHERE dataset_id = ?", [dataset_id]))
         return dataset_id, int(first or 0), classes
     dataset_id = next_id(con, "datasets")
-    execute(con, "INSERT INTO datasets (id, name, source, kind, fingerprint, n_images, n_problems) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [dataset_id, images.name, images.source, images.kind, fp, len(images.images), len(images.problems)])
+    execute(con, "INSERT INTO datasets (id, name, source, kind, fingerprint, n_images, n_problems, labels, class_list) "
+                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [dataset_id, images.name, images.source, images.kind, fp, len(images.images), len(images.problems),
+             images.labels, images.class_list])
     class_id = {}
     base = next_id(con, "classes")
     names = sorted(set(images.classes) | set(images.leaf_classes))

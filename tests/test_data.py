@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from neuronindex import wordnet
 from neuronindex.data import load_image, open_source, survey
 from neuronindex.errors import DataError
 
@@ -34,8 +35,10 @@ def test_manifest_with_parents_and_wordnet_ids(tmp_path):
     (tmp_path / "m.csv").write_text("path,label,parent\nx.png,n02085620,n02084071\nx.png,n02085620,n02084071\n")
     images = open_source(str(tmp_path / "m.csv"))
     assert len(images.images) == 2
-    assert images.classes["n02085620"].wnid == "n02085620"
-    assert images.ancestors("n02085620")[0] == "n02084071"  # then its WordNet hypernyms, when installed
+    # named by its WordNet lemma when WordNet is installed; the id stays in `wnid`
+    name = "Chihuahua" if wordnet.database() else "n02085620"
+    assert images.classes[name].wnid == "n02085620" and images.images[0].label == name
+    assert images.ancestors(name)[0] == ("dog" if wordnet.database() else "n02084071")
     (tmp_path / "bad.csv").write_text("file,class\nx.png,a\n")
     with pytest.raises(DataError, match="header"):
         open_source(str(tmp_path / "bad.csv"))

@@ -107,3 +107,64 @@ def test_concat_branches_keep_their_own_fields():
         assert _gradient_support(module, "cat", channel, 8, 8, size) == expected
     head = graph.lookup("head")
     assert head.rf_size == 11
+
+
+def _support_of_linear_positive(module, node, channel, y, x, size):
+    """Input-gradient support of one unit in a network made linear and positive (see _positive):
+    a tiny input keeps ReLU6-style clamps out of saturation, so every path carries gradient."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    gm = create_feature_extractor(module, return_nodes={node: "out"})
+    inp = torch.full((1, 3, size, size), 1e-12, requires_grad=True)
+    gm(inp)["out"][0, channel, y, x].backward()
+    g = inp.grad[0].abs().sum(0).numpy()
+    rows, cols = np.nonzero(g.sum(1))[0], np.nonzero(g.sum(0))[0]
+    return (int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1)
+
+
+def test_functional_convolutions_and_pools():
+    """F.conv2d with dilation and groups, F.max_pool2d with dilation: fields by hand and by gradient;
+    an upsampling (F.interpolate) yields no field and says why, and so does what follows it."""
+    loaded = load_model("python:tinymodels:functional", preprocessing=Preprocessing(input_size=(40, 40)))
+    graph = trace(loaded)
+    # conv 3x3 dilation 2, padding 2: size 5, offset -2; depthwise 5x5 stride 2, padding 2: 5 + 4 = 9, -2 - 2 = -4;
+    # max pool 3x3 dilation 2 (span 5), padding 1: 9 + 4 * 2 = 17, -4 - 1 * 2 = -6
+    assert [(l.rf_size, l.rf_stride, l.rf_offset) for l in graph.layers[:5]] == [
+        (5, 1, -2), (5, 1, -2), (9, 2, -4), (17, 2, -6), (17, 2, -6)]
+    # aliases name a convolution's rectified output, as for modules
+    assert [l.name for l in graph.layers if l.alias and l.alias.startswith("conv")] == ["relu", "conv2d_1", "conv2d_2"]
+    for name in ("conv2d", "conv2d_1"):
+        layer = graph.lookup(name)
+        y = x = layer.map_h // 2
+        for channel in range(layer.channels):
+            expected = _clip(layer.field.box(channel, y, x), 40)
+            assert _support_of_linear_positive(loaded.module, name, channel, y, x, 40) == expected
+    for name in ("interpolate", "add"):
+        layer = graph.lookup(name)
+        assert layer.field is None and layer.field_note == "interpolate at node interpolate: its spatial effect is not modelled"
+
+
+@pytest.mark.parametrize("spec, size, aliases", [
+    ("timm:mobilenetv2_100", 96, ["conv5", "conv11", "conv14"]),  # depthwise 3x3, stride 2 and 1
+    ("timm:resnet18?output_stride=8", 224, ["conv11", "conv12"]),  # layer3: dilation 2 instead of stride
+])
+def test_timm_depthwise_and_dilated_fields_equal_gradient_support(spec, size, aliases):
+    loaded = load_model(spec)
+    _positive(loaded.module)
+    # a max pool passes gradient to one position of its window only; an average pool of the same
+    # geometry has the same field and passes it to all
+    for parent in list(loaded.module.modules()):
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.MaxPool2d):
+                setattr(parent, child_name, nn.AvgPool2d(child.kernel_size, child.stride, child.padding))
+    loaded.preprocessing = Preprocessing(input_size=(size, size), geometry="resize", resize=None)
+    graph = trace(loaded)
+    for alias in aliases:
+        layer = graph.lookup(alias)
+        assert layer.field is not None, layer.field_note
+        y = x = layer.map_h // 2
+        for channel in (0, layer.channels - 1):
+            expected = _clip(layer.field.box(channel, y, x), size)
+            assert _support_of_linear_positive(loaded.module, layer.name, channel, y, x, size) == expected, alias
+    if "output_stride" in spec:
+        assert graph.lookup("conv11").rf_stride == 8 and graph.lookup("conv12").rf_size == 147

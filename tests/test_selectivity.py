@@ -13,11 +13,78 @@ def uniform(rgb, size=5):
     return nf, np.ones((size, size), bool), np.full((size, size), 10.0, np.float32)
 
 
-def test_red_patch_is_colour_selective_and_red():
-    c = sel.color_selectivity(*uniform((220, 30, 30)))
-    assert c.alpha >= 0.8
-    assert c.color_name == "red" and c.hue_name == "red"
-    assert c.hue < 60 or c.hue > 330  # red lies near 0 deg (towards +O1, slightly +O2)
+def blob(rgb, background=(128, 128, 128), size=8):
+    """A colour blob in the middle of a background: what a colour-selective NF looks like."""
+    nf, valid, std = uniform(background, size)
+    nf[2:6, 2:6] = rgb
+    return nf, valid, std
+
+
+def angle_to_intensity(a, b) -> float:
+    """alpha of an NF of two colours (RGB 0-255), by hand: the principal component of two
+    clusters is their difference, and the opponent transform is a rotation, so the angle to the
+    intensity axis is the angle between (a - b) and (1, 1, 1) in RGB."""
+    d = np.array(a, float) - np.array(b, float)
+    return float(np.degrees(np.arccos(abs(d.sum()) / (np.linalg.norm(d) * np.sqrt(3)))) / 90)
+
+
+def test_alpha_of_a_two_colour_nf_by_hand():
+    # red on black: (1, 0, 0) against (1, 1, 1) -> arccos(1 / sqrt 3) = 54.7356 deg
+    c = sel.color_selectivity(*blob((255, 0, 0), (0, 0, 0)))
+    assert c.alpha == pytest.approx(54.735610317 / 90, abs=1e-6)
+    for a, b in [((220, 30, 30), (128, 128, 128)), ((20, 40, 220), (90, 80, 60)), ((250, 250, 40), (30, 30, 30))]:
+        assert sel.color_selectivity(*blob(a, b)).alpha == pytest.approx(angle_to_intensity(a, b), abs=1e-6)
+
+
+def test_alpha_centres_on_the_weighted_mean_colour():
+    # a brown tint everywhere and a luminance edge: the tint is the mean, not selectivity
+    nf, valid, std = uniform((140, 100, 60), 6)
+    nf[:, 3:] = (180, 140, 100)
+    c = sel.color_selectivity(nf, valid, std)
+    assert c.alpha == pytest.approx(angle_to_intensity((180, 140, 100), (140, 100, 60)), abs=1e-6)
+    assert c.alpha == pytest.approx(0.0, abs=1e-6)  # the difference (40, 40, 40) is pure intensity
+
+
+def test_the_one_over_std_weights_decide_the_component():
+    """Two achromatic pixels at grey +- 51 (O3 deviation sqrt(3) 0.2 = 0.346) and two chromatic ones at
+    grey +- (51, -51, 0) (O1 deviation sqrt(2) 0.2 = 0.283), all with the mean (0, 0, O3(grey)) by
+    symmetry: the covariance is diagonal, sum w^2 d^2 per axis. Equal std: O3 wins (alpha 0);
+    chromatic pixels twice as consistent (std 10 vs 20): 0.1 * 0.283 > 0.05 * 0.346, O1 wins (alpha 1)."""
+    nf = np.array([[[179, 179, 179], [77, 77, 77]], [[179, 77, 128], [77, 179, 128]]], np.float32)
+    valid = np.ones((2, 2), bool)
+    assert sel.color_selectivity(nf, valid, np.full((2, 2), 10.0, np.float32)).alpha == pytest.approx(0.0, abs=1e-9)
+    std = np.array([[20.0, 20.0], [10.0, 10.0]], np.float32)
+    assert sel.color_selectivity(nf, valid, std).alpha == pytest.approx(1.0, abs=1e-9)
+    # below the floor of 1 grey level the weights no longer grow
+    floor = np.array([[0.5, 0.5], [0.25, 0.25]], np.float32)
+    assert sel.color_selectivity(nf, valid, floor).alpha == pytest.approx(0.0, abs=1e-9)
+
+
+def test_delchambre_weighted_pca_by_formula():
+    rng = np.random.default_rng(3)
+    x, w = rng.random((50, 3)), rng.random(50) + 0.1
+    mean, values, vectors = sel.weighted_pca(x, w)
+    np.testing.assert_allclose(mean, (w[:, None] * x).sum(0) / w.sum())
+    wx = (x - mean) * w[:, None]
+    cov = np.einsum("pi,pj->ij", wx, wx) / np.einsum("p,p->", w, w)  # (W.X)(W.X)^T / (W W^T)
+    np.testing.assert_allclose(vectors @ np.diag(values) @ vectors.T, cov, atol=1e-12)
+
+
+@pytest.mark.parametrize("rgb, hue, name", [((255, 0, 0), 30.0, "red"), ((0, 0, 255), 270.0, "blue"),
+                                             ((0, 255, 0), 150.0, "green")])
+def test_hue_of_a_known_direction(rgb, hue, name):
+    # (1,0,0) - grey = (0.5,-0.5,-0.5): O1 = 1/sqrt2, O2 = 1/sqrt6 -> atan2 = 30 deg; blue: O1 = 0, O2 < 0
+    c = sel.color_selectivity(*blob(rgb, (128, 128, 128)))
+    assert c.hue == pytest.approx(hue, abs=0.5)
+    assert c.hue_name == name == c.color_name
+
+
+def test_flat_nf_has_no_principal_component_but_a_mean_chroma():
+    flat = sel.color_selectivity(*uniform((30, 80, 220)))
+    assert flat.alpha is None and flat.hue is None
+    assert flat.chroma == pytest.approx(np.hypot(*sel.to_opponent(np.array([30, 80, 220]) / 255.0)[:2]), rel=1e-6)
+    assert sel.color_selectivity(*uniform((240, 236, 244))).chroma == pytest.approx(np.hypot(4 / np.sqrt(2), 12 / np.sqrt(6)) / 255)
+    assert flat.color_name == "blue"
 
 
 def test_luminance_edge_is_not_colour_selective():
@@ -25,8 +92,8 @@ def test_luminance_edge_is_not_colour_selective():
     nf[:, 3:] = 230
     nf[:, :3] = 20
     c = sel.color_selectivity(nf, np.ones((6, 6), bool), np.full((6, 6), 5.0, np.float32))
-    assert c.alpha <= 0.2
-    assert c.color_name is None and set(c.shares) <= {"black", "white", "grey"}
+    assert c.alpha == pytest.approx(0.0, abs=1e-9)
+    assert max(c.shares, key=c.shares.get) in ("black", "white", "grey")
 
 
 def test_inconsistent_pixels_weigh_less():
@@ -35,18 +102,61 @@ def test_inconsistent_pixels_weigh_less():
     loud = sel.color_selectivity(nf, valid, std)
     std[0, 0] = 1000.0  # ...that the crops disagree on
     quiet = sel.color_selectivity(nf, valid, std)
-    assert quiet.shares["red"] < loud.shares["red"] / 10
+    from neuronindex.colornames import TERMS, probabilities
+
+    p_red, p_grey = (float(probabilities(np.array(c) / 255)[TERMS.index("red")]) for c in ((250, 0, 0), (128, 128, 128)))
+    for share, w in ((loud.shares["red"], 1 / 10), (quiet.shares["red"], 1 / 1000)):  # w = 1 / std of that pixel
+        assert share == pytest.approx((w * p_red + 35 / 10 * p_grey) / (w + 35 / 10), rel=1e-5)
+    assert quiet.shares["red"] < loud.shares["red"] / 4
+
+
+def test_a_ring_detector_is_named_after_its_ring_not_its_background():
+    # a yellow ring every crop agrees on, inside a green background the crops disagree on
+    nf, valid, std = uniform((40, 160, 60), 12)
+    yy, xx = np.mgrid[:12, :12]
+    ring = np.abs(np.hypot(yy - 5.5, xx - 5.5) - 3.5) < 1.0
+    nf[ring] = (240, 220, 30)
+    std[~ring] = 60.0
+    std[ring] = 4.0
+    c = sel.color_selectivity(nf, valid, std)
+    assert ring.mean() < 0.4 and c.color_name == "yellow"
 
 
 @pytest.mark.parametrize("name, rgb", [
     ("black", (10, 10, 10)), ("white", (250, 250, 250)), ("grey", (128, 128, 128)), ("red", (230, 20, 25)),
     ("orange", (255, 150, 10)), ("yellow", (250, 240, 30)), ("green", (20, 150, 30)), ("blue", (20, 30, 230)),
-    ("purple", (130, 20, 140)), ("pink", (255, 180, 200)), ("brown", (150, 50, 40)),
+    ("purple", (130, 20, 140)), ("pink", (255, 180, 200)), ("brown", (120, 70, 30)),
+    ("blue", (0, 170, 230)), ("blue", (40, 120, 200)),  # the sky blues the keyword prototypes called grey
 ])
 def test_swatches_of_all_eleven_names(name, rgb):
-    assert sel.COLOR_NAMES[int(sel.color_name_of(np.array(rgb) / 255.0))] == name
-    c = sel.color_selectivity(*uniform(rgb))
-    assert c.shares == {name: pytest.approx(1.0)}
+    from neuronindex import colornames
+
+    assert colornames.name(np.array(rgb) / 255.0) == name
+    shares = sel.color_selectivity(*uniform(rgb)).shares
+    assert max(shares, key=shares.get) == name
+    assert sum(shares.values()) == pytest.approx(1.0)
+
+
+def test_colour_naming_model_agrees_with_held_out_survey_names():
+    from neuronindex import colornames
+
+    rgb, term, names = colornames.survey_samples()
+    assert len(term) == 569 and set(term) == set(range(11))
+    assert names[list(term).index(colornames.TERMS.index("blue"))].endswith("blue")
+    assert colornames.validate() >= 0.90
+
+
+@pytest.mark.parametrize("hue", range(0, 360, 15))
+def test_hue_names_agree_with_colour_names(hue):
+    """The most saturated colour of a hue is named alike as a hue and as a colour blob."""
+    t = np.radians(hue)
+    direction = sel.from_opponent(np.array([np.cos(t), np.sin(t), 0.0]))
+    steps = np.where(direction > 0, 0.5 / np.where(direction > 0, direction, 1),
+                     np.where(direction < 0, -0.5 / np.where(direction < 0, direction, 1), np.inf))
+    rgb = np.clip(0.5 + steps.min() * direction, 0, 1) * 255
+    c = sel.color_selectivity(*blob(rgb, (128, 128, 128)))
+    assert c.hue == pytest.approx(hue, abs=1.0) or abs(c.hue - hue) > 359
+    assert c.hue_name == c.color_name
 
 
 def test_opponent_round_trip():
@@ -57,6 +167,28 @@ def test_opponent_round_trip():
 def test_one_class_gives_gamma_one():
     k = sel.class_selectivity(["dog"] * 10, np.linspace(1, 0.7, 10))
     assert k.gamma == 1.0 and k.m == 1 and k.frequencies == [("dog", pytest.approx(1.0))]
+
+
+def test_zero_weight_classes_never_count_toward_m():
+    # 12 images of one class above the threshold, 88 of 28 other classes that do not fire (w = 0)
+    labels = ["tench"] * 12 + [f"c{i % 28}" for i in range(88)]
+    w = np.concatenate([np.linspace(1, 0.7, 12), np.zeros(88)])
+    k = sel.class_selectivity(labels, w, threshold=1.0)
+    assert k.m == 1 and k.n == 100 and k.gamma == 1.0 and [c for c, _ in k.frequencies] == ["tench"]
+
+
+def test_th_one_is_not_decided_by_round_off():
+    # ten weights of 0.1: the summed frequencies fall short of 1 by float round-off
+    assert sum([0.1] * 10) < 1.0
+    k = sel.class_selectivity([f"c{i}" for i in range(10)] + ["c0"] * 90, np.r_[[0.1] * 10, np.zeros(90)])
+    assert k.m == 10 and k.gamma == pytest.approx(90 / 99)
+
+
+def test_dead_neurons_by_hand():
+    act_max = np.array([0.0, 8e-14, 5.0, 2e-9, 3.0, -1.0, np.nan])
+    act_std = np.array([0.0, 0.0, 1.0, 1e-10, 0.5, 0.0, np.nan])
+    # never fires; constant; alive; negligible next to the layer's median a_max (1.5); alive; negative; unseen
+    assert sel.dead_neurons(act_max, act_std).tolist() == [True, True, False, True, False, True, True]
 
 
 def test_n_distinct_classes_give_gamma_zero():
@@ -116,10 +248,12 @@ def index(tmp_path_factory, tiny_loaded):
 
 
 def test_red_channel_end_to_end(index):
-    alpha, name, hue_name, cri, gamma, top = index.execute(
-        "SELECT color_index, color_name, hue_name, color_response, class_index, c.name FROM neurons n "
+    alpha, chroma, name, cri, gamma, top = index.execute(
+        "SELECT color_index, mean_chroma, color_name, color_response, class_index, c.name FROM neurons n "
         "JOIN classes c ON c.id = n.top_class_id WHERE key = 'tiny_cnn/conv1/0'").fetchone()
-    assert alpha >= 0.8 and name == "red" and hue_name == "red"
+    # its 3x3 crops all lie inside red squares: a flat red NF, no principal component (alpha NULL)
+    assert alpha is None and name == "red"
+    assert chroma == pytest.approx(np.hypot(*sel.to_opponent(np.array([220, 30, 30]) / 255)[:2]), rel=0.02)
     assert cri > 0.9  # greyscale images barely drive it
     assert gamma == 1.0 and top == "red"  # its top images are all of the red class
 
@@ -142,6 +276,3 @@ def test_side_tables_and_csi(index):
     assert index.execute("SELECT count(*) FROM neurons WHERE dead AND color_index IS NOT NULL").fetchone()[0] == 0
 
 
-def test_faint_tint_of_a_uniform_nf_is_not_colour_selective():
-    assert sel.color_selectivity(*uniform((240, 236, 244))).alpha < 0.3
-    assert sel.color_selectivity(*uniform((128, 128, 128))).alpha < 0.01

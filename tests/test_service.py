@@ -46,7 +46,7 @@ def test_models_layers_summary(client):
 
 
 def test_search_and_errors(client):
-    rows = client.get("/api/search", params={"q": "red conv1"}).json()["rows"]
+    rows = client.get("/api/search", params={"q": "red conv1 chroma>0.3"}).json()["rows"]
     assert rows[0]["key"] == "tiny_cnn/conv1/0"
     assert_error(client.get("/api/search", params={"q": "red conv7"}), 400, "did you mean")
     assert_error(client.get("/api/search"), 400, "invalid request")
@@ -195,7 +195,7 @@ def test_gallery_in_a_real_browser(index_dir, tmp_path):
             page = browser.new_page(viewport={"width": 1100, "height": 800})
             page.goto(base + "/")
             assert "conv1" in page.inner_text("body")
-            page.fill("header input[name=q]", "red conv1")
+            page.fill("header input[name=q]", "red conv1 chroma>0.3")
             page.press("header input[name=q]", "Enter")
             page.wait_for_selector("a.result")
             page.click("a.result >> nth=0")

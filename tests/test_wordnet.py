@@ -31,8 +31,10 @@ def breeds(tmp_path_factory):
 
 def test_folder_classes_get_wordnet_ancestors(breeds):
     images = open_source(str(breeds))
-    assert images.ancestors(CHIHUAHUA)[:2] == ["toy dog", "dog"]
-    assert "dog" in images.ancestors(BEAGLE) and "dog" not in images.ancestors(TABBY)
+    assert images.leaf_classes == ["Chihuahua", "beagle", "tabby"]  # WordNet lemmas, ids kept in wnid
+    assert images.classes["Chihuahua"].wnid == CHIHUAHUA
+    assert images.ancestors("Chihuahua")[:2] == ["toy dog", "dog"]
+    assert "dog" in images.ancestors("beagle") and "dog" not in images.ancestors("tabby")
     assert images.classes["dog"].wnid == "n02084071"
 
 

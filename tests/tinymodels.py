@@ -112,3 +112,28 @@ class InplaceCNN(nn.Module):
 
 def inplace_cnn():
     return InplaceCNN()
+
+
+class Functional(nn.Module):
+    """Convolutions and pools called as functions: a dilated conv, a grouped (depthwise) conv and a
+    dilated max pool, then an upsampling whose spatial effect neuronindex does not model."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(1)
+        self.w1 = nn.Parameter(torch.rand(4, 3, 3, 3, generator=g) + 0.1)
+        self.w2 = nn.Parameter(torch.rand(4, 1, 5, 5, generator=g) + 0.1)
+        self.w3 = nn.Parameter(torch.rand(2, 4, 1, 1, generator=g) + 0.1)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        x = F.relu(F.conv2d(x, self.w1, padding=2, dilation=2))
+        x = F.conv2d(x, self.w2, stride=2, padding=2, groups=4)
+        x = F.max_pool2d(x, 3, stride=1, padding=1, dilation=2)
+        x = F.conv2d(x, self.w3)
+        return F.interpolate(x, scale_factor=2.0) + 1.0
+
+
+def functional():
+    return Functional()

@@ -5,6 +5,7 @@
     dog layer3                     neurons whose top images are dogs (any breed under `dog`)
     class:ladybug gamma>=0.6       class filter and a comparison on an index
     color:blue alpha>0.5 sort:-alpha limit:20
+    red conv1 chroma>0.3           red by name, selective by mean chroma (flat colour NFs)
     dead layer:conv2
     csi>0.8 model:resnet20
 
@@ -34,15 +35,16 @@ FIELDS = {
     "self": "nf_self_response", "self_response": "nf_self_response", "nf_self_response": "nf_self_response",
     "m": "class_m", "class_m": "class_m", "channel": "channel", "nf_n": "nf_n", "n": "nf_n",
     "share": "top_class_share", "top_class_share": "top_class_share", "color_share": "color_share",
-    "rf": "rf_size", "rf_size": "rf_size", "images": "n_images",
+    "rf": "rf_size", "rf_size": "rf_size", "images": "n_images", "chroma": "mean_chroma", "mean_chroma": "mean_chroma",
 }
+MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
 FILLER = {"neuron", "neurons", "unit", "units", "selective", "in", "with", "the", "of", "a", "an", "and", "for",
           "layer", "that", "are", "is", "to", "on", "show", "find", "me", "all"}
 CLASS_SHARE = 0.5  # an ancestor class counts when its rolled-up share reaches this
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 100_000
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
-OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "color_name", "hue_name", "class_index",
+OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
           "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
 
 # neuron_view materialised (store.refresh_search): one table, so DuckDB fetches whole rows for
@@ -68,9 +70,16 @@ class Vocabulary:
             for word in (name, alias, node):
                 if word:
                     vocab.layers[word.lower()] = word
-        for class_id, name in con.execute("SELECT id, name FROM classes").fetchall():
+        for class_id, name, wnid in con.execute("SELECT id, name, wnid FROM classes").fetchall():
             vocab.classes[name.lower()] = name
             vocab.class_ids.setdefault(name, []).append(class_id)
+            # a WordNet id names its class too; `crane` names both `crane (n02012849)` and `crane (n03126707)`
+            words = [wnid] if wnid and wnid != name else []
+            if wnid and name.endswith(f" ({wnid})"):
+                words.append(name[: -len(f" ({wnid})")])
+            for word in words:
+                vocab.classes.setdefault(word.lower(), word)
+                vocab.class_ids.setdefault(word, []).append(class_id)
         vocab.models = {n.lower(): n for (n,) in con.execute("SELECT name FROM models").fetchall()}
         return vocab
 
@@ -96,9 +105,23 @@ def parse(text: str, vocab: Vocabulary) -> Query:
     except ValueError as exc:
         raise QueryError(f"cannot read the query ({exc}); close the quotes") from None
     q = Query()
-    for raw in tokens:
+    i = 0
+    while i < len(tokens):
+        raw = tokens[i]
         token = raw.strip().strip(",;").lower()
+        i += 1
         if not token:
+            continue
+        # a class named by several words (`golden retriever`, `great white shark`), longest first
+        for n in range(min(MAX_CLASS_WORDS, len(tokens) - i + 1), 1, -1):
+            phrase = " ".join(t.strip().strip(",;").lower() for t in tokens[i - 1:i - 1 + n])
+            if phrase in vocab.classes:
+                q.classes.append(vocab.classes[phrase])
+                i += n - 1
+                break
+        else:
+            n = 0
+        if n > 1:
             continue
         if ":" in token and not COMPARISON.match(token):
             key, _, value = token.partition(":")
@@ -196,13 +219,18 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     achromatic = [c for c in q.colors if c in ACHROMATIC]
     if q.colors:
         options = []
+        # a colour word means colour selective (alpha >= 0.4) and so named; with an explicit
+        # `chroma` comparison the user chose the flat-colour measure instead, so only the name counts
+        by_chroma = any(name == "mean_chroma" for name, _, _ in q.comparisons)
         if chromatic:
-            options.append(and_(view.c.color_name.in_(chromatic), view.c.color_index >= COLOR_THRESHOLD))
+            selective = true() if by_chroma else view.c.color_index >= COLOR_THRESHOLD
+            options.append(and_(view.c.color_name.in_(chromatic), selective))
         if achromatic:
             shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= 0.5)
             options.append(view.c.id.in_(shares))
         conditions.append(or_(*options))
-        rank_by.append((view.c.color_index if chromatic else view.c.color_share, True))
+        rank_by.append((view.c.mean_chroma if by_chroma else view.c.color_index if chromatic else view.c.color_share,
+                        True))
     if q.classes:
         ids = [i for name in q.classes for i in vocab.class_ids.get(name, [])]
         matched = (select(nclasses.c.neuron_id, func.max(nclasses.c.share).label("class_share"))
