@@ -119,11 +119,14 @@ def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> Col
         v = eigvecs[:, -1]
         alpha = float(np.degrees(np.arccos(min(1.0, abs(v[2])))) / 90.0)
         if np.hypot(v[0], v[1]) > 1e-9:
-            # orient v towards the end of the component whose pixels are the more saturated
+            # v's sign is arbitrary: orient it towards the end of the component that carries the NF's
+            # colour name (an opponent red/cyan NF named red points at red), else the more saturated end
             t = (opp - mean) @ v
-            ends = [(weights * np.clip(sign * t, 0, None)) for sign in (1, -1)]
-            sat = [np.hypot(*(e @ opp[:, :2] / max(e.sum(), EPS))) if e.sum() > 0 else 0.0 for e in ends]
-            if sat[1] > sat[0]:
+            ends = [weights * np.clip(sign * t, 0, None) for sign in (1, -1)]
+            colours = [e @ rgb / e.sum() if e.sum() > 0 else None for e in ends]
+            named = [float(probabilities(c)[COLOR_NAMES.index(dominant)]) if c is not None else 0.0 for c in colours]
+            sat = [np.hypot(*to_opponent(c)[:2]) if c is not None else 0.0 for c in colours]
+            if (named[1], sat[1]) > (named[0], sat[0]):
                 v = -v
             hue = float(np.degrees(np.arctan2(v[1], v[0])) % 360.0)
             hue_name = hue_name_of(hue)

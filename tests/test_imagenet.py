@@ -1,0 +1,116 @@
+"""Seed 004 on a real ImageNet network: SqueezeNet 1.0 over 500 real ImageNet photos.
+
+Skipped without ../shared/data (a fresh clone); run in CI, where it is present. One ingest of all
+nine layers (features.1 and the eight Fire outputs) serves every test here.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+import neuronindex
+from conftest import shared
+from neuronindex import wordnet
+
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
+
+LAYERS = ["features.1", "features.3", "features.4", "features.5", "features.7", "features.8", "features.9",
+          "features.10", "features.12"]
+# opponent hue bands (red is 30 deg, yellow 90, green 150, cyan 210, blue 270) wide enough for each term
+HUES = {"red": [(315, 360), (0, 60)], "green": [(75, 210)], "blue": [(180, 300)]}
+
+
+@pytest.fixture(scope="module")
+def index(tmp_path_factory):
+    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.models import Preprocessing
+
+    weights = shared("imagenet-squeezenet", "squeezenet1_0-deepcompression.pth")
+    images = shared("imagenet-sample")
+    path = tmp_path_factory.mktemp("imagenet") / "index"
+    caffe = Preprocessing(input_size=(227, 227), geometry="resize-crop", resize=256, mean=(104, 117, 123),
+                          std=(1, 1, 1), channel_order="bgr", pixel_scale=255)
+    ingest("torchvision:squeezenet1_0", str(images), ",".join(LAYERS), path, weights=str(weights), name="squeezenet",
+           preprocessing=caffe, params=IngestParams(batch_size=32, workers=2), progress=False)
+    with neuronindex.open(path) as idx:
+        yield idx
+
+
+def test_colour_selectivity_falls_with_depth(index):
+    """Seed 004, Fig. 8: the share of colour-selective neurons (alpha >= 0.4) falls with depth."""
+    rows = index.sql("SELECT layer, avg((color_index >= 0.4)::INT) AS share, count(*) AS n FROM neuron_view "
+                     "WHERE NOT dead GROUP BY layer ORDER BY min(id)").rows()
+    assert [r["layer"] for r in rows] == LAYERS
+    share = [r["share"] for r in rows]
+    print("\ncolour-selective share per layer:", [round(s, 3) for s in share])
+    assert share[0] >= 0.15
+    assert all(s <= 0.03 for s in share[-3:])
+    depth_rank = np.argsort(np.argsort(-np.array(share)))  # 0 = largest share
+    assert np.corrcoef(depth_rank, np.arange(len(share)))[0, 1] >= 0.8  # Spearman: falls overall
+    assert share[0] > max(share[3:])
+
+
+def test_stored_alpha_is_eq_2_of_the_stored_nf(index):
+    """Recompute alpha from each stored NF image and its per-pixel std, written out from the
+    formulas (opponent space, Delchambre's weighted covariance, angle to the intensity axis)."""
+    from PIL import Image
+
+    rows = index.sql("SELECT n.layer, n.color_index, f.nf_png, f.std, f.height, f.width FROM neuron_view n "
+                     "JOIN neuron_features f ON f.neuron_id = n.id WHERE n.color_index IS NOT NULL "
+                     "AND n.id % 7 = 0").rows()
+    diffs: dict[str, list[float]] = {}
+    for r in rows:
+        rgb = np.asarray(Image.open(io.BytesIO(r["nf_png"])).convert("RGB"), dtype=float).reshape(-1, 3) / 255
+        std = np.array(r["std"], dtype=float)
+        ok = np.isfinite(std)
+        x = rgb[ok] @ np.array([[1, 1, 1], [-1, 1, 1], [0, -2, 1]]).T / np.array([np.sqrt(2), np.sqrt(6), np.sqrt(3)])
+        w = 1 / np.maximum(std[ok], 1.0)
+        mu = (w[:, None] * x).sum(0) / w.sum()
+        c = ((w[:, None] * (x - mu)).T @ (w[:, None] * (x - mu))) / (w ** 2).sum()
+        v = np.linalg.eigh(c)[1][:, -1]
+        alpha = np.degrees(np.arccos(abs(v[2]) / np.linalg.norm(v))) / 90
+        diffs.setdefault(r["layer"], []).append(abs(alpha - r["color_index"]))
+    assert set(diffs) == set(LAYERS)
+    for layer, d in diffs.items():
+        # the stored NF is 8-bit; alpha comes from the float NF
+        assert np.mean(d) < 0.02, layer
+
+
+def test_named_colours_of_the_first_layer_have_their_hue(index):
+    for colour, ranges in HUES.items():
+        rows = index.search(f"{colour} features.1").rows()
+        assert rows, colour
+        hues = [r["hue"] for r in index.sql(f"SELECT hue FROM neuron_view WHERE id IN ({','.join(str(r['id']) for r in rows)})")]
+        assert all(any(lo <= h < hi for lo, hi in ranges) for h in hues), (colour, hues)
+        assert all(r["color_name"] == colour and r["color_index"] >= 0.4 for r in rows)
+    assert index.search("blue").rows()
+
+
+def test_receptive_fields_per_fire_half(index):
+    rows = index.sql("SELECT l.name, min(greatest(n.rf_h, n.rf_w)) AS lo, max(greatest(n.rf_h, n.rf_w)) AS hi "
+                     "FROM neurons n JOIN layers l ON l.id = n.layer_id GROUP BY l.name, l.position ORDER BY l.position").rows()
+    fields = {r["name"]: (r["lo"], r["hi"]) for r in rows}
+    assert fields["features.1"] == (7, 7)
+    assert fields["features.3"] == (11, 19)  # expand 1x1 vs expand 3x3 (seed 004's Fire fields)
+    assert fields["features.12"] == (123, 155)
+
+
+def test_labels_from_file_names_and_class_names(index):
+    dataset = index.sql("SELECT labels, kind, n_images FROM datasets").rows()
+    assert dataset == [{"labels": "imagenet", "kind": "flat", "n_images": 500}]
+    tench = index.sql("SELECT name, wnid, is_leaf FROM classes WHERE wnid = 'n01440764'").rows()
+    assert tench == [{"name": "tench", "wnid": "n01440764", "is_leaf": True}]
+    tops = [r["top_class"] for r in index.sql("SELECT top_class FROM neuron_view WHERE top_class IS NOT NULL")]
+    assert tops and not any(t.startswith("n0") and t[1:].isdigit() for t in tops)
+    for query in ("Labrador retriever", 'class:"Labrador retriever"', "n02099712", "tench features.12"):
+        index.search(query)  # every form of a class name is understood
+    if wordnet.database() is not None:
+        assert index.search("dog features.12").rows()
+
+
+def test_dead_neurons_make_no_claims(index):
+    claims = index.sql("SELECT count(*) AS n FROM neurons WHERE dead AND (color_index IS NOT NULL OR color_name IS "
+                       "NOT NULL OR class_index IS NOT NULL OR top_class_id IS NOT NULL OR csi IS NOT NULL)").rows()
+    assert claims == [{"n": 0}]
