@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import cli, emit, load_model_from_options, model_options, output_options
+from .main import cli, emit, load_model_from_options, model_options, output_options, setting_option
 
 
 @cli.command()
@@ -97,16 +97,16 @@ def _shard(value):
 @label_options
 @click.option("--layers", "layer_spec", required=True, help="Comma-separated layer names or aliases, or all-conv.")
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
-@click.option("--top-k", default=100, show_default=True, help="Top images kept per neuron.")
-@click.option("--batch-size", default=64, show_default=True)
+@setting_option("--top-k")
+@setting_option("--batch-size")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes decoding images.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
-@click.option("--probe-size", default=2048, show_default=True, help="Images in the stored probe sample.")
-@click.option("--nf-max", default=100, show_default=True, help="Most crops averaged into a Neuron Feature.")
-@click.option("--nf-threshold", default=0.7, show_default=True, help="Least relative activation of an NF crop.")
-@click.option("--class-threshold", default=1.0, show_default=True, help="th of the class selectivity index.")
+@setting_option("--probe-size")
+@setting_option("--nf-max")
+@setting_option("--nf-threshold")
+@setting_option("--class-threshold")
 @click.option("--resume", is_flag=True, help="Continue an interrupted ingest from its last checkpoint.")
 @click.option("--checkpoint-every", default=120.0, show_default=True, help="Seconds between pass-1 checkpoints.")
 @click.option("--shard", default=None, help="I/N: ingest every N-th image from I (with --state-out).")
@@ -120,6 +120,9 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
     from neuronindex.ingest import IngestParams, ingest as run
 
     loaded = load_model_from_options(model_spec, name=name, **model_kw)
+    if loaded.random_weights:
+        click.echo(f"warning: no --weights: {model_spec} is randomly initialised (seed 0), so the index describes an "
+                   "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
                           nf_max=nf_max, nf_threshold=nf_threshold, class_threshold=class_threshold, device=device,
                           workers=workers, amp=amp)
@@ -220,8 +223,8 @@ def _open(index_dir):
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("query")
 @output_options(("table", "csv", "json", "jsonl", "parquet"))
-@click.option("--time-limit", default=5.0, show_default=True, help="Seconds before the query is interrupted.")
-@click.option("--max-rows", default=10_000, show_default=True, help="Row cap; the output says when it cut.")
+@setting_option("--time-limit", "sql_time_limit")
+@setting_option("--max-rows", "sql_max_rows")
 def sql_command(index_dir, query, fmt, output, time_limit, max_rows):
     """Run one read-only SQL query (SELECT / WITH / DESCRIBE / EXPLAIN) on the index."""
     with _open(index_dir) as idx:
@@ -282,7 +285,7 @@ def export(index_dir, query, fmt, output):
     """Export the ranked result of a search (html: a standalone contact sheet of NFs and crops)."""
     with _open(index_dir) as idx:
         n = idx.export(query, fmt, output)
-    click.echo(f"wrote {n} neurons to {output}")
+    click.echo(f"wrote {n} neurons to {'standard output' if str(output) == '-' else output}", err=str(output) == "-")
 
 
 @cli.command()
@@ -428,3 +431,12 @@ def report(index_dir, model, output, png_dir):
     with _open(index_dir) as idx:
         written = render(idx, output, model, png_dir)
     click.echo(f"wrote {output}" + (f" and {len(written)} figures to {png_dir}" if png_dir else ""))
+
+
+@cli.command()
+@output_options(("table", "csv", "json", "jsonl"))
+def settings(fmt, output):
+    """Every threshold and default neuronindex uses, with what it means."""
+    from neuronindex.settings import rows
+
+    emit(rows(), fmt, output)

@@ -59,6 +59,14 @@ def emit(rows, fmt: str, output: Path | None = None, columns=None) -> None:
         click.echo(data, nl=False)
 
 
+def setting_option(flag: str, name: str | None = None, **kw):
+    """A click option whose default and help come from the settings table."""
+    from neuronindex.settings import BY_NAME
+
+    s = BY_NAME[name or flag.lstrip("-").replace("-", "_")]
+    return click.option(flag, default=s.default, show_default=True, help=s.help, type=type(s.default), **kw)
+
+
 def model_options(f):
     @click.option("--weights", default=None, help="Weights name (torchvision) or checkpoint file.")
     @click.option("--input-size", nargs=2, type=int, default=None, metavar="H W", help="Model input size.")

@@ -14,9 +14,8 @@ from pathlib import Path
 from . import store
 from .errors import NotFoundError, did_you_mean
 
-NEURON_COLUMNS = """n.id, n.key, m.name AS model, l.name AS layer, l.alias AS alias, n.channel,
-    n.act_max, n.act_mean, n.act_std, n.sparsity, n.dead, n.auc, n.nf_n, n.nf_self_response,
-    n.rf_h, n.rf_w, n.n_images"""
+# a neuron's row: every column of neuron_view (statistics and every selectivity index) and its field
+NEURON_COLUMNS = "v.*, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0"
 
 
 class Result:
@@ -93,7 +92,7 @@ class Neuron:
         return f"<Neuron {self.key}>"
 
     def topk(self) -> Result:
-        return self.index._query(
+        return self.index.query(
             "SELECT t.rank, t.activation, t.norm_activation, t.in_nf, i.path AS image, c.name AS class, t.y, t.x, "
             "t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i ON i.id = t.image_id "
             "LEFT JOIN classes c ON c.id = i.class_id WHERE t.neuron_id = ? ORDER BY t.rank", [self.id])
@@ -192,27 +191,28 @@ class Index:
     def __exit__(self, *exc):
         self.close()
 
-    def _query(self, sql: str, params=None) -> Result:
+    def query(self, sql: str, params=None) -> Result:
+        """The library's own queries: no guard, no row cap, no time limit. User SQL goes through `sql`."""
         cur = self.con.execute(sql, params or [])
         columns = [d[0] for d in cur.description]
         rows = [dict(zip(columns, r)) for r in cur.fetchall()]
         return Result(rows, columns)
 
     def models(self) -> Result:
-        return self._query("SELECT m.id, m.name, m.spec, m.weights, m.num_parameters, d.source AS images, "
+        return self.query("SELECT m.id, m.name, m.spec, m.weights, m.num_parameters, d.source AS images, "
                            "d.n_images, i.status, i.finished_at FROM models m LEFT JOIN ingests i ON i.model_id = m.id "
                            "LEFT JOIN datasets d ON d.id = i.dataset_id ORDER BY m.id")
 
     def layers(self, model: str | None = None) -> Result:
-        sql = ("SELECT l.id, m.name AS model, l.name, l.node, l.alias, l.kind, l.channels, l.map_h, l.map_w, "
+        sql = ("SELECT l.id, m.name AS model, l.name, l.node, l.alias, l.aliases, l.kind, l.channels, l.map_h, l.map_w, "
                "l.rf_size, l.rf_stride, l.rf_offset, l.sparsity FROM layers l JOIN models m ON m.id = l.model_id")
         if model:
-            return self._query(sql + " WHERE m.name = ? ORDER BY l.model_id, l.position", [model])
-        return self._query(sql + " ORDER BY l.model_id, l.position")
+            return self.query(sql + " WHERE m.name = ? ORDER BY l.model_id, l.position", [model])
+        return self.query(sql + " ORDER BY l.model_id, l.position")
 
     def neuron(self, key: str) -> Neuron:
-        rows = self._query(f"SELECT {NEURON_COLUMNS} FROM neurons n JOIN layers l ON l.id = n.layer_id "
-                           "JOIN models m ON m.id = n.model_id WHERE n.key = ?", [key]).rows()
+        rows = self.query(f"SELECT {NEURON_COLUMNS} FROM neuron_view v JOIN neurons n ON n.id = v.id WHERE v.key = ?",
+                           [key]).rows()
         if not rows:
             raise NotFoundError(f"no neuron {key!r} in this index{self._suggest_key(key)}; keys are model/layer/channel")
         return Neuron(self, rows[0])
@@ -225,6 +225,24 @@ class Index:
             keys = [r[0] for r in self.con.execute("SELECT DISTINCT m.name || '/' || l.name || '/0' FROM layers l "
                                                    "JOIN models m ON m.id = l.model_id").fetchall()]
         return did_you_mean(key, keys)
+
+    def summary(self, model: str | None = None) -> Result:
+        """Per model and layer: neurons, dead, weak, mean alpha, share colour selective (alpha >=
+        color_threshold, of the neurons with an alpha), mean gamma, share class selective (gamma >=
+        class_selective), mean M, mean CSI, sparsity, mean AUC. The one summary the CLI, the
+        report, the gallery and the demo show."""
+        from .settings import default
+
+        where = "WHERE v.model = ?" if model else ""
+        return self.query(
+            "SELECT v.model, v.layer, any_value(l.alias) AS alias, count(*) AS neurons, sum(v.dead::INT) AS dead, "
+            "sum(v.weak::INT) AS weak, avg(v.color_index) AS mean_alpha, "
+            "avg((v.color_index >= ?)::INT) AS colour_selective, avg(v.class_index) AS mean_gamma, "
+            "avg((v.class_index >= ?)::INT) AS class_selective, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
+            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc FROM neuron_view v JOIN models m "
+            "ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
+            f"{where} GROUP BY v.model, v.layer, m.id, l.position ORDER BY m.id, l.position",
+            [default("color_threshold"), default("class_selective"), *([model] if model else [])])
 
     # ------------------------------------------------------------------ queries
     def sql(self, query: str, params=None, time_limit: float | None = None, max_rows: int | None = None) -> Result:
@@ -314,6 +332,10 @@ class Index:
             x0, y0, x1, y1 = (float(v) for v in box)
             if not (x1 > x0 and y1 > y0):
                 raise UsageError("the box needs x0 < x1 and y0 < y1")
+            iw, ih = pil.size
+            if x1 <= 0 or y1 <= 0 or x0 >= iw or y0 >= ih:
+                raise UsageError(f"the box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {iw}x{ih} image; "
+                                 "give x0,y0,x1,y1 in the image's pixels")
             x0, y0, x1, y1 = pre.map_box((x0, y0, x1, y1), pil.size)
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         else:
@@ -354,7 +376,7 @@ class Index:
             raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
         rows = self.layers(model).rows()
         if layer not in (None, "all"):
-            chosen = [r for r in rows if layer in (r["name"], r["alias"], r["node"])]
+            chosen = [r for r in rows if layer in (r["name"], r["node"], *(r["aliases"] or "").split(","))]
             if not chosen:
                 raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
             rows = chosen

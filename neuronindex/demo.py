@@ -174,11 +174,8 @@ def tour(index: Path, test_root: Path, out: Path) -> dict:
     import neuronindex
 
     with neuronindex.open(index) as idx:
-        summary = idx.sql(
-            "SELECT layer, count(*) AS neurons, sum(dead::INT) AS dead, round(avg(color_index), 3) AS mean_alpha, "
-            "round(avg((color_index >= 0.4)::INT), 3) AS colour_selective, round(avg(class_index), 4) AS mean_gamma, "
-            "round(avg(class_m), 2) AS mean_m, round(avg(csi), 3) AS mean_csi, round(avg(v.sparsity), 3) AS sparsity "
-            "FROM neuron_view v JOIN layers l ON l.name = v.layer GROUP BY layer, l.position ORDER BY l.position").rows()
+        shown = ("layer", "neurons", "dead", "mean_alpha", "colour_selective", "mean_gamma", "mean_m", "mean_csi", "sparsity")
+        summary = [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in shown} for r in idx.summary().rows()]
         first, last = summary[0]["layer"], summary[-1]["layer"]
         red = idx.search(f"red {first} limit:5").rows()
         selective = idx.search(f"layer:{last} gamma>=0.9 sort:-csi limit:5").rows()

@@ -23,19 +23,20 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IngestError, UsageError
+from .settings import default
 
 
 @dataclass
 class IngestParams:
-    top_k: int = 100
-    batch_size: int = 64
-    probe_size: int = 2048
-    curve_len: int = 400
+    top_k: int = default("top_k")
+    batch_size: int = default("batch_size")
+    probe_size: int = default("probe_size")
+    curve_len: int = default("curve_len")
     limit: int | None = None
     shard: tuple[int, int] | None = None
-    nf_max: int = 100
-    nf_threshold: float = 0.7
-    class_threshold: float = 1.0
+    nf_max: int = default("nf_max")
+    nf_threshold: float = default("nf_threshold")
+    class_threshold: float = default("class_threshold")
     device: str = "cpu"
     workers: int = 0
     amp: bool = False
@@ -298,11 +299,12 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
 
     from .stats import split
 
-    from .selectivity import dead_neurons
+    from .selectivity import dead_neurons, weak_neurons
 
     results = split(stats[0].result(), [s.layer.channels for s in run.selections])
     for res in results:
         res["dead"] = dead_neurons(res["act_max"], res["act_std"])
+        res["weak"] = weak_neurons(res["act_max"])
     extra: dict = {}
     if derive:
         from . import derive as derive_mod

@@ -3,8 +3,8 @@
 Tracing uses torchvision's feature extraction (torch.fx): every graph node whose output is a
 4-D tensor is a selectable layer, named as torchvision names it (`layer1.0.conv1`,
 `layer1.0.add`, ...); a container module name (`layer1`, `features`) selects the last node
-inside it. Aliases follow the papers: `conv1 .. convN` for convolutions in forward order, or
-VGG-style `conv4_3` / `pool4` for plain chains of convolutions and pools. An alias names the
+inside it. Aliases follow the papers: `conv1 .. convN` for convolutions in forward order, and for
+plain chains of convolutions and pools also VGG-style `conv4_3` / `pool4` (shown as the alias). An alias names the
 convolution's *rectified* output: the conv, through BatchNorm and a residual addition when they
 follow directly, up to and including the first ReLU (Caffe-style `conv1_1` blobs are rectified
 in place too). TorchScript models cannot be traced by torch.fx and take no hooks: their layers are the
@@ -39,6 +39,11 @@ class Layer:
     alias: str | None = None
     modules: list[str] = field(default_factory=list)  # container modules ending at this node
     field_note: str | None = None  # why there is no receptive field (the operation that stopped it)
+    extra_aliases: list[str] = field(default_factory=list)  # conv1..convN beside VGG-style conv4_3
+
+    @property
+    def aliases(self) -> list[str]:
+        return ([self.alias] if self.alias else []) + self.extra_aliases
 
     @property
     def rf_size(self):
@@ -57,7 +62,7 @@ class Layer:
             "name": self.name, "alias": self.alias, "kind": self.kind, "position": self.position,
             "channels": self.channels, "map_h": self.map_h, "map_w": self.map_w,
             "rf_size": self.rf_size, "rf_stride": self.rf_stride, "rf_offset": self.rf_offset,
-            "modules": ",".join(self.modules), "rf_note": self.field_note,
+            "modules": ",".join(self.modules), "aliases": ",".join(self.aliases), "rf_note": self.field_note,
         }
 
 
@@ -75,13 +80,15 @@ class ModelGraph:
         self.traced = traced
         self.by_name = {l.name: l for l in layers}
         self.by_alias = {l.alias: l for l in layers if l.alias}
+        # conv1..convN of plain chains: after node and module names, which they must not shadow
+        self.by_extra = {a: l for l in layers for a in l.extra_aliases}
         self.by_module = {m: l for l in layers for m in l.modules}
 
     def names(self) -> list[str]:
-        return list(self.by_alias) + list(self.by_module) + list(self.by_name)
+        return list(self.by_alias) + list(self.by_extra) + list(self.by_module) + list(self.by_name)
 
     def lookup(self, name: str) -> Layer:
-        for table in (self.by_alias, self.by_name, self.by_module):
+        for table in (self.by_alias, self.by_name, self.by_module, self.by_extra):
             if name in table:
                 return table[name]
         raise LayerError(f"unknown layer {name!r}{did_you_mean(name, self.names())}; "
@@ -221,6 +228,8 @@ def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
             layer = by_qual[qual[target.name]]
             if layer.alias is None:
                 layer.alias = alias
+                if chain:  # conv1..convN in forward order work on every model
+                    layer.extra_aliases.append(f"conv{count}")
         elif kind in pools:
             pool_count += 1
             layer = by_qual[qual[node.name]]

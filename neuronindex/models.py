@@ -135,6 +135,11 @@ class LoadedModel:
     def fingerprint(self) -> str:
         return state_fingerprint(self.module)
 
+    @property
+    def random_weights(self) -> bool:
+        """Built without trained weights (a torchvision, timm or CIFAR spec without --weights)."""
+        return str(self.provenance.get("weights", "")).startswith("random")
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters())
 
@@ -293,7 +298,8 @@ def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
         load_checkpoint(module, weights)
     pre = Preprocessing(input_size=(32, 32), geometry="resize", resize=None)
     return LoadedModel(module, pre, spec, weights, f"resnet{depth}", CIFAR10_CLASSES,
-                       {"architecture": "He et al. 2016 CIFAR ResNet, option-A shortcuts"})
+                       {"architecture": "He et al. 2016 CIFAR ResNet, option-A shortcuts",
+                        "weights": weights or "random (seed 0)"})
 
 
 def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .selectivity import COLOR_THRESHOLD
+
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
 GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
 
@@ -37,23 +39,13 @@ def _models(idx, model):
 
 
 def summary(idx, model: str | None = None) -> list[dict]:
-    """Per layer: neurons, dead, mean alpha, share alpha >= 0.4, mean gamma, share gamma >= 0.6,
-    mean CSI, sparsity, mean AUC."""
-    rows = []
-    for m in _models(idx, model):
-        rows += idx.sql(
-            "SELECT v.model, v.layer, count(*) AS neurons, sum(v.dead::INT) AS dead, avg(v.color_index) AS mean_alpha, "
-            "avg((v.color_index >= 0.4)::INT) AS share_alpha_04, avg(v.class_index) AS mean_gamma, "
-            "avg((v.class_index >= 0.6)::INT) AS share_gamma_06, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
-            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc FROM neuron_view v JOIN layers l "
-            "ON l.name = v.layer AND l.model_id = (SELECT id FROM models WHERE name = v.model) WHERE v.model = ? "
-            "GROUP BY v.model, v.layer, l.position ORDER BY l.position", [m]).rows()
-    return rows
+    """Per layer (see Index.summary)."""
+    return [r for m in _models(idx, model) for r in idx.summary(m).rows()]
 
 
 def figure_curves(idx, model: str) -> dict:
     """Fig. 1: per layer, curves of the max / min / quartile-AUC neurons, AUC in % of the network max."""
-    rows = idx.sql("SELECT v.layer, v.key, v.auc, c.curve FROM neuron_view v JOIN curves c ON c.neuron_id = v.id "
+    rows = idx.query("SELECT v.layer, v.key, v.auc, c.curve FROM neuron_view v JOIN curves c ON c.neuron_id = v.id "
                    "WHERE v.model = ? AND NOT v.dead ORDER BY v.id", [model]).rows()
     top = max((r["auc"] for r in rows), default=0) or 1.0
     out = {}
@@ -75,7 +67,7 @@ def _bins(values, edges) -> list[float]:
 
 def figure_selectivity_bins(idx, model: str) -> dict:
     """Figs. 8-9: per layer, the share of neurons in each colour-index and class-index bin."""
-    rows = idx.sql("SELECT layer, color_index, class_index FROM neuron_view WHERE model = ? AND NOT dead ORDER BY id",
+    rows = idx.query("SELECT layer, color_index, class_index FROM neuron_view WHERE model = ? AND NOT dead ORDER BY id",
                    [model]).rows()
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     return {"layers": layers, "alpha_edges": ALPHA_BINS, "gamma_edges": GAMMA_BINS,
@@ -86,14 +78,14 @@ def figure_selectivity_bins(idx, model: str) -> dict:
 def figure_hue(idx, model: str) -> list[dict]:
     """Fig. 7: colour-selective neurons with their hue angle and ring (layer order)."""
     layers = [l["name"] for l in idx.layers(model).rows()]
-    rows = idx.sql("SELECT key, layer, hue, color_index FROM neuron_view WHERE model = ? AND color_index >= 0.4 "
-                   "AND hue IS NOT NULL ORDER BY id", [model]).rows()
+    rows = idx.query("SELECT key, layer, hue, color_index FROM neuron_view WHERE model = ? AND color_index >= ? "
+                   "AND hue IS NOT NULL ORDER BY id", [model, COLOR_THRESHOLD]).rows()
     return [{**r, "ring": layers.index(r["layer"]) + 1} for r in rows]
 
 
 def figure_per_layer(idx, model: str, column: str) -> dict:
     """Values of one per-neuron column, per layer (fig. 4: nf_self_response; fig. 6: sparsity)."""
-    rows = idx.sql(f"SELECT layer, {column} AS value FROM neuron_view WHERE model = ? AND NOT dead "
+    rows = idx.query(f"SELECT layer, {column} AS value FROM neuron_view WHERE model = ? AND NOT dead "
                    f"AND {column} IS NOT NULL ORDER BY id", [model]).rows()
     out: dict[str, list[float]] = {}
     for r in rows:
@@ -103,7 +95,7 @@ def figure_per_layer(idx, model: str, column: str) -> dict:
 
 def figure_variance(idx, model: str) -> dict:
     """Seed 001: per layer, neurons' activation variance on the probe sample, ranked, as a share of the total."""
-    rows = idx.sql("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id "
+    rows = idx.query("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id "
                    "WHERE v.model = ? ORDER BY v.id", [model]).rows()
     out = {}
     for layer in dict.fromkeys(r["layer"] for r in rows):
@@ -114,18 +106,18 @@ def figure_variance(idx, model: str) -> dict:
 
 def galleries(idx, model: str, n: int = 12) -> dict:
     first = idx.layers(model).rows()[0]["name"]
-    by_alpha = idx.sql("SELECT key, color_index FROM neuron_view WHERE model = ? AND layer = ? AND NOT dead "
+    by_alpha = idx.query("SELECT key, color_index FROM neuron_view WHERE model = ? AND layer = ? AND NOT dead "
                        "AND color_index IS NOT NULL ORDER BY color_index DESC, id", [model, first]).rows()
-    gamma = idx.sql("SELECT key, class_index, class_m FROM neuron_view WHERE model = ? AND class_index IS NOT NULL "
+    gamma = idx.query("SELECT key, class_index, class_m FROM neuron_view WHERE model = ? AND class_index IS NOT NULL "
                     "AND NOT dead ORDER BY class_index, class_m DESC, id", [model]).rows()
     picks = [gamma[int(i)] for i in np.linspace(0, len(gamma) - 1, min(n, len(gamma)))] if gamma else []
     for p in picks:
-        tags = idx.sql("SELECT c.name, nc.share, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
+        tags = idx.query("SELECT c.name, nc.share, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
                        "JOIN neurons n ON n.id = nc.neuron_id WHERE n.key = ? ORDER BY nc.share DESC", [p["key"]]).rows()
         p["leaf_tags"] = [(t["name"], t["share"]) for t in tags if t["is_leaf"]][:8]
         p["ontology_tags"] = [(t["name"], t["share"]) for t in tags if not t["is_leaf"]][:8]
-    both = idx.sql("SELECT key, color_index, class_index, top_class FROM neuron_view WHERE model = ? AND NOT dead "
-                   "AND color_index >= 0.4 ORDER BY color_index * class_index DESC, id LIMIT ?", [model, n]).rows()
+    both = idx.query("SELECT key, color_index, class_index, top_class FROM neuron_view WHERE model = ? AND NOT dead "
+                   "AND color_index >= ? ORDER BY color_index * class_index DESC, id LIMIT ?", [model, COLOR_THRESHOLD, n]).rows()
     return {"first_layer": first, "by_alpha": by_alpha, "across_gamma": picks, "both": both}
 
 

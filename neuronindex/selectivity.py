@@ -43,8 +43,10 @@ import numpy as np
 
 from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES
 
-COLOR_THRESHOLD = 0.4  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
-STD_FLOOR = 1.0  # grey levels: guards 1/std where every crop agrees
+from .settings import default
+
+COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
+STD_FLOOR = default("std_floor")  # grey levels: guards 1/std where every crop agrees
 FLAT_VARIANCE = (0.5 / 255.0) ** 2  # opponent units^2: below this the NF has no principal component
 EPS = 1e-12
 
@@ -180,7 +182,19 @@ def roll_up(frequencies: list[tuple[str, float]], ancestors) -> dict[str, float]
     return out
 
 
-DEAD_RELATIVE = 1e-6
+DEAD_RELATIVE = default("dead_relative")
+ACTIVITY_FLOOR = default("activity_floor")
+
+
+def weak_neurons(act_max: np.ndarray, floor: float = ACTIVITY_FLOOR) -> np.ndarray:
+    """Neurons of one layer whose a_max is below `floor` x the layer's median a_max (over firing
+    neurons). They keep their statistics, but their selectivity indexes rest on a few tiny
+    activations (a near-silent unit gets CSI near 1 from noise), so rankings leave them out."""
+    act_max = np.asarray(act_max, dtype=float)
+    firing = np.isfinite(act_max) & (act_max > 0)
+    scale = float(np.median(act_max[firing])) if firing.any() else 0.0
+    with np.errstate(invalid="ignore"):
+        return ~(act_max >= floor * scale) | ~firing
 
 
 def dead_neurons(act_max: np.ndarray, act_std: np.ndarray) -> np.ndarray:

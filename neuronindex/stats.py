@@ -58,7 +58,8 @@ def summarize(acts, threshold):
 
 def native():
     """The native pass-1 kernels (`neuronindex._pass1`, built at install from _pass1.cpp), or None
-    where they were not built or NEURONINDEX_NATIVE=0; the numba kernels stand in for them."""
+    where they were not built, where they would not share torch's OpenMP runtime, or with
+    NEURONINDEX_NATIVE=0; the numba kernels stand in for them."""
     global _native
     if _native is False:
         import torch  # noqa: F401 - torch's libgomp first, so the kernels run on torch's threads
@@ -66,10 +67,33 @@ def native():
         _native = None
         if os.environ.get("NEURONINDEX_NATIVE", "1") != "0":
             try:
-                from . import _pass1 as _native
+                from . import _pass1 as module
             except ImportError:
-                pass
+                module = None
+            runtimes = openmp_runtimes()
+            if module is not None and len(runtimes) > 1:
+                import sys
+
+                print(f"warning: the native pass-1 kernels would run on a second OpenMP runtime ({', '.join(runtimes)}) "
+                      "beside torch's; using the numba kernels (same results, slower pass 1). Rebuild neuronindex "
+                      "against torch's libgomp to use them", file=sys.stderr)
+                module = None
+            _native = module
     return _native
+
+
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtime libraries mapped into this process (Linux; [] where that cannot be read).
+
+    torch loads its own libgomp; the native kernels link `libgomp.so.1`, which the loader then
+    resolves to that same library. Two runtimes would oversubscribe the cores with two thread pools."""
+    import re
+
+    try:
+        with open("/proc/self/maps") as maps:
+            return sorted({line.split()[-1] for line in maps if re.search(r"/lib(g|i5|i)?omp[^/]*\.so", line)})
+    except OSError:
+        return []
 
 
 _native = False

@@ -16,6 +16,7 @@ built from; a stale file is rebuilt on use.
 """
 from __future__ import annotations
 
+from .settings import default
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ import numpy as np
 
 from .errors import StaleVectorsError
 
-EXACT_LIMIT = 100_000
+EXACT_LIMIT = default("exact_limit")
 TARGET_RECALL = 0.95
 
 

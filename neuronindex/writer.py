@@ -131,10 +131,11 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
         layer_id = layer_base + li
         execute(
             con, "INSERT INTO layers (id, model_id, name, node, alias, kind, position, channels, map_h, map_w, rf_size, "
-            "rf_stride, rf_offset, sparsity, ingest_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "rf_stride, rf_offset, sparsity, ingest_id, aliases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [layer_id, model_id, sel.name, layer.name, layer.alias, layer.kind, layer.position, layer.channels,
              layer.map_h, layer.map_w, layer.rf_size, layer.rf_stride, layer.rf_offset,
-             float(np.mean(res["sparsity"])) if len(res["sparsity"]) else None, ingest_id])
+             float(np.mean(res["sparsity"])) if len(res["sparsity"]) else None, ingest_id,
+             ",".join(layer.aliases) or None])
         C = layer.channels
         ids = np.arange(nid, nid + C)
         neuron_ids_by_layer.append(ids)
@@ -153,6 +154,7 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
             "channel": np.arange(C), "rf_h": rf_h, "rf_w": rf_w, "rf_y0": y0, "rf_x0": x0,
             "n_images": np.full(C, res["count"]), "act_max": res["act_max"], "act_mean": res["act_mean"],
             "act_std": res["act_std"], "sparsity": res["sparsity"], "dead": res["dead"], "auc": res["auc"],
+            "weak": res.get("weak", np.zeros(C, dtype=bool)),
         })
         # top-k rows, valid entries only
         vals, top_ids = res["top_values"], res["top_ids"]

@@ -65,7 +65,7 @@ def test_stored_alpha_is_eq_2_of_the_stored_nf(index):
         rgb = np.asarray(Image.open(io.BytesIO(r["nf_png"])).convert("RGB"), dtype=float).reshape(-1, 3) / 255
         std = np.array(r["std"], dtype=float)
         ok = np.isfinite(std)
-        x = rgb[ok] @ np.array([[1, 1, 1], [-1, 1, 1], [0, -2, 1]]).T / np.array([np.sqrt(2), np.sqrt(6), np.sqrt(3)])
+        x = rgb[ok] @ np.array([[1, -1, 0], [1, 1, -2], [1, 1, 1]]).T / np.array([np.sqrt(2), np.sqrt(6), np.sqrt(3)])
         w = 1 / np.maximum(std[ok], 1.0)
         mu = (w[:, None] * x).sum(0) / w.sum()
         c = ((w[:, None] * (x - mu)).T @ (w[:, None] * (x - mu))) / (w ** 2).sum()

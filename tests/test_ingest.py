@@ -163,6 +163,7 @@ def _ingest_cmd(folder, index, *extra):
             "--layers", "conv1,conv2", "--index", str(index), "--top-k", "5", "--batch-size", "1", "--quiet", *extra]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     folder = write_folder(tmp_path / "many", per_class=500, seed=3)
     killed, clean = tmp_path / "killed", tmp_path / "clean"

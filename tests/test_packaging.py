@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import sysconfig
 import zipfile
+from pathlib import Path
+
+import pytest
 
 from conftest import REPO, native_expected
 
@@ -23,18 +27,31 @@ def test_wheel_contents(tmp_path):
     assert "neuronindex = neuronindex_cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
 
+def run(args, **kw):
+    """Run a child process; on failure the assertion shows what it printed (stderr included)."""
+    done = subprocess.run([str(a) for a in args], capture_output=True, text=True, **kw)
+    assert done.returncode == 0, f"{args[:3]} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+@pytest.mark.slow
 def test_installed_wheel_runs(tmp_path):
-    """Install the wheel into a fresh venv (reusing this interpreter's packages) and run the CLI."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path / "w"), str(REPO)], check=True, timeout=300, capture_output=True)
+    """Install the wheel into a fresh venv and run the CLI. The venv sees this interpreter's
+    packages through a .pth file naming its site-packages: `--system-site-packages` would expose
+    the *base* interpreter's instead when the tests themselves run inside a venv."""
+    run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", tmp_path / "w", REPO],
+        timeout=300)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    run([sys.executable, "-m", "venv", "--without-pip", venv], timeout=120)
+    child = run([venv / "bin" / "python", "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"])
+    ours = {sysconfig.get_paths()[k] for k in ("purelib", "platlib")}
+    (Path(child.stdout.strip()) / "_parent_packages.pth").write_text("\n".join(sorted(ours)) + "\n")
     (wheel,) = (tmp_path / "w").glob("*.whl")
-    subprocess.run([venv / "bin" / "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True,
-                   timeout=300, capture_output=True)
+    run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
+         "--force-reinstall", wheel], timeout=300)
     code = ("import neuronindex, neuronindex_cli, neuronindex.store as s, neuronindex.stats as st; "
             "print(neuronindex.__file__); print(s.code_version()); print(st.native() is not None)")
-    out = subprocess.run([venv / "bin" / "python", "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    out = run([venv / "bin" / "python", "-c", code], cwd=tmp_path)
     assert str(venv) in out.stdout.splitlines()[0]  # the installed copy, not the checkout
     assert int(out.stdout.splitlines()[1]) >= 6
     assert out.stdout.splitlines()[2] == str(native_expected())  # the native kernels load from the wheel

@@ -4,6 +4,8 @@ from __future__ import annotations
 import re
 import subprocess
 
+import pytest
+
 from conftest import REPO
 
 README = (REPO / "README.md").read_text()
@@ -24,6 +26,7 @@ def test_exactly_two_setup_commands_and_ci_runs_the_second():
     assert commands[1] in ci
 
 
+@pytest.mark.slow
 def test_install_and_demo_command_as_written(tmp_path):
     command = quick_start()[0]
     out = tmp_path / "demo"

@@ -11,7 +11,7 @@ from neuronindex.extract import predict
 from neuronindex.ingest import IngestParams, ingest
 from neuronindex.models import load_model
 
-pytestmark = pytest.mark.shared_data
+pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
 
 def test_cifar_resnet20_accuracy_on_lossless_test():
@@ -98,5 +98,5 @@ def test_resnet20_and_resnet56_depth_trends_in_one_index(tmp_path):
         assert list(mine) == ["conv1", "layer1", "layer2", "layer3"]
         assert mine["layer3"]["mean_csi"] > mine["conv1"]["mean_csi"]
         assert mine["layer3"]["mean_gamma"] > mine["conv1"]["mean_gamma"]
-        assert all(0 <= r["sparsity"] <= 1 and 0 <= r["share_alpha_04"] <= 1 for r in mine.values())
+        assert all(0 <= r["sparsity"] <= 1 and 0 <= r["colour_selective"] <= 1 for r in mine.values())
     print("\n" + "\n".join(str({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}) for r in rows))

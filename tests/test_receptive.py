@@ -15,6 +15,7 @@ def _loaded(module, size):
     return LoadedModel(module.eval(), Preprocessing(input_size=(size, size)), "python:test", None, "test")
 
 
+@pytest.mark.slow
 def test_vgg16_reproduces_seed_002_table_1():
     graph = trace(load_model("torchvision:vgg16"))
     names = ["conv1_1", "conv1_2", "pool1", "conv2_1", "conv2_2", "pool2", "conv3_1", "conv3_2", "conv3_3", "pool3",

@@ -27,7 +27,7 @@ def test_summary_numbers(idx):
     assert set(rows) == {"conv1", "conv2"} and rows["conv1"]["neurons"] == 4 and rows["conv1"]["dead"] == 1
     alphas = [r["color_index"] for r in idx.sql("SELECT color_index FROM neuron_view WHERE layer = 'conv2'")]
     assert rows["conv2"]["mean_alpha"] == pytest.approx(np.mean(alphas))
-    assert rows["conv2"]["share_alpha_04"] == pytest.approx(np.mean([a >= 0.4 for a in alphas]))
+    assert rows["conv2"]["colour_selective"] == pytest.approx(np.mean([a >= 0.4 for a in alphas if a is not None]))
     layer_sparsity = idx.sql("SELECT sparsity FROM layers WHERE name = 'conv1'")[0]["sparsity"]
     assert rows["conv1"]["sparsity"] == pytest.approx(layer_sparsity) and 0 <= layer_sparsity <= 1
 

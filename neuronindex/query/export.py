@@ -86,7 +86,14 @@ def export(con, rows: list[dict], fmt: str, path: str | Path, title: str) -> int
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     rows = ranked(con, rows)
     data = contact_sheet(con, rows, title) if fmt == "html" else render(rows, fmt)
-    Path(path).write_bytes(data if isinstance(data, bytes) else data.encode())
+    data = data if isinstance(data, bytes) else data.encode()
+    if str(path) == "-":  # standard output, as `-o -` means to every Unix tool
+        import sys
+
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        Path(path).write_bytes(data)
     return len(rows)
 
 

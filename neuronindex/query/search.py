@@ -7,6 +7,7 @@
     color:blue alpha>0.5 sort:-alpha limit:20
     red conv1 chroma>0.3           red by name, selective by mean chroma (flat colour NFs)
     dead layer:conv2
+    weak conv3                     neurons below the activity floor (left out of selectivity rankings)
     csi>0.8 model:resnet20
 
 Bare words resolve, in order, to a layer (name, alias or node), a colour name, a class or an
@@ -26,6 +27,7 @@ from sqlalchemy.dialects import sqlite
 
 from ..errors import QueryError, did_you_mean
 from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
+from ..settings import default
 
 FIELDS = {
     "alpha": "color_index", "color_index": "color_index", "colour_index": "color_index",
@@ -37,19 +39,22 @@ FIELDS = {
     "share": "top_class_share", "top_class_share": "top_class_share", "color_share": "color_share",
     "rf": "rf_size", "rf_size": "rf_size", "images": "n_images", "chroma": "mean_chroma", "mean_chroma": "mean_chroma",
 }
+SELECTIVITY = {"color_index", "class_index", "csi", "color_response", "mean_chroma", "top_class_share", "class_m",
+               "color_share"}
 MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
 FILLER = {"neuron", "neurons", "unit", "units", "selective", "in", "with", "the", "of", "a", "an", "and", "for",
           "layer", "that", "are", "is", "to", "on", "show", "find", "me", "all"}
-CLASS_SHARE = 0.5  # an ancestor class counts when its rolled-up share reaches this
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 100_000
+CLASS_SHARE = default("class_share")  # an ancestor class counts when its rolled-up share reaches this
+ACHROMATIC_SHARE = default("achromatic_share")
+DEFAULT_LIMIT = default("search_limit")
+MAX_LIMIT = default("search_max_limit")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
 OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
           "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
 
 # neuron_view materialised (store.refresh_search): one table, so DuckDB fetches whole rows for
 # the top of the ranking only
-view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node"}])
+view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node", "weak"}])
 nclasses = table("class_search", column("neuron_id"), column("class_id"), column("share"), column("rank"))
 ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
 
@@ -59,6 +64,7 @@ class Vocabulary:
     """What bare words can mean in one index (all lower-case)."""
 
     layers: dict[str, str] = field(default_factory=dict)  # word -> how it is spelled in the index
+    layer_nodes: dict[str, set] = field(default_factory=dict)  # word -> {(model, node)} it names
     classes: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     class_ids: dict[str, list[int]] = field(default_factory=dict)  # class name -> ids (one per dataset)
@@ -66,10 +72,19 @@ class Vocabulary:
     @classmethod
     def load(cls, con) -> "Vocabulary":
         vocab = cls()
-        for name, alias, node in con.execute("SELECT DISTINCT name, alias, node FROM layers").fetchall():
-            for word in (name, alias, node):
-                if word:
-                    vocab.layers[word.lower()] = word
+        rows = con.execute("SELECT DISTINCT m.name, l.name, l.alias, l.node, l.aliases FROM layers l "
+                           "JOIN models m ON m.id = l.model_id").fetchall()
+        claimed = set()
+        for model, name, alias, node, _ in rows:
+            for word in {name, alias, node} - {None, ""}:
+                vocab.layers[word.lower()] = word
+                vocab.layer_nodes.setdefault(word.lower(), set()).add((model, node))
+                claimed.add((model, word.lower()))
+        for model, _, _, node, aliases in rows:  # conv1..convN of chains, where no layer is named so
+            for word in set((aliases or "").split(",")) - {""}:
+                if (model, word.lower()) not in claimed:
+                    vocab.layers.setdefault(word.lower(), word)
+                    vocab.layer_nodes.setdefault(word.lower(), set()).add((model, node))
         for class_id, name, wnid in con.execute("SELECT id, name, wnid FROM classes").fetchall():
             vocab.classes[name.lower()] = name
             vocab.class_ids.setdefault(name, []).append(class_id)
@@ -84,7 +99,7 @@ class Vocabulary:
         return vocab
 
     def all_words(self) -> list[str]:
-        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + ["dead", "alive"]
+        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + ["dead", "alive", "weak"]
 
 
 @dataclass
@@ -95,6 +110,7 @@ class Query:
     models: list[str] = field(default_factory=list)
     comparisons: list[tuple[str, str, float]] = field(default_factory=list)
     dead: bool | None = None
+    weak: bool | None = None
     sort: tuple[str, bool] | None = None  # (column, descending)
     limit: int = DEFAULT_LIMIT
 
@@ -139,6 +155,8 @@ def parse(text: str, vocab: Vocabulary) -> Query:
             continue
         if token in ("dead", "alive"):
             q.dead = token == "dead"
+        elif token == "weak":
+            q.weak = True
         elif token in vocab.layers:
             q.layers.append(vocab.layers[token])
         elif token in COLOR_NAMES or token == "gray":
@@ -209,8 +227,8 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     source = view
     rank_by = []
     if q.layers:
-        words = [w.lower() for w in q.layers]
-        conditions.append(or_(*[func.lower(view.c[c]).in_(words) for c in ("layer", "alias", "node")]))
+        pairs = sorted({pair for w in q.layers for pair in vocab.layer_nodes.get(w.lower(), ())})
+        conditions.append(or_(*[and_(view.c.model == m, view.c.node == n) for m, n in pairs]) if pairs else false())
     if q.models:
         conditions.append(view.c.model.in_(q.models))
     if q.dead is not None:
@@ -226,7 +244,7 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
             selective = true() if by_chroma else view.c.color_index >= COLOR_THRESHOLD
             options.append(and_(view.c.color_name.in_(chromatic), selective))
         if achromatic:
-            shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= 0.5)
+            shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= ACHROMATIC_SHARE)
             options.append(view.c.id.in_(shares))
         conditions.append(or_(*options))
         rank_by.append((view.c.mean_chroma if by_chroma else view.c.color_index if chromatic else view.c.color_share,
@@ -239,6 +257,13 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
         source = source.join(matched, matched.c.neuron_id == view.c.id)
         columns.append(matched.c.class_share)
         rank_by.insert(0, (matched.c.class_share, True))
+    # selectivity rankings leave out weak neurons (settings: activity_floor) unless the query asks for them
+    selective = bool(q.colors or q.classes) or any(name in SELECTIVITY for name, _, _ in q.comparisons) or (
+        q.sort is not None and q.sort[0] in SELECTIVITY)
+    if q.weak:
+        conditions.append(view.c.weak == true())
+    elif selective and q.dead is None:
+        conditions.append(view.c.weak == false())
     for name, op, value in q.comparisons:
         col = view.c[name]
         conditions.append({">": col > value, ">=": col >= value, "<": col < value, "<=": col <= value,

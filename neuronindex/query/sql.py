@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 import duckdb
 
 from ..errors import QueryError, QueryTimeout
+from ..settings import default
 
 ALLOWED = {"SELECT", "EXPLAIN"}
-DEFAULT_TIME_LIMIT = 5.0
-DEFAULT_MAX_ROWS = 10_000
+DEFAULT_TIME_LIMIT = default("sql_time_limit")
+DEFAULT_MAX_ROWS = default("sql_max_rows")
 
 
 @dataclass

@@ -12,10 +12,11 @@ from fastapi.templating import Jinja2Templates
 
 from .. import store
 from ..api import Index, parse_box
+from ..settings import default
 from ..errors import NeuronIndexError, NotFoundError, UsageError
 from ..formats import _plain
 
-MAX_UPLOAD = 10 * 1024 * 1024
+MAX_UPLOAD = default("max_upload")
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 
@@ -111,6 +112,13 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     def api_summary():
         return _json(run(lambda idx: layer_summary(idx)))
 
+    @app.get("/api/settings")
+    def api_settings():
+        """Every threshold and default (the settings table)."""
+        from ..settings import rows
+
+        return _json(rows())
+
     @app.get("/api/search")
     def api_search(q: str = Query(..., description="property search, e.g. `red conv4`")):
         return {"ok": True, "query": q, "rows": _json(run(lambda idx: idx.search(q).rows()))}
@@ -142,7 +150,12 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
         query = body.get("sql") if isinstance(body, dict) else None
         if not isinstance(query, str):
             raise UsageError('send {"sql": "SELECT ..."}')
-        result = run(lambda idx: idx.sql(query, max_rows=int(body.get("max_rows", 1000))))
+        try:
+            asked = int(body.get("max_rows", 1000))
+        except (TypeError, ValueError):
+            raise UsageError("max_rows must be a whole number") from None
+        cap = max(1, min(asked, default("sql_max_rows")))  # the server's cap holds whatever the body asks
+        result = run(lambda idx: idx.sql(query, max_rows=cap))
         return {"ok": True, "columns": result.columns, "rows": _json(result.rows()), "truncated": result.meta["truncated"]}
 
     @app.get("/api/neurons/{key:path}/nf.png")
@@ -247,21 +260,16 @@ def _safe_similar(idx, key):
 
 
 def layer_summary(idx) -> list[dict]:
-    return idx.sql(
-        "SELECT v.model, v.layer, any_value(l.alias) AS alias, count(*) AS neurons, sum(v.dead::INT) AS dead, "
-        "avg((v.color_index >= 0.4)::INT) AS colour_selective, avg((v.class_index >= 0.6)::INT) AS class_selective, "
-        "avg(v.class_index) AS mean_gamma, avg(v.csi) AS mean_csi, avg(v.sparsity) AS sparsity, avg(v.auc) AS mean_auc "
-        "FROM neuron_view v JOIN layers l ON l.name = v.layer AND l.model_id = (SELECT id FROM models WHERE name = v.model) "
-        "GROUP BY v.model, v.layer, l.position ORDER BY v.model, l.position").rows()
+    return idx.summary().rows()
 
 
 def neuron_payload(idx, key: str) -> dict:
     n = idx.neuron(key)
-    classes = idx.sql(
+    classes = idx.query(
         "SELECT c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
         "WHERE nc.neuron_id = ? ORDER BY nc.is_leaf DESC, nc.share DESC", [n.id]).rows()
-    colours = idx.sql("SELECT name, share FROM neuron_colors WHERE neuron_id = ? ORDER BY share DESC", [n.id]).rows()
-    props = idx.sql("SELECT * FROM neuron_view WHERE id = ?", [n.id]).rows()[0]
+    colours = idx.query("SELECT name, share FROM neuron_colors WHERE neuron_id = ? ORDER BY share DESC", [n.id]).rows()
+    props = idx.query("SELECT * FROM neuron_view WHERE id = ?", [n.id]).rows()[0]
     return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
             "classes": _json(classes), "colours": _json(colours), "topk": _json(n.topk().rows())}
 

@@ -1,0 +1,61 @@
+"""Every threshold and default of neuronindex, in one table: (name, default, help).
+
+The CLI takes its option defaults and help from here, the library its constants, and the service
+shows the table at /api/settings (`neuronindex settings` prints it). A test fails when a setting
+has no help or a CLI option disagrees with its setting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # pass 1 and pass 2
+    Setting("top_k", 100, "Top images kept per neuron (pass 1)."),
+    Setting("batch_size", 64, "Images per forward pass."),
+    Setting("probe_size", 2048, "Images in the stored probe sample (signatures, variance ranking)."),
+    Setting("curve_len", 400, "Ranks of the normalised activation curve (seed 004, Fig. 1)."),
+    Setting("nf_max", 100, "Most crops averaged into a Neuron Feature (N of seed 004)."),
+    Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (seed 004)."),
+    # selectivity
+    Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
+    Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),
+    Setting("class_selective", 0.6, "gamma at or above which a layer summary counts a neuron class selective."),
+    Setting("std_floor", 1.0, "Grey levels: the floor of the per-pixel std in alpha's 1/std weights."),
+    Setting("dead_relative", 1e-6, "Dead: constant (std <= this x a_max) or a_max <= this x the layer median."),
+    Setting("activity_floor", 0.05, "Weak: a_max below this share of the layer's median a_max; weak neurons "
+                                    "are left out of selectivity rankings unless the search says `weak`."),
+    # search and SQL
+    Setting("class_share", 0.5, "A class word matches a neuron whose top class it is, or whose share reaches this."),
+    Setting("achromatic_share", 0.5, "black / white / grey match a neuron when that name covers this share."),
+    Setting("search_limit", 50, "Rows a search returns without limit:N."),
+    Setting("search_max_limit", 100_000, "Largest limit:N."),
+    Setting("sql_time_limit", 5.0, "Seconds before a user's SQL query is interrupted."),
+    Setting("sql_max_rows", 10_000, "Rows a user's SQL query returns at most (with a truncation notice)."),
+    # vectors and service
+    Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),
+    Setting("max_upload", 10 * 1024 * 1024, "Bytes an uploaded image may have (POST /api/nearest)."),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def default(name: str) -> Any:
+    """The default of a setting (KeyError for an unknown name: a typo is a bug)."""
+    return BY_NAME[name].default
+
+
+def help_of(name: str) -> str:
+    return BY_NAME[name].help
+
+
+def rows() -> list[dict]:
+    return [{"name": s.name, "default": s.default, "help": s.help} for s in SETTINGS]
