@@ -257,45 +257,97 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
                   batch_size: int = 64, progress: bool = True) -> np.ndarray:
     """Each neuron's activation on its own NF (placed as the field of a central unit) / a_max.
 
-    The rest of the input is the dataset mean (zero after normalisation).
+    The rest of the input is the dataset mean (zero after normalisation). Only the unit's
+    receptive field matters, so each layer's neurons are run together through the network
+    truncated at that layer, on an input just large enough to hold the layer's largest field and
+    aligned to its stride: every unit the central one depends on then sees exactly the pixels it
+    sees in a full-size input (`crop_geometry`). Where that smaller forward fails (a model that
+    needs its full input size) the full input is used; both give the same value.
     """
     import torch
     from tqdm import tqdm
 
-    H, W = preprocessing.input_size
+    from .extract import Extractor
+
     out = np.full(len(owners), np.nan)
     todo = [n for n, f in enumerate(features) if f is not None and f.n_used > 0]
-    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
-    std = torch.tensor(preprocessing.std).view(3, 1, 1)
     bar = tqdm(total=len(todo), unit="neuron", desc="NF self-response", disable=not progress, dynamic_ncols=True)
-    for s in range(0, len(todo), batch_size):
-        chunk = todo[s:s + batch_size]
-        x = torch.zeros(len(chunk), 3, H, W)
-        units = []
-        for i, n in enumerate(chunk):
-            li, c = owners[n]
-            layer = selections[li].layer
-            cy, cx = layer.map_h // 2, layer.map_w // 2
-            x0, y0, x1, y1 = layer.field.box(c, cy, cx)
-            f = features[n]
-            img = torch.from_numpy(np.ascontiguousarray(f.nf)).permute(2, 0, 1) * (preprocessing.pixel_scale / 255.0)
-            if preprocessing.channel_order == "bgr":
-                img = img.flip(0)
-            normed = (img - mean) / std * torch.from_numpy(f.valid.astype(np.float32))
-            # clip the field to the input
-            ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, W), min(y1, H)
-            if ix1 > ix0 and iy1 > iy0:
-                x[i, :, iy0:iy1, ix0:ix1] = normed[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
-            units.append((li, c, cy, cx))
-        acts = extractor.forward_normalized(x)
-        for i, n in enumerate(chunk):
-            li, c, cy, cx = units[i]
-            a = float(acts[selections[li].layer.name][i, c, cy, cx])
-            amax = act_max_by_layer[li][c]
-            out[n] = a / amax if amax > 0 else np.nan
-        bar.update(len(chunk))
+    by_layer: dict[int, list[int]] = {}
+    for n in todo:
+        by_layer.setdefault(owners[n][0], []).append(n)
+    for li, neurons in by_layer.items():
+        layer = selections[li].layer
+        geometry = crop_geometry(layer, preprocessing.input_size)
+        single = Extractor(extractor.loaded, [layer.name], extractor.device)
+        for s in range(0, len(neurons), batch_size):
+            chunk = neurons[s:s + batch_size]
+            try:
+                acts = _nf_forward(single, layer, chunk, owners, features, preprocessing, geometry)
+            except (RuntimeError, ValueError):  # the model needs its full input: fall back to it
+                geometry = crop_geometry(layer, preprocessing.input_size, full=True)
+                acts = _nf_forward(single, layer, chunk, owners, features, preprocessing, geometry)
+            for i, n in enumerate(chunk):
+                amax = act_max_by_layer[li][owners[n][1]]
+                out[n] = float(acts[i]) / amax if amax > 0 else np.nan
+            bar.update(len(chunk))
     bar.close()
     return out
+
+
+def crop_geometry(layer, input_size, full: bool = False) -> dict:
+    """Where the central unit (cy, cx) of a layer is, and the input window its NF forward needs.
+
+    Returns {"unit": (cy, cx), "origin": (y, x) of the window in input pixels, "size": (h, w),
+    "at": (y, x) of the unit in the window's map}. The window starts on a multiple of the
+    layer's stride, so every intermediate map is sampled on the same grid as in the full input,
+    and reaches the end of the layer's largest field of the central unit (both within the image)."""
+    H, W = input_size
+    cy, cx = layer.map_h // 2, layer.map_w // 2
+    if full:
+        return {"unit": (cy, cx), "origin": (0, 0), "size": (H, W), "at": (cy, cx)}
+    f = layer.field
+    stride = f.stride.astype(int)
+    start = np.array([cy, cx]) * stride + np.nanmin(np.where(np.isfinite(f.start), f.start, np.nan), axis=0)
+    end = np.array([cy, cx]) * stride + np.nanmax(np.where(np.isfinite(f.end), f.end, np.nan), axis=0)
+    # clipped to the image: where the field crosses the border, the window's edge is the image's,
+    # with the same padding; elsewhere the window ends where the field does
+    steps = np.maximum(np.floor(start / stride), 0).astype(int)
+    origin = steps * stride
+    size = (np.minimum(end, [H, W]) - origin).astype(int)
+    at = (np.array([cy, cx]) - steps).astype(int)
+    return {"unit": (cy, cx), "origin": tuple(int(v) for v in origin), "size": tuple(int(v) for v in size),
+            "at": tuple(int(v) for v in at)}
+
+
+def _nf_forward(extractor, layer, chunk, owners, features, preprocessing, geometry) -> np.ndarray:
+    """The activations of `chunk`'s neurons, each on its NF placed in the geometry's window."""
+    import torch
+
+    oy, ox = geometry["origin"]
+    h, w = geometry["size"]
+    H, W = preprocessing.input_size
+    cy, cx = geometry["unit"]
+    mean = torch.tensor(preprocessing.mean).view(3, 1, 1)
+    std = torch.tensor(preprocessing.std).view(3, 1, 1)
+    x = torch.zeros(len(chunk), 3, h, w)
+    for i, n in enumerate(chunk):
+        c = owners[n][1]
+        x0, y0, x1, y1 = layer.field.box(c, cy, cx)
+        f = features[n]
+        img = torch.from_numpy(np.ascontiguousarray(f.nf)).permute(2, 0, 1) * (preprocessing.pixel_scale / 255.0)
+        if preprocessing.channel_order == "bgr":
+            img = img.flip(0)
+        normed = (img - mean) / std * torch.from_numpy(f.valid.astype(np.float32))
+        # the part of the field inside the image (the rest is the mean, zero) and inside the window
+        ix0, iy0, ix1, iy1 = max(x0, 0, ox), max(y0, 0, oy), min(x1, W, ox + w), min(y1, H, oy + h)
+        if ix1 > ix0 and iy1 > iy0:
+            x[i, :, iy0 - oy:iy1 - oy, ix0 - ox:ix1 - ox] = normed[:, iy0 - y0:iy1 - y0, ix0 - x0:ix1 - x0]
+    acts = extractor.forward_normalized(x)[layer.name]
+    ay, ax = geometry["at"]
+    if not (0 <= ay < acts.shape[2] and 0 <= ax < acts.shape[3]):
+        raise ValueError("the window's map does not reach the central unit")
+    channels = torch.tensor([owners[n][1] for n in chunk])
+    return acts[torch.arange(len(chunk)), channels, ay, ax].cpu().numpy()
 
 
 @numba.njit(cache=True, nogil=True)

@@ -22,9 +22,11 @@ Hue: the angle of v on the (O1, O2) plane, 0 deg = +O1 (towards red), 90 deg = +
     saturated in-gamut colour in that direction from mid-grey.
 Colour names: the 11 basic colour terms with a probability per pixel from `colornames` (a model
     of human colour naming fitted to the XKCD colour survey; see that module). The NF's share of
-    a term is the w-weighted mean probability over its valid pixels, with the same 1/std
-    weights as alpha, so pixels on which the crops disagree (a ring detector's varying
-    background) count little. `color_name` is the chromatic term with the largest share.
+    a term is the mean probability over its valid pixels, each weighted by its share of the
+    weighted variance along the first component, (w (x - mu).v)^2 with alpha's 1/std weights:
+    the pixels that make the pattern alpha measures (a yellow ring) count, not the averaged
+    background most pixels show, nor pixels the crops disagree on. A flat NF (no component)
+    weighs its pixels by w^2. `color_name` is the chromatic term with the largest share.
 Colour response index: 1 - sum a_grey / sum a over the NF's images, a_grey the activation at the
     same unit when the image is shown in greyscale (a response-based measure, not from the NF).
 Class selectivity index gamma (seed 004, eqs. 3-4): over the neuron's top N images (N = nf_max,
@@ -111,13 +113,20 @@ def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> Col
     weights = 1.0 / np.maximum(std[mask].astype(float), STD_FLOOR)
     opp = to_opponent(rgb)
     mean, eigvals, eigvecs = weighted_pca(opp, weights)
-    shares_all = weights @ probabilities(rgb) / weights.sum()
+    flat = eigvals[-1] <= FLAT_VARIANCE
+    # names weigh each pixel by its share of the variance along the first component, with the
+    # PCA's own weights: w^2 (x - mu).v^2. The pixels that make the colour pattern alpha measures
+    # (a yellow ring) count, not the averaged background most pixels show
+    naming = weights ** 2 if flat else (weights * ((opp - mean) @ eigvecs[:, -1])) ** 2
+    if naming.sum() <= 0:
+        naming = weights
+    shares_all = naming @ probabilities(rgb) / naming.sum()
     shares = {n: float(s) for n, s in zip(COLOR_NAMES, shares_all) if s > 0}
     chromatic = {n: shares.get(n, 0.0) for n in CHROMATIC}
     dominant = max(chromatic, key=chromatic.get)
     chroma = float(np.hypot(mean[0], mean[1]))
     alpha = hue = hue_name = None
-    if eigvals[-1] > FLAT_VARIANCE:
+    if not flat:
         v = eigvecs[:, -1]
         alpha = float(np.degrees(np.arccos(min(1.0, abs(v[2])))) / 90.0)
         if np.hypot(v[0], v[1]) > 1e-9:

@@ -219,3 +219,41 @@ def test_show_and_neuron_commands(index, cli_runner, tmp_path):
     assert row["key"] == "tiny_cnn/conv2/1" and len(row["topk"]) == 6 and row["topk"][0]["rank"] == 1
     r = cli_runner.invoke(cli, ["neuron", str(index), "tiny_cnn/conv2/77"])
     assert r.exit_code == 3 and "did you mean" in r.output
+
+
+class _RandomNF:
+    def __init__(self, h, w, rng):
+        self.nf = rng.uniform(0, 255, (h, w, 3)).astype(np.float32)
+        self.valid = np.ones((h, w), bool)
+        self.valid[0, 0] = False  # a pixel of the field no crop saw
+        self.n_used = 3
+
+
+@pytest.mark.parametrize("spec, size, aliases", [
+    ("cifar-resnet20", 32, ["conv1", "conv8", "conv19"]),  # late fields cross the 32 px border
+    ("timm:resnet18?output_stride=8", 160, ["conv1", "conv7", "conv12"]),  # max pool, stride 2, dilation
+])
+def test_self_response_on_a_field_sized_window_equals_the_full_input(spec, size, aliases):
+    """NF self-response runs each layer on a window just holding its central unit's field (stride-
+    aligned); it must give the activation of the full-size input with the NF at the same place."""
+    from neuronindex.extract import Extractor
+    from neuronindex.layers import Selection, trace
+    from neuronindex.models import load_model
+
+    loaded = load_model(spec)
+    loaded.preprocessing = Preprocessing(input_size=(size, size), geometry="resize", resize=None)
+    graph = trace(loaded)
+    selections = [Selection(a, graph.lookup(a)) for a in aliases]
+    rng = np.random.default_rng(0)
+    owners = [(li, c) for li, s in enumerate(selections) for c in range(0, s.layer.channels, 7)]
+    feats = [_RandomNF(*selections[li].layer.field.sizes()[c].astype(int), rng) for li, c in owners]
+    act_max = [np.ones(s.layer.channels) for s in selections]
+    fast = features.self_response(Extractor(loaded, [s.layer.name for s in selections]), selections, owners, feats,
+                                  act_max, loaded.preprocessing, batch_size=5, progress=False)
+    for i, (li, c) in enumerate(owners):
+        layer = selections[li].layer
+        window = features.crop_geometry(layer, (size, size))
+        assert window["size"][0] <= size and window["origin"][0] % int(layer.field.stride[0]) == 0
+        full = features._nf_forward(Extractor(loaded, [layer.name]), layer, [i], owners, feats, loaded.preprocessing,
+                                    features.crop_geometry(layer, (size, size), full=True))[0]
+        assert fast[i] == pytest.approx(full, rel=1e-4, abs=1e-5), (layer.name, c)

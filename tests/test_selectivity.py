@@ -97,17 +97,30 @@ def test_luminance_edge_is_not_colour_selective():
 
 
 def test_inconsistent_pixels_weigh_less():
+    """A red and a blue pixel in a grey NF: equally consistent, both colours are named; when the
+    crops disagree on the blue one (std 1000 instead of 10), its 1/std weight shrinks and red wins."""
     nf, valid, std = uniform((128, 128, 128), 6)
-    nf[0, 0] = (250, 0, 0)  # one red pixel...
+    nf[0, 0] = (250, 0, 0)
+    nf[5, 5] = (0, 0, 250)
     loud = sel.color_selectivity(nf, valid, std)
-    std[0, 0] = 1000.0  # ...that the crops disagree on
+    assert 1 / 3 < loud.shares["red"] / loud.shares["blue"] < 3
+    std[5, 5] = 1000.0
     quiet = sel.color_selectivity(nf, valid, std)
+    assert quiet.color_name == "red" and quiet.shares["blue"] < quiet.shares["red"] / 10
+
+
+def test_a_lone_pixel_names_the_nf_by_its_share_of_the_component():
+    """One red pixel among 35 grey ones: the first component runs from grey to red whatever the
+    weights (two colours), and each pixel's naming weight is (w t)^2 with t its projection: by hand
+    t_red = 35 w_g d / W, t_grey = w_r d / W, so the red pixel carries 35^2 / (35^2 + 35) = 35/36."""
     from neuronindex.colornames import TERMS, probabilities
 
-    p_red, p_grey = (float(probabilities(np.array(c) / 255)[TERMS.index("red")]) for c in ((250, 0, 0), (128, 128, 128)))
-    for share, w in ((loud.shares["red"], 1 / 10), (quiet.shares["red"], 1 / 1000)):  # w = 1 / std of that pixel
-        assert share == pytest.approx((w * p_red + 35 / 10 * p_grey) / (w + 35 / 10), rel=1e-5)
-    assert quiet.shares["red"] < loud.shares["red"] / 4
+    nf, valid, std = uniform((128, 128, 128), 6)
+    nf[0, 0] = (250, 0, 0)
+    c = sel.color_selectivity(nf, valid, std)
+    p_red, p_grey = (float(probabilities(np.array(x) / 255)[TERMS.index("red")]) for x in ((250, 0, 0), (128, 128, 128)))
+    assert c.shares["red"] == pytest.approx((35 * p_red + p_grey) / 36, rel=1e-6)
+    assert c.alpha == pytest.approx(angle_to_intensity((250, 0, 0), (128, 128, 128)), abs=1e-6)
 
 
 def test_a_ring_detector_is_named_after_its_ring_not_its_background():
