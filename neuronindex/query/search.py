@@ -23,7 +23,6 @@ import shlex
 from dataclasses import dataclass, field
 
 from sqlalchemy import and_, column, false, func, or_, select, table, true
-from sqlalchemy.dialects import sqlite
 
 from ..errors import QueryError, did_you_mean
 from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
@@ -279,9 +278,16 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
         order = [view.c.act_max.desc().nulls_last()]
     stmt = select(*columns).select_from(source).where(and_(true(), *conditions)).order_by(*order, view.c.id)
     stmt = stmt.limit(q.limit)
-    compiled = stmt.compile(dialect=sqlite.dialect(), compile_kwargs={"render_postcompile": True})
+    compiled = stmt.compile(dialect=_dialect(), compile_kwargs={"render_postcompile": True})
     params = [compiled.params[name] for name in compiled.positiontup]
     return str(compiled), params, [c.name for c in columns]
+
+
+def _dialect():
+    """SQLAlchemy's DuckDB dialect (duckdb_engine), with `?` parameters as DuckDB's Python API binds them."""
+    from duckdb_engine import Dialect
+
+    return Dialect(paramstyle="qmark")
 
 
 def search(con, text: str, vocab: Vocabulary | None = None) -> tuple[list[dict], str, list]:
