@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import cli, emit, load_model_from_options, model_options, output_options, setting_option
+from .group import cli, emit, load_model_from_options, model_options, output_options, setting_option
 
 
 @cli.command()
@@ -165,7 +165,7 @@ def merge(index_dir, states, quiet):
 @click.option("-q", "--quiet", is_flag=True)
 def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
     """Recompute Neuron Features (pass 2) and what derives from them, e.g. with another threshold."""
-    from neuronindex.derive import recompute
+    from neuronindex.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, nf_max=nf_max, nf_threshold=nf_threshold,
                           workers=workers):
@@ -305,7 +305,7 @@ def dump(index_dir, folder):
 @click.option("-q", "--quiet", is_flag=True)
 def indexes(index_dir, model, class_threshold, quiet):
     """Recompute the selectivity indexes (with pass 2, which they derive from)."""
-    from neuronindex.derive import recompute
+    from neuronindex.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
         click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}")

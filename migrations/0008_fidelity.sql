@@ -11,6 +11,12 @@ ALTER TABLE datasets ADD COLUMN class_list VARCHAR;
 COMMENT ON COLUMN datasets.class_list IS 'The class list that names numbered ground-truth labels, if any.';
 COMMENT ON COLUMN datasets.labels IS 'How labels were read: folders, imagenet (file names nXXXXXXXX_*), regex:PATTERN, a ground-truth file, manifest, torchvision or none.';
 
+-- columns nothing wrote or read: only finished ingests are published, image sizes were never recorded
+ALTER TABLE ingests DROP COLUMN status;
+ALTER TABLE ingests DROP COLUMN progress;
+ALTER TABLE images DROP COLUMN width;
+ALTER TABLE images DROP COLUMN height;
+
 DROP TABLE neuron_search;
 CREATE OR REPLACE VIEW neuron_view AS
 SELECT n.id, n.key, m.name AS model, l.name AS layer, l.alias, l.node, n.channel, n.act_max, n.act_mean, n.act_std,

@@ -200,7 +200,7 @@ class Index:
 
     def models(self) -> Result:
         return self.query("SELECT m.id, m.name, m.spec, m.weights, m.num_parameters, d.source AS images, "
-                           "d.n_images, i.status, i.finished_at FROM models m LEFT JOIN ingests i ON i.model_id = m.id "
+                           "d.n_images, i.finished_at FROM models m LEFT JOIN ingests i ON i.model_id = m.id "
                            "LEFT JOIN datasets d ON d.id = i.dataset_id ORDER BY m.id")
 
     def layers(self, model: str | None = None) -> Result:

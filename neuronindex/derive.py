@@ -1,11 +1,13 @@
 """Everything computed after pass 1: pass 2 (crops, Neuron Features), selectivity, embeddings.
 
-`run_all` returns {"writers": [callable(con, context), ...]}: each writer stores its part in
-the staged database during publish, so a run publishes everything or nothing.
+`run_all` returns a `Derived`: what pass 2 and the indexes computed, and `Derived.write(con,
+stored)` puts it into the staged database during publish, so a run publishes everything or
+nothing. `neuronindex.recompute` runs the same steps again on a stored ingest.
 """
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -14,9 +16,38 @@ from .store import execute
 from .writer import insert
 
 
-def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> dict:
+@dataclass
+class StoredIngest:
+    """Where an ingest's rows live in the index: its id and, per selected layer, its neuron ids."""
+
+    ingest_id: int
+    neuron_ids: list  # per layer: array of neurons.id, by channel
+
+
+@dataclass
+class Derived:
+    """The output of pass 2 and the indexes for one ingest, ready to be written."""
+
+    owners: list  # per neuron: (layer position in the selection, channel)
+    plan: object = None  # features.Plan: the top-k entries pass 2 used
+    features: list = field(default_factory=list)  # per neuron: NeuronFeature or None
+    self_response: np.ndarray | None = None
+    indexes: list = field(default_factory=list)  # per neuron: colour, class, CRI, ancestors
+    patches: object = None  # PatchVectors
+    results: list = field(default_factory=list)  # pass-1 results per layer
+    selections: list = field(default_factory=list)
+    run: object = None
+
+    def write(self, con, stored: StoredIngest) -> None:
+        if self.plan is None:  # no receptive fields: nothing was derived
+            return
+        write_features(con, stored, self.owners, self.features, self.self_response, self.run.params)
+        write_indexes(con, stored, self.owners, self.indexes, self.run)
+        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.selections)
+
+
+def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> Derived:
     timings = timings if timings is not None else {}
-    writers = []
     missing = [s for s in run.selections if s.layer.field is None]
     if missing:
         import sys
@@ -24,7 +55,7 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
         why = "; ".join(f"{s.name}: {s.layer.field_note or 'TorchScript models have no traced graph'}" for s in missing)
         print(f"no receptive field for {', '.join(s.name for s in missing)} ({why}): Neuron Features, colour and "
               "class indexes and embeddings are skipped; select layers before that operation", file=sys.stderr)
-        return {"writers": writers}
+        return Derived(owners=[])
     from .extract import Extractor
 
     t0 = time.time()
@@ -44,10 +75,7 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     dead = np.concatenate([r["dead"] for r in results])
     indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max, dead)
     timings["indexes"] = time.time() - t0
-    writers.append(lambda con, ctx: write_features(con, ctx, owners, feats, sr, run.params))
-    writers.append(lambda con, ctx: write_indexes(con, ctx, owners, indexes, run))
-    writers.append(lambda con, ctx: write_embeddings(con, ctx, owners, plan, patches, results, run.selections))
-    return {"writers": writers, "features": feats, "owners": owners, "plan": plan}
+    return Derived(owners, plan, feats, sr, indexes, patches, results, run.selections, run)
 
 
 class Reforward:
@@ -164,14 +192,14 @@ def compute_indexes(run, plan, owners, feats, grey, act_max, dead) -> list[dict]
     return out
 
 
-def neuron_id_array(ctx, owners) -> np.ndarray:
-    return np.array([ctx["neuron_ids"][li][c] for li, c in owners], dtype=np.int64)
+def neuron_id_array(stored: StoredIngest, owners) -> np.ndarray:
+    return np.array([stored.neuron_ids[li][c] for li, c in owners], dtype=np.int64)
 
 
-def write_features(con, ctx, owners, feats, self_resp, params) -> None:
-    ids = neuron_id_array(ctx, owners)
+def write_features(con, stored: StoredIngest, owners, feats, self_resp, params) -> None:
+    ids = neuron_id_array(stored, owners)
     execute(con, "DELETE FROM neuron_features WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)",
-            [ctx["ingest_id"]])
+            [stored.ingest_id])
     rows = {k: [] for k in ("neuron_id", "n_used", "threshold", "nf_max", "height", "width", "nf_png", "std",
                             "crop_std_mean", "sprite_png", "sprite_n", "sprite_thumb")}
     for n, f in enumerate(feats):
@@ -204,99 +232,12 @@ def write_features(con, ctx, owners, feats, self_resp, params) -> None:
                  "WHERE neuron_id IN (SELECT neuron_id FROM _nf_update)", [float(params.nf_threshold), int(params.nf_max)])
 
 
-def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray]]:
-    """Rebuild the pass-1 results needed by pass 2 and the indexes from a stored ingest.
-
-    Returns (layer names as selected, per-layer results, per-layer neuron ids).
-    """
-    layers = execute(con, "SELECT id, name, channels FROM layers WHERE ingest_id = ? ORDER BY position", [ingest_id])
-    k = int(execute(con, "SELECT max(rank) FROM topk t JOIN neurons n ON n.id = t.neuron_id WHERE n.ingest_id = ?",
-                    [ingest_id])[0][0] or 1)
-    names, results, ids = [], [], []
-    for layer_id, name, channels in layers:
-        neuron_rows = execute(con, "SELECT id, channel, act_max, dead FROM neurons WHERE layer_id = ? ORDER BY channel",
-                              [layer_id])
-        nid = np.array([r[0] for r in neuron_rows])
-        act_max = np.array([np.nan if r[2] is None else r[2] for r in neuron_rows], dtype=float)
-        dead = np.array([bool(r[3]) for r in neuron_rows], dtype=bool)
-        top = execute(con, "SELECT n.channel, t.rank, i.position, t.activation, t.y, t.x FROM topk t "
-                           "JOIN neurons n ON n.id = t.neuron_id JOIN images i ON i.id = t.image_id "
-                           "WHERE n.layer_id = ?", [layer_id])
-        vals = np.full((channels, k), -np.inf)
-        pos = np.full((channels, k), -1, dtype=np.int64)
-        ys = np.zeros((channels, k), dtype=np.int64)
-        xs = np.zeros((channels, k), dtype=np.int64)
-        if top:
-            t = np.array(top, dtype=float)
-            c, r = t[:, 0].astype(int), t[:, 1].astype(int) - 1
-            pos[c, r], vals[c, r], ys[c, r], xs[c, r] = t[:, 2].astype(np.int64), t[:, 3], t[:, 4], t[:, 5]
-        names.append(name)
-        results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max,
-                        "dead": dead})
-        ids.append(nid)
-    return names, results, ids
-
-
-def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
-    """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
-    import json
-
-    from . import store
-    from .errors import NotFoundError, did_you_mean
-    from .ingest import IngestParams, prepare
-    from .models import Preprocessing
-
-    con = store.connect(index_dir)
-    try:
-        rows = execute(con, "SELECT i.id, m.name, m.spec, m.weights, m.preprocessing, i.parameters, d.source, "
-                            "m.fingerprint, d.fingerprint, d.labels, d.class_list FROM ingests i JOIN models m ON m.id = i.model_id "
-                            "JOIN datasets d ON d.id = i.dataset_id ORDER BY i.id")
-        if model is not None:
-            known = [r[1] for r in rows]
-            rows = [r for r in rows if r[1] == model]
-            if not rows:
-                raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, known) or '; it has ' + ', '.join(known)}")
-        jobs = []
-        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list in rows:
-            names, results, ids = results_from_index(con, ingest_id)
-            jobs.append((ingest_id, name, spec, weights, pre, json.loads(params), source, model_fp, data_fp,
-                         names, results, ids, labels, class_list))
-    finally:
-        con.close()
-    done = []
-    for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids, labels, \
-            class_list in jobs:
-        params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
-        p = IngestParams(**{k: v for k, v in params.items() if k in IngestParams.__dataclass_fields__})
-        p.shard = None
-        labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
-        run = prepare(spec, source, names, weights=weights, name=name, preprocessing=Preprocessing.from_json(pre), params=p,
-                      labels=labels, class_list=class_list)
-        from .errors import IngestError
-
-        if run.meta["model_fingerprint"] != model_fp:
-            raise IngestError(f"the weights of {name} ({weights}) changed since it was ingested; ingest it again")
-        if run.meta["data_fingerprint"] != data_fp:
-            raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
-        extra = run_all(run, results, progress=progress)
-        ctx = {"ingest_id": ingest_id, "neuron_ids": ids}
-        with store.staged(index_dir) as wcon:
-            for writer in extra["writers"]:
-                writer(wcon, ctx)
-            execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
-        done.append({"model": name, "neurons": int(sum(len(i) for i in ids))})
-    from .ingest import build_vectors
-
-    build_vectors(index_dir)
-    return done
-
-
-def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
+def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run) -> None:
     """Selectivity columns of `neurons`, `neuron_colors`, `neuron_classes`, and CSI."""
     from . import selectivity as sel
 
-    ids = neuron_id_array(ctx, owners)
-    ingest_id = ctx["ingest_id"]
+    ids = neuron_id_array(stored, owners)
+    ingest_id = stored.ingest_id
     class_id = dict(execute(con, "SELECT c.name, c.id FROM classes c JOIN ingests i ON i.dataset_id = c.dataset_id "
                                  "WHERE i.id = ?", [ingest_id]))
     for table in ("neuron_colors", "neuron_classes"):
@@ -360,12 +301,12 @@ def write_indexes(con, ctx, owners, indexes: list[dict], run) -> None:
         execute(con, "UPDATE neurons SET csi = NULL, csi_class_id = NULL WHERE dead AND ingest_id = ?", [ingest_id])
 
 
-def write_embeddings(con, ctx, owners, plan, patches, results, selections) -> None:
+def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections) -> None:
     """Prototype, patch and signature vectors into `embeddings`."""
     from . import vectors as vec
 
-    ids = neuron_id_array(ctx, owners)
-    ingest_id = ctx["ingest_id"]
+    ids = neuron_id_array(stored, owners)
+    ingest_id = stored.ingest_id
     probes = [r.get("probe") for r in results]
     with_signatures = all(p is not None for p in probes) and probes and probes[0].shape[0] >= 2
     # recomputing from a stored index has no probe arrays: its signatures are kept as they are

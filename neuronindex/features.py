@@ -101,18 +101,12 @@ def plan_from_results(selections, results, threshold: float, nf_max: int) -> tup
         amax = res["act_max"]
         valid = np.isfinite(vals)
         ch, rk = np.nonzero(valid)
-        sh, sw = f.stride
-        start, end = f.start, f.end
-        x0 = xs[ch, rk] * sw + start[ch, 1]
-        y0 = ys[ch, rk] * sh + start[ch, 0]
-        x1 = xs[ch, rk] * sw + end[ch, 1]
-        y1 = ys[ch, rk] * sh + end[ch, 0]
         with np.errstate(invalid="ignore", divide="ignore"):
             w = np.where(amax[ch] > 0, vals[ch, rk] / amax[ch], np.nan)
         neurons.append(base + ch)
         ranks.append(rk)
         images.append(ids[ch, rk])
-        boxes.append(np.stack([x0, y0, x1, y1], 1))
+        boxes.append(f.boxes(ch, ys[ch, rk], xs[ch, rk]))
         weights.append(w)
         all_y.append(ys[ch, rk])
         all_x.append(xs[ch, rk])
@@ -264,7 +258,6 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     sees in a full-size input (`crop_geometry`). Where that smaller forward fails (a model that
     needs its full input size) the full input is used; both give the same value.
     """
-    import torch
     from tqdm import tqdm
 
     from .extract import Extractor

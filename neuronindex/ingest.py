@@ -305,16 +305,16 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
     for res in results:
         res["dead"] = dead_neurons(res["act_max"], res["act_std"])
         res["weak"] = weak_neurons(res["act_max"])
-    extra: dict = {}
+    derived = None
     if derive:
         from . import derive as derive_mod
 
         t0 = time.time()
-        extra = derive_mod.run_all(run, results, progress=progress, timings=timings)
+        derived = derive_mod.run_all(run, results, progress=progress, timings=timings)
         timings.setdefault("derive", time.time() - t0)
     t0 = time.time()
     with staged(index_dir) as con:
-        summary = write_ingest(con, run, results, extra, timings=timings, started=started)
+        summary = write_ingest(con, run, results, derived, timings=timings, started=started)
     timings["publish"] = time.time() - t0
     if derive:
         t0 = time.time()

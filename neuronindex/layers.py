@@ -123,9 +123,6 @@ def _kind(node, modules) -> str:
     return str(node.target)
 
 
-def _is_relu(node, modules) -> bool:
-    return _kind(node, modules) in RELU_NAMES
-
 
 def _is_add(node) -> bool:
     if node.op == "call_function":

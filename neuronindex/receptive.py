@@ -14,12 +14,10 @@ node on, rather than a wrong number.
 from __future__ import annotations
 
 import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
-EMPTY = (math.inf, -math.inf)
 
 
 @dataclass
@@ -50,11 +48,21 @@ class Field:
         c = self.largest_channel()
         return int(self.start[c, 0])
 
-    def box(self, channel: int, y: int, x: int) -> tuple[int, int, int, int]:
-        """(x0, y0, x1, y1), half-open, in input pixels."""
+    def boxes(self, channels, ys, xs) -> np.ndarray:
+        """(N, 4) int64 boxes (x0, y0, x1, y1), half-open, in input pixels, of units (ys, xs) of
+        `channels`: the one place that turns a unit into an input box. A channel that sees no
+        input (a zero-padded shortcut channel) gets an empty box at the unit's corner."""
+        channels, ys, xs = (np.asarray(a, dtype=np.int64) for a in (channels, ys, xs))
         sh, sw = self.stride
-        s, e = self.start[channel], self.end[channel]
-        return (int(x * sw + s[1]), int(y * sh + s[0]), int(x * sw + e[1]), int(y * sh + e[0]))
+        seen = np.isfinite(self.start[channels]).all(axis=1)
+        start = np.where(seen[:, None], self.start[channels], 0.0)
+        end = np.where(seen[:, None], self.end[channels], 0.0)
+        out = np.stack([xs * sw + start[:, 1], ys * sh + start[:, 0], xs * sw + end[:, 1], ys * sh + end[:, 0]], 1)
+        return out.astype(np.int64)
+
+    def box(self, channel: int, y: int, x: int) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1), half-open, in input pixels (see `boxes`)."""
+        return tuple(int(v) for v in self.boxes([channel], [y], [x])[0])
 
     def union_all(self) -> "Field":
         """Every channel sees the union of all channels (an operation mixing channels)."""

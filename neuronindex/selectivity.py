@@ -43,14 +43,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES
+from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES  # noqa: F401 - ACHROMATIC is re-exported
 
 from .settings import default
 
 COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
 STD_FLOOR = default("std_floor")  # grey levels: guards 1/std where every crop agrees
 FLAT_VARIANCE = (0.5 / 255.0) ** 2  # opponent units^2: below this the NF has no principal component
-EPS = 1e-12
 
 _SQ2, _SQ3, _SQ6 = np.sqrt(2.0), np.sqrt(3.0), np.sqrt(6.0)
 

@@ -53,9 +53,5 @@ def default(name: str) -> Any:
     return BY_NAME[name].default
 
 
-def help_of(name: str) -> str:
-    return BY_NAME[name].help
-
-
 def rows() -> list[dict]:
     return [{"name": s.name, "default": s.default, "help": s.help} for s in SETTINGS]

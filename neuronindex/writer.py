@@ -98,7 +98,7 @@ def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
     return dataset_id, first - (recs[0].position if recs else 0), class_id
 
 
-def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, started: float) -> dict:
+def write_ingest(con, run, results: list[dict], derived, timings: dict, started: float) -> dict:
     from . import __version__
 
     loaded = run.loaded
@@ -115,8 +115,8 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
          loaded.preprocessing.to_json(), json.dumps(loaded.provenance)])
     ingest_id = next_id(con, "ingests")
     execute(
-        con, "INSERT INTO ingests (id, model_id, dataset_id, status, parameters, package_version, model_fingerprint, "
-        "data_fingerprint, started_at, finished_at, timings, progress) VALUES (?, ?, ?, 'done', ?, ?, ?, ?, ?, ?, ?, 1.0)",
+        con, "INSERT INTO ingests (id, model_id, dataset_id, parameters, package_version, model_fingerprint, "
+        "data_fingerprint, started_at, finished_at, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [ingest_id, model_id, dataset_id, json.dumps(run.meta["params"]), __version__, run.meta["model_fingerprint"],
          run.meta["data_fingerprint"], datetime.fromtimestamp(started, timezone.utc).replace(tzinfo=None),
          datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(timings)])
@@ -162,11 +162,7 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
         ch, rank = np.nonzero(valid)
         ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
         if f is not None:
-            sh, sw = f.stride
-            bx0 = (tx * sw + f.start[ch, 1]).astype(np.int64)
-            by0 = (ty * sh + f.start[ch, 0]).astype(np.int64)
-            bx1 = (tx * sw + f.end[ch, 1]).astype(np.int64)
-            by1 = (ty * sh + f.end[ch, 0]).astype(np.int64)
+            bx0, by0, bx1, by1 = f.boxes(ch, ty, tx).T
         else:
             bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
         amax = res["act_max"][ch]
@@ -193,10 +189,10 @@ def write_ingest(con, run, results: list[dict], extra: dict, timings: dict, star
                                              "rank": np.arange(1, len(res["probe_ids"]) + 1),
                                              "image_id": first_image + res["probe_ids"]})
                 probe_written = True
-    context = {"model_id": model_id, "ingest_id": ingest_id, "neuron_ids": neuron_ids_by_layer,
-               "first_image": first_image, "class_ids": class_ids, "label_class_ids": label_class_ids}
-    for writer in extra.get("writers", []):
-        writer(con, context)
+    if derived is not None:
+        from .derive import StoredIngest
+
+        derived.write(con, StoredIngest(ingest_id, neuron_ids_by_layer))
     return {
         "index": None, "model": model_name, "model_id": model_id, "ingest_id": ingest_id,
         "images": len(run.positions()) - len([p for p in run.problems if p in set(run.positions())]),

@@ -215,7 +215,7 @@ def test_cli_shards_merge_into_one_run(tmp_path, image_folder, cli_runner, monke
 def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch, tiny_loaded):
     import torch
 
-    from neuronindex.derive import recompute
+    from neuronindex.recompute import recompute
     from neuronindex.models import load_model
     from tinymodels import TinyCNN
 

@@ -169,3 +169,10 @@ def test_timm_depthwise_and_dilated_fields_equal_gradient_support(spec, size, al
             assert _support_of_linear_positive(loaded.module, layer.name, channel, y, x, size) == expected, alias
     if "output_stride" in spec:
         assert graph.lookup("conv11").rf_stride == 8 and graph.lookup("conv12").rf_size == 147
+
+
+def test_boxes_by_hand_and_for_channels_that_see_nothing():
+    # stride 2, channel 0 field [-1, 2) x [-1, 2); channel 1 sees no input (a zero-padded channel)
+    f = Field(np.array([[-1.0, -1.0], [np.inf, np.inf]]), np.array([[2.0, 2.0], [-np.inf, -np.inf]]), np.array([2.0, 2.0]))
+    assert f.boxes([0, 0, 1], [0, 3, 3], [0, 2, 2]).tolist() == [[-1, -1, 2, 2], [3, 5, 6, 8], [4, 6, 4, 6]]
+    assert f.box(1, 3, 2) == (4, 6, 4, 6)  # empty: x0 == x1

@@ -1,0 +1,96 @@
+"""Recompute pass 2 and the derived indexes of stored ingests (another NF threshold, another th).
+
+In: an index directory (and the images and weights its ingests recorded). Out: the same ingests
+with new Neuron Features, indexes and embeddings, published atomically; pass 1 is not re-run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .derive import StoredIngest, run_all
+from .store import execute
+
+
+def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray]]:
+    """Rebuild the pass-1 results needed by pass 2 and the indexes from a stored ingest.
+
+    Returns (layer names as selected, per-layer results, per-layer neuron ids).
+    """
+    layers = execute(con, "SELECT id, name, channels FROM layers WHERE ingest_id = ? ORDER BY position", [ingest_id])
+    k = int(execute(con, "SELECT max(rank) FROM topk t JOIN neurons n ON n.id = t.neuron_id WHERE n.ingest_id = ?",
+                    [ingest_id])[0][0] or 1)
+    names, results, ids = [], [], []
+    for layer_id, name, channels in layers:
+        neuron_rows = execute(con, "SELECT id, channel, act_max, dead FROM neurons WHERE layer_id = ? ORDER BY channel",
+                              [layer_id])
+        nid = np.array([r[0] for r in neuron_rows])
+        act_max = np.array([np.nan if r[2] is None else r[2] for r in neuron_rows], dtype=float)
+        dead = np.array([bool(r[3]) for r in neuron_rows], dtype=bool)
+        top = execute(con, "SELECT n.channel, t.rank, i.position, t.activation, t.y, t.x FROM topk t "
+                           "JOIN neurons n ON n.id = t.neuron_id JOIN images i ON i.id = t.image_id "
+                           "WHERE n.layer_id = ?", [layer_id])
+        vals = np.full((channels, k), -np.inf)
+        pos = np.full((channels, k), -1, dtype=np.int64)
+        ys = np.zeros((channels, k), dtype=np.int64)
+        xs = np.zeros((channels, k), dtype=np.int64)
+        if top:
+            t = np.array(top, dtype=float)
+            c, r = t[:, 0].astype(int), t[:, 1].astype(int) - 1
+            pos[c, r], vals[c, r], ys[c, r], xs[c, r] = t[:, 2].astype(np.int64), t[:, 3], t[:, 4], t[:, 5]
+        names.append(name)
+        results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max,
+                        "dead": dead})
+        ids.append(nid)
+    return names, results, ids
+
+
+def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
+    """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
+    import json
+
+    from . import store
+    from .errors import NotFoundError, did_you_mean
+    from .ingest import IngestParams, prepare
+    from .models import Preprocessing
+
+    con = store.connect(index_dir)
+    try:
+        rows = execute(con, "SELECT i.id, m.name, m.spec, m.weights, m.preprocessing, i.parameters, d.source, "
+                            "m.fingerprint, d.fingerprint, d.labels, d.class_list FROM ingests i JOIN models m ON m.id = i.model_id "
+                            "JOIN datasets d ON d.id = i.dataset_id ORDER BY i.id")
+        if model is not None:
+            known = [r[1] for r in rows]
+            rows = [r for r in rows if r[1] == model]
+            if not rows:
+                raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, known) or '; it has ' + ', '.join(known)}")
+        jobs = []
+        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list in rows:
+            names, results, ids = results_from_index(con, ingest_id)
+            jobs.append((ingest_id, name, spec, weights, pre, json.loads(params), source, model_fp, data_fp,
+                         names, results, ids, labels, class_list))
+    finally:
+        con.close()
+    done = []
+    for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids, labels, \
+            class_list in jobs:
+        params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
+        p = IngestParams(**{k: v for k, v in params.items() if k in IngestParams.__dataclass_fields__})
+        p.shard = None
+        labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
+        run = prepare(spec, source, names, weights=weights, name=name, preprocessing=Preprocessing.from_json(pre), params=p,
+                      labels=labels, class_list=class_list)
+        from .errors import IngestError
+
+        if run.meta["model_fingerprint"] != model_fp:
+            raise IngestError(f"the weights of {name} ({weights}) changed since it was ingested; ingest it again")
+        if run.meta["data_fingerprint"] != data_fp:
+            raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
+        derived = run_all(run, results, progress=progress)
+        with store.staged(index_dir) as wcon:
+            derived.write(wcon, StoredIngest(ingest_id, ids))
+            execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
+        done.append({"model": name, "neurons": int(sum(len(i) for i in ids))})
+    from .ingest import build_vectors
+
+    build_vectors(index_dir)
+    return done
