@@ -60,7 +60,8 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
 
     t0 = time.time()
     plan, owners = features_mod.plan_from_results(run.selections, results, run.params.nf_threshold, run.params.nf_max)
-    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device)
+    # the same precision as pass 1 (--amp: float16 on CUDA), so that a / a_max compares like with like
+    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp)
     grey = GreyResponses(extractor, run.selections, plan, owners)
     patches = PatchVectors(extractor, run.selections, plan, owners)
     feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,

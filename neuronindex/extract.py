@@ -44,7 +44,7 @@ class Extractor:
         """One batch summarised for `stats.LayerStats.add_summary`, by taps inside the graph.
 
         Each selected node is followed by a tap that reduces its map right away (the map is still
-        in cache) into a shared `stats.Summaries`, and the maps themselves are not returned, so
+        in cache) into a shared `summaries.Summaries`, and the maps themselves are not returned, so
         the forward can reuse their memory. threshold (sum(channels),): every layer's current
         k-th value per channel, layers side by side in node order; channels: per node (fixed by
         the first call; a map of another width raises).
@@ -52,7 +52,7 @@ class Extractor:
         import torch
 
         if self._taps is None:
-            from .stats import Summaries
+            from .summaries import Summaries
 
             self._sink = Summaries(channels)
             self._taps = self._tapped_module(self._sink)
@@ -67,7 +67,7 @@ class Extractor:
         """The extractor with a tap after every selected node, each feeding its map to `sink`.
 
         A selected ReLU is replaced by a tap that rectifies and summarises in one read of its
-        input (`stats.Summaries.add_relu`), with torch.relu's exact values flowing on."""
+        input (`summaries.Summaries.add_relu`), with torch.relu's exact values flowing on."""
         import copy
 
         import torch.nn as nn
@@ -138,7 +138,8 @@ class Extractor:
 
         with torch.inference_mode():
             x = x.to(self.device)
-            out = self.module(x)
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                out = self.module(x)
             return {n: out[n].float() for n in self.nodes}
 
 

@@ -135,7 +135,7 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 # ---------------------------------------------------------------------------- pass 1
 
 def new_stats(run: Run) -> list:
-    """One LayerStats over the channels of every selected layer (see stats.Summaries)."""
+    """One LayerStats over the channels of every selected layer (see summaries.Summaries)."""
     from .stats import LayerStats
 
     p = run.params

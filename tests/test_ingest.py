@@ -50,8 +50,9 @@ def test_stored_rows(tiny_index):
                                                  "JOIN neurons n ON n.id = t.neuron_id JOIN layers l ON l.id = n.layer_id "
                                                  "WHERE l.name = 'conv1'"):
         assert (x0, y0, x1, y1) == (x - 1, y - 1, x + 2, y + 2)
-    ingest_row = rows(tiny_index, "SELECT status, package_version, model_fingerprint IS NOT NULL FROM ingests")
-    assert ingest_row == [("done", "0.1.0", True)]
+    ingest_row = rows(tiny_index, "SELECT package_version, model_fingerprint IS NOT NULL, finished_at >= started_at "
+                                  "FROM ingests")
+    assert ingest_row == [("0.1.0", True, True)]
     assert rows(tiny_index, "SELECT count(*) FROM class_means")[0][0] == 30
     assert rows(tiny_index, "SELECT count(*), min(len(activations)) FROM probe") == [(10, 24)]
 

@@ -54,25 +54,25 @@ KERNELS = ["native", "numba", "torch"]
 
 
 def use_kernels(kernels: str, monkeypatch) -> None:
-    from neuronindex import stats
+    from neuronindex import kernels as compiled, stats, summaries
 
-    if kernels == "native" and stats.native() is None:
+    if kernels == "native" and compiled.native() is None:
         pytest.skip("the native kernels are not built (see test_native_kernels_are_built)")
     if kernels != "native":
-        monkeypatch.setattr(stats, "native", lambda: None)
+        monkeypatch.setattr(compiled, "native", lambda: None)
     if kernels == "torch":
-        monkeypatch.setattr(stats, "summarize", stats.summarize_torch)
+        monkeypatch.setattr(summaries, "summarize", summaries.summarize_torch)
         monkeypatch.setattr(stats.LayerStats, "_update_top", stats.LayerStats._update_top_torch)
 
 
 def test_native_kernels_are_built():
     """Where a C++ compiler is at hand the install builds them; a silent fallback to numba would
     leave the native tests skipped and pass 1 slower."""
-    from neuronindex import stats
+    from neuronindex import kernels
 
     if not native_expected():
         pytest.skip("no C++ compiler on this machine")
-    assert stats.native() is not None, "neuronindex._pass1 did not build: see the output of pip install -v -e ."
+    assert kernels.native() is not None, "neuronindex._pass1 did not build: see the output of pip install -v -e ."
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
@@ -153,7 +153,8 @@ def test_shards_merge_into_one_run(activations, shards):
 
 
 def test_combined_layers_equal_separate_stats(activations):
-    from neuronindex.stats import combine, split, summarize
+    from neuronindex.stats import split
+    from neuronindex.summaries import combine, summarize
 
     images, nodes, acts, pos, labels = activations
     separate = [LayerStats(acts[n].shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=5) for n in nodes]
@@ -182,7 +183,7 @@ def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout, kernels, monke
     of 16; channels-first rows in chunks of 16-64 with a tail): small integers make ties
     everywhere, and the location must still be the first maximum, the count exactly the
     positives."""
-    from neuronindex.stats import summarize
+    from neuronindex.summaries import summarize
 
     use_kernels(kernels, monkeypatch)
 
@@ -244,7 +245,7 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
 
 def tapped_calls(ext, channels) -> list[str]:
     """The modules the tapped graph calls, in order."""
-    from neuronindex.stats import Summaries
+    from neuronindex.summaries import Summaries
 
     return [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
 
@@ -273,7 +274,7 @@ def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of
 def test_summaries_refuse_maps_and_thresholds_of_another_width(kernels, monkeypatch):
     """The compiled kernels write layer i's columns of one shared summary: a map or threshold of
     another width must be refused, not written over its neighbours' columns."""
-    from neuronindex.stats import Summaries
+    from neuronindex.summaries import Summaries
 
     use_kernels(kernels, monkeypatch)
     sink = Summaries([4, 8])
@@ -296,7 +297,7 @@ def test_fused_relu_equals_relu_then_summary(shape, layout, inplace, monkeypatch
     """A tapped ReLU is rectified and summarised in one read (`Summaries.add_relu`): its output
     must be torch.relu's bit for bit (-0.0 and NaN included), the input untouched (or, in place,
     the input itself rectified), and the summary that of the rectified map."""
-    from neuronindex.stats import Summaries
+    from neuronindex.summaries import Summaries
 
     use_kernels("native", monkeypatch)
     rng = np.random.default_rng(sum(shape))
@@ -352,3 +353,17 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
         return [maps[name] for name in names]
 
     assert_taps_give_the_maps_statistics(ext, open_source(str(image_folder)), channels, kernels, model_maps)
+
+
+def test_native_kernels_refuse_a_second_openmp_runtime(monkeypatch, capsys):
+    """Two OpenMP runtimes in one process would run two thread pools on the same cores: the native
+    kernels then stand aside for the numba ones, saying so once."""
+    from neuronindex import kernels
+
+    monkeypatch.setattr(kernels, "_native", False)
+    monkeypatch.setattr(kernels, "openmp_runtimes", lambda: ["/torch/lib/libgomp.so.1", "/usr/lib/libgomp.so.1"])
+    assert kernels.native() is None
+    assert "second OpenMP runtime" in capsys.readouterr().err
+    monkeypatch.setattr(kernels, "_native", False)
+    monkeypatch.setattr(kernels, "openmp_runtimes", lambda: ["/torch/lib/libgomp.so.1"])
+    assert (kernels.native() is None) == (not native_expected())
