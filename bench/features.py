@@ -43,7 +43,7 @@ def photos(folder: Path, n: int = 400) -> Path:
 
 def measure(name, run, repeats, workers=0):
     stats = pass1(run, progress=False)
-    results = split(stats[0].result(), [s.layer.channels for s in run.selections])
+    results = split(stats.result(), [s.layer.channels for s in run.selections])
     plan, _ = features.plan_from_results(run.selections, results, 0.7, 100)
     needed = sorted(set(plan.image[plan.use_nf | plan.sprite].tolist()))
     decode, full = [], []

@@ -134,17 +134,18 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 
 # ---------------------------------------------------------------------------- pass 1
 
-def new_stats(run: Run) -> list:
-    """One LayerStats over the channels of every selected layer (see summaries.Summaries)."""
+def new_stats(run: Run):
+    """One LayerStats over the channels of every selected layer side by side (see
+    summaries.Summaries): each batch costs one top-k merge whatever the number of layers."""
     from .stats import LayerStats
 
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
-    return [LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)]
+    return LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
 
 
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
-          checkpoint_seconds: float = 120.0) -> list:
+          checkpoint_seconds: float = 120.0):
     """Stream the run's images (from batch `done` on) through the model into per-layer stats."""
     import torch
     from tqdm import tqdm
@@ -171,8 +172,8 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
                 run.problems[int(pos[i])] = p
         if bool(ok.any()):
             ids = pos[ok]
-            summary = extractor.summaries(batch[ok], stats[0].threshold(), channels)
-            stats[0].add_summary(summary, ids, labels[ids])
+            summary = extractor.summaries(batch[ok], stats.threshold(), channels)
+            stats.add_summary(summary, ids, labels[ids])
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
@@ -186,14 +187,13 @@ def _work_dir(index_dir: Path, run: Run) -> Path:
     return Path(index_dir) / ".work" / run.key()
 
 
-def save_state(path: Path, run: Run, stats: list, batches_done: int) -> None:
+def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
     """Atomically write the pass-1 state (numpy arrays + JSON meta) to `path`."""
     arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
                                                      "batches_done": batches_done,
                                                      "problems": run.problems}).encode(), dtype=np.uint8)}
-    for i, st in enumerate(stats):
-        for k, v in st.state_dict().items():
-            arrays[f"{i}/{k}"] = v
+    for k, v in stats.state_dict().items():
+        arrays[f"0/{k}"] = v  # the "0/" prefix keeps the file format of earlier versions
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -203,7 +203,7 @@ def save_state(path: Path, run: Run, stats: list, batches_done: int) -> None:
     os.replace(tmp, path)
 
 
-def load_state(path: Path, device: str = "cpu") -> tuple[dict, list]:
+def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
     from .stats import LayerStats
 
     if not Path(path).is_file():
@@ -211,11 +211,12 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, list]:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
-            n = len({k.split("/", 1)[0] for k in data.files if "/" in k})
-            stats = []
-            for i in range(n):
-                state = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith(f"{i}/")}
-                stats.append(LayerStats.from_state(state, device))
+            groups = {k.split("/", 1)[0] for k in data.files if "/" in k}
+            if groups != {"0"}:
+                raise IngestError(f"state file {path} was written by an older neuronindex (one state per layer); "
+                                  "start the ingest again without --resume")
+            stats = LayerStats.from_state({k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("0/")},
+                                          device)
     except (OSError, ValueError, KeyError) as exc:
         raise IngestError(f"state file {path} is damaged or not a neuronindex state ({exc})") from None
     return meta, stats
@@ -283,15 +284,14 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
     run = run_from_meta(base, shard=None)
     merged = all_stats[0]
     for other in all_stats[1:]:
-        for a, b in zip(merged, other):
-            a.merge(b)
+        merged.merge(other)
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
     return finish(run, merged, Path(index_dir), progress=progress, timings={"merge": time.time() - started},
                   started=started, derive=derive)
 
 
-def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: dict, started: float,
+def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
            derive: bool = True) -> dict:
     """Pass 2 and derived properties, then publish."""
     from .store import staged
@@ -301,7 +301,7 @@ def finish(run: Run, stats: list, index_dir: Path, *, progress: bool, timings: d
 
     from .selectivity import dead_neurons, weak_neurons
 
-    results = split(stats[0].result(), [s.layer.channels for s in run.selections])
+    results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
         res["dead"] = dead_neurons(res["act_max"], res["act_std"])
         res["weak"] = weak_neurons(res["act_max"])
