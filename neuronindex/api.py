@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import math
 import os
 from pathlib import Path
 
@@ -292,6 +293,7 @@ class Index:
 
         if space not in ("prototype", "signature"):
             raise UsageError(f"unknown space {space!r}; use prototype or signature")
+        _check_k(k)
         n = self.neuron(key)
         group_col = "model_id" if space == "signature" else "layer_id"
         row = self.con.execute(f"SELECT vector, {group_col} FROM embeddings WHERE space = ? AND neuron_id = ?",
@@ -323,6 +325,9 @@ class Index:
             raise UsageError(f"unknown mode {mode!r}; use embedding or response")
         if space not in ("prototype", "patch"):
             raise UsageError(f"unknown space {space!r}; use prototype or patch")
+        _check_k(k)
+        if box is not None and not all(np.isfinite(float(v)) for v in box):
+            raise UsageError("the box needs four finite numbers x0,y0,x1,y1 in image pixels")
         loaded, extractor, layers = self._model(model, layer)
         pil = image if hasattr(image, "size") and hasattr(image, "mode") else load_image(image)
         pil = pil.convert("RGB")
@@ -436,6 +441,13 @@ class Index:
         return row[0] if row else None
 
 
+def _check_k(k) -> None:
+    from .errors import UsageError
+
+    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
+        raise UsageError(f"k must be a whole number from 1 to 10000, not {k!r}")
+
+
 def parse_box(text: str | None) -> list[float] | None:
     """'x0,y0,x1,y1' (image pixels) -> four floats; None for no box."""
     from .errors import UsageError
@@ -446,8 +458,8 @@ def parse_box(text: str | None) -> list[float] | None:
         values = [float(v) for v in text.split(",")]
     except ValueError:
         values = []
-    if len(values) != 4:
-        raise UsageError(f"box {text!r} must be x0,y0,x1,y1 in image pixels")
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise UsageError(f"box {text!r} must be four finite numbers x0,y0,x1,y1 in image pixels")
     return values
 
 

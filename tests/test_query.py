@@ -229,3 +229,9 @@ def test_dump_and_cli(index_dir, cli_runner, tmp_path):
     assert r.exit_code == 7 and "did you mean" in r.output
     r = cli_runner.invoke(cli, ["schema", str(index_dir)])
     assert "view neuron_view" in r.output and "color_index" in r.output
+
+
+@pytest.mark.parametrize("text", ["alpha>true", "csi=false", "gamma>=nan", "alpha>1e400", "limit:-5", "sort:"])
+def test_bad_values_are_query_errors(idx, text):
+    with pytest.raises(QueryError):
+        idx.search(text)

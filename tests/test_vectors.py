@@ -135,3 +135,22 @@ def test_cli_nearest_similar_vectors(wide_index, cli_runner):
     assert r.exit_code == 0 and "wide_cnn/" in r.output
     r = cli_runner.invoke(cli, ["vectors", str(path)])
     assert r.exit_code == 0 and "prototype" in r.output
+
+
+@pytest.mark.parametrize("k", [0, -1, 10_001])
+def test_bad_k_and_boxes_are_usage_errors(wide_index, k):
+    from neuronindex.errors import UsageError
+
+    path, _ = wide_index
+    with neuronindex.open(path) as idx:
+        image = idx.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
+        with pytest.raises(UsageError, match="k must be"):
+            idx.similar("wide_cnn/conv2/3", k=k)
+        with pytest.raises(UsageError, match="k must be"):
+            idx.nearest(image, None, "conv2", k=k)
+        with pytest.raises(UsageError, match="finite"):
+            idx.nearest(image, [0, 0, float("inf"), 4], "conv2")
+    from neuronindex.api import parse_box
+
+    with pytest.raises(UsageError, match="finite"):
+        parse_box("0,0,1e400,4")

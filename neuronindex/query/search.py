@@ -208,8 +208,6 @@ def _field(name: str) -> str:
 
 
 def _number(value: str, raw: str):
-    if value in ("true", "false"):
-        return value == "true"
     try:
         number = float(value)
     except ValueError:
