@@ -101,6 +101,8 @@ def _shard(value):
 @setting_option("--batch-size")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, help="Mixed precision (CUDA only).")
+@click.option("--spatial-means", is_flag=True, help="Also the CSI of Morcos et al. (csi_mean): class means of "
+                                                     "each map's spatial mean; one more read of every map.")
 @click.option("--workers", default=0, show_default=True, help="DataLoader worker processes decoding images.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @setting_option("--probe-size")
@@ -113,7 +115,8 @@ def _shard(value):
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
               help="Save the mergeable pass-1 state here instead of publishing (see `merge`).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp, workers, limit,
+def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
+           spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, quiet,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
@@ -125,7 +128,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
                    "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
                           nf_max=nf_max, nf_threshold=nf_threshold, class_threshold=class_threshold, device=device,
-                          workers=workers, amp=amp)
+                          workers=workers, amp=amp, spatial_means=spatial_means)
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,

@@ -3,6 +3,10 @@
 ALTER TABLE neurons ADD COLUMN weak BOOLEAN DEFAULT false;
 COMMENT ON COLUMN neurons.weak IS 'a_max below activity_floor (0.05) x the layer''s median a_max: left out of selectivity rankings.';
 ALTER TABLE neurons ADD COLUMN mean_chroma DOUBLE;
+ALTER TABLE neurons ADD COLUMN csi_mean DOUBLE;
+COMMENT ON COLUMN neurons.csi_mean IS 'CSI of Morcos et al. exactly: from class means of each map''s spatial mean (ingest --spatial-means); NULL otherwise.';
+ALTER TABLE class_means ADD COLUMN mean_spatial DOUBLE;
+COMMENT ON COLUMN class_means.mean_spatial IS 'Mean over the class''s images of the map''s spatial mean (ingest --spatial-means); NaN otherwise.';
 COMMENT ON COLUMN neurons.mean_chroma IS 'Chroma of the NF''s weighted mean colour (opponent units); a measure for flat colour blobs, not alpha.';
 ALTER TABLE layers ADD COLUMN aliases VARCHAR;
 COMMENT ON COLUMN layers.aliases IS 'Every alias of the layer, comma-separated (conv1..convN, and VGG-style conv4_3 on plain chains).';
@@ -23,7 +27,7 @@ SELECT n.id, n.key, m.name AS model, l.name AS layer, l.alias, l.node, n.channel
        n.sparsity, n.dead, n.auc, n.nf_n, n.nf_self_response, n.color_index, n.hue, n.hue_name, n.color_name,
        n.color_share, n.color_response, n.class_index, n.class_m, tc.name AS top_class, n.top_class_share, n.csi,
        cc.name AS csi_class, greatest(n.rf_h, n.rf_w) AS rf_size, n.n_images, n.mean_chroma, tc.wnid AS top_class_wnid,
-       n.weak
+       n.weak, n.csi_mean
 FROM neurons n JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = n.model_id
 LEFT JOIN classes tc ON tc.id = n.top_class_id LEFT JOIN classes cc ON cc.id = n.csi_class_id;
 COMMENT ON VIEW neuron_view IS 'One row per neuron with its model, layer, alias, indexes, top class and colour name: the common join.';
@@ -58,6 +62,7 @@ COMMENT ON COLUMN neuron_view.rf_size IS 'Receptive field size of the channel (m
 COMMENT ON COLUMN neuron_view.n_images IS 'Images seen.';
 COMMENT ON COLUMN neuron_view.mean_chroma IS 'Chroma of the NF''s weighted mean colour (opponent units); not alpha: finds flat colour blobs.';
 COMMENT ON COLUMN neuron_view.top_class_wnid IS 'WordNet id of the top class, when it has one.';
+COMMENT ON COLUMN neuron_view.csi_mean IS 'CSI of Morcos et al. (class means of the spatial mean; ingest --spatial-means).';
 COMMENT ON COLUMN neuron_view.weak IS 'a_max below activity_floor x the layer median: left out of selectivity rankings.';
 
 CREATE TABLE neuron_search AS SELECT * FROM neuron_view ORDER BY id;
@@ -93,4 +98,5 @@ COMMENT ON COLUMN neuron_search.rf_size IS 'Receptive field size of the channel 
 COMMENT ON COLUMN neuron_search.n_images IS 'Images seen.';
 COMMENT ON COLUMN neuron_search.mean_chroma IS 'Chroma of the NF''s weighted mean colour (opponent units); not alpha: finds flat colour blobs.';
 COMMENT ON COLUMN neuron_search.top_class_wnid IS 'WordNet id of the top class, when it has one.';
+COMMENT ON COLUMN neuron_search.csi_mean IS 'CSI of Morcos et al. (class means of the spatial mean; ingest --spatial-means).';
 COMMENT ON COLUMN neuron_search.weak IS 'a_max below activity_floor x the layer median: left out of selectivity rankings.';

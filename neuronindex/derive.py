@@ -285,21 +285,28 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run) -
     sets = ", ".join(f"{c} = u.{c}" for c in cols if c != "neuron_id")
     execute(con, f"UPDATE neurons SET {sets} FROM _idx_update u WHERE neurons.id = u.neuron_id")
     # CSI from the class-conditional means of pass 1
-    rows = execute(con, "SELECT m.neuron_id, m.class_id, m.mean_activation FROM class_means m "
+    # (and, when pass 1 took them, from the class means of each map's spatial mean: Morcos et al.)
+    rows = execute(con, "SELECT m.neuron_id, m.class_id, m.mean_activation, m.mean_spatial FROM class_means m "
                         "JOIN neurons n ON n.id = m.neuron_id WHERE n.ingest_id = ? ORDER BY 1, 2", [ingest_id])
     if rows:
-        arr = np.array(rows, dtype=float)
+        arr = np.array([[np.nan if v is None else v for v in r] for r in rows], dtype=float)
         neuron_ids, inv = np.unique(arr[:, 0].astype(np.int64), return_inverse=True)
         class_ids, cinv = np.unique(arr[:, 1].astype(np.int64), return_inverse=True)
         means = np.full((len(class_ids), len(neuron_ids)), np.nan)
         means[cinv, inv] = arr[:, 2]
         value, top = sel.csi(means)
-        execute(con, "CREATE TEMP TABLE IF NOT EXISTS _csi_update (neuron_id INTEGER, csi DOUBLE, csi_class_id INTEGER)")
+        spatial = np.full_like(means, np.nan)
+        spatial[cinv, inv] = arr[:, 3]
+        value_mean = sel.csi(spatial)[0] if np.isfinite(spatial).any() else np.full(len(neuron_ids), np.nan)
+        execute(con, "CREATE TEMP TABLE IF NOT EXISTS _csi_update (neuron_id INTEGER, csi DOUBLE, csi_class_id INTEGER, "
+                     "csi_mean DOUBLE)")
         execute(con, "DELETE FROM _csi_update")
-        insert(con, "_csi_update", {"neuron_id": neuron_ids, "csi": value, "csi_class_id": class_ids[top]})
-        execute(con, "UPDATE neurons SET csi = u.csi, csi_class_id = u.csi_class_id FROM _csi_update u "
-                     "WHERE neurons.id = u.neuron_id")
-        execute(con, "UPDATE neurons SET csi = NULL, csi_class_id = NULL WHERE dead AND ingest_id = ?", [ingest_id])
+        insert(con, "_csi_update", {"neuron_id": neuron_ids, "csi": value, "csi_class_id": class_ids[top],
+                                    "csi_mean": value_mean})
+        execute(con, "UPDATE neurons SET csi = u.csi, csi_class_id = u.csi_class_id, csi_mean = u.csi_mean "
+                     "FROM _csi_update u WHERE neurons.id = u.neuron_id")
+        execute(con, "UPDATE neurons SET csi = NULL, csi_class_id = NULL, csi_mean = NULL WHERE dead AND ingest_id = ?",
+                [ingest_id])
 
 
 def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections) -> None:

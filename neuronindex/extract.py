@@ -30,6 +30,7 @@ class Extractor:
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         self.amp = amp and self.device.type == "cuda"
         self._taps = None
+        self._sink = None
         if loaded.scripted:
             from .layers import ScriptTaps
 
@@ -40,21 +41,22 @@ class Extractor:
             module = _without_inplace(loaded.module)
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
 
-    def summaries(self, images_uint8, threshold, channels: list[int]) -> tuple:
+    def summaries(self, images_uint8, threshold, channels: list[int], spatial_means: bool = False) -> tuple:
         """One batch summarised for `stats.LayerStats.add_summary`, by taps inside the graph.
 
         Each selected node is followed by a tap that reduces its map right away (the map is still
         in cache) into a shared `summaries.Summaries`, and the maps themselves are not returned, so
         the forward can reuse their memory. threshold (sum(channels),): every layer's current
         k-th value per channel, layers side by side in node order; channels: per node (fixed by
-        the first call; a map of another width raises).
+        the first call; a map of another width raises). spatial_means: also take each map's
+        spatial mean per (image, channel), then read with `spatial_means()`.
         """
         import torch
 
         if self._taps is None:
             from .summaries import Summaries
 
-            self._sink = Summaries(channels)
+            self._sink = Summaries(channels, spatial_means=spatial_means)
             self._taps = self._tapped_module(self._sink)
         self._sink.begin(threshold, images_uint8.shape[0])
         with torch.inference_mode():
@@ -62,6 +64,10 @@ class Extractor:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 self._taps(x)
         return self._sink.result()
+
+    def spatial_means(self):
+        """(B, C) float64 spatial means of the last `summaries` batch, or None when not taken."""
+        return self._sink.means if self._sink is not None else None
 
     def _tapped_module(self, sink):
         """The extractor with a tap after every selected node, each feeding its map to `sink`.

@@ -40,6 +40,7 @@ class IngestParams:
     device: str = "cpu"
     workers: int = 0
     amp: bool = False
+    spatial_means: bool = default("spatial_means")  # also class means of each map's spatial mean (Morcos CSI)
 
     def validate(self):
         if self.top_k < 1:
@@ -76,6 +77,7 @@ class Run:
             "nodes": [s.layer.name for s in self.selections], "pre": self.meta["preprocessing"],
             "top_k": self.params.top_k, "batch": self.params.batch_size, "probe": self.params.probe_size,
             "limit": self.params.limit, "shard": self.params.shard if include_shard else None,
+            "spatial": self.params.spatial_means,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -141,7 +143,9 @@ def new_stats(run: Run):
 
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
-    return LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
+    stats = LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
+    stats.has_spatial = p.spatial_means
+    return stats
 
 
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
@@ -172,8 +176,8 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
                 run.problems[int(pos[i])] = p
         if bool(ok.any()):
             ids = pos[ok]
-            summary = extractor.summaries(batch[ok], stats.threshold(), channels)
-            stats.add_summary(summary, ids, labels[ids])
+            summary = extractor.summaries(batch[ok], stats.threshold(), channels, run.params.spatial_means)
+            stats.add_summary(summary, ids, labels[ids], extractor.spatial_means())
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:

@@ -28,7 +28,7 @@ def native():
             except ImportError:
                 module = None
             runtimes = openmp_runtimes()
-            if module is not None and len(runtimes) > 1:
+            if module is not None and not shares_torch_openmp(runtimes, os.path.dirname(torch.__file__)):
                 import sys
 
                 print(f"warning: the native pass-1 kernels would run on a second OpenMP runtime ({', '.join(runtimes)}) "
@@ -39,11 +39,22 @@ def native():
     return _native
 
 
-def openmp_runtimes() -> list[str]:
-    """The OpenMP runtime libraries mapped into this process (Linux; [] where that cannot be read).
+def shares_torch_openmp(runtimes: list[str], torch_dir: str) -> bool:
+    """Whether the native kernels run on torch's OpenMP runtime.
 
-    torch loads its own libgomp; the native kernels link `libgomp.so.1`, which the loader then
-    resolves to that same library. Two runtimes would oversubscribe the cores with two thread pools."""
+    They link `libgomp.so.1`; the loader binds that name to the library of that name already
+    loaded, which is torch's own copy where torch ships one (pip's Linux wheels), or the system's
+    libgomp that torch uses too. Where torch ships a different runtime (Intel's libiomp5, LLVM's
+    libomp) and a libgomp.so.1 from elsewhere is mapped, the kernels would start a second pool of
+    threads on the same cores. Other packages' vendored runtimes (scikit-learn's
+    libgomp-<hash>.so) have other names and do not matter."""
+    ours = [p for p in runtimes if os.path.basename(p).startswith("libgomp.so")]
+    torchs = [p for p in runtimes if p.startswith(torch_dir.rstrip("/") + "/")]
+    return not torchs or all(p in torchs for p in ours)
+
+
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtime libraries mapped into this process (Linux; [] where that cannot be read)."""
     import re
 
     try:

@@ -28,6 +28,8 @@ SETTINGS: tuple[Setting, ...] = (
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
     Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),
+    Setting("spatial_means", False, "Also take each map's spatial mean in pass 1, for the CSI of Morcos et al. "
+                                    "(csi_mean); costs one more read of every map."),
     Setting("class_selective", 0.6, "gamma at or above which a layer summary counts a neuron class selective."),
     Setting("std_floor", 1.0, "Grey levels: the floor of the per-pixel std in alpha's 1/std weights."),
     Setting("dead_relative", 1e-6, "Dead: constant (std <= this x a_max) or a_max <= this x the layer median."),

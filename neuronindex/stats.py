@@ -49,6 +49,9 @@ class LayerStats:
         self.silent = torch.zeros(C, dtype=torch.long, device=dev)
         self.class_sum = torch.zeros((max(n_classes, 1), C), dtype=torch.float64, device=dev)
         self.class_count = torch.zeros(max(n_classes, 1), dtype=torch.long, device=dev)
+        # class sums of each map's spatial mean (Morcos et al.'s activation), when pass 1 takes it
+        self.class_mean_sum = torch.zeros((max(n_classes, 1), C), dtype=torch.float64, device=dev)
+        self.has_spatial = False
         self.probe = torch.zeros((probe_size, C), dtype=torch.float32, device=dev)
         self.probe_filled = torch.zeros(probe_size, dtype=torch.bool, device=dev)
         self.last_id = -1
@@ -64,8 +67,9 @@ class LayerStats:
             return
         self.add_summary(summaries.summarize(acts, self.threshold()), ids, labels)
 
-    def add_summary(self, summary, ids, labels=None) -> None:
-        """Fold in one batch summarised by `summarize` (with this object's threshold)."""
+    def add_summary(self, summary, ids, labels=None, means=None) -> None:
+        """Fold in one batch summarised by `summarize` (with this object's threshold); means
+        (B, C): each map's spatial mean, for the class means of Morcos et al.'s CSI."""
         import torch
 
         vals, firing, loc, per_image, width = summary  # per_image, width: int or (C,) tensors
@@ -84,6 +88,8 @@ class LayerStats:
             known = labels >= 0
             if known.any():
                 self.class_sum.index_add_(0, labels[known], v64[known])
+                if means is not None:
+                    self.class_mean_sum.index_add_(0, labels[known], means.to(v64.device, torch.float64)[known])
                 self.class_count += torch.bincount(labels[known], minlength=self.class_sum.shape[0])
         in_probe = ids < self.probe_size
         if in_probe.any():
@@ -164,6 +170,9 @@ class LayerStats:
         self.sumsq += other.sumsq.to(self.sum.device)
         self.silent += other.silent.to(self.sum.device)
         self.class_sum += other.class_sum.to(self.sum.device)
+        self.class_mean_sum += other.class_mean_sum.to(self.sum.device)
+        if self.has_spatial != other.has_spatial:
+            raise ValueError("one state has the spatial means (CSI of Morcos et al.) and the other not")
         self.class_count += other.class_count.to(self.sum.device)
         filled = other.probe_filled.to(self.sum.device)
         self.probe[filled] = other.probe.to(self.sum.device)[filled]
@@ -186,6 +195,8 @@ class LayerStats:
         state = {k: getattr(self, k).cpu().numpy() for k in self._TENSORS}
         state["meta"] = np.array([self.channels, self.top_k, self.curve_len, self.n_classes, self.probe_size,
                                   self.count, self.last_id], dtype=np.int64)
+        if self.has_spatial:
+            state["class_mean_sum"] = self.class_mean_sum.cpu().numpy()
         return state
 
     @classmethod
@@ -197,6 +208,9 @@ class LayerStats:
         for key in cls._TENSORS:
             setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
         stats.count, stats.last_id = count, last_id
+        if "class_mean_sum" in state:
+            stats.class_mean_sum = torch.from_numpy(np.array(state["class_mean_sum"])).to(device)
+            stats.has_spatial = True
         return stats
 
     # ------------------------------------------------------------------ results
@@ -216,6 +230,7 @@ class LayerStats:
         class_count = self.class_count.cpu().numpy()
         with np.errstate(invalid="ignore", divide="ignore"):
             class_means = self.class_sum.cpu().numpy() / class_count[:, None]
+            spatial = self.class_mean_sum.cpu().numpy() / class_count[:, None] if self.has_spatial else None
         k = self.top_k
         return {
             "count": self.count,
@@ -227,6 +242,7 @@ class LayerStats:
             "curve": curve.astype(np.float32),
             "auc": curve.sum(1) / self.curve_len,
             "class_means": class_means[: self.n_classes],
+            "class_means_spatial": spatial[: self.n_classes] if spatial is not None else None,
             "class_count": class_count[: self.n_classes],
             "top_values": values[:, :k],
             "top_ids": self.ids.cpu().numpy()[:, :k],
@@ -254,7 +270,9 @@ def split(result: dict, channels: list[int]) -> list[dict]:
     for c in channels:
         part = {}
         for key, value in result.items():
-            if key in ("class_means", "probe"):
+            if value is None:
+                part[key] = None
+            elif key in ("class_means", "class_means_spatial", "probe"):
                 part[key] = value[:, start:start + c]
             elif key in ("count", "class_count", "probe_ids"):
                 part[key] = value

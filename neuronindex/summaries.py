@@ -64,16 +64,24 @@ class Summaries:
     `add_relu`, which rectifies and summarises in one read where the native kernels are built.
     """
 
-    def __init__(self, channels: list[int], compiled: bool | None = None):
+    def __init__(self, channels: list[int], compiled: bool | None = None, spatial_means: bool = False):
         self.channels = list(channels)
         self.starts = np.concatenate([[0], np.cumsum(self.channels)]).astype(np.int64)
         self.force = compiled
+        # also each map's spatial mean per (image, channel), for the CSI of Morcos et al.: one more
+        # read of every map, so only when asked for
+        self.spatial_means = spatial_means
+        self.means = None
 
     def begin(self, threshold, batch: int) -> None:
         """Start a batch of `batch` images; threshold (channels,) is the combined k-th value."""
         self.threshold = threshold
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
         self.lib = None
+        if self.spatial_means:
+            import torch
+
+            self.means = torch.empty((batch, int(self.starts[-1])), dtype=torch.float64, device=threshold.device)
         if not self.compiled:
             self.parts = [None] * len(self.channels)
         else:
@@ -98,6 +106,7 @@ class Summaries:
 
     def add(self, i: int, acts) -> None:
         """Summarise layer i's map (B, C, H, W)."""
+        self._mean(i, acts)
         if self._native(i, acts, None):
             return
         s, e = self.starts[i], self.starts[i + 1]
@@ -118,6 +127,7 @@ class Summaries:
             last, dense = kernels._layout(x)
             y = x if inplace else torch.empty_like(dense)  # the kernel writes y in x's memory order
             if (dense is x or not inplace) and y.stride() == dense.stride() and self._native(i, dense, y):
+                self._mean(i, y)
                 return y
         y = x.relu_() if inplace else torch.relu(x)
         self.add(i, y)
@@ -141,6 +151,11 @@ class Summaries:
         self.per_image[s:e] = H * W
         self.width[s:e] = W
         return True
+
+    def _mean(self, i: int, acts) -> None:
+        if self.means is not None:
+            s, e = self.starts[i], self.starts[i + 1]
+            self.means[:, s:e] = acts.mean(dim=(2, 3), dtype=self.means.dtype)
 
     def result(self) -> tuple:
         import torch

@@ -178,9 +178,11 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
             means, counts = res["class_means"], res["class_count"]
             cc, nn_ = np.meshgrid(np.arange(len(label_class_ids)), np.arange(C), indexing="ij")
             keep = counts[cc.ravel()] > 0
+            spatial = res.get("class_means_spatial")
             insert(con, "class_means", {
                 "neuron_id": ids[nn_.ravel()][keep], "class_id": label_class_ids[cc.ravel()][keep],
                 "mean_activation": means.ravel()[keep], "n_images": counts[cc.ravel()][keep],
+                "mean_spatial": spatial.ravel()[keep] if spatial is not None else np.full(int(keep.sum()), np.nan),
             })
         if len(res["probe_ids"]):
             insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})

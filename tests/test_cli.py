@@ -53,3 +53,29 @@ def test_images_command_counts_classes(cli_runner, image_folder):
     result = cli_runner.invoke(cli, ["images", str(image_folder), "--format", "json"])
     report = json.loads(result.output)
     assert report["images"] == 24 and report["classes"] == {"blue": 8, "green": 8, "red": 8}
+
+
+def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
+    """Every setting has help; every CLI option named after a setting defaults to it; the library's
+    defaults are the table's."""
+    from neuronindex import settings
+    from neuronindex.ingest import IngestParams
+    from neuronindex.query import search, sql
+    from neuronindex.selectivity import COLOR_THRESHOLD
+
+    assert all(s.help and len(s.help) > 15 for s in settings.SETTINGS)
+    checked = 0
+    for command in cli.commands.values():
+        for p in command.params:
+            name = {"time_limit": "sql_time_limit", "max_rows": "sql_max_rows"}.get(p.name, p.name)
+            if name in settings.BY_NAME and not p.is_flag and p.default is not None:  # None: keep the stored value
+                assert p.default == settings.default(name), (command.name, p.name)
+                checked += 1
+    assert checked >= 8
+    params = IngestParams()
+    assert (params.top_k, params.nf_threshold, params.class_threshold, params.spatial_means) == tuple(
+        settings.default(n) for n in ("top_k", "nf_threshold", "class_threshold", "spatial_means"))
+    assert (COLOR_THRESHOLD, search.DEFAULT_LIMIT, sql.DEFAULT_MAX_ROWS) == tuple(
+        settings.default(n) for n in ("color_threshold", "search_limit", "sql_max_rows"))
+    result = cli_runner.invoke(cli, ["settings", "--format", "json"])
+    assert result.exit_code == 0 and {r["name"] for r in json.loads(result.output)} == set(settings.BY_NAME)

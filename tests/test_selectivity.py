@@ -289,3 +289,41 @@ def test_side_tables_and_csi(index):
     assert index.execute("SELECT count(*) FROM neurons WHERE dead AND color_index IS NOT NULL").fetchone()[0] == 0
 
 
+
+
+def test_morcos_csi_from_spatial_means_equals_brute_force(tmp_path, image_folder, tiny_loaded):
+    """`spatial_means` adds Morcos et al.'s CSI (class means of each map's spatial mean), computed
+    here from the maps themselves; without it csi_mean is NULL and csi uses the spatial maximum."""
+    import torch
+
+    from neuronindex.data import open_source
+    from neuronindex.extract import Extractor
+    from neuronindex.ingest import IngestParams, ingest
+
+    ingest(tiny_loaded, str(image_folder), "conv1,conv2", tmp_path / "a",
+           params=IngestParams(top_k=8, batch_size=5, spatial_means=True), progress=False)
+    images = open_source(str(image_folder))
+    extractor = Extractor(tiny_loaded, ["conv1", "conv2"])
+    names = images.leaf_classes
+    sums = {n: np.zeros((len(names), c)) for n, c in (("conv1", 4), ("conv2", 6))}
+    counts = np.zeros(len(names))
+    for r in images.images:
+        x = torch.from_numpy(np.asarray(tiny_loaded.preprocessing.geometric(images.load(r)), dtype=np.uint8).copy())[None]
+        maps = extractor(x)
+        k = names.index(r.label)
+        counts[k] += 1
+        for n in sums:
+            sums[n][k] += maps[n][0].double().mean(dim=(1, 2)).numpy()
+    con = duckdb.connect(str(tmp_path / "a" / "index.duckdb"), read_only=True)
+    for layer, s in sums.items():
+        expected = sel.csi(s / counts[:, None])[0]
+        got = [r[0] for r in con.execute("SELECT n.csi_mean FROM neurons n JOIN layers l ON l.id = n.layer_id "
+                                          "WHERE l.name = ? ORDER BY n.channel", [layer]).fetchall()]
+        dead = [r[0] for r in con.execute("SELECT dead FROM neurons n JOIN layers l ON l.id = n.layer_id "
+                                           "WHERE l.name = ? ORDER BY n.channel", [layer]).fetchall()]
+        for g, e, d in zip(got, expected, dead):
+            assert (g is None) if d else g == pytest.approx(e, rel=1e-6, abs=1e-9)
+    ingest(tiny_loaded, str(image_folder), "conv1", tmp_path / "b", params=IngestParams(top_k=8), progress=False)
+    con = duckdb.connect(str(tmp_path / "b" / "index.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM neurons WHERE csi_mean IS NOT NULL").fetchone()[0] == 0
+    assert con.execute("SELECT count(*) FROM neurons WHERE csi IS NOT NULL").fetchone()[0] > 0

@@ -357,13 +357,21 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
 
 def test_native_kernels_refuse_a_second_openmp_runtime(monkeypatch, capsys):
     """Two OpenMP runtimes in one process would run two thread pools on the same cores: the native
-    kernels then stand aside for the numba ones, saying so once."""
+    kernels then stand aside for the numba ones, saying so once. Other packages' vendored
+    runtimes (scikit-learn's libgomp-<hash>.so) do not count."""
     from neuronindex import kernels
 
+    torch_dir = "/site/torch"
+    shared = ["/site/torch/lib/libgomp.so.1", "/site/sklearn/.libs/libgomp-a34b3233.so.1.0.0"]
+    assert kernels.shares_torch_openmp(shared, torch_dir)
+    assert kernels.shares_torch_openmp(["/usr/lib/x86_64-linux-gnu/libgomp.so.1"], torch_dir)  # torch uses the system's
+    intel = ["/site/torch/lib/libiomp5.so", "/usr/lib/x86_64-linux-gnu/libgomp.so.1"]
+    assert not kernels.shares_torch_openmp(intel, torch_dir)
     monkeypatch.setattr(kernels, "_native", False)
-    monkeypatch.setattr(kernels, "openmp_runtimes", lambda: ["/torch/lib/libgomp.so.1", "/usr/lib/libgomp.so.1"])
+    monkeypatch.setattr(kernels, "openmp_runtimes", lambda: [p.replace("/site/torch", kernels.os.path.dirname(
+        __import__("torch").__file__)) for p in intel])
     assert kernels.native() is None
     assert "second OpenMP runtime" in capsys.readouterr().err
     monkeypatch.setattr(kernels, "_native", False)
-    monkeypatch.setattr(kernels, "openmp_runtimes", lambda: ["/torch/lib/libgomp.so.1"])
+    monkeypatch.undo()
     assert (kernels.native() is None) == (not native_expected())

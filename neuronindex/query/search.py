@@ -37,8 +37,9 @@ FIELDS = {
     "m": "class_m", "class_m": "class_m", "channel": "channel", "nf_n": "nf_n", "n": "nf_n",
     "share": "top_class_share", "top_class_share": "top_class_share", "color_share": "color_share",
     "rf": "rf_size", "rf_size": "rf_size", "images": "n_images", "chroma": "mean_chroma", "mean_chroma": "mean_chroma",
+    "csi_mean": "csi_mean",
 }
-SELECTIVITY = {"color_index", "class_index", "csi", "color_response", "mean_chroma", "top_class_share", "class_m",
+SELECTIVITY = {"color_index", "class_index", "csi", "csi_mean", "color_response", "mean_chroma", "top_class_share", "class_m",
                "color_share"}
 MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
 FILLER = {"neuron", "neurons", "unit", "units", "selective", "in", "with", "the", "of", "a", "an", "and", "for",
