@@ -322,7 +322,7 @@ def test_morcos_csi_from_spatial_means_equals_brute_force(tmp_path, image_folder
         dead = [r[0] for r in con.execute("SELECT dead FROM neurons n JOIN layers l ON l.id = n.layer_id "
                                            "WHERE l.name = ? ORDER BY n.channel", [layer]).fetchall()]
         for g, e, d in zip(got, expected, dead):
-            assert (g is None) if d else g == pytest.approx(e, rel=1e-6, abs=1e-9)
+            assert (g is None) if d else g == pytest.approx(e, rel=1e-4, abs=1e-6), (layer, g, e)  # float32 means
     ingest(tiny_loaded, str(image_folder), "conv1", tmp_path / "b", params=IngestParams(top_k=8), progress=False)
     con = duckdb.connect(str(tmp_path / "b" / "index.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM neurons WHERE csi_mean IS NOT NULL").fetchone()[0] == 0
