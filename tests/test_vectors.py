@@ -130,7 +130,7 @@ def test_cli_nearest_similar_vectors(wide_index, cli_runner):
     rows = json.loads(r.output)
     assert len(rows) == 3 and {"image", "box", "rank", "key"} <= set(rows[0])
     r = cli_runner.invoke(cli, ["nearest", str(path), "--image", image, "--box", "2,2,1"])
-    assert r.exit_code == 2 and r.output.startswith("Error: box '2,2,1' must be x0,y0,x1,y1")
+    assert r.exit_code == 2 and r.output.startswith("Error: box '2,2,1' must be four finite numbers x0,y0,x1,y1")
     r = cli_runner.invoke(cli, ["similar", str(path), "wide_cnn/conv1/0", "--space", "signature"])
     assert r.exit_code == 0 and "wide_cnn/" in r.output
     r = cli_runner.invoke(cli, ["vectors", str(path)])
