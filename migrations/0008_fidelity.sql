@@ -8,6 +8,7 @@ COMMENT ON COLUMN neurons.csi_mean IS 'CSI of Morcos et al. exactly: from class 
 ALTER TABLE class_means ADD COLUMN mean_spatial DOUBLE;
 COMMENT ON COLUMN class_means.mean_spatial IS 'Mean over the class''s images of the map''s spatial mean (ingest --spatial-means); NaN otherwise.';
 COMMENT ON COLUMN neurons.mean_chroma IS 'Chroma of the NF''s weighted mean colour (opponent units); a measure for flat colour blobs, not alpha.';
+COMMENT ON COLUMN datasets.n_problems IS 'Files skipped: found while listing (not images, broken or looping links, names that are not UTF-8) plus images that did not decode.';
 ALTER TABLE layers ADD COLUMN aliases VARCHAR;
 COMMENT ON COLUMN layers.aliases IS 'Every alias of the layer, comma-separated (conv1..convN, and VGG-style conv4_3 on plain chains).';
 ALTER TABLE datasets ADD COLUMN labels VARCHAR;

@@ -100,11 +100,26 @@ def _to_rgb(image):
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
+        image = _to_8bit(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(background, image)
     return image.convert("RGB")
+
+
+def _to_8bit(image):
+    """16-bit and 32-bit greyscale (PNG, TIFF) scaled to 8 bits by their type's range, not clipped:
+    I;16 and 16-bit data held as I by 257, floats in [0, 1] by 255."""
+    from PIL import Image
+
+    a = np.asarray(image)
+    if image.mode == "F":
+        a = a * 255.0 if np.nanmax(a, initial=0) <= 1.0 else a
+    elif image.mode.startswith("I;16") or a.max(initial=0) > 255:
+        a = a / 257.0
+    return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), "L")
 
 
 def load_image(path: str | os.PathLike):
@@ -361,11 +376,36 @@ def _is_image(p: Path) -> bool:
     return p.suffix.lower() in IMAGE_SUFFIXES
 
 
+def printable(path) -> str:
+    """A path as text that any database and terminal take: bytes that are not UTF-8 (a file name
+    from another system's encoding) shown as \\xNN escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _folder_source(root: Path) -> ImageSet:
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    files, problems = [], []
+    for p in sorted(root.rglob("*")):
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        if p.is_symlink() and not p.exists():
+            try:
+                p.resolve(strict=True)
+                reason = "broken symbolic link"
+            except RuntimeError:
+                reason = "symbolic link loop"
+            except OSError as exc:
+                reason = "symbolic link loop" if exc.errno == 40 else "broken symbolic link"
+            problems.append((printable(p), reason))
+            continue
+        if not p.is_file():
+            continue
+        if printable(p) != str(p):
+            problems.append((printable(p), "file name is not valid UTF-8; rename the file to index it"))
+            continue
+        files.append(p)
     images = [p for p in files if _is_image(p)]
-    problems = [(str(p), "not an image file (unknown extension)") for p in files
-                if not _is_image(p) and p.suffix.lower() not in (".txt", ".csv", ".json", ".md")]
+    problems += [(str(p), "not an image file (unknown extension)") for p in files
+                 if not _is_image(p) and p.suffix.lower() not in (".txt", ".csv", ".json", ".md")]
     if not images:
         raise DataError(f"no images found under {root} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     flat = all(p.parent == root for p in images)

@@ -106,6 +106,9 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
     if run.problems:
         probs = sorted(run.problems.items())
         run_many(con, "UPDATE images SET problem = ? WHERE id = ?", [[reason, first_image + pos] for pos, reason in probs])
+    # what the listing skipped (not images, broken links, names that are not UTF-8) and what did not decode
+    execute(con, "UPDATE datasets SET n_problems = ? + (SELECT count(*) FROM images WHERE dataset_id = ? AND problem "
+                 "IS NOT NULL) WHERE id = ?", [len(run.images.problems), dataset_id, dataset_id])
     model_id = next_id(con, "models")
     model_name = _unique_name(con, loaded.name)
     execute(

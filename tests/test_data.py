@@ -89,3 +89,33 @@ def test_torchvision_dataset_without_download_says_how(tmp_path):
         from neuronindex.data import _torchvision_source
 
         _torchvision_source("torchvision:CIFAR10:test", download=False, root=str(tmp_path))
+
+
+def test_bad_names_links_and_16_bit_images_are_recorded_or_read(tmp_path, tiny_loaded):
+    """A file name that is not UTF-8, a dangling link and a link loop are each recorded with a
+    reason (never a traceback), and counted; a 16-bit PNG is scaled to 8 bits, not clipped white."""
+    import duckdb
+
+    from neuronindex.ingest import IngestParams, ingest
+
+    root = tmp_path / "imgs"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(root / f"ok{i}.png")
+    with open(bytes(root) + b"/caf\xe9.png", "wb") as f:
+        Image.new("RGB", (16, 16), (30, 200, 30)).save(f, format="PNG")
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "loop.png").symlink_to(root / "loop.png")
+    ramp = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 0, 257, ..., 65535
+    Image.fromarray(ramp).save(root / "sixteen.png")
+    assert Image.open(root / "sixteen.png").mode.startswith("I")
+    np.testing.assert_array_equal(np.asarray(load_image(root / "sixteen.png"))[..., 0], np.arange(256).reshape(16, 16))
+    report = survey(open_source(str(root)))
+    reasons = {p["path"].rsplit("/", 1)[1]: p["reason"] for p in report["problems"]}
+    assert reasons == {"caf\\xe9.png": "file name is not valid UTF-8; rename the file to index it",
+                       "dangling.png": "broken symbolic link", "loop.png": "symbolic link loop"}
+    assert report["images"] == 4
+    ingest(tiny_loaded, str(root), "conv1", tmp_path / "index", params=IngestParams(top_k=2), progress=False)
+    con = duckdb.connect(str(tmp_path / "index" / "index.duckdb"), read_only=True)
+    assert con.execute("SELECT n_images, n_problems FROM datasets").fetchone() == (4, 3)
