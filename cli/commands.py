@@ -114,10 +114,11 @@ def _shard(value):
 @click.option("--shard", default=None, help="I/N: ingest every N-th image from I (with --state-out).")
 @click.option("--state-out", type=click.Path(dir_okay=False), default=None,
               help="Save the mergeable pass-1 state here instead of publishing (see `merge`).")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
            spatial_means, workers, limit,
-           probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, quiet,
+           probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, no_wait, quiet,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     from neuronindex.ingest import IngestParams, ingest as run
@@ -133,11 +134,14 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
                   checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
-                  class_list=class_list)
+                  class_list=class_list, wait=not no_wait)
     _print_summary(summary, index_dir)
 
 
 def _print_summary(summary, index_dir):
+    if summary.get("already_published"):
+        click.echo(f"this run was already published into {index_dir} as model {summary['model']}; nothing to do")
+        return
     if "state" in summary:
         click.echo(f"saved pass-1 state of {summary['images']} images to {summary['state']}")
         return

@@ -19,6 +19,8 @@ COMMENT ON COLUMN datasets.labels IS 'How labels were read: folders, imagenet (f
 -- columns nothing wrote or read: only finished ingests are published, image sizes were never recorded
 ALTER TABLE ingests DROP COLUMN status;
 ALTER TABLE ingests DROP COLUMN progress;
+ALTER TABLE ingests ADD COLUMN run_key VARCHAR;
+COMMENT ON COLUMN ingests.run_key IS 'Hash of model, name, images, layers and pass-1 parameters: a resumed run already published is not published twice.';
 ALTER TABLE images DROP COLUMN width;
 ALTER TABLE images DROP COLUMN height;
 

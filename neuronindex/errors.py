@@ -73,6 +73,13 @@ class QueryTimeout(QueryError):
     http_status = 408
 
 
+class IndexBusyError(NeuronIndexError):
+    """Another process is writing the index (and the caller chose not to wait)."""
+
+    exit_code = 9
+    http_status = 409
+
+
 class IngestError(NeuronIndexError):
     exit_code = 8
     http_status = 500

@@ -73,7 +73,7 @@ class Run:
 
     def key(self, include_shard: bool = True) -> str:
         parts = {
-            "model": self.meta["model_fingerprint"], "data": self.meta["data_fingerprint"],
+            "model": self.meta["model_fingerprint"], "data": self.meta["data_fingerprint"], "name": self.meta["name"],
             "nodes": [s.layer.name for s in self.selections], "pre": self.meta["preprocessing"],
             "top_k": self.params.top_k, "batch": self.params.batch_size, "probe": self.params.probe_size,
             "limit": self.params.limit, "shard": self.params.shard if include_shard else None,
@@ -231,7 +231,7 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
 def ingest(model, images, layers, index_dir, *, weights=None, name=None, preprocessing=None,
            params: IngestParams | None = None, resume: bool = False, progress: bool = True,
            checkpoint_seconds: float = 120.0, state_out: str | None = None, download: bool = False,
-           derive: bool = True, labels: str = "auto", class_list: str | None = None) -> dict:
+           derive: bool = True, labels: str = "auto", class_list: str | None = None, wait: bool = True) -> dict:
     """Run an ingest end to end and publish it into `index_dir`; returns a summary dict.
 
     With `state_out`, only pass 1 runs (typically on a shard) and its mergeable state is saved
@@ -244,6 +244,16 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     work = _work_dir(index_dir, run)
     state_file = work / "pass1.npz"
     stats, done = None, 0
+    if resume and (model := published_as(index_dir, run.key(include_shard=False))) is not None:
+        # killed after the publish, before the clean-up: the run is in the index already, once
+        shutil.rmtree(work, ignore_errors=True)
+        if work.parent.is_dir() and not any(work.parent.iterdir()):
+            work.parent.rmdir()
+        if progress:
+            print(f"this run was already published as model {model}; nothing to resume")
+        return {"model": model, "already_published": True, "layers": [s.name for s in run.selections],
+                "images": len(run.positions()), "neurons": sum(s.layer.channels for s in run.selections),
+                "problems": 0, "timings": {}}
     if resume and state_file.is_file():
         meta, stats = load_state(state_file, run.params.device)
         done = int(meta["batches_done"])
@@ -263,7 +273,8 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
         return {"state": str(state_out), "images": len(run.positions()), "layers": [s.name for s in run.selections],
                 "timings": timings}
     save_state(state_file, run, stats, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
-    summary = finish(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive)
+    summary = finish(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive,
+                     wait=wait)
     shutil.rmtree(work, ignore_errors=True)
     if work.parent.is_dir() and not any(work.parent.iterdir()):
         work.parent.rmdir()
@@ -295,8 +306,24 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
                   started=started, derive=derive)
 
 
+def published_as(index_dir, run_key: str) -> str | None:
+    """The model name under which this exact run (same model, name, images, layers, parameters)
+    was published into the index, or None."""
+    from . import store
+
+    if not store.index_file(index_dir).is_file():
+        return None
+    con = store.connect(index_dir)
+    try:
+        row = con.execute("SELECT m.name FROM ingests i JOIN models m ON m.id = i.model_id WHERE i.run_key = ?",
+                          [run_key]).fetchone()
+    finally:
+        con.close()
+    return row[0] if row else None
+
+
 def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
-           derive: bool = True) -> dict:
+           derive: bool = True, wait: bool = True) -> dict:
     """Pass 2 and derived properties, then publish."""
     from .store import staged
     from .writer import write_ingest
@@ -317,7 +344,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
         derived = derive_mod.run_all(run, results, progress=progress, timings=timings)
         timings.setdefault("derive", time.time() - t0)
     t0 = time.time()
-    with staged(index_dir) as con:
+    with staged(index_dir, wait=wait) as con:
         summary = write_ingest(con, run, results, derived, timings=timings, started=started)
     timings["publish"] = time.time() - t0
     if derive:

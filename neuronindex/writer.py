@@ -119,10 +119,10 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
     ingest_id = next_id(con, "ingests")
     execute(
         con, "INSERT INTO ingests (id, model_id, dataset_id, parameters, package_version, model_fingerprint, "
-        "data_fingerprint, started_at, finished_at, timings) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "data_fingerprint, started_at, finished_at, timings, run_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         [ingest_id, model_id, dataset_id, json.dumps(run.meta["params"]), __version__, run.meta["model_fingerprint"],
          run.meta["data_fingerprint"], datetime.fromtimestamp(started, timezone.utc).replace(tzinfo=None),
-         datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(timings)])
+         datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(timings), run.key(include_shard=False)])
     layer_base = next_id(con, "layers")
     neuron_base = next_id(con, "neurons")
     label_class_ids = np.array([class_ids[n] for n in run.label_names], dtype=np.int64)

@@ -231,3 +231,49 @@ def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch, tiny_loaded
     assert all(Path(p).is_absolute() for (p,) in rows(index, "SELECT path FROM images"))
     monkeypatch.chdir(tmp_path)
     assert recompute(index, progress=False)[0]["neurons"] == 4
+
+
+def test_two_writers_at_once_both_publish(tmp_path, image_folder):
+    """Two ingests into one index at the same time (differing only by --name): the writer lock
+    makes the second wait for the first's publish, so both models are in the index."""
+    index = tmp_path / "index"
+    procs = [subprocess.Popen(_ingest_cmd(image_folder, index, "--name", name), env=_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for name in ("first", "second")]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+    assert sorted(r[0] for r in rows(index, "SELECT name FROM models")) == ["first", "second"]
+    assert not list(index.glob(".staging*")) and not (index / ".work").exists()
+
+
+def test_a_busy_index_and_stale_staging_files(tmp_path, image_folder, tiny_loaded):
+    from neuronindex import store
+    from neuronindex.errors import IndexBusyError
+
+    index = tmp_path / "index"
+    ingest(tiny_loaded, str(image_folder), "conv1", index, params=IngestParams(top_k=3), progress=False, derive=False)
+    stale = index / ".staging-99999-index.duckdb"
+    stale.write_bytes(b"left by a writer that was killed")
+    with store.writer_lock(index):
+        with pytest.raises(IndexBusyError, match="another process .* is writing"):
+            ingest(tiny_loaded, str(image_folder), "conv2", index, params=IngestParams(top_k=3), progress=False,
+                   derive=False, wait=False)
+    ingest(tiny_loaded, str(image_folder), "conv2", index, params=IngestParams(top_k=3), progress=False, derive=False)
+    assert not stale.exists() and len(rows(index, "SELECT id FROM models")) == 2
+
+
+def test_resume_after_a_kill_between_publish_and_clean_up_publishes_once(tmp_path, image_folder, tiny_loaded,
+                                                                        monkeypatch):
+    from neuronindex import ingest as ingest_mod
+
+    index = tmp_path / "index"
+    params = IngestParams(top_k=3)
+    real_rmtree = ingest_mod.shutil.rmtree
+    monkeypatch.setattr(ingest_mod.shutil, "rmtree", lambda *a, **k: None)  # killed right after the publish
+    ingest(tiny_loaded, str(image_folder), "conv1", index, params=params, progress=False, derive=False)
+    assert list(index.glob(".work/*/pass1.npz"))
+    monkeypatch.setattr(ingest_mod.shutil, "rmtree", real_rmtree)
+    again = ingest(tiny_loaded, str(image_folder), "conv1", index, params=params, progress=False, derive=False,
+                   resume=True)
+    assert again["already_published"] and again["model"] == "tiny_cnn"
+    assert rows(index, "SELECT name FROM models") == [("tiny_cnn",)] and not (index / ".work").exists()

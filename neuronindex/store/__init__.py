@@ -18,7 +18,7 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import IndexNotFoundError, SchemaVersionError
+from ..errors import IndexBusyError, IndexNotFoundError, SchemaVersionError
 
 INDEX_FILE = "index.duckdb"
 # Readers cannot touch files or the network, install extensions, or change these settings.
@@ -115,17 +115,61 @@ def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
     return con
 
 
-@contextlib.contextmanager
-def staged(directory: str | os.PathLike) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A writable copy of the index (or a new one), published atomically when the block succeeds.
+LOCK_FILE = ".write.lock"
 
-    On an exception the staged copy is removed and the published index is untouched.
-    """
+
+@contextlib.contextmanager
+def writer_lock(directory: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """One writer of an index at a time, from staging to publish (an advisory lock on
+    DIR/.write.lock, released by the kernel if the holder dies). A second writer waits, saying so
+    once, or with wait=False fails at once. Where file locks are not available (not POSIX) there is
+    no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                raise IndexBusyError(f"another process (pid {holder}) is writing {directory}; wait for it to publish, "
+                                     "or run again without --no-wait") from None
+            import sys
+
+            print(f"waiting for another process (pid {holder}) to publish {directory} ...", file=sys.stderr)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def staged(directory: str | os.PathLike, wait: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A writable copy of the index (or a new one), published atomically when the block succeeds.
+
+    Holds the writer lock from copy to publish, so two writers never lose each other's work; the
+    staging files of writers that died are removed. On an exception the staged copy is removed
+    and the published index is untouched.
+    """
+    directory = Path(directory)
+    with writer_lock(directory, wait):
+        with _staged(directory) as con:
+            yield con
+
+
+@contextlib.contextmanager
+def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     target = index_file(directory)
     stage = directory / f".staging-{os.getpid()}-{INDEX_FILE}"
-    for leftover in (stage, stage.with_name(stage.name + ".wal")):
+    for leftover in directory.glob(f".staging-*-{INDEX_FILE}*"):  # we hold the lock: these writers are gone
         leftover.unlink(missing_ok=True)
     if target.exists():
         shutil.copyfile(target, stage)
