@@ -56,4 +56,5 @@ def test_failed_write_leaves_the_published_index_untouched(tmp_path):
             con.execute("INSERT INTO models (id, name, spec) VALUES (2, 'second', 'x')")
             raise RuntimeError("crash in the middle")
     assert (tmp_path / "index.duckdb").read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.duckdb"]
+    # the writer lock file stays (deleting it on release would let two writers lock different files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".write.lock", "index.duckdb"]
