@@ -122,12 +122,23 @@ def _to_8bit(image):
     return Image.fromarray(np.clip(np.nan_to_num(a), 0, 255).round().astype(np.uint8), "L")
 
 
+def check_pixels(image, what: str) -> None:
+    """Refuse an opened (not yet decoded) image above the `max_pixels` setting, from its header."""
+    from .settings import default
+
+    w, h = image.size
+    if w * h > default("max_pixels"):
+        raise DataError(f"{what} has {w}x{h} = {w * h / 1e6:.0f} Mpx, more than the {default('max_pixels') / 1e6:.0f} Mpx "
+                        "limit (settings: max_pixels); use a smaller image")
+
+
 def load_image(path: str | os.PathLike):
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = 200_000_000
+    Image.MAX_IMAGE_PIXELS = None  # check_pixels decides, from the header, before anything is decoded
     try:
         with Image.open(path) as im:
+            check_pixels(im, f"image {printable(path)}")
             im.load()
             return _to_rgb(im)
     except FileNotFoundError:

@@ -42,6 +42,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("search_max_limit", 100_000, "Largest limit:N."),
     Setting("sql_time_limit", 5.0, "Seconds before a user's SQL query is interrupted."),
     Setting("sql_max_rows", 10_000, "Rows a user's SQL query returns at most (with a truncation notice)."),
+    Setting("sql_max_length", 100_000, "Characters of a user's SQL text at most."),
+    Setting("reader_memory_limit", "2GB", "DuckDB memory limit of every read-only connection (queries, service)."),
+    Setting("reader_temp_limit", "1GB", "DuckDB temp-directory (spill) limit of every read-only connection."),
+    Setting("max_pixels", 89_478_485, "Pixels an image may have (checked from its header before decoding), in "
+                                      "ingest and uploads alike: larger ones are recorded or refused."),
+    Setting("max_url", 8192, "Characters of a request URL at most (a longer one gets a JSON 414)."),
     # vectors and service
     Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),
     Setting("max_upload", 10 * 1024 * 1024, "Bytes an uploaded image may have (POST /api/nearest)."),

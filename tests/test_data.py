@@ -119,3 +119,15 @@ def test_bad_names_links_and_16_bit_images_are_recorded_or_read(tmp_path, tiny_l
     ingest(tiny_loaded, str(root), "conv1", tmp_path / "index", params=IngestParams(top_k=2), progress=False)
     con = duckdb.connect(str(tmp_path / "index" / "index.duckdb"), read_only=True)
     assert con.execute("SELECT n_images, n_problems FROM datasets").fetchone() == (4, 3)
+
+
+def test_pixel_limit_is_checked_from_the_header(tmp_path, monkeypatch):
+    from neuronindex import settings
+
+    big = tmp_path / "big.png"
+    Image.new("1", (12_000, 12_000)).save(big)  # 144 Mpx in a few KB
+    assert big.stat().st_size < 100_000
+    with pytest.raises(DataError, match="144 Mpx, more than the 89 Mpx limit"):
+        load_image(big)
+    monkeypatch.setitem(settings.BY_NAME, "max_pixels", settings.Setting("max_pixels", 200_000_000, "x"))
+    assert load_image(big).size == (12_000, 12_000)

@@ -235,3 +235,19 @@ def test_dump_and_cli(index_dir, cli_runner, tmp_path):
 def test_bad_values_are_query_errors(idx, text):
     with pytest.raises(QueryError):
         idx.search(text)
+
+
+@pytest.mark.parametrize("sql, message", [
+    ("SELECT octet_length(content) FROM read_blob('index.duckdb')", "reads files"),
+    ("SELECT * FROM READ_TEXT('/etc/hostname')", "reads files"),
+    ("SELECT * FROM parquet_scan('x.parquet')", "reads files"),
+    ("SELECT 1 -- " + "x" * 100_001, "characters"),
+])
+def test_sql_guard_refuses_file_functions_and_huge_texts(idx, sql, message):
+    with pytest.raises(QueryError, match=message):
+        idx.sql(sql)
+
+
+def test_reader_connections_have_memory_and_spill_limits(idx):
+    row = idx.query("SELECT current_setting('memory_limit') AS m, current_setting('max_temp_directory_size') AS t").rows()[0]
+    assert row["m"] == "1.8 GiB" and row["t"] == "953.6 MiB"  # 2GB and 1GB (settings)

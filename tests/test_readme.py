@@ -116,6 +116,7 @@ def _serve(command: str, cwd) -> None:
         server.wait(timeout=20)
 
 
+@pytest.mark.slow
 def test_every_use_command_runs(workdir):
     """Each bash command of "Use", in order (later ones read what earlier ones wrote), with checks
     of what it must produce. Commands on ../shared/data run where that folder exists."""
@@ -150,6 +151,7 @@ def test_every_use_command_runs(workdir):
         assert (workdir / "squeezenet" / "index.duckdb").exists() and (workdir / "cifar" / "index.duckdb").exists()
 
 
+@pytest.mark.slow
 def test_python_snippet_runs(workdir, monkeypatch):
     (snippet,) = blocks("python")
     monkeypatch.chdir(workdir)
@@ -162,6 +164,7 @@ def test_python_snippet_runs(workdir, monkeypatch):
     idx.close()
 
 
+@pytest.mark.slow
 def test_sql_snippets_run_on_this_duckdb(workdir):
     import duckdb
 

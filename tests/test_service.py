@@ -102,7 +102,7 @@ def test_upload_limit_and_bomb(index_dir):
     Image.new("1", (12000, 12000)).save(bomb, "PNG")  # tiny file, 144 million pixels
     client = TestClient(create_app(index_dir))
     assert_error(client.post("/api/nearest", files={"image": ("b.png", bomb.getvalue(), "image/png")}), 400,
-                 "decompression-bomb")
+                 "144 Mpx, more than the 89 Mpx limit")
 
 
 def test_token(index_dir):
@@ -210,3 +210,15 @@ def test_gallery_in_a_real_browser(index_dir, tmp_path):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_limits_answer_with_json(client):
+    assert_error(client.get("/api/search", params={"q": "x" * 9000}), 414, "longer than 8192")
+    buf = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buf, "PNG")
+    r = client.post("/api/nearest", files={"image": ("big.png", buf.getvalue(), "image/png")})
+    assert_error(r, 400, "Mpx limit")
+    r = client.post("/api/sql", json={"sql": "SELECT * FROM read_blob('index.duckdb')"})
+    assert_error(r, 400, "reads files")
+    r = client.post("/api/sql", json={"sql": "SELECT 1", "max_rows": "abc"})
+    assert_error(r, 400, "max_rows")

@@ -7,6 +7,7 @@ EXPLAIN before it runs, and interrupts a query that outlives its time limit.
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -30,10 +31,21 @@ class SQLResult:
     extra: dict = field(default_factory=dict)
 
 
+# functions that read files: the connection refuses files outside the index, but the index's own
+# file stays readable to them, so they are refused by name
+FILE_FUNCTIONS = re.compile(r"\b(read_\w+|glob|parquet_\w+|sniff_csv|\w*_scan)\s*\(", re.I)
+MAX_LENGTH = default("sql_max_length")
+
+
 def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but exactly one read-only query statement."""
+    """Refuse anything but exactly one read-only query statement that reads no file."""
     if not sql or not sql.strip():
         raise QueryError("empty SQL; pass one SELECT statement")
+    if len(sql) > MAX_LENGTH:
+        raise QueryError(f"the SQL text has {len(sql):,} characters, more than the {MAX_LENGTH:,} allowed")
+    found = FILE_FUNCTIONS.search(sql)
+    if found:
+        raise QueryError(f"{found.group(1)}() reads files, which queries may not; query the index's tables")
     try:
         statements = con.extract_statements(sql)
     except duckdb.Error as exc:

@@ -22,6 +22,8 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
+        if len(str(request.url)) > default("max_url"):
+            return error(414, f"the URL is longer than {default('max_url')} characters; send the query in a POST body")
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return error(401, "missing or wrong bearer token; send Authorization: Bearer <token>")
         length = request.headers.get("content-length")
@@ -62,4 +64,6 @@ def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | Non
         raise UsageError(f"binding to {host} exposes the index beyond this machine; pass --token SECRET (bearer auth)")
     app = create_app(directory, token)
     print(f"neuronindex gallery on http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # h11 drops a request line beyond 16 KB by resetting the connection; take up to 1 MB so the
+    # URL limit answers with JSON instead
+    uvicorn.run(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=1024 * 1024)

@@ -91,13 +91,17 @@ def decode_upload(data: bytes):
 
     from ..data import _to_rgb
 
-    Image.MAX_IMAGE_PIXELS = 50_000_000  # decompression-bomb guard for uploads
+    from ..data import check_pixels
+    from ..errors import DataError
+
+    Image.MAX_IMAGE_PIXELS = None  # check_pixels decides, from the header, before anything is decoded
     try:
         with Image.open(io.BytesIO(data)) as im:
+            check_pixels(im, "the upload")
             im.load()
             return _to_rgb(im)
-    except Image.DecompressionBombError:
-        raise UsageError("the image has too many pixels (decompression-bomb guard); send a smaller image") from None
+    except DataError as exc:
+        raise UsageError(exc.message) from None
     except (OSError, SyntaxError, ValueError):
         raise UsageError("the upload is not a readable image (PNG, JPEG, ...)") from None
 

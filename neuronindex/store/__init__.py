@@ -19,11 +19,13 @@ from pathlib import Path
 import duckdb
 
 from ..errors import IndexBusyError, IndexNotFoundError, SchemaVersionError
+from ..settings import default
 
 INDEX_FILE = "index.duckdb"
 # Readers cannot touch files or the network, install extensions, or change these settings.
 READER_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                 "autoload_known_extensions": False, "lock_configuration": True}
+                 "autoload_known_extensions": False, "memory_limit": default("reader_memory_limit"),
+                 "max_temp_directory_size": default("reader_temp_limit"), "lock_configuration": True}
 
 
 @dataclass(frozen=True)
