@@ -42,6 +42,11 @@ class ClassNode:
     wnid: str | None = None
     display: str | None = None  # a name the files carry (n01440764_tench.JPEG), used without WordNet
 
+    @classmethod
+    def named(cls, name: str, parent: str | None = None) -> "ClassNode":
+        """A class whose WordNet id, if its name is one, is recorded in `wnid`."""
+        return cls(name, parent, name if WNID.match(name) else None)
+
 
 @dataclass
 class ImageRecord:
@@ -216,7 +221,7 @@ def _relabel(images: ImageSet, labels: str, class_list: str | None) -> ImageSet:
         for r in images.images:
             r.label = found.get(r.path)
         for label in {r.label for r in images.images if r.label}:
-            images.classes[label] = ClassNode(label, None, label if WNID.match(label) else None)
+            images.classes[label] = ClassNode.named(label)
         return images
     raise DataError(f"unknown --labels {labels!r}; use auto, folders, imagenet, regex:PATTERN, none, or the path of "
                     "a ground-truth file")
@@ -238,7 +243,7 @@ def _labels_from_names(images: ImageSet, pattern: str) -> ImageSet:
             unmatched += 1
             continue
         if r.label not in images.classes:
-            images.classes[r.label] = ClassNode(r.label, None, r.label if WNID.match(r.label) else None)
+            images.classes[r.label] = ClassNode.named(r.label)
         shown = m.groupdict().get("name")
         node = images.classes[r.label]
         if node.display is None and shown and re.search(r"[A-Za-z]", shown):  # n01440764_10026.JPEG names nothing
@@ -432,7 +437,7 @@ def _folder_source(root: Path) -> ImageSet:
                 for depth, part in enumerate(parts):
                     parent = parts[depth - 1] if depth else None
                     if part not in classes:
-                        classes[part] = ClassNode(part, parent, part if WNID.match(part) else None)
+                        classes[part] = ClassNode.named(part, parent)
                 label = parts[-1]
         records.append(ImageRecord(i, str(p), label))
     kind = "flat" if flat else "folder"
@@ -460,7 +465,7 @@ def _manifest_source(path: Path) -> ImageSet:
             for j, name in enumerate(chain):
                 parent = chain[j + 1] if j + 1 < len(chain) else None
                 if name not in classes or (classes[name].parent is None and parent is not None):
-                    classes[name] = ClassNode(name, parent, name if WNID.match(name) else None)
+                    classes[name] = ClassNode.named(name, parent)
         records.append(ImageRecord(len(records), str(p), label))
     if not records:
         raise DataError(f"manifest {path} lists no images")
@@ -498,7 +503,7 @@ def _torchvision_source(source: str, download: bool, root: str | None) -> ImageS
         if targets is not None and class_names:
             label = class_names[int(targets[i])]
         records.append(ImageRecord(i, f"torchvision:{name}:{split}/{i}", label))
-    classes = {c: ClassNode(c, None, c if WNID.match(c) else None) for c in class_names}
+    classes = {c: ClassNode.named(c) for c in class_names}
     return ImageSet(f"{name}-{split}", source, "torchvision", records, classes, _dataset=dataset, labels="torchvision")
 
 

@@ -35,7 +35,6 @@ class Derived:
     indexes: list = field(default_factory=list)  # per neuron: colour, class, CRI, ancestors
     patches: object = None  # PatchVectors
     results: list = field(default_factory=list)  # pass-1 results per layer
-    selections: list = field(default_factory=list)
     run: object = None
 
     def write(self, con, stored: StoredIngest) -> None:
@@ -43,7 +42,7 @@ class Derived:
             return
         write_features(con, stored, self.owners, self.features, self.self_response, self.run.params)
         write_indexes(con, stored, self.owners, self.indexes, self.run)
-        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.selections)
+        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.run.selections)
 
 
 def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> Derived:
@@ -76,7 +75,7 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     dead = np.concatenate([r["dead"] for r in results])
     indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max, dead)
     timings["indexes"] = time.time() - t0
-    return Derived(owners, plan, feats, sr, indexes, patches, results, run.selections, run)
+    return Derived(owners, plan, feats, sr, indexes, patches, results, run)
 
 
 class Reforward:

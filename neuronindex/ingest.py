@@ -143,9 +143,7 @@ def new_stats(run: Run):
 
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
-    stats = LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-    stats.has_spatial = p.spatial_means
-    return stats
+    return LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device, p.spatial_means)
 
 
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,

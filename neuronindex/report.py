@@ -39,8 +39,9 @@ def _models(idx, model):
 
 
 def summary(idx, model: str | None = None) -> list[dict]:
-    """Per layer (see Index.summary)."""
-    return [r for m in _models(idx, model) for r in idx.summary(m).rows()]
+    """Per layer (see Index.summary); an unknown model is an error."""
+    _models(idx, model)
+    return idx.summary(model).rows()
 
 
 def figure_curves(idx, model: str) -> dict:

@@ -17,9 +17,9 @@ Mean chroma (`mean_chroma`, not part of seed 004): the length of the weighted me
     (O1, O2) part. It sees what eq. 2 cannot: an NF that is one flat saturated colour has little
     variance, so its alpha can be anything. Searched only when asked for (`chroma>0.2`).
 Hue: the angle of v on the (O1, O2) plane, 0 deg = +O1 (towards red), 90 deg = +O2; v is
-    oriented towards the end of the component whose pixels are the more saturated (a blue blob
-    on a brown background points at blue). `hue_name`: the chromatic colour name of the most
-    saturated in-gamut colour in that direction from mid-grey.
+    oriented towards the end of the component whose pixels carry the NF's colour name (an
+    opponent red/cyan NF named red points at red), else the more saturated end. `hue_name`: the
+    chromatic colour name of the most saturated in-gamut colour in that direction from mid-grey.
 Colour names: the 11 basic colour terms with a probability per pixel from `colornames` (a model
     of human colour naming fitted to the XKCD colour survey; see that module). The NF's share of
     a term is the mean probability over its valid pixels, each weighted by its share of the

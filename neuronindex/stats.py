@@ -30,7 +30,7 @@ NO_IMAGE = np.iinfo(np.int64).max
 
 class LayerStats:
     def __init__(self, channels: int, top_k: int = 100, curve_len: int = 400, n_classes: int = 0,
-                 probe_size: int = 2048, device="cpu"):
+                 probe_size: int = 2048, device="cpu", spatial_means: bool = False):
         import torch
 
         self.channels, self.top_k, self.curve_len = channels, top_k, curve_len
@@ -51,7 +51,7 @@ class LayerStats:
         self.class_count = torch.zeros(max(n_classes, 1), dtype=torch.long, device=dev)
         # class sums of each map's spatial mean (Morcos et al.'s activation), when pass 1 takes it
         self.class_mean_sum = torch.zeros((max(n_classes, 1), C), dtype=torch.float64, device=dev)
-        self.has_spatial = False
+        self.has_spatial = spatial_means
         self.probe = torch.zeros((probe_size, C), dtype=torch.float32, device=dev)
         self.probe_filled = torch.zeros(probe_size, dtype=torch.bool, device=dev)
         self.last_id = -1

@@ -121,23 +121,17 @@ def parse(text: str, vocab: Vocabulary) -> Query:
     except ValueError as exc:
         raise QueryError(f"cannot read the query ({exc}); close the quotes") from None
     q = Query()
+    words = [t.strip().strip(",;").lower() for t in tokens]
     i = 0
     while i < len(tokens):
-        raw = tokens[i]
-        token = raw.strip().strip(",;").lower()
+        raw, token = tokens[i], words[i]
         i += 1
         if not token:
             continue
-        # a class named by several words (`golden retriever`, `great white shark`), longest first
-        for n in range(min(MAX_CLASS_WORDS, len(tokens) - i + 1), 1, -1):
-            phrase = " ".join(t.strip().strip(",;").lower() for t in tokens[i - 1:i - 1 + n])
-            if phrase in vocab.classes:
-                q.classes.append(vocab.classes[phrase])
-                i += n - 1
-                break
-        else:
-            n = 0
-        if n > 1:
+        n = _class_phrase(words, i - 1, vocab)
+        if n:  # a class named by several words (`golden retriever`, `great white shark`)
+            q.classes.append(vocab.classes[" ".join(words[i - 1:i - 1 + n])])
+            i += n - 1
             continue
         if ":" in token and not COMPARISON.match(token):
             key, _, value = token.partition(":")
@@ -169,6 +163,14 @@ def parse(text: str, vocab: Vocabulary) -> Query:
             raise QueryError(f"unknown word {raw!r}{did_you_mean(token, vocab.all_words() + list(FIELDS))}; "
                              "words name layers, colours, classes or models; use field>value for numbers")
     return q
+
+
+def _class_phrase(words: list[str], start: int, vocab: Vocabulary) -> int:
+    """How many words from `start` on (2 or more, longest first) name a class; 0 for none."""
+    for n in range(min(MAX_CLASS_WORDS, len(words) - start), 1, -1):
+        if " ".join(words[start:start + n]) in vocab.classes:
+            return n
+    return 0
 
 
 def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str) -> None:
