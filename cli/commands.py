@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from neuronindex.settings import BY_NAME
+
 from .group import cli, emit, load_model_from_options, model_options, output_options, setting_option
 
 
@@ -116,9 +118,18 @@ def _shard(value):
               help="Save the mergeable pass-1 state here instead of publishing (see `merge`).")
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@setting_option("--bottom-k")
+@setting_option("--directions")
+@click.option("--direction-pooling", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help=BY_NAME["direction_pooling"].help)
+@setting_option("--svd-rank")
+@setting_option("--svd-max")
+@setting_option("--random-directions")
+@setting_option("--random-quantile")
 def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
            spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, no_wait, quiet,
+           bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     from neuronindex.ingest import IngestParams, ingest as run
@@ -129,7 +140,10 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
                    "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
                           nf_max=nf_max, nf_threshold=nf_threshold, class_threshold=class_threshold, device=device,
-                          workers=workers, amp=amp, spatial_means=spatial_means)
+                          workers=workers, amp=amp, spatial_means=spatial_means, bottom_k=bottom_k,
+                          directions=directions, direction_pooling=direction_pooling, svd_rank=svd_rank, svd_max=svd_max,
+                          random_directions=random_directions, random_quantile=random_quantile)
+    params.validate()
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
@@ -145,7 +159,8 @@ def _print_summary(summary, index_dir):
     if "state" in summary:
         click.echo(f"saved pass-1 state of {summary['images']} images to {summary['state']}")
         return
-    click.echo(f"indexed {summary['neurons']} neurons of {len(summary['layers'])} layers of {summary['model']} "
+    directions = f" and {summary['directions']} directions" if summary.get("directions") else ""
+    click.echo(f"indexed {summary['neurons']} neurons{directions} of {len(summary['layers'])} layers of {summary['model']} "
                f"over {summary['images']} images into {index_dir}"
                + (f" ({summary['problems']} unreadable images skipped)" if summary["problems"] else ""))
     t = summary.get("timings", {})
@@ -200,24 +215,30 @@ def show(index_dir, neuron_key, output):
 @click.argument("neuron_key")
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
 @click.option("--topk", "with_topk", is_flag=True, help="Include the top images.")
-def neuron(index_dir, neuron_key, fmt, with_topk):
-    """Print one neuron's properties (and with --topk its top images)."""
+@click.option("--bottomk", "with_bottomk", is_flag=True, help="Include the bottom images (lowest activations).")
+def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk):
+    """Print one neuron's (or direction's) properties, with --topk / --bottomk its top / bottom images."""
     import neuronindex
     from neuronindex.formats import _plain, to_table
 
     with neuronindex.open(index_dir) as idx:
         n = idx.neuron(neuron_key)
         row = dict(n.row)
-        top = n.topk().rows() if with_topk else None
+        direction = n.direction()
+        if direction is not None:
+            row.update({f"direction_{k}": v for k, v in direction.items() if k not in ("vector", "weights")})
+        lists = {"topk": n.topk().rows() if with_topk else None, "bottomk": n.bottomk().rows() if with_bottomk else None}
     if fmt == "json":
         out = {k: _plain(v) for k, v in row.items()}
-        if top is not None:
-            out["topk"] = [{k: _plain(v) for k, v in r.items()} for r in top]
+        for name, rows in lists.items():
+            if rows is not None:
+                out[name] = [{k: _plain(v) for k, v in r.items()} for r in rows]
         click.echo(json.dumps(out, indent=2))
     else:
         click.echo(to_table([{"property": k, "value": v} for k, v in row.items()]), nl=False)
-        if top is not None:
-            click.echo(to_table(top), nl=False)
+        for rows in lists.values():
+            if rows is not None:
+                click.echo(to_table(rows), nl=False)
 
 
 def _open(index_dir):
@@ -382,9 +403,13 @@ def demo(out, per_class, epochs, serve, port, quiet):
     short = ["key", "color_index", "color_name", "class_index", "top_class", "csi"]
     for title, rows in ((f"search 'red {t['first']}':", t["red"]),
                         (f"search 'layer:{t['last']} gamma>=0.9 sort:-csi limit:5':", t["selective"]),
-                        (f"search 'round {t['last']}' (an ancestor class: red discs and yellow rings):", t["rounds"])):
+                        (f"search 'round {t['last']}' (an ancestor class: red discs and yellow rings):", t["rounds"]),
+                        (f"search 'svd {t['last']}' (seed 001: the layer's SVD directions, by singular value):",
+                         t["directions"])):
         click.echo(f"\n{title}")
-        click.echo(to_table([{k: r.get(k) for k in short} for r in rows]), nl=False)
+        cols = short if not rows or rows[0].get("kind") == "channel" else ["key", "sv", "explained", "top_class",
+                                                                           "class_index", "color_name"]
+        click.echo(to_table([{k: r.get(k) for k in cols} for r in rows]), nl=False)
     click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
     click.echo(to_table([{k: r.get(k) for k in ["score", "key", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
     click.echo(f"\nHTML contact sheet of the red neurons: {t['sheet']}")
@@ -447,3 +472,39 @@ def settings(fmt, output):
     from neuronindex.settings import rows
 
     emit(rows(), fmt, output)
+
+
+@cli.group()
+def directions():
+    """Directions of a layer (seed 001): SVD, random and user vectors indexed like neurons."""
+
+
+@directions.command("add")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layer", required=True, help="Layer as selected at ingest (or MODEL/LAYER).")
+@click.option("--vector", "vector_file", required=True, type=click.Path(dir_okay=False),
+              help="A .npy array (C,) or (D, C) over the layer's channels, or numbers as text, one vector per line.")
+@click.option("--name", "names", multiple=True, help="Name of each vector (default user1, user2, ...).")
+@click.option("--model", default=None, help="Model name (needed when the index holds several).")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
+    """Index user directions (e.g. concept vectors) of a stored layer: top and bottom images, NF, indexes."""
+    from neuronindex import directions as dirs
+
+    done = dirs.add(index_dir, layer, dirs.load_vectors(vector_file), list(names) or None, model,
+                    progress=not quiet, wait=not no_wait)
+    click.echo(f"indexed {len(done['directions'])} directions of {done['model']}/{done['layer']} over "
+               f"{done['images']} images: {', '.join(done['directions'])}")
+
+
+@directions.command("list")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layer", default=None, help="Only this layer (as selected, or MODEL/LAYER).")
+@output_options()
+def directions_list(index_dir, layer, fmt, output):
+    """The directions of an index with their singular values and explained variance."""
+    import neuronindex
+
+    with neuronindex.open(index_dir) as idx:
+        emit(idx.directions(layer).rows(), fmt, output)

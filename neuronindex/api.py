@@ -98,6 +98,21 @@ class Neuron:
             "t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i ON i.id = t.image_id "
             "LEFT JOIN classes c ON c.id = i.class_id WHERE t.neuron_id = ? ORDER BY t.rank", [self.id])
 
+    def bottomk(self) -> Result:
+        """The images with the lowest activation (seed 001): for a neuron the lowest spatial maxima
+        (location: the argmax in that image); for a direction the lowest values of its map (the argmin)."""
+        return self.index.query(
+            "SELECT b.rank, b.activation, i.path AS image, c.name AS class, b.y, b.x, "
+            "b.box_x0, b.box_y0, b.box_x1, b.box_y1 FROM bottomk b JOIN images i ON i.id = b.image_id "
+            "LEFT JOIN classes c ON c.id = i.class_id WHERE b.neuron_id = ? ORDER BY b.rank", [self.id])
+
+    def direction(self) -> dict | None:
+        """A direction's vector and spectrum figures (None for a neuron)."""
+        rows = self.index.query("SELECT kind, name, ordinal, filter, pooling, variance, explained, singular_value, "
+                                "n_images, pooled_var, vector, weights, \"offset\" FROM directions WHERE neuron_id = ?",
+                                [self.id]).rows()
+        return rows[0] if rows else None
+
     def nf_png(self) -> bytes | None:
         return self.index.nf_png(self.key)
 
@@ -122,23 +137,27 @@ class Neuron:
 
         return Image.open(io.BytesIO(self.sprite_png()))
 
-    def crop(self, rank: int):
-        """The receptive-field crop of the rank-th top image, cut from the image as the model saw it
-        (grey where the field leaves the image)."""
+    def crop(self, rank: int, side: str = "top"):
+        """The receptive-field crop of the rank-th top (or bottom) image, cut from the image as the
+        model saw it (grey where the field leaves the image); the whole image where a bottom entry
+        has no location."""
         import numpy as np
         from PIL import Image
 
         from .models import Preprocessing
 
+        table = {"top": "topk", "bottom": "bottomk"}[side]
         row = self.index.con.execute(
-            "SELECT i.path, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM topk t "
+            f"SELECT i.path, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM {table} t "
             "JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
             "JOIN neurons n ON n.id = t.neuron_id JOIN models m ON m.id = n.model_id "
             "WHERE t.neuron_id = ? AND t.rank = ?", [self.id, rank]).fetchone()
         if row is None:
-            raise NotFoundError(f"neuron {self.key} has no rank {rank} image")
+            raise NotFoundError(f"neuron {self.key} has no rank {rank} {side} image")
         path, source, x0, y0, x1, y1, pre = row
         seen = np.asarray(Preprocessing.from_json(pre).geometric(self.index.load_image(path, source)))
+        if x0 is None:
+            return Image.fromarray(seen)
         h, w = seen.shape[:2]
         out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
         sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
@@ -227,6 +246,21 @@ class Index:
                                                    "JOIN models m ON m.id = l.model_id").fetchall()]
         return did_you_mean(key, keys)
 
+    def directions(self, layer: str | None = None) -> Result:
+        """The directions (seed 001) of every layer, or of one (its name, or MODEL/LAYER), in layer
+        order then by kind and rank: key, kind, filter, singular value, explained share, top class."""
+        where, params = "", []
+        if layer:
+            model, _, name = layer.rpartition("/")
+            where = "WHERE l.name = ?" + (" AND m.name = ?" if model else "")
+            params = [name] + ([model] if model else [])
+        return self.query(
+            "SELECT n.key, m.name AS model, l.name AS layer, d.kind, d.name, d.filter, d.pooling, d.singular_value, "
+            "d.explained, d.variance, n.act_max, n.act_min, tc.name AS top_class, n.class_index, n.color_index "
+            "FROM directions d JOIN neurons n ON n.id = d.neuron_id JOIN layers l ON l.id = d.layer_id "
+            f"JOIN models m ON m.id = l.model_id LEFT JOIN classes tc ON tc.id = n.top_class_id {where} "
+            "ORDER BY m.id, l.position, n.channel", params)
+
     def summary(self, model: str | None = None) -> Result:
         """Per model and layer: neurons, dead, weak, mean alpha, share colour selective (alpha >=
         color_threshold, of the neurons with an alpha), mean gamma, share class selective (gamma >=
@@ -234,15 +268,16 @@ class Index:
         report, the gallery and the demo show."""
         from .settings import default
 
-        where = "WHERE v.model = ?" if model else ""
+        where = "AND v.model = ?" if model else ""
         return self.query(
             "SELECT v.model, v.layer, any_value(l.alias) AS alias, count(*) AS neurons, sum(v.dead::INT) AS dead, "
             "sum(v.weak::INT) AS weak, avg(v.color_index) AS mean_alpha, "
             "avg((v.color_index >= ?)::INT) AS colour_selective, avg(v.class_index) AS mean_gamma, "
             "avg((v.class_index >= ?)::INT) AS class_selective, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
-            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc FROM neuron_view v JOIN models m "
-            "ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
-            f"{where} GROUP BY v.model, v.layer, m.id, l.position ORDER BY m.id, l.position",
+            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc, "
+            "any_value((SELECT count(*) FROM directions d WHERE d.layer_id = l.id)) AS directions "
+            "FROM neuron_view v JOIN models m ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
+            f"WHERE v.kind = 'channel' {where} GROUP BY v.model, v.layer, m.id, l.position ORDER BY m.id, l.position",
             [default("color_threshold"), default("class_selective"), *([model] if model else [])])
 
     # ------------------------------------------------------------------ queries
@@ -353,7 +388,8 @@ class Index:
             x = _unit(cx, lay["rf_offset"], lay["rf_size"], lay["rf_stride"], lay["map_w"])
             vector = maps[lay["node"]][0, :, y, x].cpu().numpy()
             if mode == "response":
-                ids, amax = zip(*self.con.execute("SELECT id, act_max FROM neurons WHERE layer_id = ? ORDER BY channel",
+                ids, amax = zip(*self.con.execute("SELECT id, act_max FROM neurons WHERE layer_id = ? AND kind = 'channel' "
+                                                  "ORDER BY channel",
                                                   [lay["id"]]).fetchall())
                 amax = np.array([a if a and a > 0 else np.nan for a in amax], dtype=float)
                 score = vector / amax

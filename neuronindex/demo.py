@@ -8,7 +8,8 @@
      on random-colour, noisy backgrounds at random positions and scales;
   2. trains a small VGG-style CNN on it (fixed seed; cached in OUT/model.pt) and reports held-out
      accuracy;
-  3. ingests every conv layer into OUT/index (passes 1-2, indexes, vectors);
+  3. ingests every conv layer into OUT/index (passes 1-2, its SVD and random directions, indexes,
+     vectors);
   4. returns what the tour prints: layer summary, answers to a few queries, the checks.
 A second run reuses the images, the model and the index.
 """
@@ -163,8 +164,8 @@ def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs:
         state_path.write_text(json.dumps(state, indent=2))
     if not (index / "index.duckdb").exists():
         ingest("python:neuronindex.demo:demo_cnn", str(train_root), "all-conv", index, weights=str(weights),
-               name="demo_cnn", preprocessing=preprocessing(), params=IngestParams(top_k=100, batch_size=128),
-               progress=progress)
+               name="demo_cnn", preprocessing=preprocessing(),
+               params=IngestParams(top_k=100, batch_size=128, directions="svd,random"), progress=progress)
     return {"index": index, "accuracy": state["accuracy"], "test_images": test_root,
             "tour": tour(index, test_root, out), "seconds": time.time() - started}
 
@@ -180,6 +181,7 @@ def tour(index: Path, test_root: Path, out: Path) -> dict:
         red = idx.search(f"red {first} limit:5").rows()
         selective = idx.search(f"layer:{last} gamma>=0.9 sort:-csi limit:5").rows()
         rounds = idx.search(f"round {last} limit:5").rows()
+        directions = idx.search(f"svd {last} limit:5").rows()
         probe = sorted((test_root / "round" / "red_disc").glob("*.png"))[0]
         near = idx.nearest(str(probe), None, last, k=5).rows()
         sheet = out / "red-neurons.html"
@@ -188,5 +190,6 @@ def tour(index: Path, test_root: Path, out: Path) -> dict:
         "red colour-selective neuron in the first conv layer": bool(red),
         "class index grows from the first to the last conv layer": summary[-1]["mean_gamma"] > summary[0]["mean_gamma"],
     }
-    return {"summary": summary, "red": red, "selective": selective, "rounds": rounds, "nearest": near,
+    return {"summary": summary, "red": red, "selective": selective, "rounds": rounds, "directions": directions,
+            "nearest": near,
             "nearest_image": str(probe), "sheet": sheet, "checks": checks, "first": first, "last": last}

@@ -36,13 +36,15 @@ class Derived:
     patches: object = None  # PatchVectors
     results: list = field(default_factory=list)  # pass-1 results per layer
     run: object = None
+    only: object = None  # neuron indexes to write (None: all); `directions add` writes only its new units
 
     def write(self, con, stored: StoredIngest) -> None:
         if self.plan is None:  # no receptive fields: nothing was derived
             return
-        write_features(con, stored, self.owners, self.features, self.self_response, self.run.params)
-        write_indexes(con, stored, self.owners, self.indexes, self.run)
-        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.run.selections)
+        keep = np.ones(len(self.owners), dtype=bool) if self.only is None else np.isin(np.arange(len(self.owners)), self.only)
+        write_features(con, stored, self.owners, self.features, self.self_response, self.run.params, keep)
+        write_indexes(con, stored, self.owners, self.indexes, self.run, keep)
+        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.run.selections, keep)
 
 
 def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> Derived:
@@ -55,19 +57,26 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
         print(f"no receptive field for {', '.join(s.name for s in missing)} ({why}): Neuron Features, colour and "
               "class indexes and embeddings are skipped; select layers before that operation", file=sys.stderr)
         return Derived(owners=[])
+    from .directions import Projector, extended_selections
     from .extract import Extractor
 
     t0 = time.time()
-    plan, owners = features_mod.plan_from_results(run.selections, results, run.params.nf_threshold, run.params.nf_max)
+    # directions are units after the channels: their maps come from the projector, their fields
+    # are the union of the channels'
+    directions = run.directions or [None] * len(run.selections)
+    selections = extended_selections(run.selections, directions)
+    projector = Projector([s.layer.name for s in run.selections], directions)
+    plan, owners = features_mod.plan_from_results(selections, results, run.params.nf_threshold, run.params.nf_max)
     # the same precision as pass 1 (--amp: float16 on CUDA), so that a / a_max compares like with like
-    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp)
-    grey = GreyResponses(extractor, run.selections, plan, owners)
-    patches = PatchVectors(extractor, run.selections, plan, owners)
+    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp,
+                          projector)
+    grey = GreyResponses(extractor, selections, plan, owners)
+    patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections])
     feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,
                                  progress=progress, on_batch=lambda *a: (grey(*a), patches(*a)))
     timings["pass2"] = time.time() - t0
     t0 = time.time()
-    sr = features_mod.self_response(extractor, run.selections, owners, feats, [r["act_max"] for r in results],
+    sr = features_mod.self_response(extractor, selections, owners, feats, [r["act_max"] for r in results],
                                     run.loaded.preprocessing, progress=progress)
     timings["self_response"] = time.time() - t0
     t0 = time.time()
@@ -108,23 +117,24 @@ class Reforward:
             e = entries[sel]
             units = (torch.from_numpy(local[sel]), torch.from_numpy(self.plan.ys[e].astype(np.int64)),
                      torch.from_numpy(self.plan.xs[e].astype(np.int64)))
-            self.take(e, maps[self.nodes[li]], units)
+            self.take(e, maps[self.nodes[li]], units, self.nodes[li])
 
 
 class PatchVectors(Reforward):
     """The layer's feature vector (all channels) at each top crop's unit."""
 
-    def __init__(self, *args):
-        super().__init__(*args)
+    def __init__(self, extractor, selections, plan, owners, channels):
+        super().__init__(extractor, selections, plan, owners)
+        self.channels = dict(zip(self.nodes, channels))  # the layer's own channels (directions' maps follow)
         self.vectors: list[np.ndarray | None] = [None] * len(self.plan.neuron)
 
     def entries(self, entries, local):
         valid = np.isfinite(self.plan.weight[entries])
         return entries[valid], local[valid]
 
-    def take(self, e, m, units):
+    def take(self, e, m, units, node=None):
         b, y, x = units
-        vecs = m[b, :, y, x].cpu().numpy()  # (n, C)
+        vecs = m[b, : self.channels[node], y, x].cpu().numpy()  # (n, C)
         for i, entry in enumerate(e):
             self.vectors[entry] = vecs[i]
 
@@ -146,7 +156,7 @@ class GreyResponses(Reforward):
         luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
         return luminance[..., None].expand(*luminance.shape, 3).contiguous()
 
-    def take(self, e, m, units):
+    def take(self, e, m, units, node=None):
         import torch
 
         b, y, x = units
@@ -196,10 +206,19 @@ def neuron_id_array(stored: StoredIngest, owners) -> np.ndarray:
     return np.array([stored.neuron_ids[li][c] for li, c in owners], dtype=np.int64)
 
 
-def write_features(con, stored: StoredIngest, owners, feats, self_resp, params) -> None:
+def _forget(con, table: str, ids, where: str = "") -> None:
+    """Delete the rows of `table` of the neurons `ids` (about to be written again)."""
+    execute(con, "CREATE TEMP TABLE IF NOT EXISTS _rewrite (neuron_id INTEGER)")
+    execute(con, "DELETE FROM _rewrite")
+    insert(con, "_rewrite", {"neuron_id": np.asarray(ids, dtype=np.int64)})
+    execute(con, f"DELETE FROM {table} WHERE neuron_id IN (SELECT neuron_id FROM _rewrite){where}")
+
+
+def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, keep=None) -> None:
+    keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)
-    execute(con, "DELETE FROM neuron_features WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)",
-            [stored.ingest_id])
+    _forget(con, "neuron_features", ids[keep])
+    feats = [f if k else None for f, k in zip(feats, keep)]
     rows = {k: [] for k in ("neuron_id", "n_used", "threshold", "nf_max", "height", "width", "nf_png", "std",
                             "crop_std_mean", "sprite_png", "sprite_n", "sprite_thumb")}
     for n, f in enumerate(feats):
@@ -225,23 +244,25 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params) 
     n_used = np.array([f.n_used if f is not None else 0 for f in feats])
     execute(con, "CREATE TEMP TABLE IF NOT EXISTS _nf_update (neuron_id INTEGER, nf_n INTEGER, nf_self_response DOUBLE)")
     execute(con, "DELETE FROM _nf_update")
-    insert(con, "_nf_update", {"neuron_id": ids, "nf_n": n_used, "nf_self_response": self_resp})
+    insert(con, "_nf_update", {"neuron_id": ids[keep], "nf_n": n_used[keep], "nf_self_response": np.asarray(self_resp)[keep]})
     execute(con, "UPDATE neurons SET nf_n = u.nf_n, nf_self_response = u.nf_self_response "
                  "FROM _nf_update u WHERE neurons.id = u.neuron_id")
     execute(con, "UPDATE topk SET in_nf = (norm_activation >= ? AND rank <= ?) "
                  "WHERE neuron_id IN (SELECT neuron_id FROM _nf_update)", [float(params.nf_threshold), int(params.nf_max)])
 
 
-def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run) -> None:
+def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, keep=None) -> None:
     """Selectivity columns of `neurons`, `neuron_colors`, `neuron_classes`, and CSI."""
     from . import selectivity as sel
 
-    ids = neuron_id_array(stored, owners)
+    keep = np.ones(len(owners), dtype=bool) if keep is None else keep
+    ids = neuron_id_array(stored, owners)[keep]
+    indexes = [ix for ix, k in zip(indexes, keep) if k]
     ingest_id = stored.ingest_id
     class_id = dict(execute(con, "SELECT c.name, c.id FROM classes c JOIN ingests i ON i.dataset_id = c.dataset_id "
                                  "WHERE i.id = ?", [ingest_id]))
     for table in ("neuron_colors", "neuron_classes"):
-        execute(con, f"DELETE FROM {table} WHERE neuron_id IN (SELECT id FROM neurons WHERE ingest_id = ?)", [ingest_id])
+        _forget(con, table, ids)
     cols = {k: [] for k in ("neuron_id", "color_index", "hue", "hue_name", "color_name", "color_share", "mean_chroma",
                             "color_response", "class_index", "class_m", "top_class_id", "top_class_share")}
     colors = {"neuron_id": [], "name": [], "share": []}
@@ -308,18 +329,18 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run) -
                 [ingest_id])
 
 
-def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections) -> None:
+def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections, keep=None) -> None:
     """Prototype, patch and signature vectors into `embeddings`."""
     from . import vectors as vec
 
+    keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)
     ingest_id = stored.ingest_id
     probes = [r.get("probe") for r in results]
     with_signatures = all(p is not None for p in probes) and probes and probes[0].shape[0] >= 2
     # recomputing from a stored index has no probe arrays: its signatures are kept as they are
     spaces = ("patch", "prototype", "signature") if with_signatures else ("patch", "prototype")
-    execute(con, f"DELETE FROM embeddings WHERE space IN ({', '.join('?' * len(spaces))}) AND neuron_id IN "
-                 "(SELECT id FROM neurons WHERE ingest_id = ?)", [*spaces, ingest_id])
+    _forget(con, "embeddings", ids[keep], f" AND space IN ({', '.join(repr(s) for s in spaces)})")
     model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
     layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
     layer_of = [layer_ids[s.layer.position] for s in selections]
@@ -338,6 +359,8 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
         if v is None:
             continue
         n = int(plan.neuron[entry])
+        if not keep[n]:
+            continue
         add("patch", layer_of[owners[n][0]], ids[n], int(plan.rank[entry]) + 1, vec.normalize(v))
         if plan.use_nf[entry]:
             sums[n] = sums.get(n, 0) + plan.weight[entry] * v.astype(np.float64)
@@ -345,7 +368,7 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
         add("prototype", layer_of[owners[n][0]], ids[n], None, vec.normalize(total))
     if with_signatures:
         signature = vec.signatures(np.concatenate(probes, axis=1))
-        for n in range(len(owners)):
+        for n in np.nonzero(keep)[0]:
             add("signature", None, ids[n], None, signature[n])
     import pyarrow as pa
 

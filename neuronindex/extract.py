@@ -18,10 +18,13 @@ from .layers import _without_inplace
 
 
 class Extractor:
-    def __init__(self, loaded, nodes: list[str], device: str = "cpu", amp: bool = False):
+    def __init__(self, loaded, nodes: list[str], device: str = "cpu", amp: bool = False, projector=None):
+        """projector (directions.Projector): each map it knows comes back with its direction maps
+        appended after the channels (a direction is a unit whose map is a projection)."""
         import torch
 
         self.loaded = loaded
+        self.projector = projector if projector else None
         self.nodes = list(nodes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
@@ -41,7 +44,8 @@ class Extractor:
             module = _without_inplace(loaded.module)
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
 
-    def summaries(self, images_uint8, threshold, channels: list[int], spatial_means: bool = False) -> tuple:
+    def summaries(self, images_uint8, threshold, channels: list[int], spatial_means: bool = False,
+                  low_threshold=None) -> tuple:
         """One batch summarised for `stats.LayerStats.add_summary`, by taps inside the graph.
 
         Each selected node is followed by a tap that reduces its map right away (the map is still
@@ -49,7 +53,8 @@ class Extractor:
         the forward can reuse their memory. threshold (sum(channels),): every layer's current
         k-th value per channel, layers side by side in node order; channels: per node (fixed by
         the first call; a map of another width raises). spatial_means: also take each map's
-        spatial mean per (image, channel), then read with `spatial_means()`.
+        spatial mean per (image, channel), then read with `spatial_means()`. low_threshold: the
+        bottom lists' k-th lowest values; pairs at or below get their location (`low_locations()`).
         """
         import torch
 
@@ -58,12 +63,16 @@ class Extractor:
 
             self._sink = Summaries(channels, spatial_means=spatial_means)
             self._taps = self._tapped_module(self._sink)
-        self._sink.begin(threshold, images_uint8.shape[0])
+        self._sink.begin(threshold, images_uint8.shape[0], low_threshold)
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 self._taps(x)
         return self._sink.result()
+
+    def low_locations(self):
+        """(B, C) locations of the last `summaries` batch's bottom candidates (-1 elsewhere), or None."""
+        return self._sink.low_locations() if self._sink is not None else None
 
     def spatial_means(self):
         """(B, C) float64 spatial means of the last `summaries` batch, or None when not taken."""
@@ -136,7 +145,11 @@ class Extractor:
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.module(x)
-            return {n: out[n].float() for n in self.nodes}
+            return self._maps(out)
+
+    def _maps(self, out) -> dict:
+        maps = {n: out[n].float() for n in self.nodes}
+        return self.projector.extend(maps) if self.projector is not None else maps
 
     def forward_normalized(self, x) -> dict:
         """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
@@ -146,7 +159,7 @@ class Extractor:
             x = x.to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.module(x)
-            return {n: out[n].float() for n in self.nodes}
+            return self._maps(out)
 
 
 def _relu_input(gm, node) -> tuple:

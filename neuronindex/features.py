@@ -271,7 +271,7 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     for li, neurons in by_layer.items():
         layer = selections[li].layer
         geometry = crop_geometry(layer, preprocessing.input_size)
-        single = Extractor(extractor.loaded, [layer.name], str(extractor.device), extractor.amp)
+        single = Extractor(extractor.loaded, [layer.name], str(extractor.device), extractor.amp, extractor.projector)
         for s in range(0, len(neurons), batch_size):
             chunk = neurons[s:s + batch_size]
             try:

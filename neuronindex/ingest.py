@@ -41,6 +41,20 @@ class IngestParams:
     workers: int = 0
     amp: bool = False
     spatial_means: bool = default("spatial_means")  # also class means of each map's spatial mean (Morcos CSI)
+    bottom_k: int = default("bottom_k")
+    directions: str = default("directions")
+    direction_pooling: str = default("direction_pooling")
+    svd_rank: str = default("svd_rank")
+    svd_max: int = default("svd_max")
+    random_directions: int = default("random_directions")
+    random_quantile: float = default("random_quantile")
+
+    def direction_spec(self):
+        from .directions import DirectionSpec
+
+        return DirectionSpec.parse(self.directions, pooling=self.direction_pooling, svd_rank=self.svd_rank,
+                                   svd_max=self.svd_max, random_n=self.random_directions,
+                                   random_quantile=self.random_quantile)
 
     def validate(self):
         if self.top_k < 1:
@@ -53,6 +67,9 @@ class IngestParams:
             raise UsageError("--shard is I/N with 0 <= I < N")
         if not 0 < self.nf_threshold <= 1:
             raise UsageError("the NF threshold must be in (0, 1]")
+        if self.bottom_k < 0:
+            raise UsageError("--bottom-k must be 0 or more")
+        self.direction_spec()
 
 
 @dataclass
@@ -66,6 +83,7 @@ class Run:
     images: object
     params: IngestParams
     problems: dict[int, str] = field(default_factory=dict)
+    directions: list = field(default_factory=list)  # per selection: directions.LayerDirections or None
 
     @property
     def label_names(self) -> list[str]:
@@ -77,9 +95,15 @@ class Run:
             "nodes": [s.layer.name for s in self.selections], "pre": self.meta["preprocessing"],
             "top_k": self.params.top_k, "batch": self.params.batch_size, "probe": self.params.probe_size,
             "limit": self.params.limit, "shard": self.params.shard if include_shard else None,
-            "spatial": self.params.spatial_means,
+            "spatial": self.params.spatial_means, "bottom": self.params.bottom_k,
+            "cov": self.covariance_pooling(),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def covariance_pooling(self) -> str | None:
+        """The pooling pass 1 accumulates the channel covariance over (None: no directions)."""
+        spec = self.params.direction_spec()
+        return spec.pooling if spec.kinds else None
 
     def positions(self) -> list[int]:
         n = len(self.images.images)
@@ -141,9 +165,15 @@ def new_stats(run: Run):
     summaries.Summaries): each batch costs one top-k merge whatever the number of layers."""
     from .stats import LayerStats
 
+    from .directions import Covariance
+
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
-    return LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device, p.spatial_means)
+    stats = LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device,
+                       p.spatial_means or run.covariance_pooling() == "mean", p.bottom_k)
+    # the channel covariance of the pooled activations, for the SVD and random directions
+    stats.cov = Covariance([s.layer.channels for s in run.selections]) if run.covariance_pooling() else None
+    return stats
 
 
 def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
@@ -174,8 +204,11 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
                 run.problems[int(pos[i])] = p
         if bool(ok.any()):
             ids = pos[ok]
-            summary = extractor.summaries(batch[ok], stats.threshold(), channels, run.params.spatial_means)
-            stats.add_summary(summary, ids, labels[ids], extractor.spatial_means())
+            summary = extractor.summaries(batch[ok], stats.threshold(), channels, stats.has_spatial,
+                                          stats.low_threshold())
+            stats.add_summary(summary, ids, labels[ids], extractor.spatial_means(), extractor.low_locations())
+            if stats.cov is not None:
+                stats.cov.add(summary[0] if run.covariance_pooling() == "max" else extractor.spatial_means())
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
@@ -196,6 +229,9 @@ def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
                                                      "problems": run.problems}).encode(), dtype=np.uint8)}
     for k, v in stats.state_dict().items():
         arrays[f"0/{k}"] = v  # the "0/" prefix keeps the file format of earlier versions
+    if getattr(stats, "cov", None) is not None:
+        for k, v in stats.cov.state_dict().items():
+            arrays[f"cov/{k}"] = v
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -214,11 +250,15 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
             groups = {k.split("/", 1)[0] for k in data.files if "/" in k}
-            if groups != {"0"}:
+            if groups - {"cov"} != {"0"}:
                 raise IngestError(f"state file {path} was written by an older neuronindex (one state per layer); "
                                   "start the ingest again without --resume")
             stats = LayerStats.from_state({k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("0/")},
                                           device)
+            cov = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("cov/")}
+            from .directions import Covariance
+
+            stats.cov = Covariance.from_state(cov) if cov else None
     except (OSError, ValueError, KeyError) as exc:
         raise IngestError(f"state file {path} is damaged or not a neuronindex state ({exc})") from None
     return meta, stats
@@ -291,6 +331,12 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
         same = {k: meta[k] for k in ("model_fingerprint", "data_fingerprint", "layers", "preprocessing")}
         if same != {k: base[k] for k in same}:
             raise IngestError("these state files come from different models, images or layers; they cannot be merged")
+        local = ("shard", "device", "workers", "amp")
+        differ = sorted(k for k in set(meta["params"]) | set(base["params"])
+                        if k not in local and meta["params"].get(k) != base["params"].get(k))
+        if differ:
+            raise IngestError(f"these state files were made with different settings ({', '.join(differ)}); "
+                              "run every shard with the same options")
         shards.append(tuple(meta["params"]["shard"]) if meta["params"]["shard"] else None)
     if len(set(shards)) != len(shards):
         raise IngestError("two state files cover the same shard; merge each shard once")
@@ -298,6 +344,11 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
     merged = all_stats[0]
     for other in all_stats[1:]:
         merged.merge(other)
+        if (merged.cov is None) != (other.cov is None):
+            raise IngestError("some state files hold the channel covariance (directions) and some do not; "
+                              "run every shard with the same --directions")
+        if merged.cov is not None:
+            merged.cov.merge(other.cov)
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
     return finish(run, merged, Path(index_dir), progress=progress, timings={"merge": time.time() - started},
@@ -330,10 +381,29 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
 
     from .selectivity import dead_neurons, weak_neurons
 
+    from . import directions as dirs
+
     results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
         res["dead"] = dead_neurons(res["act_max"], res["act_std"])
         res["weak"] = weak_neurons(res["act_max"])
+        res["kind"] = ["channel"] * len(res["act_max"])
+        res["unit"] = [str(c) for c in range(len(res["act_max"]))]
+    t0 = time.time()
+    spec = run.params.direction_spec()
+    cov = getattr(stats, "cov", None)
+    run.directions = dirs.compute(cov, spec, [s.name for s in run.selections],
+                                  [s.layer.channels for s in run.selections]) \
+        if cov is not None else [None] * len(run.selections)
+    if any(d is not None for d in run.directions):
+        units = dirs.units_pass(run, run.directions, progress=progress)
+        for u, d in zip(units, run.directions):
+            if u is not None:
+                u["dead"] = dead_neurons(u["act_max"], u["act_std"])
+                u["weak"] = np.zeros(len(d), dtype=bool)
+                u["kind"], u["unit"] = list(d.kinds), list(d.names)
+        results = dirs.extend_results(results, units)
+        timings["directions"] = time.time() - t0
     derived = None
     if derive:
         from . import derive as derive_mod

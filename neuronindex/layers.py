@@ -40,6 +40,7 @@ class Layer:
     modules: list[str] = field(default_factory=list)  # container modules ending at this node
     field_note: str | None = None  # why there is no receptive field (the operation that stopped it)
     extra_aliases: list[str] = field(default_factory=list)  # conv1..convN beside VGG-style conv4_3
+    pre_activation: str | None = None  # a rectified layer: the node before its ReLU (negative values kept)
 
     @property
     def aliases(self) -> list[str]:
@@ -63,6 +64,7 @@ class Layer:
             "channels": self.channels, "map_h": self.map_h, "map_w": self.map_w,
             "rf_size": self.rf_size, "rf_stride": self.rf_stride, "rf_offset": self.rf_offset,
             "modules": ",".join(self.modules), "aliases": ",".join(self.aliases), "rf_note": self.field_note,
+            "pre_activation": self.pre_activation,
         }
 
 
@@ -223,6 +225,10 @@ def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
             alias = f"conv{block}_{index}" if chain else f"conv{count}"
             target = _rectified(node, modules, qual)
             layer = by_qual[qual[target.name]]
+            if target is not node:  # rectified: the ReLU's input holds the negative values too
+                before = [a for a in target.all_input_nodes if a.name in qual and qual[a.name] in by_qual]
+                if before and layer.pre_activation is None:
+                    layer.pre_activation = qual[before[0].name]
             if layer.alias is None:
                 layer.alias = alias
                 if chain:  # conv1..convN in forward order work on every model

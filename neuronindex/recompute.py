@@ -11,16 +11,21 @@ from .derive import StoredIngest, run_all
 from .store import execute
 
 
-def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray]]:
+def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:
     """Rebuild the pass-1 results needed by pass 2 and the indexes from a stored ingest.
 
-    Returns (layer names as selected, per-layer results, per-layer neuron ids).
+    Returns (layer names as selected, per-layer results (channels, then directions), per-layer
+    neuron ids, per-layer directions.StoredDirections or None).
     """
-    layers = execute(con, "SELECT id, name, channels FROM layers WHERE ingest_id = ? ORDER BY position", [ingest_id])
+    from .directions import StoredDirections
+
+    layers = execute(con, "SELECT l.id, l.name, (SELECT count(*) FROM neurons n WHERE n.layer_id = l.id) FROM layers l "
+                          "WHERE l.ingest_id = ? ORDER BY l.position", [ingest_id])
     k = int(execute(con, "SELECT max(rank) FROM topk t JOIN neurons n ON n.id = t.neuron_id WHERE n.ingest_id = ?",
                     [ingest_id])[0][0] or 1)
-    names, results, ids = [], [], []
+    names, results, ids, directions = [], [], [], []
     for layer_id, name, channels in layers:
+        directions.append(StoredDirections.load(con, layer_id))
         neuron_rows = execute(con, "SELECT id, channel, act_max, dead FROM neurons WHERE layer_id = ? ORDER BY channel",
                               [layer_id])
         nid = np.array([r[0] for r in neuron_rows])
@@ -41,7 +46,7 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
         results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max,
                         "dead": dead})
         ids.append(nid)
-    return names, results, ids
+    return names, results, ids, directions
 
 
 def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
@@ -65,14 +70,14 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
                 raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, known) or '; it has ' + ', '.join(known)}")
         jobs = []
         for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list in rows:
-            names, results, ids = results_from_index(con, ingest_id)
+            names, results, ids, directions = results_from_index(con, ingest_id)
             jobs.append((ingest_id, name, spec, weights, pre, json.loads(params), source, model_fp, data_fp,
-                         names, results, ids, labels, class_list))
+                         names, results, ids, labels, class_list, directions))
     finally:
         con.close()
     done = []
     for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids, labels, \
-            class_list in jobs:
+            class_list, directions in jobs:
         params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
         p = IngestParams(**{k: v for k, v in params.items() if k in IngestParams.__dataclass_fields__})
         p.shard = None
@@ -85,6 +90,7 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
             raise IngestError(f"the weights of {name} ({weights}) changed since it was ingested; ingest it again")
         if run.meta["data_fingerprint"] != data_fp:
             raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
+        run.directions = directions
         derived = run_all(run, results, progress=progress)
         with store.staged(index_dir) as wcon:
             derived.write(wcon, StoredIngest(ingest_id, ids))

@@ -9,6 +9,10 @@ them with matplotlib and embeds the PNGs in one self-contained HTML file.
   fig. 7 (004)    colour-selective neurons (alpha >= 0.4) placed by hue angle, a ring per layer
   fig. 4 (004)    NF self-response per layer
   fig. 6 (002)    sparsity per layer;  seed 001: per-layer variance ranking of neurons (probe)
+  seed 001        per layer with directions: the singular-value spectrum, top and bottom image rows
+                  of the leading SVD directions, and redundancy: how much the top (and bottom)
+                  image sets of the highest-variance neurons overlap each other, against those of
+                  the SVD and random directions
   galleries       conv1 NFs by colour index (004 fig. 5); neurons across the class-index range with
                   their class tag clouds, leaves and ontology (004 fig. 10); high on both (fig. 11)
 """
@@ -46,7 +50,7 @@ def summary(idx, model: str | None = None) -> list[dict]:
 
 def figure_curves(idx, model: str) -> dict:
     """Fig. 1: per layer, curves of the max / min / quartile-AUC neurons, AUC in % of the network max."""
-    rows = idx.query("SELECT v.layer, v.key, v.auc, c.curve FROM neuron_view v JOIN curves c ON c.neuron_id = v.id "
+    rows = idx.query("SELECT v.layer, v.key, v.auc, c.curve FROM neuron_view v JOIN curves c ON c.neuron_id = v.id AND v.kind = 'channel' "
                    "WHERE v.model = ? AND NOT v.dead ORDER BY v.id", [model]).rows()
     top = max((r["auc"] for r in rows), default=0) or 1.0
     out = {}
@@ -68,7 +72,7 @@ def _bins(values, edges) -> list[float]:
 
 def figure_selectivity_bins(idx, model: str) -> dict:
     """Figs. 8-9: per layer, the share of neurons in each colour-index and class-index bin."""
-    rows = idx.query("SELECT layer, color_index, class_index FROM neuron_view WHERE model = ? AND NOT dead ORDER BY id",
+    rows = idx.query("SELECT layer, color_index, class_index FROM neuron_view WHERE model = ? AND kind = 'channel' AND NOT dead ORDER BY id",
                    [model]).rows()
     layers = list(dict.fromkeys(r["layer"] for r in rows))
     return {"layers": layers, "alpha_edges": ALPHA_BINS, "gamma_edges": GAMMA_BINS,
@@ -79,14 +83,14 @@ def figure_selectivity_bins(idx, model: str) -> dict:
 def figure_hue(idx, model: str) -> list[dict]:
     """Fig. 7: colour-selective neurons with their hue angle and ring (layer order)."""
     layers = [l["name"] for l in idx.layers(model).rows()]
-    rows = idx.query("SELECT key, layer, hue, color_index FROM neuron_view WHERE model = ? AND color_index >= ? "
+    rows = idx.query("SELECT key, layer, hue, color_index FROM neuron_view WHERE model = ? AND kind = 'channel' AND color_index >= ? "
                    "AND hue IS NOT NULL ORDER BY id", [model, COLOR_THRESHOLD]).rows()
     return [{**r, "ring": layers.index(r["layer"]) + 1} for r in rows]
 
 
 def figure_per_layer(idx, model: str, column: str) -> dict:
     """Values of one per-neuron column, per layer (fig. 4: nf_self_response; fig. 6: sparsity)."""
-    rows = idx.query(f"SELECT layer, {column} AS value FROM neuron_view WHERE model = ? AND NOT dead "
+    rows = idx.query(f"SELECT layer, {column} AS value FROM neuron_view WHERE model = ? AND kind = 'channel' AND NOT dead "
                    f"AND {column} IS NOT NULL ORDER BY id", [model]).rows()
     out: dict[str, list[float]] = {}
     for r in rows:
@@ -96,7 +100,7 @@ def figure_per_layer(idx, model: str, column: str) -> dict:
 
 def figure_variance(idx, model: str) -> dict:
     """Seed 001: per layer, neurons' activation variance on the probe sample, ranked, as a share of the total."""
-    rows = idx.query("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id "
+    rows = idx.query("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id AND v.kind = 'channel' "
                    "WHERE v.model = ? ORDER BY v.id", [model]).rows()
     out = {}
     for layer in dict.fromkeys(r["layer"] for r in rows):
@@ -107,9 +111,9 @@ def figure_variance(idx, model: str) -> dict:
 
 def galleries(idx, model: str, n: int = 12) -> dict:
     first = idx.layers(model).rows()[0]["name"]
-    by_alpha = idx.query("SELECT key, color_index FROM neuron_view WHERE model = ? AND layer = ? AND NOT dead "
+    by_alpha = idx.query("SELECT key, color_index FROM neuron_view WHERE model = ? AND kind = 'channel' AND layer = ? AND NOT dead "
                        "AND color_index IS NOT NULL ORDER BY color_index DESC, id", [model, first]).rows()
-    gamma = idx.query("SELECT key, class_index, class_m FROM neuron_view WHERE model = ? AND class_index IS NOT NULL "
+    gamma = idx.query("SELECT key, class_index, class_m FROM neuron_view WHERE model = ? AND kind = 'channel' AND class_index IS NOT NULL "
                     "AND NOT dead ORDER BY class_index, class_m DESC, id", [model]).rows()
     picks = [gamma[int(i)] for i in np.linspace(0, len(gamma) - 1, min(n, len(gamma)))] if gamma else []
     for p in picks:
@@ -117,12 +121,61 @@ def galleries(idx, model: str, n: int = 12) -> dict:
                        "JOIN neurons n ON n.id = nc.neuron_id WHERE n.key = ? ORDER BY nc.share DESC", [p["key"]]).rows()
         p["leaf_tags"] = [(t["name"], t["share"]) for t in tags if t["is_leaf"]][:8]
         p["ontology_tags"] = [(t["name"], t["share"]) for t in tags if not t["is_leaf"]][:8]
-    both = idx.query("SELECT key, color_index, class_index, top_class FROM neuron_view WHERE model = ? AND NOT dead "
+    both = idx.query("SELECT key, color_index, class_index, top_class FROM neuron_view WHERE model = ? AND kind = 'channel' AND NOT dead "
                    "AND color_index >= ? ORDER BY color_index * class_index DESC, id LIMIT ?", [model, COLOR_THRESHOLD, n]).rows()
     return {"first_layer": first, "by_alpha": by_alpha, "across_gamma": picks, "both": both}
 
 
 # ---------------------------------------------------------------------------- rendering
+
+def figure_spectrum(idx, model: str) -> dict:
+    """Seed 001, fig. 5: per layer with directions, its singular values (descending) and how many
+    SVD directions were kept."""
+    rows = idx.query("SELECT l.name, l.spectrum, (SELECT count(*) FROM directions d WHERE d.layer_id = l.id "
+                     "AND d.kind = 'svd') AS kept FROM layers l JOIN models m ON m.id = l.model_id "
+                     "WHERE m.name = ? AND l.spectrum IS NOT NULL ORDER BY l.position", [model]).rows()
+    return {r["name"]: {"singular_values": list(r["spectrum"]), "kept": int(r["kept"])} for r in rows}
+
+
+def _jaccard_pairs(sets: list[set]) -> dict:
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    scores = [len(a & b) / len(a | b) for a, b in pairs if a | b]
+    return {"units": len(sets), "mean_overlap": float(np.mean(scores)) if scores else None,
+            "pairs_over_half": int(sum(s >= 0.5 for s in scores)), "pairs": len(scores)}
+
+
+def figure_redundancy(idx, model: str, units: int = 8, k: int = 20) -> dict:
+    """Seed 001's redundancy finding, measured: per layer with directions, the mean pairwise
+    Jaccard overlap of the top-k (and bottom-k) image sets of its `units` highest-variance
+    neurons (seed 001's naive method: variance of the per-image activation), of its SVD
+    directions and of its random directions, and how many pairs share at least half their images."""
+    layers = idx.query("SELECT DISTINCT l.id, l.name, l.position FROM directions d JOIN layers l ON l.id = d.layer_id "
+                       "JOIN models m ON m.id = l.model_id WHERE m.name = ? ORDER BY l.position", [model]).rows()
+    out = {}
+    for layer in layers:
+        groups = {
+            "neurons": idx.query("SELECT id FROM neurons WHERE layer_id = ? AND kind = 'channel' AND NOT dead "
+                                 "ORDER BY act_std DESC NULLS LAST, id LIMIT ?",
+                                 [layer["id"], units]).rows(),
+            "svd": idx.query("SELECT n.id FROM neurons n JOIN directions d ON d.neuron_id = n.id WHERE n.layer_id = ? "
+                             "AND d.kind = 'svd' ORDER BY d.ordinal LIMIT ?", [layer["id"], units]).rows(),
+            "random": idx.query("SELECT n.id FROM neurons n JOIN directions d ON d.neuron_id = n.id WHERE n.layer_id = ? "
+                                "AND d.kind = 'random' ORDER BY d.ordinal LIMIT ?", [layer["id"], units]).rows(),
+        }
+        entry = {}
+        for name, rows in groups.items():
+            if not rows:
+                continue
+            ids = [r["id"] for r in rows]
+            sets = {}
+            for table in ("topk", "bottomk"):
+                got = idx.query(f"SELECT neuron_id, list(image_id) AS images FROM {table} WHERE neuron_id IN "
+                                f"(SELECT unnest(?)) AND rank <= ? GROUP BY neuron_id", [ids, k]).rows()
+                sets[table] = [set(r["images"]) for r in got]
+            entry[name] = {"top": _jaccard_pairs(sets["topk"]), "bottom": _jaccard_pairs(sets["bottomk"])}
+        out[layer["name"]] = entry
+    return out
+
 
 def _png(fig) -> bytes:
     import matplotlib.pyplot as plt
@@ -200,6 +253,21 @@ def render_figures(idx, model: str) -> dict[str, bytes]:
     ax.set_title("Share of activation variance by neuron rank (probe)", fontsize=10)
     ax.legend(fontsize=5, ncol=2)
     figs["seed001_variance"] = _png(fig)
+
+    spectrum = figure_spectrum(idx, model)
+    if spectrum:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        for layer, s in spectrum.items():
+            sv = s["singular_values"][:15]
+            line, = ax.plot(range(1, len(sv) + 1), sv, marker=".", label=f"{layer} ({s['kept']} kept)")
+            if s["kept"]:
+                ax.plot(range(1, s["kept"] + 1), sv[: s["kept"]], "o", color=line.get_color(), fillstyle="none")
+        ax.set_xlabel("rank", fontsize=8)
+        ax.set_ylabel("singular value", fontsize=8)
+        ax.set_title("Singular values of each layer's standardised image x channel matrix (seed 001, fig. 5)",
+                     fontsize=9)
+        ax.legend(fontsize=5, ncol=2)
+        figs["seed001_spectrum"] = _png(fig)
     return figs
 
 
@@ -208,6 +276,46 @@ def _img(png: bytes | None, width: int = 56) -> str:
         return ""
     return (f'<img src="data:image/png;base64,{base64.b64encode(png).decode()}" width="{width}" '
             f'style="image-rendering:pixelated">')
+
+
+def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> list[str]:
+    """Seed 001, fig. 6: top and bottom image rows of each layer's leading SVD directions, and the
+    redundancy table."""
+    red = figure_redundancy(idx, model)
+    if not red:
+        return []
+    parts = ["<h3>Directions (seed 001): leading SVD directions, top row = highest, bottom row = lowest</h3>"]
+    for layer in red:
+        rows = idx.query("SELECT n.key, d.singular_value, d.explained FROM directions d JOIN neurons n "
+                         "ON n.id = d.neuron_id JOIN layers l ON l.id = d.layer_id JOIN models m ON m.id = l.model_id "
+                         "WHERE m.name = ? AND l.name = ? AND d.kind = 'svd' ORDER BY d.ordinal LIMIT ?",
+                         [model, layer, leading]).rows()
+        for r in rows:
+            n = idx.neuron(r["key"])
+            line = [f"<div><b>{html.escape(r['key'])}</b> sv {r['singular_value']:.1f} "
+                    f"({100 * (r['explained'] or 0):.1f}%)<br>"]
+            for side, listing in (("top", n.topk().rows()), ("bottom", n.bottomk().rows())):
+                for t in listing[:images]:
+                    try:
+                        buf = io.BytesIO()
+                        n.crop(t["rank"], side).resize((40, 40)).save(buf, "PNG")
+                        line.append(_img(buf.getvalue(), 40))
+                    except (OSError, ValueError):  # the image is gone: the table still stands
+                        line.append("<span style='display:inline-block;width:40px'>?</span>")
+                line.append("<br>")
+            parts.append("".join(line) + "</div>")
+    parts.append("<h3>Redundancy (seed 001): mean pairwise overlap (Jaccard) of top-20 / bottom-20 image sets, "
+                 "pairs sharing at least half</h3><table><tr><th>layer</th><th>units</th><th>top overlap</th>"
+                 "<th>top pairs &ge; 0.5</th><th>bottom overlap</th><th>bottom pairs &ge; 0.5</th></tr>")
+    for layer, entry in red.items():
+        for name, v in entry.items():
+            t, b = v["top"], v["bottom"]
+            fmt = (lambda x: "" if x is None else f"{x:.3f}")
+            parts.append(f"<tr><td>{html.escape(layer)}</td><td>{name} ({t['units']})</td><td>{fmt(t['mean_overlap'])}</td>"
+                         f"<td>{t['pairs_over_half']}/{t['pairs']}</td><td>{fmt(b['mean_overlap'])}</td>"
+                         f"<td>{b['pairs_over_half']}/{b['pairs']}</td></tr>")
+    parts.append("</table>")
+    return parts
 
 
 def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path | None = None) -> list[str]:
@@ -228,6 +336,7 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
                 out = Path(png_dir) / f"{m}-{name}.png"
                 out.write_bytes(png)
                 written.append(str(out))
+        parts += _directions_section(idx, m)
         g = galleries(idx, m)
         parts.append(f"<h3>{html.escape(g['first_layer'])} Neuron Features by colour index (seed 004, fig. 5)</h3>")
         parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{r['color_index']:.2f}</div>" for r in g["by_alpha"]]

@@ -222,7 +222,10 @@ def dead_neurons(act_max: np.ndarray, act_std: np.ndarray) -> np.ndarray:
 
 
 def csi(class_means: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndarray]:
-    """class_means (n_classes, C), NaN for classes without images -> (csi (C,), argmax class (C,))."""
+    """class_means (n_classes, C), NaN for classes without images -> (csi (C,), argmax class (C,)).
+
+    The index assumes non-negative activations (rectified units): where a class mean is negative
+    (a pre-activation layer, a direction's centred map) it is NaN rather than a number outside [0, 1]."""
     means = np.where(np.isfinite(class_means), class_means, -np.inf)
     top = means.argmax(0)
     mu_max = means.max(0)
@@ -232,5 +235,6 @@ def csi(class_means: np.ndarray, eps: float = 1e-8) -> tuple[np.ndarray, np.ndar
     with np.errstate(invalid="ignore", divide="ignore"):
         mu_rest = (total - mu_max) / (k - 1)
         value = (mu_max - mu_rest) / (mu_max + mu_rest + eps)
-    value = np.where(k > 1, value, np.nan)
+    negative = (np.where(finite, class_means, 0.0) < 0).any(0)
+    value = np.where((k > 1) & ~negative, value, np.nan)
     return value, top

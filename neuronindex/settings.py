@@ -25,6 +25,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("curve_len", 400, "Ranks of the normalised activation curve (seed 004, Fig. 1)."),
     Setting("nf_max", 100, "Most crops averaged into a Neuron Feature (N of seed 004)."),
     Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (seed 004)."),
+    Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (seed 001)."),
+    # directions (seed 001)
+    Setting("directions", "none", "Directions indexed beside the neurons (seed 001): svd, random, svd,random or "
+                                  "none. They cost one more forward pass over the images."),
+    Setting("direction_pooling", "max", "Pooling of each channel's map into the image x channel matrix: max "
+                                        "(the neurons' activation) or mean."),
+    Setting("svd_rank", "kaiser", "SVD directions kept: kaiser (eigenvalues of the correlation matrix > 1), "
+                                  "var:F (variance share F), sv:S (singular values >= S, seed 001) or N."),
+    Setting("svd_max", 8, "Most SVD directions per layer (seed 001 kept 8 for pool5)."),
+    Setting("random_directions", 4, "Random directions per layer past the variance cut-off, and as many "
+                                    "unconstrained ones as the baseline (seed 001)."),
+    Setting("random_quantile", 0.95, "Variance cut-off of filtered random directions: this quantile of the "
+                                     "variances of 1,000 random directions."),
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
     Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),

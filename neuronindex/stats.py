@@ -13,7 +13,11 @@ Kept per channel:
   - count, sum and sum of squares of the per-image activation (float64) -> mean, std;
   - positions where the unit does not fire (<= 0) over all spatial positions -> sparsity;
   - per-class sums and counts of the per-image activation -> class-conditional means (CSI);
-  - activations of the first `probe_size` images (the probe sample).
+  - activations of the first `probe_size` images (the probe sample);
+  - running bottom-k of (activation, image position, y, x): the images with the *lowest* spatial
+    maximum (at the location of that maximum), ordered by activation ascending and image
+    position ascending (the top list's tie rule); locations are taken only for pairs at or below
+    the channel's k-th lowest value, as for the top lists.
 The maps are summarised first (`summaries`: spatial maxima, their locations and firing counts,
 inside the model's graph while each map is in cache); locations are kept only for (image,
 channel) pairs at or above the channel's current k-th value: only those can enter a top list.
@@ -30,7 +34,7 @@ NO_IMAGE = np.iinfo(np.int64).max
 
 class LayerStats:
     def __init__(self, channels: int, top_k: int = 100, curve_len: int = 400, n_classes: int = 0,
-                 probe_size: int = 2048, device="cpu", spatial_means: bool = False):
+                 probe_size: int = 2048, device="cpu", spatial_means: bool = False, bottom_k: int = 0):
         import torch
 
         self.channels, self.top_k, self.curve_len = channels, top_k, curve_len
@@ -54,6 +58,11 @@ class LayerStats:
         self.has_spatial = spatial_means
         self.probe = torch.zeros((probe_size, C), dtype=torch.float32, device=dev)
         self.probe_filled = torch.zeros(probe_size, dtype=torch.bool, device=dev)
+        self.bottom_k = bottom_k
+        self.low_values = torch.full((C, bottom_k), float("inf"), device=dev)
+        self.low_ids = torch.full((C, bottom_k), NO_IMAGE, dtype=torch.long, device=dev)
+        self.low_ys = torch.full((C, bottom_k), -1, dtype=torch.int32, device=dev)
+        self.low_xs = torch.full((C, bottom_k), -1, dtype=torch.int32, device=dev)
         self.last_id = -1
 
     # ------------------------------------------------------------------ streaming
@@ -61,15 +70,28 @@ class LayerStats:
         """The k-th value per channel: a pair below it cannot enter the top list."""
         return self.values[:, -1]
 
+    def low_threshold(self):
+        """The k-th lowest value per channel (None without bottom lists): a pair above it cannot
+        enter the bottom list."""
+        return self.low_values[:, -1] if self.bottom_k else None
+
     def add(self, acts, ids, labels=None) -> None:
         """acts (B, C, H, W); ids (B,) image positions, increasing; labels (B,) class index or -1."""
         if acts.shape[0] == 0:
             return
-        self.add_summary(summaries.summarize(acts, self.threshold()), ids, labels)
+        summary = summaries.summarize(acts, self.threshold())
+        low_loc = None
+        if self.bottom_k:
+            low_loc = torch_full_like(summary[2], -1)
+            b, c = (summary[0].to(self.low_values.device) <= self.low_values[:, -1]).nonzero(as_tuple=True)
+            if len(b):
+                low_loc[b, c] = acts[b.to(acts.device), c.to(acts.device)].flatten(1).argmax(1).to(low_loc.device)
+        self.add_summary(summary, ids, labels, low_loc=low_loc)
 
-    def add_summary(self, summary, ids, labels=None, means=None) -> None:
+    def add_summary(self, summary, ids, labels=None, means=None, low_loc=None) -> None:
         """Fold in one batch summarised by `summarize` (with this object's threshold); means
-        (B, C): each map's spatial mean, for the class means of Morcos et al.'s CSI."""
+        (B, C): each map's spatial mean, for the class means of Morcos et al.'s CSI; low_loc (B, C):
+        the flat location of the maximum of the pairs at or below `low_threshold()` (-1 elsewhere)."""
         import torch
 
         vals, firing, loc, per_image, width = summary  # per_image, width: int or (C,) tensors
@@ -96,6 +118,37 @@ class LayerStats:
             self.probe[ids[in_probe]] = vals[in_probe]
             self.probe_filled[ids[in_probe]] = True
         self._update_top(vals, loc, width, ids)
+        self._update_bottom(vals, ids, low_loc, width)
+
+    def _update_bottom(self, vals, ids, low_loc=None, width=1) -> None:
+        """Merge the batch into the running bottom lists (value ascending, then image ascending)."""
+        import torch
+
+        if self.bottom_k == 0:
+            return
+        vals = vals.to(self.low_values.device, torch.float32)
+        cand = vals <= self.low_values[:, -1]  # (B, C): at or below the channel's k-th lowest
+        rows = cand.any(1).nonzero(as_tuple=True)[0]
+        if len(rows) == 0:
+            return
+        vals, cand, ids = vals[rows], cand[rows], ids[rows]
+        B, C = vals.shape
+        dev = vals.device
+        new_vals = torch.where(cand, vals, torch.tensor(float("inf"), device=dev)).T
+        if low_loc is None:
+            loc = torch.full((C, B), -1, dtype=torch.long, device=dev)
+        else:
+            loc = low_loc.to(dev)[rows].T.long()
+        w = (width.to(dev).long() if torch.is_tensor(width) else torch.full((C,), int(width), device=dev)).view(C, 1)
+        new_y = torch.where(loc >= 0, loc // w, -1).int()
+        new_x = torch.where(loc >= 0, loc % w, -1).int()
+        all_vals = torch.cat([self.low_values, new_vals], 1)
+        all_ids = torch.cat([self.low_ids, ids.to(dev).view(1, B).expand(C, B)], 1)
+        order = _lexsort(-all_vals, all_ids)[:, : self.bottom_k]
+        self.low_values = torch.gather(all_vals, 1, order)
+        self.low_ids = torch.gather(all_ids, 1, order)
+        self.low_ys = torch.gather(torch.cat([self.low_ys, new_y], 1), 1, order)
+        self.low_xs = torch.gather(torch.cat([self.low_xs, new_x], 1), 1, order)
 
     def _update_top(self, vals, loc, width, ids) -> None:
         """Merge the batch's candidates (loc >= 0) into the running top lists."""
@@ -186,10 +239,21 @@ class LayerStats:
         self.ids = torch.gather(all_ids, 1, order)
         self.ys = torch.gather(all_ys, 1, order)
         self.xs = torch.gather(all_xs, 1, order)
+        if self.bottom_k != other.bottom_k:
+            raise ValueError("the states keep bottom lists of different lengths")
+        if self.bottom_k:
+            dev = self.values.device
+            low = torch.cat([self.low_values, other.low_values.to(dev)], 1)
+            low_ids = torch.cat([self.low_ids, other.low_ids.to(dev)], 1)
+            order = _lexsort(-low, low_ids)[:, : self.bottom_k]
+            self.low_values = torch.gather(low, 1, order)
+            self.low_ids = torch.gather(low_ids, 1, order)
+            self.low_ys = torch.gather(torch.cat([self.low_ys, other.low_ys.to(dev)], 1), 1, order)
+            self.low_xs = torch.gather(torch.cat([self.low_xs, other.low_xs.to(dev)], 1), 1, order)
         self.last_id = max(self.last_id, other.last_id)
 
     _TENSORS = ("values", "ids", "ys", "xs", "sum", "sumsq", "silent", "positions", "class_sum", "class_count", "probe",
-                "probe_filled")
+                "probe_filled", "low_values", "low_ids", "low_ys", "low_xs")
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {k: getattr(self, k).cpu().numpy() for k in self._TENSORS}
@@ -206,7 +270,9 @@ class LayerStats:
         C, k, curve, n_classes, probe, count, last_id = (int(v) for v in state["meta"])
         stats = cls(C, k, curve, n_classes, probe, device)
         for key in cls._TENSORS:
-            setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
+            if key in state:  # states written before bottom lists existed have none
+                setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
+        stats.bottom_k = stats.low_values.shape[1]
         stats.count, stats.last_id = count, last_id
         if "class_mean_sum" in state:
             stats.class_mean_sum = torch.from_numpy(np.array(state["class_mean_sum"])).to(device)
@@ -250,7 +316,17 @@ class LayerStats:
             "top_x": self.xs.cpu().numpy()[:, :k],
             "probe": self.probe.cpu().numpy()[self.probe_filled.cpu().numpy()],
             "probe_ids": np.nonzero(self.probe_filled.cpu().numpy())[0],
+            "bottom_values": np.where(np.isfinite(low := self.low_values.cpu().numpy().astype(np.float64)), low, np.nan),
+            "bottom_ids": self.low_ids.cpu().numpy(),
+            "bottom_y": self.low_ys.cpu().numpy().astype(np.int64),
+            "bottom_x": self.low_xs.cpu().numpy().astype(np.int64),
         }
+
+
+def torch_full_like(t, value):
+    import torch
+
+    return torch.full_like(t, value)
 
 
 def _lexsort(values, ids):

@@ -73,9 +73,13 @@ class Summaries:
         self.spatial_means = spatial_means
         self.means = None
 
-    def begin(self, threshold, batch: int) -> None:
-        """Start a batch of `batch` images; threshold (channels,) is the combined k-th value."""
+    def begin(self, threshold, batch: int, low_threshold=None) -> None:
+        """Start a batch of `batch` images; threshold (channels,) is the combined k-th value;
+        low_threshold (channels,), if given, the k-th lowest value of the bottom lists: pairs at or
+        below it get the location of their maximum too (`low_locations`)."""
         self.threshold = threshold
+        self.low_bar = None if low_threshold is None else low_threshold.float().cpu().numpy()
+        self.low_loc = None if low_threshold is None else np.full((batch, int(self.starts[-1])), -1, dtype=np.int64)
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
         self.lib = None
         if self.spatial_means:
@@ -108,6 +112,7 @@ class Summaries:
         """Summarise layer i's map (B, C, H, W)."""
         self._mean(i, acts)
         if self._native(i, acts, None):
+            self._low(i, acts)
             return
         s, e = self.starts[i], self.starts[i + 1]
         if self.compiled:
@@ -116,6 +121,28 @@ class Summaries:
             self.width[s:e] = acts.shape[3]
         else:
             self.parts[i] = summarize_torch(acts, self.threshold[s:e])
+        self._low(i, acts)
+
+    def _low(self, i: int, acts) -> None:
+        """Locations (first maximum) of the pairs that can enter a bottom list: values at or below
+        the channel's k-th lowest. Few once the lists fill, so a gather and an argmax of those maps
+        only, while the map is still at hand."""
+        if self.low_bar is None:
+            return
+        import torch
+
+        s, e = self.starts[i], self.starts[i + 1]
+        values = self.values[:, s:e] if self.compiled else self.parts[i][0].float().cpu().numpy()
+        b, c = np.nonzero(values <= self.low_bar[s:e])
+        if len(b):
+            picked = acts[torch.from_numpy(b).to(acts.device), torch.from_numpy(c).to(acts.device)]
+            self.low_loc[b, s + c] = picked.reshape(len(b), -1).argmax(1).cpu().numpy()
+
+    def low_locations(self):
+        """(B, channels) flat location of the maximum for pairs that can enter a bottom list, -1 elsewhere."""
+        import torch
+
+        return None if self.low_loc is None else torch.from_numpy(self.low_loc)
 
     def add_relu(self, i: int, x, inplace: bool = False):
         """relu(x), summarised as layer i's map, and returned: the native kernel rectifies and
@@ -128,6 +155,7 @@ class Summaries:
             y = x if inplace else torch.empty_like(dense)  # the kernel writes y in x's memory order
             if (dense is x or not inplace) and y.stride() == dense.stride() and self._native(i, dense, y):
                 self._mean(i, y)
+                self._low(i, y)
                 return y
         y = x.relu_() if inplace else torch.relu(x)
         self.add(i, y)

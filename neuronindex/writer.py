@@ -98,6 +98,126 @@ def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
     return dataset_id, first - (recs[0].position if recs else 0), class_id
 
 
+PER_CLASS = ("class_means", "class_means_spatial", "probe")  # (classes or probe images, units)
+WHOLE = ("count", "class_count", "probe_ids", "pooled_var")
+
+
+def unit_subset(res: dict, rows) -> dict:
+    """One layer's results for some of its units (rows: unit indexes)."""
+    rows = np.asarray(rows)
+    out = {}
+    for key, value in res.items():
+        if value is None or key in WHOLE:
+            out[key] = value
+        elif key in PER_CLASS:
+            out[key] = np.asarray(value)[:, rows]
+        else:
+            out[key] = np.asarray(value)[rows]
+    return out
+
+
+def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, layer_id: int, ingest_id: int,
+                f, first_image: int, label_class_ids) -> None:
+    """Rows of a layer's units (neurons and directions alike): `neurons`, `topk`, `bottomk`,
+    `curves`, `class_means`, `probe`. res holds exactly these units; f is the field of the
+    layer's map (channels, then directions) and `channels` their indexes in it."""
+    C = len(ids)
+    units = res.get("unit", [str(c) for c in channels])
+    kinds = res.get("kind", ["channel"] * C)
+    if f is not None:
+        sizes = f.sizes()[channels]
+        rf_h, rf_w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
+        y0 = np.where(np.isfinite(f.start[channels, 0]), f.start[channels, 0], 0).astype(np.int64)
+        x0 = np.where(np.isfinite(f.start[channels, 1]), f.start[channels, 1], 0).astype(np.int64)
+    else:
+        rf_h = rf_w = y0 = x0 = np.full(C, None, dtype=object)
+    insert(con, "neurons", {
+        "id": ids, "key": [f"{key_prefix}{u}" for u in units], "kind": list(kinds), "unit": list(units),
+        "act_min": res.get("act_min", np.full(C, np.nan)),
+        "model_id": np.full(C, model_id), "layer_id": np.full(C, layer_id), "ingest_id": np.full(C, ingest_id),
+        "channel": np.asarray(channels), "rf_h": rf_h, "rf_w": rf_w, "rf_y0": y0, "rf_x0": x0,
+        "n_images": np.full(C, res["count"]), "act_max": res["act_max"], "act_mean": res["act_mean"],
+        "act_std": res["act_std"], "sparsity": res["sparsity"], "dead": res["dead"], "auc": res["auc"],
+        "weak": res.get("weak", np.zeros(C, dtype=bool)),
+    })
+    # top-k rows, valid entries only
+    vals, top_ids = res["top_values"], res["top_ids"]
+    ch, rank = np.nonzero(np.isfinite(vals))
+    ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
+    if f is not None:
+        bx0, by0, bx1, by1 = f.boxes(np.asarray(channels)[ch], ty, tx).T
+    else:
+        bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
+    amax = res["act_max"][ch]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(amax > 0, vals[ch, rank] / amax, np.nan)
+    insert(con, "topk", {
+        "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + top_ids[ch, rank],
+        "activation": vals[ch, rank], "norm_activation": norm, "y": ty, "x": tx,
+        "box_x0": bx0, "box_y0": by0, "box_x1": bx1, "box_y1": by1,
+    })
+    write_bottom(con, ids, res, f, first_image, channels)
+    insert(con, "curves", {"neuron_id": ids, "curve": res["curve"]})
+    if len(label_class_ids):
+        means, counts = res["class_means"], res["class_count"]
+        cc, nn_ = np.meshgrid(np.arange(len(label_class_ids)), np.arange(C), indexing="ij")
+        keep = counts[cc.ravel()] > 0
+        spatial = res.get("class_means_spatial")
+        insert(con, "class_means", {
+            "neuron_id": ids[nn_.ravel()][keep], "class_id": label_class_ids[cc.ravel()][keep],
+            "mean_activation": means.ravel()[keep], "n_images": counts[cc.ravel()][keep],
+            "mean_spatial": spatial.ravel()[keep] if spatial is not None else np.full(int(keep.sum()), np.nan),
+        })
+    if len(res["probe_ids"]):
+        insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
+
+
+def write_bottom(con, ids, res, field, first_image, channels) -> None:
+    """`bottomk` rows of one layer's units (valid entries only)."""
+    if "bottom_values" not in res:
+        return
+    vals = res["bottom_values"]
+    ch, rank = np.nonzero(np.isfinite(vals))
+    ys = res.get("bottom_y", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
+    xs = res.get("bottom_x", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
+    located = ys >= 0
+    boxes = field.boxes(np.asarray(channels)[ch], np.maximum(ys, 0), np.maximum(xs, 0)).astype(float) if field is not None and len(ch) \
+        else np.full((len(ch), 4), np.nan)
+    boxes[~located] = np.nan
+    insert(con, "bottomk", {
+        "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + res["bottom_ids"][ch, rank],
+        "activation": vals[ch, rank], "y": np.where(located, ys, np.nan), "x": np.where(located, xs, np.nan),
+        "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
+    })
+
+
+def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
+    """`directions` rows of one layer (ids: their unit rows in `neurons`, in order)."""
+    rows = d.rows()
+    cols = {k: [] for k in ("neuron_id", "layer_id", "kind", "name", "ordinal", "filter", "pooling", "variance",
+                            "explained", "singular_value", "n_images", "pooled_var", "vector", "weights", "offset")}
+    for j, (nid, r) in enumerate(zip(ids, rows)):
+        cols["neuron_id"].append(int(nid))
+        cols["layer_id"].append(int(layer_id))
+        cols["pooled_var"].append(float(pooled_var[j]) if pooled_var is not None else None)
+        for k in ("kind", "name", "ordinal", "filter", "pooling", "variance", "explained", "singular_value",
+                  "n_images", "vector", "weights", "offset"):
+            cols[k].append(r[k])
+    import pyarrow as pa
+
+    cols["offset_"] = cols.pop("offset")
+    con.register("_dirs", pa.table({**{k: v for k, v in cols.items() if k not in ("vector", "weights")},
+                                    "vector": pa.array([list(v) for v in cols["vector"]], type=pa.list_(pa.float32())),
+                                    "weights": pa.array([list(v) for v in cols["weights"]], type=pa.list_(pa.float32()))}))
+    try:
+        execute(con, 'INSERT INTO directions (neuron_id, layer_id, kind, name, ordinal, filter, pooling, variance, explained, '
+                     'singular_value, n_images, pooled_var, vector, weights, "offset") SELECT neuron_id, layer_id, kind, '
+                     'name, ordinal, filter, pooling, variance, explained, singular_value, n_images, pooled_var, vector, '
+                     'weights, offset_ FROM _dirs')
+    finally:
+        con.unregister("_dirs")
+
+
 def write_ingest(con, run, results: list[dict], derived, timings: dict, started: float) -> dict:
     from . import __version__
 
@@ -129,71 +249,37 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
     nid = neuron_base
     neuron_ids_by_layer = []
     probe_written = False
+    from .directions import extended_field
+
+    directions = run.directions or [None] * len(run.selections)
     for li, (sel, res) in enumerate(zip(run.selections, results)):
         layer = sel.layer
         layer_id = layer_base + li
         execute(
             con, "INSERT INTO layers (id, model_id, name, node, alias, kind, position, channels, map_h, map_w, rf_size, "
-            "rf_stride, rf_offset, sparsity, ingest_id, aliases) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "rf_stride, rf_offset, sparsity, ingest_id, aliases, pre_activation) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [layer_id, model_id, sel.name, layer.name, layer.alias, layer.kind, layer.position, layer.channels,
              layer.map_h, layer.map_w, layer.rf_size, layer.rf_stride, layer.rf_offset,
-             float(np.mean(res["sparsity"])) if len(res["sparsity"]) else None, ingest_id,
-             ",".join(layer.aliases) or None])
-        C = layer.channels
+             float(np.mean(res["sparsity"][:layer.channels])) if layer.channels else None, ingest_id,
+             ",".join(layer.aliases) or None, layer.pre_activation])
+        C = len(res["act_max"])  # the layer's channels, then its directions
         ids = np.arange(nid, nid + C)
         neuron_ids_by_layer.append(ids)
         nid += C
-        f = layer.field
-        if f is not None:
-            sizes = f.sizes()
-            rf_h, rf_w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
-            y0 = np.where(np.isfinite(f.start[:, 0]), f.start[:, 0], 0).astype(np.int64)
-            x0 = np.where(np.isfinite(f.start[:, 1]), f.start[:, 1], 0).astype(np.int64)
-        else:
-            rf_h = rf_w = y0 = x0 = np.full(C, None, dtype=object)
-        insert(con, "neurons", {
-            "id": ids, "key": [f"{model_name}/{sel.name}/{c}" for c in range(C)],
-            "model_id": np.full(C, model_id), "layer_id": np.full(C, layer_id), "ingest_id": np.full(C, ingest_id),
-            "channel": np.arange(C), "rf_h": rf_h, "rf_w": rf_w, "rf_y0": y0, "rf_x0": x0,
-            "n_images": np.full(C, res["count"]), "act_max": res["act_max"], "act_mean": res["act_mean"],
-            "act_std": res["act_std"], "sparsity": res["sparsity"], "dead": res["dead"], "auc": res["auc"],
-            "weak": res.get("weak", np.zeros(C, dtype=bool)),
-        })
-        # top-k rows, valid entries only
-        vals, top_ids = res["top_values"], res["top_ids"]
-        valid = np.isfinite(vals)
-        ch, rank = np.nonzero(valid)
-        ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
-        if f is not None:
-            bx0, by0, bx1, by1 = f.boxes(ch, ty, tx).T
-        else:
-            bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
-        amax = res["act_max"][ch]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            norm = np.where(amax > 0, vals[ch, rank] / amax, np.nan)
-        insert(con, "topk", {
-            "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + top_ids[ch, rank],
-            "activation": vals[ch, rank], "norm_activation": norm, "y": ty, "x": tx,
-            "box_x0": bx0, "box_y0": by0, "box_x1": bx1, "box_y1": by1,
-        })
-        insert(con, "curves", {"neuron_id": ids, "curve": res["curve"]})
-        if len(label_class_ids):
-            means, counts = res["class_means"], res["class_count"]
-            cc, nn_ = np.meshgrid(np.arange(len(label_class_ids)), np.arange(C), indexing="ij")
-            keep = counts[cc.ravel()] > 0
-            spatial = res.get("class_means_spatial")
-            insert(con, "class_means", {
-                "neuron_id": ids[nn_.ravel()][keep], "class_id": label_class_ids[cc.ravel()][keep],
-                "mean_activation": means.ravel()[keep], "n_images": counts[cc.ravel()][keep],
-                "mean_spatial": spatial.ravel()[keep] if spatial is not None else np.full(int(keep.sum()), np.nan),
-            })
-        if len(res["probe_ids"]):
-            insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
-            if not probe_written:
-                insert(con, "probe_images", {"ingest_id": np.full(len(res["probe_ids"]), ingest_id),
-                                             "rank": np.arange(1, len(res["probe_ids"]) + 1),
-                                             "image_id": first_image + res["probe_ids"]})
-                probe_written = True
+        d = directions[li]
+        f = extended_field(layer.field, len(d) if d is not None else 0)
+        write_units(con, res, ids, np.arange(C), f"{model_name}/{sel.name}/", model_id, layer_id, ingest_id, f,
+                    first_image, label_class_ids)
+        if d is not None:
+            write_directions(con, ids[layer.channels:], layer_id, d, res.get("pooled_var"))
+            if d.spectrum is not None:
+                con.execute("UPDATE layers SET spectrum = ? WHERE id = ?", [d.spectrum.astype(float).tolist(), layer_id])
+        if len(res["probe_ids"]) and not probe_written:
+            insert(con, "probe_images", {"ingest_id": np.full(len(res["probe_ids"]), ingest_id),
+                                         "rank": np.arange(1, len(res["probe_ids"]) + 1),
+                                         "image_id": first_image + res["probe_ids"]})
+            probe_written = True
     if derived is not None:
         from .derive import StoredIngest
 
@@ -202,5 +288,6 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
         "index": None, "model": model_name, "model_id": model_id, "ingest_id": ingest_id,
         "images": len(run.positions()) - len([p for p in run.problems if p in set(run.positions())]),
         "problems": len(run.problems), "layers": [s.name for s in run.selections],
-        "neurons": int(nid - neuron_base),
+        "neurons": int(sum(s.layer.channels for s in run.selections)),
+        "directions": int(nid - neuron_base) - int(sum(s.layer.channels for s in run.selections)),
     }

@@ -33,7 +33,7 @@ def index(tmp_path_factory):
     caffe = Preprocessing(input_size=(227, 227), geometry="resize-crop", resize=256, mean=(104, 117, 123),
                           std=(1, 1, 1), channel_order="bgr", pixel_scale=255)
     ingest("torchvision:squeezenet1_0", str(images), ",".join(LAYERS), path, weights=str(weights), name="squeezenet",
-           preprocessing=caffe, params=IngestParams(batch_size=32, workers=2), progress=False)
+           preprocessing=caffe, params=IngestParams(batch_size=32, workers=2, directions="svd,random"), progress=False)
     with neuronindex.open(path) as idx:
         yield idx
 
@@ -41,7 +41,7 @@ def index(tmp_path_factory):
 def test_colour_selectivity_falls_with_depth(index):
     """Seed 004, Fig. 8: the share of colour-selective neurons (alpha >= 0.4) falls with depth."""
     rows = index.sql("SELECT layer, avg((color_index >= 0.4)::INT) AS share, count(*) AS n FROM neuron_view "
-                     "WHERE NOT dead GROUP BY layer ORDER BY min(id)").rows()
+                     "WHERE NOT dead AND kind = 'channel' GROUP BY layer ORDER BY min(id)").rows()
     assert [r["layer"] for r in rows] == LAYERS
     share = [r["share"] for r in rows]
     print("\ncolour-selective share per layer:", [round(s, 3) for s in share])
@@ -90,7 +90,8 @@ def test_named_colours_of_the_first_layer_have_their_hue(index):
 
 def test_receptive_fields_per_fire_half(index):
     rows = index.sql("SELECT l.name, min(greatest(n.rf_h, n.rf_w)) AS lo, max(greatest(n.rf_h, n.rf_w)) AS hi "
-                     "FROM neurons n JOIN layers l ON l.id = n.layer_id GROUP BY l.name, l.position ORDER BY l.position").rows()
+                     "FROM neurons n JOIN layers l ON l.id = n.layer_id WHERE n.kind = 'channel' "
+                     "GROUP BY l.name, l.position ORDER BY l.position").rows()
     fields = {r["name"]: (r["lo"], r["hi"]) for r in rows}
     assert fields["features.1"] == (7, 7)
     assert fields["features.3"] == (11, 19)  # expand 1x1 vs expand 3x3 (seed 004's Fire fields)
@@ -114,3 +115,25 @@ def test_dead_neurons_make_no_claims(index):
     claims = index.sql("SELECT count(*) AS n FROM neurons WHERE dead AND (color_index IS NOT NULL OR color_name IS "
                        "NOT NULL OR class_index IS NOT NULL OR top_class_id IS NOT NULL OR csi IS NOT NULL)").rows()
     assert claims == [{"n": 0}]
+
+
+def test_seed001_directions_on_squeezenet(index):
+    """Seed 001 on a real ImageNet network: SVD directions per layer by singular value, and its
+    redundancy finding measured: the top-20 and bottom-20 image sets of the 8 highest-variance
+    neurons of a layer overlap each other more than those of its SVD directions do (mean over
+    the nine layers)."""
+    from neuronindex.report import figure_redundancy, figure_spectrum
+
+    spectrum = figure_spectrum(index, "squeezenet")
+    assert list(spectrum) == LAYERS
+    for layer, s in spectrum.items():
+        sv = s["singular_values"]
+        assert all(a >= b for a, b in zip(sv, sv[1:])) and 1 <= s["kept"] <= 8
+        found = index.search(f"svd {layer} limit:20").rows()
+        assert [r["sv"] for r in found] == pytest.approx(sv[: s["kept"]], rel=1e-6)
+    red = figure_redundancy(index, "squeezenet")
+    means = {(g, side): float(np.mean([red[layer][g][side]["mean_overlap"] for layer in LAYERS]))
+             for g in ("neurons", "svd", "random") for side in ("top", "bottom")}
+    print("\nmean pairwise overlap of top/bottom-20 sets:", {k: round(v, 3) for k, v in means.items()})
+    assert means[("svd", "top")] < means[("neurons", "top")]
+    assert means[("svd", "bottom")] < means[("neurons", "bottom")]

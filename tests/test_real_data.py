@@ -100,3 +100,60 @@ def test_resnet20_and_resnet56_depth_trends_in_one_index(tmp_path):
         assert mine["layer3"]["mean_gamma"] > mine["conv1"]["mean_gamma"]
         assert all(0 <= r["sparsity"] <= 1 and 0 <= r["colour_selective"] <= 1 for r in mine.values())
     print("\n" + "\n".join(str({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}) for r in rows))
+
+
+def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
+    """Seed 001 on a real network: every direction's top and bottom images equal a brute-force
+    projection of the block outputs captured by forward hooks on the model itself; and the number
+    of large singular values (Kaiser: sv^2 / n > 1) per channel is reported by depth."""
+    import torch
+
+    from neuronindex.data import open_source
+    from neuronindex.extract import image_batches
+
+    weights = shared("cifar10-resnet", "resnet20-12fca82f.th")
+    source = shared("cifar10", "lossless-test")
+    blocks = ["layer1.2", "layer2.2", "layer3.2"]
+    ingest("cifar-resnet20", str(source), ",".join(blocks), tmp_path, weights=str(weights), progress=False,
+           params=IngestParams(batch_size=128, top_k=10, bottom_k=5, directions="svd,random"))
+    loaded = load_model("cifar-resnet20", str(weights))
+    captured = {b: [] for b in blocks}
+    for b in blocks:
+        stage, i = b.split(".")
+        getattr(loaded.module, stage)[int(i)].register_forward_hook(
+            lambda _m, _i, out, b=b: captured[b].append(out.detach()))
+    with torch.no_grad():
+        for batch, _, _ in image_batches(open_source(str(source)), loaded.preprocessing, 200):
+            loaded.module.eval()(loaded.preprocessing.normalize(batch))
+    con = duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True)
+    first = con.execute("SELECT min(id) FROM images").fetchone()[0]
+    shares = {}
+    for b in blocks:
+        maps = torch.cat(captured[b]).numpy()
+        units = con.execute("SELECT n.id, n.key, d.weights, d.\"offset\" FROM directions d JOIN neurons n "
+                            "ON n.id = d.neuron_id JOIN layers l ON l.id = d.layer_id WHERE l.name = ?", [b]).fetchall()
+        assert len(units) >= 9  # at least one SVD direction, 4 + 4 random
+        for nid, key, w, offset in units:
+            proj = (np.einsum("c,bchw->bhw", np.array(w, dtype=np.float32), maps) + np.float32(offset))
+            flat = proj.reshape(len(proj), -1)
+            top = [r[0] - first for r in con.execute("SELECT image_id FROM topk WHERE neuron_id = ? ORDER BY rank",
+                                                      [nid]).fetchall()]
+            low = [r[0] - first for r in con.execute("SELECT image_id FROM bottomk WHERE neuron_id = ? ORDER BY rank",
+                                                      [nid]).fetchall()]
+            hi, lo = flat.max(1), flat.min(1)
+            # float32 sums in another order: compare the values at the stored ranks and the sets
+            assert np.allclose(np.sort(hi)[::-1][:10], hi[top], rtol=1e-4, atol=1e-4), key
+            assert np.allclose(np.sort(lo)[:5], lo[low], rtol=1e-4, atol=1e-4), key
+        # the neurons' bottom lists: lowest spatial maxima, located at the first argmax (pass 1's own read)
+        bottoms = con.execute("SELECT n.channel, b.image_id - ?, b.y, b.x FROM bottomk b JOIN neurons n ON n.id = b.neuron_id "
+                              "JOIN layers l ON l.id = n.layer_id WHERE l.name = ? AND n.kind = 'channel'",
+                              [first, b]).fetchall()
+        smax = maps.reshape(len(maps), maps.shape[1], -1).max(2)
+        for c, img, y, x in bottoms:
+            assert divmod(int(maps[img, c].ravel().argmax()), maps.shape[3]) == (y, x)
+            assert smax[img, c] <= np.sort(smax[:, c])[4] + 1e-5  # among the 5 lowest
+        n, spectrum, channels = con.execute("SELECT (SELECT max(n_images) FROM directions d WHERE d.layer_id = l.id), "
+                                            "spectrum, channels FROM layers l WHERE name = ?", [b]).fetchone()
+        shares[b] = sum(s * s / n > 1 for s in spectrum) / channels
+    print("\nKaiser components per channel by depth:", {k: round(v, 3) for k, v in shares.items()})
+    assert all(0 < v < 1 for v in shares.values())

@@ -245,6 +245,9 @@ def test_csi_by_hand():
     assert value[1] == pytest.approx(0.0)
     assert np.isnan(value[2])  # one class only
     assert top[0] == 0
+    # a negative class mean (a pre-activation layer, a direction's centred map): the index is undefined
+    value, _ = sel.csi(np.array([[4.0], [-1.0], [1.0]]))
+    assert np.isnan(value[0])  # the formula would give (4 - 0) / (4 + 0) = 1.0 here, hiding the negative class
 
 
 @pytest.fixture(scope="module")
@@ -322,7 +325,8 @@ def test_morcos_csi_from_spatial_means_equals_brute_force(tmp_path, image_folder
         dead = [r[0] for r in con.execute("SELECT dead FROM neurons n JOIN layers l ON l.id = n.layer_id "
                                            "WHERE l.name = ? ORDER BY n.channel", [layer]).fetchall()]
         for g, e, d in zip(got, expected, dead):
-            assert (g is None) if d else g == pytest.approx(e, rel=1e-4, abs=1e-6), (layer, g, e)  # float32 means
+            # NULL for dead neurons, and where a class mean is negative (conv1 is the conv, before its ReLU)
+            assert (g is None) if d or not np.isfinite(e) else g == pytest.approx(e, rel=1e-4, abs=1e-6), (layer, g, e)
     ingest(tiny_loaded, str(image_folder), "conv1", tmp_path / "b", params=IngestParams(top_k=8), progress=False)
     con = duckdb.connect(str(tmp_path / "b" / "index.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM neurons WHERE csi_mean IS NOT NULL").fetchone()[0] == 0

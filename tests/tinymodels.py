@@ -137,3 +137,29 @@ class Functional(nn.Module):
 
 def functional():
     return Functional()
+
+
+class Planted(nn.Module):
+    """conv1: six 1x1 channels that mix only the red and green inputs (a known rank-2 layer),
+    then a head. On flat-colour images every position of a map is equal, so the image x channel
+    matrix of spatial maxima is exactly rank 2."""
+
+    MIX = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0], [2.0, 0.5], [0.3, -2.0]]
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 1, bias=False)
+        self.head = nn.Conv2d(6, 2, 1)
+        with torch.no_grad():
+            w = torch.zeros(6, 3, 1, 1)
+            w[:, :2, 0, 0] = torch.tensor(self.MIX)
+            self.conv1.weight.copy_(w)
+            self.head.weight.fill_(0.1)
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.conv1(x)).mean((2, 3))
+
+
+def planted():
+    return Planted()

@@ -9,6 +9,11 @@
     dead layer:conv2
     weak conv3                     neurons below the activity floor (left out of selectivity rankings)
     csi>0.8 model:resnet20
+    svd conv19                     the SVD directions of conv19 (seed 001), by singular value
+    kind:random explained>0.02     random directions; `directions` = every kind; sv>50 on directions
+
+Searches return neurons (channels) unless they name a direction kind (svd, random, user,
+directions, kind:K, kind:all) or compare a direction-only field (sv, explained, variance).
 
 Bare words resolve, in order, to a layer (name, alias or node), a colour name, a class or an
 ancestor class, a model. `field OP value` works on every numeric column (FIELDS below, with short
@@ -38,7 +43,13 @@ FIELDS = {
     "share": "top_class_share", "top_class_share": "top_class_share", "color_share": "color_share",
     "rf": "rf_size", "rf_size": "rf_size", "images": "n_images", "chroma": "mean_chroma", "mean_chroma": "mean_chroma",
     "csi_mean": "csi_mean",
+    "sv": "sv", "singular_value": "sv", "explained": "explained", "variance": "dir_variance",
+    "dir_variance": "dir_variance", "min": "act_min", "act_min": "act_min",
 }
+DIRECTION_FIELDS = {"sv", "explained", "dir_variance", "act_min"}
+UNIT_KINDS = ("channel", "svd", "random", "user")
+KIND_WORDS = {"svd": ["svd"], "random": ["random"], "user": ["user"], "direction": ["svd", "random", "user"],
+              "directions": ["svd", "random", "user"], "channels": ["channel"], "channel": ["channel"]}
 SELECTIVITY = {"color_index", "class_index", "csi", "csi_mean", "color_response", "mean_chroma", "top_class_share", "class_m",
                "color_share"}
 MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
@@ -49,12 +60,12 @@ ACHROMATIC_SHARE = default("achromatic_share")
 DEFAULT_LIMIT = default("search_limit")
 MAX_LIMIT = default("search_max_limit")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
-OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
+OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
           "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
 
 # neuron_view materialised (store.refresh_search): one table, so DuckDB fetches whole rows for
 # the top of the ranking only
-view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node", "weak"}])
+view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node", "weak", "kind"}])
 nclasses = table("class_search", column("neuron_id"), column("class_id"), column("share"), column("rank"))
 ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
 
@@ -99,7 +110,8 @@ class Vocabulary:
         return vocab
 
     def all_words(self) -> list[str]:
-        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + ["dead", "alive", "weak"]
+        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + \
+            ["dead", "alive", "weak"] + list(KIND_WORDS)
 
 
 @dataclass
@@ -111,6 +123,7 @@ class Query:
     comparisons: list[tuple[str, str, float]] = field(default_factory=list)
     dead: bool | None = None
     weak: bool | None = None
+    kinds: list[str] = field(default_factory=list)  # unit kinds (empty: channels, or directions when asked)
     sort: tuple[str, bool] | None = None  # (column, descending)
     limit: int = DEFAULT_LIMIT
 
@@ -149,6 +162,8 @@ def parse(text: str, vocab: Vocabulary) -> Query:
             continue
         if token in ("dead", "alive"):
             q.dead = token == "dead"
+        elif token in KIND_WORDS:
+            q.kinds += KIND_WORDS[token]
         elif token == "weak":
             q.weak = True
         elif token in vocab.layers:
@@ -194,8 +209,17 @@ def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str) -> Non
         _lookup(q.classes, value, vocab.classes, "class")
     elif key == "model":
         _lookup(q.models, value, vocab.models, "model")
+    elif key == "kind":
+        if value == "all":
+            q.kinds += list(UNIT_KINDS)
+        elif value in KIND_WORDS:
+            q.kinds += KIND_WORDS[value]
+        else:
+            raise QueryError(f"unknown kind {value!r}{did_you_mean(value, list(UNIT_KINDS))}; kinds are "
+                             f"{', '.join(UNIT_KINDS)}, directions or all")
     else:
-        raise QueryError(f"unknown keyword {key + ':'!r}{did_you_mean(key, ['sort', 'limit', 'layer', 'color', 'class', 'model'])}")
+        raise QueryError(f"unknown keyword {key + ':'!r}"
+                         f"{did_you_mean(key, ['sort', 'limit', 'layer', 'color', 'class', 'model', 'kind'])}")
 
 
 def _lookup(into: list, value: str, known: dict, what: str) -> None:
@@ -233,6 +257,12 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
         conditions.append(view.c.model.in_(q.models))
     if q.dead is not None:
         conditions.append(view.c.dead == (true() if q.dead else false()))
+    kinds = sorted(set(q.kinds))
+    if not kinds:  # neurons, unless the query compares a field only directions have
+        asks = {name for name, _, _ in q.comparisons} | ({q.sort[0]} if q.sort else set())
+        kinds = ["svd", "random", "user"] if asks & DIRECTION_FIELDS else ["channel"]
+    if set(kinds) != set(UNIT_KINDS):
+        conditions.append(view.c.kind.in_(kinds))
     chromatic = [c for c in q.colors if c not in ACHROMATIC]
     achromatic = [c for c in q.colors if c in ACHROMATIC]
     if q.colors:
@@ -275,6 +305,8 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     elif rank_by:
         col, desc = rank_by[0]
         order = [col.desc().nulls_last() if desc else col.asc().nulls_last()]
+    elif "channel" not in kinds:  # directions: by singular value, as seed 001 ranks them
+        order = [view.c.sv.desc().nulls_last()]
     else:
         order = [view.c.act_max.desc().nulls_last()]
     stmt = select(*columns).select_from(source).where(and_(true(), *conditions)).order_by(*order, view.c.id)

@@ -75,9 +75,26 @@ def neuron_payload(idx, key: str) -> dict:
         "SELECT c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
         "WHERE nc.neuron_id = ? ORDER BY nc.is_leaf DESC, nc.share DESC", [n.id]).rows()
     colours = idx.query("SELECT name, share FROM neuron_colors WHERE neuron_id = ? ORDER BY share DESC", [n.id]).rows()
-    props = idx.query("SELECT * FROM neuron_view WHERE id = ?", [n.id]).rows()[0]
+    props = idx.query("SELECT v.*, l.pre_activation FROM neuron_view v JOIN neurons n ON n.id = v.id "
+                      "JOIN layers l ON l.id = n.layer_id WHERE v.id = ?", [n.id]).rows()[0]
     return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
-            "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(n.topk().rows())}
+            "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(n.topk().rows()),
+            "bottomk": json_rows(n.bottomk().rows()), "direction": direction_payload(idx, n)}
+
+
+def direction_payload(idx, n) -> dict | None:
+    """A direction's figures and its strongest channels (by |weight|, linked to their neurons)."""
+    d = n.direction()
+    if d is None:
+        return None
+    import numpy as np
+
+    u = np.asarray(d.pop("vector"), dtype=float)
+    d.pop("weights")
+    order = np.argsort(-np.abs(u))[:12]
+    prefix = n.key.rsplit("/", 1)[0]
+    d["channels"] = [{"key": f"{prefix}/{int(c)}", "channel": int(c), "weight": float(u[c])} for c in order]
+    return {k: _plain(v) for k, v in d.items()}
 
 
 def png(img) -> Response:

@@ -93,6 +93,11 @@ def api_crop(request: Request, key: str, rank: int):
     img = run(request, lambda idx: idx.neuron(key).crop(rank))
     return png(img)
 
+@router.get("/neurons/{key:path}/bottom/{rank}.png")
+def api_bottom_crop(request: Request, key: str, rank: int):
+    img = run(request, lambda idx: idx.neuron(key).crop(rank, "bottom"))
+    return png(img)
+
 @router.get("/neurons/{key:path}/similar")
 def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
     return {"ok": True, "rows": json_rows(run(request, lambda idx: idx.similar(key, k, space).rows()))}

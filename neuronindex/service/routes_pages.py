@@ -27,7 +27,8 @@ def home(request: Request):
 def layer_page(request: Request, model: str, layer: str, sort: str = "act_max", q: str = ""):
     text = f"model:{model} layer:{layer} {q} sort:-{sort.lstrip('-')} limit:1000"
     rows = run(request, lambda idx: idx.search(text).rows())
-    return page(request, "layer.html", model=model, layer=layer, rows=rows, sort=sort, q=q,
+    directions = run(request, lambda idx: idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows())
+    return page(request, "layer.html", model=model, layer=layer, rows=rows, sort=sort, q=q, directions=directions,
                 sorts=["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response"])
 
 @router.get("/neuron/{key:path}", response_class=HTMLResponse)
