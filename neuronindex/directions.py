@@ -518,7 +518,10 @@ def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
             continue
         merged = {}
         for key, value in res.items():
-            if key not in u or value is None or u[key] is None:
+            if key in ("class_means", "class_means_spatial", "probe") and value is not None and u.get(key) is None:
+                # what the units pass does not take (spatial means): NaN for the directions
+                merged[key] = np.concatenate([value, np.full((value.shape[0], len(u["act_max"])), np.nan)], axis=1)
+            elif key not in u or value is None or u[key] is None:
                 merged[key] = value
             elif key in ("class_means", "class_means_spatial", "probe"):
                 merged[key] = np.concatenate([value, u[key]], axis=1)

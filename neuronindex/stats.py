@@ -79,10 +79,12 @@ class LayerStats:
         """acts (B, C, H, W); ids (B,) image positions, increasing; labels (B,) class index or -1."""
         if acts.shape[0] == 0:
             return
+        import torch
+
         summary = summaries.summarize(acts, self.threshold())
         low_loc = None
         if self.bottom_k:
-            low_loc = torch_full_like(summary[2], -1)
+            low_loc = torch.full_like(summary[2], -1)
             b, c = (summary[0].to(self.low_values.device) <= self.low_values[:, -1]).nonzero(as_tuple=True)
             if len(b):
                 low_loc[b, c] = acts[b.to(acts.device), c.to(acts.device)].flatten(1).argmax(1).to(low_loc.device)
@@ -321,12 +323,6 @@ class LayerStats:
             "bottom_y": self.low_ys.cpu().numpy().astype(np.int64),
             "bottom_x": self.low_xs.cpu().numpy().astype(np.int64),
         }
-
-
-def torch_full_like(t, value):
-    import torch
-
-    return torch.full_like(t, value)
 
 
 def _lexsort(values, ids):

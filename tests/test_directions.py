@@ -249,6 +249,14 @@ def test_user_direction_of_one_channel_ranks_images_like_that_neuron(tmp_path, i
     con.close()
     # the neurons' own rows are untouched; the direction has its NF, indexes and embeddings
     assert before == 4 + 6 + 1
+    # recomputing pass 2 (another NF threshold) keeps the direction's map: the same NF images back
+    nf = dict(_con(path).execute("SELECT n.key, f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id")
+              .fetchall())
+    r = cli_runner.invoke(cli, ["features", str(path), "-q"])
+    assert r.exit_code == 0, r.output
+    again = dict(_con(path).execute("SELECT n.key, f.nf_png FROM neuron_features f JOIN neurons n "
+                                    "ON n.id = f.neuron_id").fetchall())
+    assert again == nf and "tiny_cnn/conv2/only3" in again
     bad = [(["--vector", str(tmp_path / "e3.npy"), "--layer", "conv1"], "has 6 values but the layer has 4 channels"),
            (["--vector", str(tmp_path / "e3.npy"), "--layer", "conv9"], "no layer 'conv9'"),
            (["--vector", str(tmp_path / "e3.npy"), "--layer", "conv2", "--name", "only3"], "already has a unit"),
@@ -324,3 +332,36 @@ def test_bottom_locations_are_the_first_maximum_of_each_bottom_image():
         for r, img in enumerate(res["bottom_ids"][c]):
             flat = int(np.argmax(maps[img, c].ravel()))
             assert (res["bottom_y"][c, r], res["bottom_x"][c, r]) == divmod(flat, 5)
+
+
+def test_mean_pooling_directions_are_the_svd_of_spatial_means(tmp_path, image_folder, tiny_loaded):
+    """--direction-pooling mean: the SVD is of the image x channel matrix of each map's spatial mean,
+    computed here by brute force from the model's own conv2 maps."""
+    ingest(tiny_loaded, str(image_folder), "conv2", tmp_path, progress=False,
+           params=IngestParams(top_k=4, directions="svd", direction_pooling="mean", svd_rank="3"))
+    maps = []
+
+    def keep(_m, _i, out):
+        maps.append(out.detach())  # `conv2` names the module: its output, before the ReLU
+
+    from neuronindex.data import open_source
+    from neuronindex.extract import image_batches
+
+    hook = tiny_loaded.module.conv2.register_forward_hook(keep)
+    try:
+        with torch.no_grad():
+            for batch, _, _ in image_batches(open_source(str(image_folder)), tiny_loaded.preprocessing, 64):
+                tiny_loaded.module(tiny_loaded.preprocessing.normalize(batch))
+    finally:
+        hook.remove()
+    X = torch.cat(maps).double().mean(dim=(2, 3)).numpy()
+    live = X.std(0) > 0
+    Z = (X[:, live] - X[:, live].mean(0)) / X[:, live].std(0)
+    _, s, vt = np.linalg.svd(Z, full_matrices=False)
+    con = _con(tmp_path)
+    rows = con.execute("SELECT singular_value, vector, pooling FROM directions ORDER BY ordinal").fetchall()
+    assert [r[2] for r in rows] == ["mean"] * 3
+    np.testing.assert_allclose([r[0] for r in rows], s[:3], rtol=1e-4)
+    for (_, vector, _), ref in zip(rows, vt[:3]):
+        v = np.array(vector)
+        assert np.allclose(v[~live], 0) and abs(abs(float(v[live] @ ref)) - 1) < 1e-4

@@ -157,3 +157,12 @@ def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
         shares[b] = sum(s * s / n > 1 for s in spectrum) / channels
     print("\nKaiser components per channel by depth:", {k: round(v, 3) for k, v in shares.items()})
     assert all(0 < v < 1 for v in shares.values())
+    # seed 001's reading of a leading singular vector, on the last block: one end animals, the other vehicles
+    vehicles = {"airplane", "automobile", "ship", "truck"}
+    ends = [[c for (c,) in con.execute(f"SELECT c.name FROM {t} x JOIN neurons n ON n.id = x.neuron_id "
+                                       "JOIN images i ON i.id = x.image_id JOIN classes c ON c.id = i.class_id "
+                                       "WHERE n.key = 'resnet20/layer3.2/svd1' ORDER BY x.rank").fetchall()]
+            for t in ("topk", "bottomk")]
+    share = [sum(c in vehicles for c in end) / len(end) for end in ends]
+    print("vehicle share at the top / bottom of layer3.2/svd1:", share)
+    assert sorted(share) == [0.0, 1.0]
