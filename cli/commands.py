@@ -412,7 +412,7 @@ def demo(out, per_class, epochs, serve, port, quiet):
         click.echo(to_table([{k: r.get(k) for k in cols} for r in rows]), nl=False)
     click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
     click.echo(to_table([{k: r.get(k) for k in ["score", "key", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
-    click.echo(f"\nHTML contact sheet of the red neurons: {t['sheet']}")
+    click.echo(f"\nHTML contact sheet of the first layer's colour-selective red-disc neurons: {t['sheet']}")
     checks = {"held-out accuracy >= 90%": result["accuracy"] >= 0.9, **t["checks"]}
     click.echo("\nchecks:")
     for name, ok in checks.items():
