@@ -19,8 +19,8 @@ locations, a Neuron Feature, colour and class indexes, embeddings, a page.
              of the variances of 1,000 random unit vectors (seed 001's variance cut-off, as a
              quantile because an absolute one depends on the data), plus `random_n`
              unconstrained ones as seed 001's baseline (filter = 'none')
-  user       a vector over the layer's channels (a concept vector), given with
-             `neuronindex directions add` or `ingest --direction-vector LAYER=FILE.npy`
+  user       a vector over the layer's channels (a concept vector), added to a stored index
+             with `neuronindex directions add`
 
 A direction u (unit length in the standardised space) has the map
   m(y, x) = sum_c w_c (a_c(y, x) - mu_c),   w = u / sigma
@@ -128,7 +128,6 @@ class DirectionSpec:
     random_n: int = 4
     random_quantile: float = 0.95
     seed: int = 0
-    user: dict = field(default_factory=dict)  # layer name -> list of (name, vector) given at ingest
 
     @classmethod
     def parse(cls, kinds: str | None, **kw) -> "DirectionSpec":
@@ -150,10 +149,6 @@ class DirectionSpec:
             raise UsageError("--random-directions must be 0 or more")
         if not 0 <= self.random_quantile < 1:
             raise UsageError("--random-quantile must be in [0, 1)")
-
-    @property
-    def active(self) -> bool:
-        return bool(self.kinds) or bool(self.user)
 
 
 def rank_rule(text: str) -> tuple[str, float]:
@@ -208,6 +203,7 @@ class LayerDirections:
         return len(self.names)
 
     def rows(self) -> list[dict]:
+        weights, offsets = self.weights, self.offsets
         out = []
         for j in range(len(self)):
             var = float(self.variance[j])
@@ -215,8 +211,8 @@ class LayerDirections:
                         "filter": self.filters[j], "pooling": self.pooling, "variance": var,
                         "explained": var / self.trace if self.trace > 0 else None,
                         "singular_value": float(np.sqrt(max(var, 0.0) * self.n)), "n_images": self.n,
-                        "vector": self.basis[j].astype(np.float32), "weights": self.weights[j].astype(np.float32),
-                        "offset": float(self.offsets[j])})
+                        "vector": self.basis[j].astype(np.float32), "weights": weights[j].astype(np.float32),
+                        "offset": float(offsets[j])})
         return out
 
 
@@ -326,12 +322,10 @@ def user_direction(vector: np.ndarray, mean: np.ndarray, std: np.ndarray, channe
     return u / norm
 
 
-def compute(cov: Covariance, spec: DirectionSpec, layer_names: list[str], channels: list[int],
-            user: dict | None = None) -> list[LayerDirections | None]:
-    """Per selected layer, its directions (None where there are none)."""
+def compute(cov: Covariance, spec: DirectionSpec, channels: list[int]) -> list[LayerDirections | None]:
+    """Per selected layer, its SVD and random directions (None where there are none)."""
     out: list[LayerDirections | None] = []
-    user = user if user is not None else spec.user
-    for i, (name, C) in enumerate(zip(layer_names, channels)):
+    for i, C in enumerate(channels):
         mean, std, corr, n = cov.layer(i)
         vecs, names, kinds, filters, ordinals = [], [], [], [], []
 
@@ -353,10 +347,6 @@ def compute(cov: Covariance, spec: DirectionSpec, layer_names: list[str], channe
                 add(row, "random", "tail")
             for row in base:
                 add(row, "random", "none")
-        for uname, vector in (user or {}).get(name, []):
-            add(user_direction(vector, mean, std, C, uname), "user")
-            if uname:
-                names[-1] = uname
         if not vecs:
             out.append(None)
             continue
@@ -511,6 +501,8 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
 
 def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
     """Each layer's results with its direction units appended after its channels."""
+    from .stats import PER_CLASS_KEYS, WHOLE_KEYS
+
     out = []
     for res, u in zip(results, units):
         if u is None:
@@ -518,15 +510,13 @@ def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
             continue
         merged = {}
         for key, value in res.items():
-            if key in ("class_means", "class_means_spatial", "probe") and value is not None and u.get(key) is None:
+            if key in PER_CLASS_KEYS and value is not None and u.get(key) is None:
                 # what the units pass does not take (spatial means): NaN for the directions
                 merged[key] = np.concatenate([value, np.full((value.shape[0], len(u["act_max"])), np.nan)], axis=1)
-            elif key not in u or value is None or u[key] is None:
+            elif key not in u or value is None or u[key] is None or key in WHOLE_KEYS:
                 merged[key] = value
-            elif key in ("class_means", "class_means_spatial", "probe"):
+            elif key in PER_CLASS_KEYS:
                 merged[key] = np.concatenate([value, u[key]], axis=1)
-            elif key in ("count", "class_count", "probe_ids"):
-                merged[key] = value
             else:
                 a, b = np.asarray(value), np.asarray(u[key])
                 if a.ndim == 2 and a.shape[1] != b.shape[1]:  # lists of different lengths
@@ -579,7 +569,8 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     from .ingest import IngestParams, build_vectors, prepare
     from .models import Preprocessing
     from .store import execute
-    from .writer import unit_subset, write_directions, write_units
+    from .stats import units_of
+    from .writer import write_directions, write_units
 
     con = store.connect(index_dir)
     try:
@@ -669,19 +660,13 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
 
         base = next_id(wcon, "neurons")
         new_ids = np.arange(base, base + len(d))
-        sel = layer_name
         label_class_ids = np.array([label_rows[n] for n in run.label_names], dtype=np.int64)
+        new = np.arange(C, C + len(d))  # the new units in this run's extended map
         field_ = extended_field(run.selections[0].layer.field, len(d))
-        sub = unit_subset(results[0], np.arange(C, C + len(d)))
-        channels = np.arange(next_channel, next_channel + len(d))
-        # the field rows of the new units: the union field (any index past the channels)
-        if field_ is not None:
-            from .receptive import Field
-
-            field_ = Field(np.concatenate([field_.start[:C], np.repeat(field_.start[C:C + 1], next_channel + len(d) - C, 0)]),
-                           np.concatenate([field_.end[:C], np.repeat(field_.end[C:C + 1], next_channel + len(d) - C, 0)]),
-                           field_.stride)
-        write_units(wcon, sub, new_ids, channels, f"{model_name}/{sel}/", model_id, layer_id, ingest_id, field_,
+        channels = np.arange(next_channel, next_channel + len(d))  # where they go in the stored layer
+        write_units(wcon, units_of(results[0], new), new_ids, channels, f"{model_name}/{layer_name}/", model_id,
+                    layer_id, ingest_id,
+                    field_.rows(new) if field_ is not None else None,
                     first_image, label_class_ids)
         write_directions(wcon, new_ids, layer_id, d, units["pooled_var"])
         ids = np.concatenate([np.array([r[0] for r in existing], dtype=np.int64), new_ids])

@@ -392,8 +392,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     t0 = time.time()
     spec = run.params.direction_spec()
     cov = getattr(stats, "cov", None)
-    run.directions = dirs.compute(cov, spec, [s.name for s in run.selections],
-                                  [s.layer.channels for s in run.selections]) \
+    run.directions = dirs.compute(cov, spec, [s.layer.channels for s in run.selections]) \
         if cov is not None else [None] * len(run.selections)
     if any(d is not None for d in run.directions):
         units = dirs.units_pass(run, run.directions, progress=progress)

@@ -64,6 +64,10 @@ class Field:
         """(x0, y0, x1, y1), half-open, in input pixels (see `boxes`)."""
         return tuple(int(v) for v in self.boxes([channel], [y], [x])[0])
 
+    def rows(self, index) -> "Field":
+        """The field of some channels only (a slice or an array of indexes)."""
+        return Field(self.start[index], self.end[index], self.stride.copy())
+
     def union_all(self) -> "Field":
         """Every channel sees the union of all channels (an operation mixing channels)."""
         s = np.full_like(self.start, self.start.min(axis=0))

@@ -335,21 +335,26 @@ def _lexsort(values, ids):
     return torch.gather(by_id, 1, by_val)
 
 
+# how a result's arrays are laid out: units on axis 1 (per class or probe image), not per unit,
+# or units on axis 0 (every other key)
+PER_CLASS_KEYS = ("class_means", "class_means_spatial", "probe")
+WHOLE_KEYS = ("count", "class_count", "probe_ids", "pooled_var")
+
+
+def units_of(result: dict, index) -> dict:
+    """The result restricted to some units (a slice or an array of unit indexes)."""
+    part = {}
+    for key, value in result.items():
+        if value is None or key in WHOLE_KEYS:
+            part[key] = value
+        elif key in PER_CLASS_KEYS:
+            part[key] = np.asarray(value)[:, index]
+        else:
+            part[key] = np.asarray(value)[index]
+    return part
+
+
 def split(result: dict, channels: list[int]) -> list[dict]:
     """Per-layer results from the result of a combined LayerStats."""
-    out = []
-    start = 0
-    for c in channels:
-        part = {}
-        for key, value in result.items():
-            if value is None:
-                part[key] = None
-            elif key in ("class_means", "class_means_spatial", "probe"):
-                part[key] = value[:, start:start + c]
-            elif key in ("count", "class_count", "probe_ids"):
-                part[key] = value
-            else:
-                part[key] = value[start:start + c]
-        out.append(part)
-        start += c
-    return out
+    starts = np.concatenate([[0], np.cumsum(channels)]).astype(int)
+    return [units_of(result, slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]

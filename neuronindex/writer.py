@@ -98,37 +98,19 @@ def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
     return dataset_id, first - (recs[0].position if recs else 0), class_id
 
 
-PER_CLASS = ("class_means", "class_means_spatial", "probe")  # (classes or probe images, units)
-WHOLE = ("count", "class_count", "probe_ids", "pooled_var")
-
-
-def unit_subset(res: dict, rows) -> dict:
-    """One layer's results for some of its units (rows: unit indexes)."""
-    rows = np.asarray(rows)
-    out = {}
-    for key, value in res.items():
-        if value is None or key in WHOLE:
-            out[key] = value
-        elif key in PER_CLASS:
-            out[key] = np.asarray(value)[:, rows]
-        else:
-            out[key] = np.asarray(value)[rows]
-    return out
-
-
 def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, layer_id: int, ingest_id: int,
                 f, first_image: int, label_class_ids) -> None:
     """Rows of a layer's units (neurons and directions alike): `neurons`, `topk`, `bottomk`,
-    `curves`, `class_means`, `probe`. res holds exactly these units; f is the field of the
-    layer's map (channels, then directions) and `channels` their indexes in it."""
+    `curves`, `class_means`, `probe`. res and f (their receptive fields) hold exactly these units;
+    `channels` are their indexes in the layer's map (channels, then directions)."""
     C = len(ids)
     units = res.get("unit", [str(c) for c in channels])
     kinds = res.get("kind", ["channel"] * C)
     if f is not None:
-        sizes = f.sizes()[channels]
+        sizes = f.sizes()
         rf_h, rf_w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
-        y0 = np.where(np.isfinite(f.start[channels, 0]), f.start[channels, 0], 0).astype(np.int64)
-        x0 = np.where(np.isfinite(f.start[channels, 1]), f.start[channels, 1], 0).astype(np.int64)
+        y0 = np.where(np.isfinite(f.start[:, 0]), f.start[:, 0], 0).astype(np.int64)
+        x0 = np.where(np.isfinite(f.start[:, 1]), f.start[:, 1], 0).astype(np.int64)
     else:
         rf_h = rf_w = y0 = x0 = np.full(C, None, dtype=object)
     insert(con, "neurons", {
@@ -145,7 +127,7 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
     ch, rank = np.nonzero(np.isfinite(vals))
     ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
     if f is not None:
-        bx0, by0, bx1, by1 = f.boxes(np.asarray(channels)[ch], ty, tx).T
+        bx0, by0, bx1, by1 = f.boxes(ch, ty, tx).T
     else:
         bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
     amax = res["act_max"][ch]
@@ -156,7 +138,7 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
         "activation": vals[ch, rank], "norm_activation": norm, "y": ty, "x": tx,
         "box_x0": bx0, "box_y0": by0, "box_x1": bx1, "box_y1": by1,
     })
-    write_bottom(con, ids, res, f, first_image, channels)
+    write_bottom(con, ids, res, f, first_image)
     insert(con, "curves", {"neuron_id": ids, "curve": res["curve"]})
     if len(label_class_ids):
         means, counts = res["class_means"], res["class_count"]
@@ -172,7 +154,7 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
         insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
 
 
-def write_bottom(con, ids, res, field, first_image, channels) -> None:
+def write_bottom(con, ids, res, field, first_image) -> None:
     """`bottomk` rows of one layer's units (valid entries only)."""
     if "bottom_values" not in res:
         return
@@ -181,7 +163,7 @@ def write_bottom(con, ids, res, field, first_image, channels) -> None:
     ys = res.get("bottom_y", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
     xs = res.get("bottom_x", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
     located = ys >= 0
-    boxes = field.boxes(np.asarray(channels)[ch], np.maximum(ys, 0), np.maximum(xs, 0)).astype(float) if field is not None and len(ch) \
+    boxes = field.boxes(ch, np.maximum(ys, 0), np.maximum(xs, 0)).astype(float) if field is not None and len(ch) \
         else np.full((len(ch), 4), np.nan)
     boxes[~located] = np.nan
     insert(con, "bottomk", {
