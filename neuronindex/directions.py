@@ -650,6 +650,8 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     d.variance = units["pooled_var"].copy()  # w . pooled + b has variance u'Ru for max pooling
     d.n = int(units["count"])
     results = extend_results([empty], [units])
+    # the images behind the new units (the channels' part of `results` is empty)
+    results[0]["count"], results[0]["class_count"] = units["count"], units["class_count"]
     if units.get("probe") is not None:  # the new units' signatures (the channels' rows stay as stored)
         results[0]["probe"] = np.concatenate([np.zeros((units["probe"].shape[0], C), np.float32), units["probe"]], 1)
         results[0]["probe_ids"] = units["probe_ids"]

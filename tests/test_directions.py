@@ -245,6 +245,10 @@ def test_user_direction_of_one_channel_ranks_images_like_that_neuron(tmp_path, i
     kind, variance, nf = con.execute("SELECT n.kind, d.variance, n.nf_n FROM neurons n JOIN directions d "
                                      "ON d.neuron_id = n.id WHERE n.key = 'tiny_cnn/conv2/only3'").fetchone()
     assert kind == "user" and abs(variance - 1) < 1e-6 and nf > 0  # one standardised channel: variance 1
+    # it saw every image, and has class means (hence a CSI) like the neuron
+    n_images, classes = con.execute("SELECT n.n_images, (SELECT count(*) FROM class_means m WHERE m.neuron_id = n.id) "
+                                    "FROM neurons n WHERE n.key = 'tiny_cnn/conv2/only3'").fetchone()
+    assert n_images == 24 and classes == 3
     before = con.execute("SELECT count(*) FROM neuron_features").fetchone()[0]
     con.close()
     # the neurons' own rows are untouched; the direction has its NF, indexes and embeddings
