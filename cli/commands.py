@@ -431,11 +431,19 @@ def demo(out, per_class, epochs, serve, port, quiet):
 @click.option("--host", default="127.0.0.1", show_default=True, help="Binding beyond loopback needs --token.")
 @click.option("--port", default=8000, show_default=True)
 @click.option("--token", default=None, help="Require `Authorization: Bearer TOKEN` on every request.")
-def serve(index_dir, host, port, token):
+@click.option("--workers", default=1, show_default=True,
+              help="Server processes (each opens the index read-only; one per core serves the most requests).")
+@setting_option("--threads", "serve_threads")
+@setting_option("--cache-mb", "response_cache")
+@setting_option("--memory-limit", "reader_memory_limit")
+@setting_option("--temp-limit", "reader_temp_limit")
+@setting_option("--duckdb-threads", "serve_duckdb_threads")
+def serve(index_dir, host, port, token, workers, threads, cache_mb, memory_limit, temp_limit, duckdb_threads):
     """Serve the JSON API (/docs) and the web gallery for INDEX_DIR."""
     from neuronindex.service import serve as run
 
-    run(index_dir, host, port, token)
+    run(index_dir, host, port, token, workers=workers, threads=threads, cache_mb=cache_mb, memory_limit=memory_limit,
+        temp_limit=temp_limit, duckdb_threads=duckdb_threads)
 
 
 @cli.command()

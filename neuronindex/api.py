@@ -10,6 +10,7 @@ import base64
 import io
 import math
 import os
+import threading
 from pathlib import Path
 
 from . import store
@@ -17,6 +18,12 @@ from .errors import NotFoundError, did_you_mean
 
 # a neuron's row: every column of neuron_view (statistics and every selectivity index) and its field
 NEURON_COLUMNS = "v.*, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0"
+# a neuron's top and bottom lists (bottom entries have no NF weight)
+_LIST_SQL = ("SELECT t.rank, t.activation, {extra}i.path AS image, c.name AS class, t.y, t.x, t.box_x0, t.box_y0, "
+             "t.box_x1, t.box_y1 FROM {table} t JOIN images i ON i.id = t.image_id "
+             "LEFT JOIN classes c ON c.id = i.class_id WHERE t.neuron_id = ?")
+TOPK_SQL = _LIST_SQL.format(table="topk", extra="t.norm_activation, t.in_nf, ")
+BOTTOMK_SQL = _LIST_SQL.format(table="bottomk", extra="")
 
 
 class Result:
@@ -93,18 +100,22 @@ class Neuron:
         return f"<Neuron {self.key}>"
 
     def topk(self) -> Result:
-        return self.index.query(
-            "SELECT t.rank, t.activation, t.norm_activation, t.in_nf, i.path AS image, c.name AS class, t.y, t.x, "
-            "t.box_x0, t.box_y0, t.box_x1, t.box_y1 FROM topk t JOIN images i ON i.id = t.image_id "
-            "LEFT JOIN classes c ON c.id = i.class_id WHERE t.neuron_id = ? ORDER BY t.rank", [self.id])
+        return self.index.query(TOPK_SQL + " ORDER BY t.rank", [self.id])
 
     def bottomk(self) -> Result:
         """The images with the lowest activation (seed 001): for a neuron the lowest spatial maxima
         (location: the argmax in that image); for a direction the lowest values of its map (the argmin)."""
-        return self.index.query(
-            "SELECT b.rank, b.activation, i.path AS image, c.name AS class, b.y, b.x, "
-            "b.box_x0, b.box_y0, b.box_x1, b.box_y1 FROM bottomk b JOIN images i ON i.id = b.image_id "
-            "LEFT JOIN classes c ON c.id = i.class_id WHERE b.neuron_id = ? ORDER BY b.rank", [self.id])
+        return self.index.query(BOTTOMK_SQL + " ORDER BY t.rank", [self.id])
+
+    def lists(self) -> tuple[list[dict], list[dict]]:
+        """topk() and bottomk() rows from one query (what a neuron page shows)."""
+        rows = self.index.query(f"SELECT 'top' AS side, * FROM ({TOPK_SQL}) UNION ALL BY NAME "
+                                f"SELECT 'bottom' AS side, * FROM ({BOTTOMK_SQL}) ORDER BY side DESC, rank",
+                                [self.id, self.id]).rows()
+        top = [{k: v for k, v in r.items() if k != "side"} for r in rows if r["side"] == "top"]
+        bottom = [{k: v for k, v in r.items() if k not in ("side", "norm_activation", "in_nf")}
+                  for r in rows if r["side"] == "bottom"]
+        return top, bottom
 
     def direction(self) -> dict | None:
         """A direction's vector and spectrum figures (None for a neuron)."""
@@ -138,32 +149,8 @@ class Neuron:
         return Image.open(io.BytesIO(self.sprite_png()))
 
     def crop(self, rank: int, side: str = "top"):
-        """The receptive-field crop of the rank-th top (or bottom) image, cut from the image as the
-        model saw it (grey where the field leaves the image); the whole image where a bottom entry
-        has no location."""
-        import numpy as np
-        from PIL import Image
-
-        from .models import Preprocessing
-
-        table = {"top": "topk", "bottom": "bottomk"}[side]
-        row = self.index.con.execute(
-            f"SELECT i.path, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM {table} t "
-            "JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
-            "JOIN neurons n ON n.id = t.neuron_id JOIN models m ON m.id = n.model_id "
-            "WHERE t.neuron_id = ? AND t.rank = ?", [self.id, rank]).fetchone()
-        if row is None:
-            raise NotFoundError(f"neuron {self.key} has no rank {rank} {side} image")
-        path, source, x0, y0, x1, y1, pre = row
-        seen = np.asarray(Preprocessing.from_json(pre).geometric(self.index.load_image(path, source)))
-        if x0 is None:
-            return Image.fromarray(seen)
-        h, w = seen.shape[:2]
-        out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
-        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
-        if sy1 > sy0 and sx1 > sx0:
-            out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seen[sy0:sy1, sx0:sx1]
-        return Image.fromarray(out)
+        """The receptive-field crop of the rank-th top (or bottom) image (see Index.crop)."""
+        return self.index.crop(self.key, rank, side)
 
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
@@ -195,12 +182,48 @@ class Neuron:
         return canvas
 
 
-class Index:
-    """An opened index directory (read-only)."""
+class _Shared:
+    """What every thread's view of one opened index shares: loaded models, datasets, the search
+    vocabulary, the FAISS indexes and decoded images. The index is read-only, so nothing here goes
+    stale while it is open."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self):
+        from .cache import LRU
+        from .settings import default
+
+        self.lock = threading.Lock()
+        self.model_lock = threading.Lock()  # loading a model takes seconds: not under `lock`
+        self.models: dict = {}
+        self.datasets: dict = {}
+        self.vocab = None
+        self.vectors = None
+        self.images = LRU(default("image_cache") * 1024 * 1024)
+
+
+class Index:
+    """An opened index directory (read-only).
+
+    One Index holds one DuckDB connection; a thread that is not the opener's takes its own with
+    `view()` (the service gives every request one), sharing the loaded models, vectors and caches.
+    """
+
+    def __init__(self, path: str | os.PathLike, memory_limit: str | None = None, temp_limit: str | None = None,
+                 threads: int | None = None):
+        """memory_limit / temp_limit: DuckDB's memory and spill limits for this reader (sizes like
+        '2GB'; defaults: the reader_memory_limit and reader_temp_limit settings); threads: DuckDB
+        threads per query (default: every core)."""
         self.path = Path(path)
-        self.con = store.connect(self.path)
+        self.con = store.connect(self.path, memory_limit, temp_limit, threads)
+        self._shared = _Shared()
+        self._owner = True
+
+    def view(self) -> "Index":
+        """This index on a new DuckDB cursor, for another thread; close it when done (the
+        opener's connection stays open)."""
+        other = object.__new__(Index)
+        other.path, other._shared, other._owner = self.path, self._shared, False
+        other.con = store.cursor(self.con)
+        return other
 
     def close(self):
         self.con.close()
@@ -231,7 +254,7 @@ class Index:
         return self.query(sql + " ORDER BY l.model_id, l.position")
 
     def neuron(self, key: str) -> Neuron:
-        rows = self.query(f"SELECT {NEURON_COLUMNS} FROM neuron_view v JOIN neurons n ON n.id = v.id WHERE v.key = ?",
+        rows = self.query(f"SELECT {NEURON_COLUMNS} FROM neuron_search v JOIN neurons n ON n.id = v.id WHERE v.key = ?",
                            [key]).rows()
         if not rows:
             raise NotFoundError(f"no neuron {key!r} in this index{self._suggest_key(key)}; keys are model/layer/channel")
@@ -276,7 +299,7 @@ class Index:
             "avg((v.class_index >= ?)::INT) AS class_selective, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
             "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc, "
             "any_value((SELECT count(*) FROM directions d WHERE d.layer_id = l.id)) AS directions "
-            "FROM neuron_view v JOIN models m ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
+            "FROM neuron_search v JOIN models m ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
             f"WHERE v.kind = 'channel' {where} GROUP BY v.model, v.layer, m.id, l.position ORDER BY m.id, l.position",
             [default("color_threshold"), default("class_selective"), *([model] if model else [])])
 
@@ -287,7 +310,7 @@ class Index:
 
         r = guarded.run_sql(self.con, query, params, time_limit or guarded.DEFAULT_TIME_LIMIT,
                             max_rows or guarded.DEFAULT_MAX_ROWS)
-        return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed)
+        return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed, **r.extra)
 
     def search(self, text: str) -> Result:
         """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`."""
@@ -324,7 +347,6 @@ class Index:
     def similar(self, key: str, k: int = 20, space: str = "prototype") -> Result:
         """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model)."""
         from .errors import UsageError
-        from .vectors import VectorStore
 
         if space not in ("prototype", "signature"):
             raise UsageError(f"unknown space {space!r}; use prototype or signature")
@@ -337,7 +359,7 @@ class Index:
             raise NotFoundError(f"neuron {key} has no {space} vector (dead, or the index has no embeddings)")
         import numpy as np
 
-        hits = [h for h in VectorStore(self.path, self.con).search(space, row[1], np.array(row[0]), k + 1)
+        hits = [h for h in self._vectors().search(space, row[1], np.array(row[0]), k + 1, self.con)
                 if h[0] != n.id][:k]
         return self._with_neurons(hits, space)
 
@@ -363,7 +385,7 @@ class Index:
         _check_k(k)
         if box is not None and not all(np.isfinite(float(v)) for v in box):
             raise UsageError("the box needs four finite numbers x0,y0,x1,y1 in image pixels")
-        loaded, extractor, layers = self._model(model, layer)
+        loaded, extractor, layers, forward_lock = self._model(model, layer)
         pil = image if hasattr(image, "size") and hasattr(image, "mode") else load_image(image)
         pil = pil.convert("RGB")
         pre = loaded.preprocessing
@@ -381,7 +403,8 @@ class Index:
         else:
             cx, cy = w / 2, h / 2
         batch = torch.from_numpy(np.asarray(pre.geometric(pil), dtype=np.uint8).copy())[None]
-        maps = extractor(batch)
+        with forward_lock:  # one forward at a time per extractor: it keeps the maps it returns
+            maps = extractor(batch)
         hits = []
         for lay in layers:
             y = _unit(cy, lay["rf_offset"], lay["rf_size"], lay["rf_stride"], lay["map_h"])
@@ -395,9 +418,7 @@ class Index:
                 score = vector / amax
                 hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
             else:
-                from .vectors import VectorStore
-
-                hits += VectorStore(self.path, self.con).search(space, lay["id"], vector, k)
+                hits += self._vectors().search(space, lay["id"], vector, k, self.con)
         hits.sort(key=lambda t: -t[2])
         return self._with_neurons(hits[:k], space if mode == "embedding" else "response")
 
@@ -421,15 +442,25 @@ class Index:
             if not chosen:
                 raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
             rows = chosen
-        cache = self.__dict__.setdefault("_models", {})
+        shared = self._shared
         key = (model, tuple(r["node"] for r in rows))
-        if key not in cache:
-            spec, weights, pre = self.con.execute("SELECT spec, weights, preprocessing FROM models WHERE name = ?",
-                                                  [model]).fetchone()
-            loaded = load_model(spec, weights, Preprocessing.from_json(pre), model)
-            cache[key] = (loaded, Extractor(loaded, [r["node"] for r in rows]))
-        loaded, extractor = cache[key]
-        return loaded, extractor, rows
+        with shared.model_lock:  # loaded once per opened index, whichever thread asks first
+            if key not in shared.models:
+                spec, weights, pre = self.con.execute("SELECT spec, weights, preprocessing FROM models WHERE name = ?",
+                                                      [model]).fetchone()
+                loaded = load_model(spec, weights, Preprocessing.from_json(pre), model)
+                shared.models[key] = (loaded, Extractor(loaded, [r["node"] for r in rows]), threading.Lock())
+        loaded, extractor, forward_lock = shared.models[key]
+        return loaded, extractor, rows, forward_lock
+
+    def _vectors(self):
+        """The FAISS indexes of this opened index, loaded once (the index cannot change while open)."""
+        from .vectors import VectorStore
+
+        with self._shared.lock:
+            if self._shared.vectors is None:
+                self._shared.vectors = VectorStore(self.path)
+            return self._shared.vectors
 
     def _with_neurons(self, hits, space: str) -> Result:
         """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches), in one query."""
@@ -439,7 +470,7 @@ class Index:
                 "act_max"]
         found = self.con.execute(
             f"SELECT h.pos, {', '.join('v.' + c for c in cols)}, i.path, t.box_x0, t.box_y0, t.box_x1, t.box_y1 "
-            "FROM (SELECT unnest(?) AS id, unnest(?) AS rank, unnest(?) AS pos) h JOIN neuron_view v ON v.id = h.id "
+            "FROM (SELECT unnest(?) AS id, unnest(?) AS rank, unnest(?) AS pos) h JOIN neuron_search v ON v.id = h.id "
             "LEFT JOIN topk t ON t.neuron_id = h.id AND t.rank = h.rank LEFT JOIN images i ON i.id = t.image_id "
             "ORDER BY h.pos", [[h[0] for h in hits], [h[1] for h in hits], list(range(len(hits)))]).fetchall()
         rows = []
@@ -458,18 +489,58 @@ class Index:
 
         if not path.startswith("torchvision:"):
             return load_image(path)
-        cache = self.__dict__.setdefault("_datasets", {})
-        if source not in cache:
-            cache[source] = open_source(source)
-        images = cache[source]
+        with self._shared.lock:
+            if source not in self._shared.datasets:
+                self._shared.datasets[source] = open_source(source)
+            images = self._shared.datasets[source]
         return images.load(images.images[int(path.rsplit("/", 1)[1])])
 
     def _vocabulary(self):
         from .query.search import Vocabulary
 
-        if getattr(self, "_vocab", None) is None:
-            self._vocab = Vocabulary.load(self.con)
-        return self._vocab
+        if self._shared.vocab is None:
+            self._shared.vocab = Vocabulary.load(self.con)
+        return self._shared.vocab
+
+    def crop(self, key: str, rank: int, side: str = "top"):
+        """The receptive-field crop of the rank-th top (or bottom) image, cut from the image as the
+        model saw it (grey where the field leaves the image); the whole image where a bottom entry
+        has no location."""
+        import numpy as np
+        from PIL import Image
+
+        from .models import Preprocessing
+
+        table = {"top": "topk", "bottom": "bottomk"}[side]
+        row = self.con.execute(
+            f"SELECT i.path, d.source, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.preprocessing FROM {table} t "
+            "JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
+            "JOIN neurons n ON n.id = t.neuron_id JOIN models m ON m.id = n.model_id "
+            "WHERE n.key = ? AND t.rank = ?", [key, rank]).fetchone()
+        if row is None:
+            self.neuron(key)  # an unknown key: its own message, with suggestions
+            raise NotFoundError(f"neuron {key} has no rank {rank} {side} image")
+        path, source, x0, y0, x1, y1, pre = row
+        # the image as the model saw it, decoded once per opened index (top lists share images)
+        seen = self._shared.images.get_or_make(
+            (path, source, pre), lambda: np.asarray(Preprocessing.from_json(pre).geometric(self.load_image(path, source))))
+        if x0 is None:
+            return Image.fromarray(seen)
+        h, w = seen.shape[:2]
+        out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
+        sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+        if sy1 > sy0 and sx1 > sx0:
+            out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seen[sy0:sy1, sx0:sx1]
+        return Image.fromarray(out)
+
+    def sprite_png(self, key: str) -> bytes:
+        """A neuron's top crops side by side, as stored (one query; NotFoundError names what is missing)."""
+        row = self.con.execute("SELECT f.sprite_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
+                               "WHERE n.key = ?", [key]).fetchone()
+        if not row or row[0] is None:
+            self.neuron(key)  # an unknown key: its own message, with suggestions
+            raise NotFoundError(f"neuron {key} has no crops stored")
+        return row[0]
 
     def nf_png(self, key: str) -> bytes | None:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "

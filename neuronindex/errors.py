@@ -80,6 +80,13 @@ class IndexBusyError(NeuronIndexError):
     http_status = 409
 
 
+class BusyError(NeuronIndexError):
+    """The service has every worker busy and its queue full: retry later."""
+
+    exit_code = 9
+    http_status = 503
+
+
 class IngestError(NeuronIndexError):
     exit_code = 8
     http_status = 500

@@ -64,6 +64,15 @@ SETTINGS: tuple[Setting, ...] = (
     # vectors and service
     Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),
     Setting("max_upload", 10 * 1024 * 1024, "Bytes an uploaded image may have (POST /api/nearest)."),
+    Setting("serve_threads", 8, "Threads of the service answering queries at once (each with its own DuckDB cursor)."),
+    Setting("serve_heavy", 4, "Threads of the service running model forwards, image decodes and figure rendering."),
+    Setting("serve_queue", 64, "Requests of either kind waiting beyond those threads before the service answers "
+                               "503 (retry later)."),
+    Setting("serve_duckdb_threads", 1, "DuckDB threads per query in the service: 1 keeps a slow query to one core "
+                                       "while other requests run on the others (the CLI and Python API use all)."),
+    Setting("response_cache", 64, "MB of answers (JSON, PNG) the service keeps per index version; the index is "
+                                  "immutable between publishes, so a cached answer is exact."),
+    Setting("image_cache", 64, "MB of decoded source images (as the model saw them) kept for crops, per opened index."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

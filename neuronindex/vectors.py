@@ -20,6 +20,7 @@ from .settings import default
 import hashlib
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -93,16 +94,22 @@ def fingerprint(ids: np.ndarray, vectors: np.ndarray) -> str:
 
 
 class VectorStore:
-    """FAISS files for the spaces of one index directory, kept in step with `embeddings`."""
+    """FAISS files for the spaces of one index directory, kept in step with `embeddings`.
 
-    def __init__(self, directory: str | Path, con):
+    A space and group is read (and its file checked or rebuilt) once per store: a store lives as
+    long as one opened version of the index, which cannot change under it. Methods that read rows
+    take the caller's connection (a thread's own cursor) or use the store's.
+    """
+
+    def __init__(self, directory: str | Path, con=None):
         self.directory = Path(directory) / "vectors"
         self.con = con
         self._cache: dict = {}
+        self._lock = threading.Lock()
 
-    def _rows(self, space: str, group: int):
+    def _rows(self, space: str, group: int, con):
         column = "model_id" if space == "signature" else "layer_id"
-        rows = self.con.execute(
+        rows = con.execute(
             f"SELECT neuron_id, coalesce(rank, 0), vector FROM embeddings WHERE space = ? AND {column} = ? "
             "ORDER BY neuron_id, rank", [space, group]).fetchall()
         if not rows:
@@ -110,16 +117,23 @@ class VectorStore:
         ids = np.array([(r[0], r[1]) for r in rows], dtype=np.int64)
         return ids, np.array([r[2] for r in rows], dtype=np.float32)
 
-    def get(self, space: str, group: int, rebuild: bool = True):
+    def get(self, space: str, group: int, rebuild: bool = True, con=None):
         """(faiss index, ids (n, 2) of neuron_id and rank, parameters) for a space and layer/model."""
+        key = (space, group)
+        cached = self._cache.get(key)
+        if cached is None:
+            with self._lock:  # one thread loads (or builds) a space; the others wait for it
+                cached = self._cache.get(key)
+                if cached is None:
+                    cached = self._load(space, group, rebuild, con or self.con)
+                    self._cache[key] = cached
+        return cached
+
+    def _load(self, space: str, group: int, rebuild: bool, con):
         import faiss
 
-        key = (space, group)
-        ids, vectors = self._rows(space, group)
+        ids, vectors = self._rows(space, group, con)
         fp = fingerprint(ids, vectors)
-        cached = self._cache.get(key)
-        if cached and cached[3] == fp:
-            return cached[:3]
         path = self.directory / f"{space}-{group}.faiss"
         meta_path = path.with_suffix(".json")
         if path.exists() and meta_path.exists():
@@ -128,7 +142,6 @@ class VectorStore:
                 index = faiss.read_index(str(path))
                 if meta.get("type") == "ivf":
                     index.nprobe = meta["nprobe"]
-                self._cache[key] = (index, ids, meta, fp)
                 return index, ids, meta
             if not rebuild:
                 raise StaleVectorsError(f"{path} is stale (built from other rows); rebuild it with `neuronindex vectors DIR`")
@@ -144,12 +157,11 @@ class VectorStore:
             meta_path.write_text(json.dumps(meta, indent=2))
         except OSError:
             pass  # a read-only directory: keep the freshly built index in memory only
-        self._cache[key] = (index, ids, meta, fp)
         return index, ids, meta
 
-    def search(self, space: str, group: int, query: np.ndarray, k: int):
+    def search(self, space: str, group: int, query: np.ndarray, k: int, con=None):
         """[(neuron_id, rank, score)] nearest first."""
-        index, ids, _ = self.get(space, group)
+        index, ids, _ = self.get(space, group, con=con)
         if index is None:
             return []
         scores, found = index.search(normalize(query.reshape(1, -1)), min(k, len(ids)))

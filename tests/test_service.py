@@ -222,3 +222,314 @@ def test_limits_answer_with_json(client):
     assert_error(r, 400, "reads files")
     r = client.post("/api/sql", json={"sql": "SELECT 1", "max_rows": "abc"})
     assert_error(r, 400, "max_rows")
+
+
+# ------------------------------------------------------------------ under load and abuse (issue 19)
+class RealServer:
+    """The app on uvicorn in a thread, with the options `neuronindex serve` uses."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        from neuronindex.service.app import server_options
+
+        self.app = app
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, **server_options("127.0.0.1", self.port)))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started and time.time() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+# a query no machine finishes within the (shortened) time limit
+ENDLESS_SQL = "SELECT sum(a.i * b.i) AS s FROM range(100000000) a(i), range(100000) b(i)"
+
+
+def wait_for(condition, seconds=20):
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_queries_run_concurrently_on_their_own_cursors(index_dir, monkeypatch):
+    """A slow query holds one worker and its own cursor: other requests are answered meanwhile
+    (there is no global lock), and the slow one ends at the time limit with a JSON 408."""
+    import httpx
+
+    from neuronindex.query import sql as guarded
+
+    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 3.0)
+    app = create_app(index_dir, cache_mb=0)  # no cached answers: every request below queries the index
+    with RealServer(app) as server:
+        slow = {}
+
+        def run_slow():
+            slow["response"] = httpx.post(server.base + "/api/sql", json={"sql": ENDLESS_SQL}, timeout=60)
+            slow["ended"] = time.time()
+        thread = threading.Thread(target=run_slow)
+        thread.start()
+        wait_for(lambda: app.state.light.pending == 1)
+        answered = []
+        with httpx.Client(base_url=server.base, timeout=30) as http:
+            for path in ("/api/neurons/tiny_cnn/conv1/0", "/api/search?q=red", "/api/neurons/tiny_cnn/conv2/1/nf.png",
+                         "/api/summary") * 3:
+                r = http.get(path)
+                assert r.status_code == 200, r.text
+                answered.append(time.time())
+        assert thread.is_alive()  # all twelve answered while the slow query was still running
+        thread.join()
+    assert_error(slow["response"], 408, "time limit")
+    assert max(answered) < slow["ended"]
+
+
+def test_full_pool_answers_503_at_once(index_dir, monkeypatch):
+    """One query thread and no queue: while it runs a slow query, the next query request gets a
+    JSON 503 with Retry-After immediately; requests that need no worker (settings) still answer."""
+    import httpx
+
+    from neuronindex.query import sql as guarded
+
+    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 2.0)
+    app = create_app(index_dir, threads=1, queue=0, cache_mb=0)
+    with RealServer(app) as server:
+        thread = threading.Thread(target=lambda: httpx.post(server.base + "/api/sql", json={"sql": ENDLESS_SQL}, timeout=60))
+        thread.start()
+        wait_for(lambda: app.state.light.pending == 1)
+        started = time.time()
+        r = httpx.get(server.base + "/api/neurons/tiny_cnn/conv1/0", timeout=30)
+        assert time.time() - started < 1.5 and thread.is_alive()
+        assert_error(r, 503, "busy")
+        assert r.headers["retry-after"] == "1"
+        assert httpx.get(server.base + "/api/settings", timeout=30).status_code == 200
+        thread.join()
+        assert httpx.get(server.base + "/api/neurons/tiny_cnn/conv1/0", timeout=30).status_code == 200
+
+
+def test_answers_carry_the_index_version(tmp_path, index_dir):
+    """ETag = the published version: a revalidation is a 304 without a body; a URL naming the
+    version (as the pages write them) may be cached for good; a publish changes the tag."""
+    from neuronindex import store
+
+    live = tmp_path / "live"
+    shutil.copytree(index_dir, live)
+    client = TestClient(create_app(live))
+    r = client.get("/api/neurons/tiny_cnn/conv1/0/nf.png")
+    tag = r.headers["etag"]
+    assert r.status_code == 200 and r.headers["cache-control"] == "no-cache" and tag.startswith('"')
+    again = client.get("/api/neurons/tiny_cnn/conv1/0/nf.png", headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == tag
+    version = tag.strip('"')
+    forever = client.get(f"/api/neurons/tiny_cnn/conv1/0/nf.png?v={version}")
+    assert forever.headers["cache-control"] == "public, max-age=31536000, immutable" and forever.content == r.content
+    page = client.get("/neuron/tiny_cnn/conv1/0").text
+    assert f"/api/neurons/tiny_cnn/conv1/0/nf.png?v={version}" in page
+    assert client.get("/api/status").json()["version"] == version
+    with store.staged(live) as con:  # a publish: same content, a new file
+        con.execute("UPDATE models SET name = name")
+    r = client.get("/api/neurons/tiny_cnn/conv1/0/nf.png", headers={"If-None-Match": tag})
+    assert r.status_code == 200 and r.headers["etag"] != tag and r.content == forever.content
+    assert client.get("/api/sql", params={}).status_code == 405  # POST only
+
+
+def test_a_publish_is_read_by_the_next_open_in_the_same_process(tmp_path, index_dir):
+    """Readers attach the file (not DuckDB's per-path shared instance): an open Index keeps
+    reading its version, the next open reads the published one."""
+    import neuronindex
+    from neuronindex import store
+
+    live = tmp_path / "live"
+    shutil.copytree(index_dir, live)
+    old = neuronindex.open(live)
+    with store.staged(live) as con:
+        con.execute("UPDATE models SET name = 'renamed'")
+    new = neuronindex.open(live)
+    assert [m["name"] for m in old.models()] == ["tiny_cnn"]
+    assert [m["name"] for m in new.models()] == ["renamed"]
+    old.close()
+    new.close()
+
+
+def test_views_share_loaded_vectors_models_and_images(index_dir, monkeypatch):
+    """One FAISS read per space and group, one model load and one decode per source image per
+    opened index, whichever thread's view asks; each view has its own cursor."""
+    import faiss
+
+    import neuronindex
+    from neuronindex import api as api_module
+
+    reads, loads, decodes = [], [], []
+    read_index = faiss.read_index
+    monkeypatch.setattr(faiss, "read_index", lambda *a: reads.append(a) or read_index(*a))
+    from neuronindex import models as models_module
+
+    real_load = models_module.load_model  # api imports it at call time, so the patch is seen
+    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_image = api_module.Index.load_image
+    monkeypatch.setattr(api_module.Index, "load_image", lambda self, *a: decodes.append(a) or real_image(self, *a))
+    with neuronindex.open(index_dir) as idx:
+        results = []
+
+        def work():
+            view = idx.view()
+            try:
+                assert view.con is not idx.con
+                results.append((view.similar("tiny_cnn/conv2/1", 3).rows(), view.crop("tiny_cnn/conv2/1", 1).tobytes()))
+                image = view.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
+                view.nearest(image, layer="conv2", k=3)
+            finally:
+                view.close()
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 4 and all(r == results[0] for r in results)
+        assert len(reads) == 1 and len(loads) == 1 and len(decodes) == 1
+        idx.similar("tiny_cnn/conv2/1", 3)
+        assert len(reads) == 1
+
+
+def test_sql_time_limit_covers_parse_and_serialisation(index_dir):
+    """The deadline starts before the parse; the service's JSON encoding checks it between slices."""
+    import neuronindex
+    from neuronindex.errors import QueryTimeout
+    from neuronindex.service.common import encode_json
+
+    with neuronindex.open(index_dir) as idx:
+        before = time.perf_counter()
+        result = idx.sql("SELECT * FROM range(600) t(i)", time_limit=2.0)
+        assert before + 2.0 <= result.meta["deadline"] <= time.perf_counter() + 2.0
+    payload = {"ok": True, "columns": result.columns, "rows": result.rows()}
+    import json
+
+    assert json.loads(encode_json(payload, time.perf_counter() + 60)) == json.loads(json.dumps(payload))
+    with pytest.raises(QueryTimeout, match="serialise"):
+        encode_json(payload, time.perf_counter() - 1)
+
+
+def test_reader_limits_are_configurable(index_dir):
+    import neuronindex
+    from neuronindex.errors import UsageError
+
+    client = TestClient(create_app(index_dir, memory_limit="256MB", temp_limit="100MB"))
+    row = client.post("/api/sql", json={"sql": "SELECT current_setting('memory_limit') AS m, "
+                                               "current_setting('max_temp_directory_size') AS t"}).json()["rows"][0]
+    assert row == {"m": "244.1 MiB", "t": "95.3 MiB"}
+    with pytest.raises(UsageError, match="bad reader limit"):
+        neuronindex.open(index_dir, memory_limit="lots")
+    r = client.post("/api/sql", json={"sql": "SELECT current_setting('enable_external_access') AS e"}).json()
+    assert r["rows"] == [{"e": False}]
+
+
+ATTACKS = [  # (method, path, body, status, words in the error)
+    ("post", "/api/sql", {"sql": "UPDATE EXTENSIONS"}, 400, "only queries"),
+    ("post", "/api/sql", {"sql": "SELECT * FROM read_blob('index.duckdb')"}, 400, "reads files"),
+    ("post", "/api/sql", {"sql": "SELECT * FROM read_text('/etc/passwd')"}, 400, "reads files"),
+    ("post", "/api/sql", {"sql": "SELECT * FROM glob('*')"}, 400, "reads files"),
+    ("post", "/api/sql", {"sql": "ATTACH '/tmp/x.duckdb' AS x"}, 400, "only queries"),
+    ("post", "/api/sql", {"sql": "SET enable_external_access = true"}, 400, "only queries"),
+    ("post", "/api/sql", {"sql": "SELECT 1; DROP TABLE neurons"}, 400, "exactly one statement"),
+    ("post", "/api/sql", {"sql": "SELECT 1 -- " + "x" * 200_000}, 400, "characters"),
+    ("post", "/api/sql", {"sql": "SELECT 1", "max_rows": "abc"}, 400, "max_rows"),
+    ("post", "/api/sql", {"sql": "SELECT 1", "max_rows": None}, 400, "max_rows"),
+    ("post", "/api/sql", '{"sql": "SELECT 1", "max_rows": 1e400}', 400, "max_rows"),  # raw JSON: inf
+    ("post", "/api/sql", {"nothing": 1}, 400, "send {"),
+    ("get", "/api/search?q=alpha>true", None, 400, ""),
+    ("get", "/api/search?q=csi%3Dfalse", None, 400, ""),
+    ("get", "/api/neurons/tiny_cnn/conv1/0/similar?k=0", None, 400, "k must be"),
+    ("get", "/api/neurons/tiny_cnn/conv1/0/similar?k=-3", None, 400, "k must be"),
+    ("get", "/api/neurons/tiny_cnn/conv1/0/similar?k=abc", None, 400, "invalid request"),
+    ("get", "/api/neurons/tiny_cnn/conv1/0/crops/999.png", None, 404, "rank 999"),
+    ("get", "/api/neurons/tiny_cnn/conv9/0/nf.png", None, 404, "no neuron"),
+    ("get", "/api/neurons/tiny_cnn/conv9/0/crops/1.png", None, 404, "no neuron"),
+    ("get", "/api/export?q=red&format=exe", None, 400, "unknown export format"),
+    ("get", "/api/report/nomodel/hue.png", None, 404, "no figure"),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status,words", ATTACKS, ids=[f"{a[0]} {a[1][:40]} {str(a[2])[:30]}" for a in ATTACKS])
+def test_attacks_get_json_errors(client, method, path, body, status, words):
+    if isinstance(body, str):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+    else:
+        r = client.post(path, json=body) if method == "post" else client.get(path)
+    assert_error(r, status, words)
+
+
+@pytest.mark.parametrize("field", ["k", "box"])
+def test_nearest_bad_numbers(client, field):
+    form = {"k": "0"} if field == "k" else {"box": "0,0,inf,4"}
+    r = client.post("/api/nearest", files={"image": ("a.png", png_bytes(), "image/png")}, data=form)
+    assert_error(r, 400, "k must be" if field == "k" else "four finite numbers")
+
+
+def test_long_urls_over_a_real_socket(index_dir):
+    """h11 with room for 1 MB: a 200 KB URL gets the JSON 414, not a reset connection."""
+    with RealServer(create_app(index_dir)) as server:
+        for n in (9_000, 200_000):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=30) as s:
+                s.sendall(b"GET /api/search?q=" + b"a" * n + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                data = b""
+                while b"}" not in data:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 414") and b'"ok":false' in data and b"longer than 8192" in data
+
+
+def test_load_smoke(index_dir, monkeypatch):
+    """Sixteen clients over the JSON, image and page routes while a seventeenth loops a query the
+    time limit stops: every fast request answers 200, the slow ones 408, nothing else."""
+    import httpx
+
+    from neuronindex.query import sql as guarded
+
+    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 1.0)
+    app = create_app(index_dir)
+    import neuronindex
+
+    with neuronindex.open(index_dir) as idx:  # the neurons with an NF and crops (a dead one's NF is a 404)
+        keys = [r["key"] for r in idx.query("SELECT n.key FROM neurons n JOIN neuron_features f ON f.neuron_id = n.id "
+                                            "WHERE f.nf_png IS NOT NULL AND f.sprite_png IS NOT NULL ORDER BY n.id")]
+    assert len(keys) >= 6
+    paths = [p for k in keys for p in (f"/api/neurons/{k}", f"/api/neurons/{k}/nf.png", f"/api/neurons/{k}/crops.png",
+                                      f"/api/neurons/{k}/crops/1.png", f"/neuron/{k}", f"/api/search?q={k.split('/')[1]}")]
+    statuses, slow_statuses = [], []
+    with RealServer(app) as server:
+        stop = threading.Event()
+
+        def slow():
+            with httpx.Client(base_url=server.base, timeout=60) as http:
+                while not stop.is_set():
+                    slow_statuses.append(http.post("/api/sql", json={"sql": ENDLESS_SQL}).status_code)
+
+        def fast(seed):
+            with httpx.Client(base_url=server.base, timeout=60) as http:
+                for i in range(60):
+                    statuses.append(http.get(paths[(seed * 7 + i) % len(paths)]).status_code)
+        slow_thread = threading.Thread(target=slow)
+        slow_thread.start()
+        wait_for(lambda: app.state.light.pending >= 1)
+        threads = [threading.Thread(target=fast, args=(s,)) for s in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stop.set()
+        slow_thread.join()
+        status = httpx.get(server.base + "/api/status").json()
+    assert len(statuses) == 16 * 60 and set(statuses) == {200}
+    assert slow_statuses and set(slow_statuses) == {408}
+    assert status["answers"]["entries"] == len(set(paths)) and status["pools"]["query"]["pending"] == 0

@@ -52,17 +52,22 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(f"SQL does not parse: {_first_line(exc)}") from None
     if len(statements) != 1:
         raise QueryError(f"expected exactly one statement, got {len(statements)}; run them one at a time")
-    kind = statements[0].type.name
+    try:
+        kind = statements[0].type.name
+    except ValueError:  # a statement type newer than the Python client's enum (e.g. UPDATE EXTENSIONS)
+        kind = "non-query"
     if kind not in ALLOWED:
         raise QueryError(f"only queries are allowed (SELECT, WITH, DESCRIBE, EXPLAIN); this is a {kind} statement")
 
 
 def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: float = DEFAULT_TIME_LIMIT,
             max_rows: int = DEFAULT_MAX_ROWS) -> SQLResult:
+    started = time.perf_counter()  # the time limit covers the parse too (and, in the service, the JSON)
     check(con, sql)
-    cursor = con.cursor()
-    timer = threading.Timer(time_limit, cursor.interrupt)
-    started = time.perf_counter()
+    from .. import store
+
+    cursor = store.cursor(con)
+    timer = threading.Timer(max(0.0, time_limit - (time.perf_counter() - started)), cursor.interrupt)
     timer.start()
     try:
         result = cursor.execute(sql, params or [])
@@ -79,7 +84,8 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: f
         cursor.close()
     truncated = len(rows) > max_rows
     rows = rows[:max_rows]
-    return SQLResult(columns, [dict(zip(columns, r)) for r in rows], truncated, time.perf_counter() - started)
+    return SQLResult(columns, [dict(zip(columns, r)) for r in rows], truncated, time.perf_counter() - started,
+                     {"deadline": started + time_limit, "time_limit": time_limit})
 
 
 def _first_line(exc: Exception) -> str:

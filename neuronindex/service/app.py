@@ -1,39 +1,62 @@
 """The FastAPI app factory: state, guards, one JSON error shape, and the two routers."""
 from __future__ import annotations
 
+import json
 import os
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from ..errors import NeuronIndexError, UsageError
 from ..settings import default
 from . import routes_api, routes_pages
-from .common import LiveIndex, error
+from .common import LiveIndex, Pool, error
 
 MAX_UPLOAD = default("max_upload")
 
 
-def create_app(directory: str | os.PathLike, token: str | None = None, max_upload: int = MAX_UPLOAD) -> FastAPI:
+class Guard:
+    """Checks that need no index, before any routing (plain ASGI: no per-request task or copy):
+    URL length (414), bearer token (401), declared upload size (413)."""
+
+    def __init__(self, app, token: str | None, max_upload: int):
+        self.app, self.token, self.max_upload = app, token, max_upload
+        self.max_url = default("max_url")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        problem = None
+        if len(scope.get("raw_path") or scope["path"]) + len(scope.get("query_string", b"")) > self.max_url:
+            problem = error(414, f"the URL is longer than {self.max_url} characters; send the query in a POST body")
+        else:
+            headers = dict(scope["headers"])
+            if self.token is not None and headers.get(b"authorization") != f"Bearer {self.token}".encode():
+                problem = error(401, "missing or wrong bearer token; send Authorization: Bearer <token>")
+            else:
+                length = headers.get(b"content-length", b"")
+                if length.isdigit() and int(length) > self.max_upload:
+                    problem = error(413, f"upload larger than the {self.max_upload // (1024 * 1024)} MB limit")
+        if problem is not None:
+            return await problem(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
+def create_app(directory: str | os.PathLike, token: str | None = None, max_upload: int = MAX_UPLOAD,
+               threads: int = default("serve_threads"), heavy: int = default("serve_heavy"),
+               queue: int = default("serve_queue"), cache_mb: int = default("response_cache"),
+               memory_limit: str | None = None, temp_limit: str | None = None,
+               duckdb_threads: int = default("serve_duckdb_threads")) -> FastAPI:
     app = FastAPI(title="neuronindex", description="What every neuron of a CNN responds to, and which respond to this.",
                   version=__import__("neuronindex").__version__)
-    app.state.live = LiveIndex(directory)
+    app.state.live = LiveIndex(directory, cache_mb, memory_limit, temp_limit, duckdb_threads)
     app.state.max_upload = max_upload
-    app.state.figure_cache = {}
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if len(str(request.url)) > default("max_url"):
-            return error(414, f"the URL is longer than {default('max_url')} characters; send the query in a POST body")
-        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
-            return error(401, "missing or wrong bearer token; send Authorization: Bearer <token>")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > max_upload:
-            return error(413, f"upload larger than the {max_upload // (1024 * 1024)} MB limit")
-        return await call_next(request)
+    app.state.light = Pool("query", threads, queue)
+    app.state.heavy = Pool("image and model", heavy, queue)
+    app.add_middleware(Guard, token=token, max_upload=max_upload)
 
     @app.exception_handler(NeuronIndexError)
     async def library_error(_request, exc: NeuronIndexError):
-        return error(exc.http_status, exc.message)
+        return error(exc.http_status, exc.message, {"Retry-After": "1"} if exc.http_status == 503 else None)
 
     @app.exception_handler(Exception)
     async def unexpected(_request, exc: Exception):  # no stack traces to clients
@@ -57,13 +80,42 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     return app
 
 
-def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | None = None) -> None:
+ENV = "NEURONINDEX_SERVE"
+
+
+def app_from_env() -> FastAPI:
+    """The app of one worker process of `serve(..., workers=N)` (uvicorn imports it by name)."""
+    return create_app(**json.loads(os.environ[ENV]))
+
+
+def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, workers: int = 1,
+          threads: int = default("serve_threads"), cache_mb: int = default("response_cache"),
+          memory_limit: str | None = None, temp_limit: str | None = None,
+          duckdb_threads: int = default("serve_duckdb_threads")) -> None:
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         raise UsageError(f"binding to {host} exposes the index beyond this machine; pass --token SECRET (bearer auth)")
-    app = create_app(directory, token)
+    if min(workers, threads, duckdb_threads) < 1 or cache_mb < 0:
+        raise UsageError("--workers, --threads and --duckdb-threads must be at least 1, --cache-mb at least 0")
+    settings = {"directory": str(directory), "token": token, "threads": threads, "cache_mb": cache_mb,
+                "memory_limit": memory_limit, "temp_limit": temp_limit, "duckdb_threads": duckdb_threads}
+    app = create_app(**settings)  # fails here, once, on a missing or old index
+    import gc
+
+    # torch, numpy and the app leave ~10^6 long-lived objects; a full collection walks all of them
+    # (a 100+ ms pause of every request); frozen, collections only see what requests create
+    gc.freeze()
     print(f"neuronindex gallery on http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)")
-    # h11 drops a request line beyond 16 KB by resetting the connection; take up to 1 MB so the
-    # URL limit answers with JSON instead
-    uvicorn.run(app, host=host, port=port, log_level="warning", h11_max_incomplete_event_size=1024 * 1024)
+    if workers == 1:
+        uvicorn.run(app, **server_options(host, port))
+    else:  # processes: each opens the index read-only and answers on its own threads
+        os.environ[ENV] = json.dumps(settings)
+        uvicorn.run("neuronindex.service.app:app_from_env", factory=True, workers=workers, **server_options(host, port))
+
+
+def server_options(host: str, port: int) -> dict:
+    """uvicorn's options for the service. The HTTP parser is h11 with a 1 MB buffer: h11 (and
+    httptools) drop an over-long request line by resetting the connection or with a plain-text 400;
+    with room for 1 MB, a URL beyond the max_url setting gets the service's JSON 414 instead."""
+    return dict(host=host, port=port, log_level="warning", http="h11", h11_max_incomplete_event_size=1024 * 1024)

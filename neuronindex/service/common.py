@@ -1,9 +1,23 @@
-"""What the service's routers share: the live index, the JSON shapes, payloads and uploads."""
+"""What the service's routers share: the live index, worker pools, cached answers, payloads, uploads.
+
+Every request runs its index work on a worker thread with its own DuckDB cursor on the version of
+the index that was published when it arrived (`LiveIndex`), in one of two bounded pools (`Pool`):
+queries, and heavy work (model forwards, image decodes, figure rendering). A pool with every
+thread busy and its queue full answers 503 at once. Answers of GET routes are cached per index
+version and carry that version as their ETag: the index is immutable between publishes, so a
+cached answer is exact, a browser revalidates with a 304, and a URL that names the version
+(`?v=TAG`, as the gallery's pages write them) is cached for good.
+"""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import Request
@@ -11,55 +25,211 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import store
 from ..api import Index
-from ..errors import NeuronIndexError, UsageError
+from ..cache import LRU
+from ..errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
 from ..formats import _plain
+from ..settings import default
+
+
+class Version:
+    """One published index file, opened once; the requests that arrived while it was current
+    share it, each on its own cursor. Closed when it has been replaced and its last request ends."""
+
+    def __init__(self, directory: Path, stamp: tuple, cache_mb: int, limits: dict):
+        self.index = Index(directory, **limits)
+        self.stamp = stamp
+        self.tag = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
+        self.answers = LRU(cache_mb * 1024 * 1024)
+        self.inflight: dict = {}  # key -> future of the answer being computed (the event loop's thread only)
+        self.users = 0
+        self.retired = False
+
+    def close(self) -> None:
+        self.index.close()
 
 
 class LiveIndex:
-    """The published index, reopened when an ingest swaps in a new file; one query at a time.
+    """The published index, reopened when an ingest renames a new index.duckdb into place.
 
-    An ingest in another process (the normal case) is seen on the next request. Within one
-    process DuckDB shares a database instance per path, so while any other connection of this
-    process holds the old file open, a reopen would still read it.
+    A request takes the current version (`acquire`) and gives it back (`release`); a replaced
+    version stays open for the requests still using it and closes after the last one, so a
+    publish never fails a request in flight and no request waits for another.
     """
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, cache_mb: int = default("response_cache"),
+                 memory_limit: str | None = None, temp_limit: str | None = None,
+                 duckdb_threads: int = default("serve_duckdb_threads")):
         self.directory = Path(directory)
-        self.lock = threading.RLock()
-        self._index: Index | None = None
-        self._stamp = None
-        self.get()  # fail at start-up, not at the first request, on a missing or old index
+        self.cache_mb = cache_mb
+        self.limits = {"memory_limit": memory_limit, "temp_limit": temp_limit, "threads": duckdb_threads}
+        self._lock = threading.Lock()
+        self._current: Version | None = None
+        self.release(self.acquire())  # fail at start-up, not at the first request, on a missing or old index
 
-    def _current_stamp(self):
-        st = os.stat(store.index_file(self.directory))
+    def _stamp(self) -> tuple:
+        try:
+            st = os.stat(store.index_file(self.directory))
+        except FileNotFoundError:
+            from ..errors import IndexNotFoundError
+
+            raise IndexNotFoundError(f"the index at {self.directory} is gone ({store.INDEX_FILE} is missing)") from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
-    def get(self) -> Index:
-        stamp = self._current_stamp()
-        if self._index is None or stamp != self._stamp:
-            # close first: DuckDB shares one database instance per path in a process, so a
-            # connection opened while the old one lives would still read the old file
-            if self._index is not None:
-                self._index.close()
-                self._index = None
-            self._index = Index(self.directory)
-            self._stamp = stamp
-        return self._index
+    def acquire(self) -> Version:
+        stamp = self._stamp()
+        with self._lock:
+            current = self._current
+            if current is None or current.stamp != stamp:
+                fresh = Version(self.directory, stamp, self.cache_mb, self.limits)
+                if current is not None:
+                    current.retired = True
+                    if current.users == 0:
+                        current.close()
+                self._current = current = fresh
+            current.users += 1
+            return current
+
+    def release(self, version: Version) -> None:
+        with self._lock:
+            version.users -= 1
+            if version.retired and version.users == 0:
+                version.close()
+
+    @contextlib.contextmanager
+    def use(self, version: Version | None = None):
+        """A view of the index (its own cursor) on `version` (acquired by the caller) or the current one."""
+        owned = version is None
+        version = version or self.acquire()
+        view = version.index.view()
+        view.version = version  # routes that cache more than their own answer, or name the version
+        try:
+            yield view
+        finally:
+            view.close()
+            if owned:
+                self.release(version)
+
+
+class Pool:
+    """Up to `threads` calls at once on worker threads, up to `queue` more waiting; beyond that a
+    BusyError (HTTP 503 with Retry-After) without waiting. Counted on the event loop's thread."""
+
+    def __init__(self, name: str, threads: int, queue: int):
+        self.name, self.threads, self.queue = name, threads, queue
+        self.pending = 0
+        self._limiters: dict = {}  # per event loop (one in a server; tests may run several)
+
+    async def run(self, fn: Callable):
+        import anyio
+
+        if self.pending >= self.threads + self.queue:
+            raise BusyError(f"the service is busy ({self.pending} {self.name} requests in progress or waiting); "
+                            "retry in a moment")
+        import asyncio
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._limiters:
+            self._limiters[loop] = anyio.CapacityLimiter(self.threads)
+        self.pending += 1
+        try:
+            return await anyio.to_thread.run_sync(fn, limiter=self._limiters[loop])
+        finally:
+            self.pending -= 1
+
+
+JSON = "application/json"
+
+
+def encode_json(value, deadline: float | None = None) -> bytes:
+    """JSON bytes of a payload (NaN as null); with a deadline, a long list of rows is encoded in
+    slices and stops with a QueryTimeout once the deadline has passed."""
+    def dumps(v):
+        return json.dumps(v, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_plain)
+
+    if deadline is None or not isinstance(value, dict) or not isinstance(value.get("rows"), list):
+        return dumps(value).encode()
+    rows = value["rows"]
+    head = dumps({k: v for k, v in value.items() if k != "rows"})
+    parts = []
+    for start in range(0, len(rows), 256):
+        if time.perf_counter() > deadline:
+            raise QueryTimeout("the answer took longer than the SQL time limit to serialise; select fewer rows or columns")
+        parts.append(dumps(json_rows(rows[start:start + 256]))[1:-1])
+    return (head[:-1] + ',"rows":[' + ",".join(p for p in parts if p) + "]}").encode()
+
+
+async def answer(request: Request, make: Callable[[Index], object], *, media: str = JSON, heavy: bool = False,
+                 cache: bool = True, headers: dict | None = None) -> Response:
+    """Run make(index) on a worker thread (its own cursor, the version current on arrival) and
+    answer with its result: bytes or str as they are, anything else as JSON. GET answers are
+    cached per index version and revalidate by ETag."""
+    state = request.app.state
+    live: LiveIndex = state.live
+    version = live.acquire()
+    try:
+        tag = f'"{version.tag}"'
+        cache_headers = {"ETag": tag, "Cache-Control": "public, max-age=31536000, immutable"
+                         if request.query_params.get("v") == version.tag else "no-cache", **(headers or {})}
+        if cache and request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers=cache_headers)
+        def work():
+            with live.use(version) as idx:
+                out = make(idx)
+                return out if isinstance(out, (bytes, bytearray)) else out.encode() if isinstance(out, str) \
+                    else encode_json(out)
+        pool = state.heavy if heavy else state.light
+        if not cache:
+            return Response(await pool.run(work), media_type=media, headers=headers)
+        # `v` only names the version (for browsers' caches): the same answer with or without it
+        key = (request.url.path, tuple(kv for kv in request.query_params.multi_items() if kv[0] != "v"))
+        body = version.answers.get(key)
+        if body is None:
+            body = await _coalesced(version, key, lambda: pool.run(work))
+        return Response(body, media_type=media, headers=cache_headers)
+    finally:
+        live.release(version)
+
+
+async def _coalesced(version: Version, key, compute) -> bytes:
+    """The answer for `key`, computed once however many requests ask for it while it is being
+    computed (they wait for the first; without this, clients that reach a new neuron together
+    each query the index for the same page)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    key = (id(loop), key)  # one server runs one loop; a test's clients may each run their own
+    waiting = version.inflight.get(key)
+    if waiting is not None:
+        return await asyncio.shield(waiting)
+    future = loop.create_future()
+    version.inflight[key] = future
+    try:
+        body = await compute()
+    except BaseException as exc:
+        future.set_exception(exc)
+        future.exception()  # retrieved: no "never retrieved" warning when nobody else waited
+        raise
+    finally:
+        version.inflight.pop(key, None)
+    version.answers.put(key[1], body)
+    future.set_result(body)
+    return body
+
+
+def version_tag(request: Request) -> str:
+    """The current index version's tag (pages put it in image URLs: `?v=TAG`)."""
+    live: LiveIndex = request.app.state.live
+    version = live.acquire()
+    live.release(version)
+    return version.tag
 
 
 def json_rows(rows):
     return [{k: _plain(v) for k, v in r.items()} for r in rows]
 
 
-def error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"ok": False, "error": message, "status": status}, status_code=status)
-
-
-def run(request: Request, fn):
-    """Call fn(index) on the app's live index, one query at a time."""
-    live: LiveIndex = request.app.state.live
-    with live.lock:
-        return fn(live.get())
+def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"ok": False, "error": message, "status": status}, status_code=status, headers=headers)
 
 
 def safe_similar(idx, key):
@@ -70,20 +240,28 @@ def safe_similar(idx, key):
 
 
 def neuron_payload(idx, key: str) -> dict:
+    """Everything a neuron page shows, in four queries (each DuckDB query costs about a millisecond)."""
     n = idx.neuron(key)
-    classes = idx.query(
-        "SELECT c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc JOIN classes c ON c.id = nc.class_id "
-        "WHERE nc.neuron_id = ? ORDER BY nc.is_leaf DESC, nc.share DESC", [n.id]).rows()
-    colours = idx.query("SELECT name, share FROM neuron_colors WHERE neuron_id = ? ORDER BY share DESC", [n.id]).rows()
-    props = idx.query("SELECT v.*, l.pre_activation FROM neuron_view v JOIN neurons n ON n.id = v.id "
-                      "JOIN layers l ON l.id = n.layer_id WHERE v.id = ?", [n.id]).rows()[0]
+    named = idx.query(
+        "SELECT 'class' AS what, c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc "
+        "JOIN classes c ON c.id = nc.class_id WHERE nc.neuron_id = ? UNION ALL "
+        "SELECT 'colour', name, share, NULL, NULL, NULL FROM neuron_colors WHERE neuron_id = ? "
+        "UNION ALL SELECT 'layer', pre_activation, NULL, NULL, NULL, NULL FROM layers WHERE id = "
+        "(SELECT layer_id FROM neurons WHERE id = ?) ORDER BY what, is_leaf DESC, share DESC", [n.id] * 3).rows()
+    classes = [{k: r[k] for k in ("name", "share", "rank", "in_set", "is_leaf")} for r in named if r["what"] == "class"]
+    colours = [{"name": r["name"], "share": r["share"]} for r in named if r["what"] == "colour"]
+    props = {k: v for k, v in n.row.items() if k not in ("rf_h", "rf_w", "rf_y0", "rf_x0")}
+    props["pre_activation"] = next((r["name"] for r in named if r["what"] == "layer"), None)
+    top, bottom = n.lists()
     return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
-            "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(n.topk().rows()),
-            "bottomk": json_rows(n.bottomk().rows()), "direction": direction_payload(idx, n)}
+            "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(top),
+            "bottomk": json_rows(bottom), "direction": direction_payload(idx, n)}
 
 
 def direction_payload(idx, n) -> dict | None:
     """A direction's figures and its strongest channels (by |weight|, linked to their neurons)."""
+    if n.row.get("kind") == "channel":
+        return None
     d = n.direction()
     if d is None:
         return None
@@ -97,10 +275,10 @@ def direction_payload(idx, n) -> dict | None:
     return {k: _plain(v) for k, v in d.items()}
 
 
-def png(img) -> Response:
+def png_bytes(img) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "PNG")
-    return Response(buf.getvalue(), media_type="image/png", headers={"Cache-Control": "max-age=60"})
+    return buf.getvalue()
 
 
 def decode_upload(data: bytes):
@@ -121,5 +299,3 @@ def decode_upload(data: bytes):
         raise UsageError(exc.message) from None
     except (OSError, SyntaxError, ValueError):
         raise UsageError("the upload is not a readable image (PNG, JPEG, ...)") from None
-
-

@@ -1,110 +1,126 @@
-"""The JSON API under /api: each route calls the Python API (neuronindex.api.Index) once."""
+"""The JSON API under /api: each route calls the Python API (neuronindex.api.Index) once, on a
+worker thread through `common.answer` (its own cursor, a bounded pool, answers cached per version)."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
-from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 from ..api import parse_box
 from ..errors import NotFoundError, UsageError
 from ..formats import _plain
 from ..settings import default
-from .common import decode_upload, error, json_rows, neuron_payload, png, run
+from .common import answer, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes
 
 router = APIRouter(prefix="/api")
+PNG = "image/png"
 
 
 # ------------------------------------------------------------------ JSON API
 @router.get("/models")
-def api_models(request: Request):
-    return json_rows(run(request, lambda idx: idx.models().rows()))
+async def api_models(request: Request):
+    return await answer(request, lambda idx: json_rows(idx.models().rows()))
 
 @router.get("/layers")
-def api_layers(request: Request, model: str | None = None):
-    return json_rows(run(request, lambda idx: idx.layers(model).rows()))
+async def api_layers(request: Request, model: str | None = None):
+    return await answer(request, lambda idx: json_rows(idx.layers(model).rows()))
 
 @router.get("/summary")
-def api_summary(request: Request):
-    return json_rows(run(request, lambda idx: idx.summary().rows()))
+async def api_summary(request: Request):
+    return await answer(request, lambda idx: json_rows(idx.summary().rows()))
 
 @router.get("/settings")
-def api_settings(request: Request):
+def api_settings():
     """Every threshold and default (the settings table)."""
     from ..settings import rows
 
     return json_rows(rows())
 
+@router.get("/status")
+def api_status(request: Request):
+    """The service itself: the index version served, its answer cache, and the worker pools."""
+    state = request.app.state
+    version = state.live.acquire()
+    try:
+        cache = version.answers
+        return {"ok": True, "version": version.tag, "answers": {"entries": len(cache), "bytes": cache.used,
+                                                                  "hits": cache.hits, "misses": cache.misses},
+                "pools": {p.name: {"threads": p.threads, "queue": p.queue, "pending": p.pending}
+                          for p in (state.light, state.heavy)}}
+    finally:
+        state.live.release(version)
+
 @router.get("/search")
-def api_search(request: Request, q: str = Query(..., description="property search, e.g. `red conv4`")):
-    return {"ok": True, "query": q, "rows": json_rows(run(request, lambda idx: idx.search(q).rows()))}
+async def api_search(request: Request, q: str = Query(..., description="property search, e.g. `red conv4`")):
+    return await answer(request, lambda idx: {"ok": True, "query": q, "rows": json_rows(idx.search(q).rows())})
 
 @router.get("/explain")
-def api_explain(request: Request, q: str):
-    sql, params = run(request, lambda idx: idx.explain(q))
-    return {"ok": True, "sql": sql, "params": _plain(params)}
-
-figure_cache: dict = {}
+async def api_explain(request: Request, q: str):
+    def make(idx):
+        sql, params = idx.explain(q)
+        return {"ok": True, "sql": sql, "params": _plain(params)}
+    return await answer(request, make)
 
 @router.get("/report/{model}/{figure}.png")
-def api_figure(request: Request, model: str, figure: str):
+async def api_figure(request: Request, model: str, figure: str):
     from ..report import render_figures
 
-    def draw(idx):
-        cache = request.app.state.figure_cache
-        key = (request.app.state.live._stamp, model)
-        if key not in cache:
-            cache.clear()
-            cache[key] = render_figures(idx, model)
-        return cache[key]
-    figures = run(request, lambda idx: draw(idx) if idx.layers(model).rows() else {})
-    if figure not in figures:
-        raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(figures) or 'none'}")
-    return Response(figures[figure], media_type="image/png")
+    def draw(idx):  # every figure of the model is drawn at once; each is cached under its own URL
+        figures = render_figures(idx, model) if idx.layers(model).rows() else {}
+        for name, data in figures.items():
+            idx.version.answers.put((f"/api/report/{model}/{name}.png", ()), data)
+        if figure not in figures:
+            raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(figures) or 'none'}")
+        return figures[figure]
+    return await answer(request, draw, media=PNG, heavy=True)
 
 @router.post("/sql")
-def api_sql(request: Request, body: dict):
+async def api_sql(request: Request, body: dict):
     query = body.get("sql") if isinstance(body, dict) else None
     if not isinstance(query, str):
         raise UsageError('send {"sql": "SELECT ..."}')
     try:
         asked = int(body.get("max_rows", 1000))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError("max_rows must be a whole number") from None
     cap = max(1, min(asked, default("sql_max_rows")))  # the server's cap holds whatever the body asks
-    result = run(request, lambda idx: idx.sql(query, max_rows=cap))
-    return {"ok": True, "columns": result.columns, "rows": json_rows(result.rows()), "truncated": result.meta["truncated"]}
+
+    def make(idx):  # the time limit runs from the parse to the last byte of JSON
+        result = idx.sql(query, max_rows=cap)
+        return encode_json({"ok": True, "columns": result.columns, "truncated": result.meta["truncated"],
+                            "rows": result.rows()}, result.meta["deadline"])
+    return await answer(request, make, cache=False)
 
 @router.get("/neurons/{key:path}/nf.png")
-def api_nf(request: Request, key: str):
-    data = run(request, lambda idx: idx.neuron(key).nf_png())
-    if data is None:
-        raise NotFoundError(f"neuron {key} has no Neuron Feature")
-    return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+async def api_nf(request: Request, key: str):
+    def make(idx):
+        data = idx.nf_png(key)
+        if data is None:
+            idx.neuron(key)  # an unknown key: its own message, with suggestions
+            raise NotFoundError(f"neuron {key} has no Neuron Feature")
+        return data
+    return await answer(request, make, media=PNG)
 
 @router.get("/neurons/{key:path}/crops.png")
-def api_sprite(request: Request, key: str):
-    data = run(request, lambda idx: idx.neuron(key).sprite_png())
-    return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=60"})
+async def api_sprite(request: Request, key: str):
+    return await answer(request, lambda idx: idx.sprite_png(key), media=PNG)
 
 @router.get("/neurons/{key:path}/crops/{rank}.png")
-def api_crop(request: Request, key: str, rank: int):
-    img = run(request, lambda idx: idx.neuron(key).crop(rank))
-    return png(img)
+async def api_crop(request: Request, key: str, rank: int):
+    return await answer(request, lambda idx: png_bytes(idx.crop(key, rank)), media=PNG, heavy=True)
 
 @router.get("/neurons/{key:path}/bottom/{rank}.png")
-def api_bottom_crop(request: Request, key: str, rank: int):
-    img = run(request, lambda idx: idx.neuron(key).crop(rank, "bottom"))
-    return png(img)
+async def api_bottom_crop(request: Request, key: str, rank: int):
+    return await answer(request, lambda idx: png_bytes(idx.crop(key, rank, "bottom")), media=PNG, heavy=True)
 
 @router.get("/neurons/{key:path}/similar")
-def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
-    return {"ok": True, "rows": json_rows(run(request, lambda idx: idx.similar(key, k, space).rows()))}
+async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space).rows())})
 
 @router.get("/neurons/{key:path}")
-def api_neuron(request: Request, key: str):
-    return run(request, lambda idx: neuron_payload(idx, key))
+async def api_neuron(request: Request, key: str):
+    return await answer(request, lambda idx: neuron_payload(idx, key))
 
 @router.post("/nearest")
 async def api_nearest(request: Request, image: UploadFile = File(...), box: str | None = Form(None), layer: str = Form("all"),
@@ -116,24 +132,25 @@ async def api_nearest(request: Request, image: UploadFile = File(...), box: str 
         return error(413, f"upload larger than the {limit // (1024 * 1024)} MB limit")
     parsed = parse_box(box)
 
-    def answer():  # decoding and the model's forward run on a worker thread, not the event loop
+    def make(idx):  # decoding and the model's forward run on a heavy worker, not the event loop
         pil = decode_upload(data)
-        return run(request, lambda idx: idx.nearest(pil, parsed, layer, k, mode, space, model).rows())
-    return {"ok": True, "rows": json_rows(await run_in_threadpool(answer))}
+        return {"ok": True, "rows": json_rows(idx.nearest(pil, parsed, layer, k, mode, space, model).rows())}
+    return await answer(request, make, heavy=True, cache=False)
+
+EXPORT_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",
+                "parquet": "application/vnd.apache.parquet", "html": "text/html"}
 
 @router.get("/export")
-def api_export(request: Request, q: str, format: str = "csv"):
-    import tempfile
-
+async def api_export(request: Request, q: str, format: str = "csv"):
     from ..query.export import EXPORT_FORMATS
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / f"export.{format}"
-        run(request, lambda idx: idx.export(q, format, out))
-        data = out.read_bytes()
-    media = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",
-             "parquet": "application/vnd.apache.parquet", "html": "text/html"}[format]
-    return Response(data, media_type=media,
-                    headers={"Content-Disposition": f'attachment; filename="neurons.{format}"'})
+
+    def make(idx):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / f"export.{format}"
+            idx.export(q, format, out)
+            return out.read_bytes()
+    return await answer(request, make, media=EXPORT_MEDIA[format],
+                        headers={"Content-Disposition": f'attachment; filename="neurons.{format}"'})

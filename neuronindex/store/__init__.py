@@ -18,14 +18,24 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import IndexBusyError, IndexNotFoundError, SchemaVersionError
+from ..errors import IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError
 from ..settings import default
 
 INDEX_FILE = "index.duckdb"
-# Readers cannot touch files or the network, install extensions, or change these settings.
-READER_CONFIG = {"enable_external_access": False, "autoinstall_known_extensions": False,
-                 "autoload_known_extensions": False, "memory_limit": default("reader_memory_limit"),
-                 "max_temp_directory_size": default("reader_temp_limit"), "lock_configuration": True}
+# the catalog name a reader attaches the index under (queries see its tables unqualified)
+CATALOG = "idx"
+
+
+def reader_config(memory_limit: str | None = None, temp_limit: str | None = None, threads: int | None = None) -> dict:
+    """DuckDB settings of a reader's in-memory instance: no extension installs, bounded memory and
+    spill (to a private folder under the system's temp directory, not beside the index)."""
+    import tempfile
+
+    return {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
+            "memory_limit": memory_limit or default("reader_memory_limit"),
+            "max_temp_directory_size": temp_limit or default("reader_temp_limit"),
+            "temp_directory": str(Path(tempfile.gettempdir()) / f"neuronindex-spill-{os.getpid()}"),
+            **({"threads": threads} if threads else {})}
 
 
 @dataclass(frozen=True)
@@ -97,14 +107,37 @@ def _refuse_newer(version: int) -> None:
         )
 
 
-def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
-    """Open an index read-only, checking that its schema matches the code."""
+def connect(directory: str | os.PathLike, memory_limit: str | None = None, temp_limit: str | None = None,
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """Open an index read-only, checking that its schema matches the code.
+
+    The file is ATTACHed to a private in-memory DuckDB instance rather than opened as the
+    instance's own database: DuckDB shares one instance per path within a process, so a second
+    `duckdb.connect(path)` after an ingest renamed a new file into place would still read the old
+    one. Attached, every connect reads the file published at that moment, and a reader holding an
+    older version keeps reading it (the rename leaves its inode alive) until it closes.
+
+    Readers cannot touch files or the network, install extensions, or change these settings:
+    external access is switched off and the configuration locked once the file is attached.
+    Threads take their own connection with `cursor(con)`.
+    """
     path = index_file(directory)
     if not path.is_file():
         raise IndexNotFoundError(
             f"no index at {directory} ({INDEX_FILE} is missing); create one with `neuronindex ingest --index {directory} ...`"
         )
-    con = duckdb.connect(str(path), read_only=True, config=READER_CONFIG)
+    try:
+        con = duckdb.connect(":memory:", config=reader_config(memory_limit, temp_limit, threads))
+    except duckdb.Error as exc:
+        raise UsageError(f"bad reader limit: {str(exc).splitlines()[0]}; give sizes like 2GB or 512MB") from None
+    try:
+        con.execute(f"ATTACH '{_quote(path)}' AS {CATALOG} (READ_ONLY)")
+        con.execute(f"USE {CATALOG}")
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+    except duckdb.Error as exc:
+        con.close()
+        raise IndexNotFoundError(f"cannot open the index at {directory}: {str(exc).splitlines()[0]}") from None
     version = schema_version(con)
     if version != code_version():
         con.close()
@@ -115,6 +148,18 @@ def connect(directory: str | os.PathLike) -> duckdb.DuckDBPyConnection:
             f"({code_version()}); upgrade it with `neuronindex migrate {directory}`"
         )
     return con
+
+
+def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """A new connection to a reader's instance, for one thread or one request (DuckDB
+    connections are not shared between threads; cursors of one instance run queries concurrently)."""
+    cur = con.cursor()
+    cur.execute(f"USE {CATALOG}")
+    return cur
+
+
+def _quote(path: Path) -> str:
+    return str(path.resolve()).replace("'", "''")
 
 
 LOCK_FILE = ".write.lock"
@@ -215,7 +260,9 @@ def migrate(directory: str | os.PathLike) -> list[Migration]:
     """Upgrade an existing index in place (atomically); returns the migrations applied."""
     if not index_file(directory).is_file():
         raise IndexNotFoundError(f"no index at {directory} ({INDEX_FILE} is missing); nothing to migrate")
-    with duckdb.connect(str(index_file(directory)), read_only=True, config=READER_CONFIG) as probe:
+    with duckdb.connect(":memory:", config=reader_config()) as probe:
+        probe.execute(f"ATTACH '{_quote(index_file(directory))}' AS {CATALOG} (READ_ONLY)")
+        probe.execute(f"USE {CATALOG}")
         before = schema_version(probe)
     _refuse_newer(before)
     if before == code_version():
