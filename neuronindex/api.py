@@ -138,10 +138,7 @@ class Neuron:
 
     def sprite_png(self) -> bytes:
         """The top crops side by side, as stored (PNG bytes)."""
-        row = self.index.con.execute("SELECT sprite_png FROM neuron_features WHERE neuron_id = ?", [self.id]).fetchone()
-        if not row or row[0] is None:
-            raise NotFoundError(f"neuron {self.key} has no crops stored")
-        return row[0]
+        return self.index.sprite_png(self.key)
 
     def sprite_image(self):
         from PIL import Image
@@ -187,16 +184,17 @@ class _Shared:
     vocabulary, the FAISS indexes and decoded images. The index is read-only, so nothing here goes
     stale while it is open."""
 
-    def __init__(self):
+    def __init__(self, path: Path):
         from .cache import LRU
         from .settings import default
+        from .vectors import VectorStore
 
         self.lock = threading.Lock()
         self.model_lock = threading.Lock()  # loading a model takes seconds: not under `lock`
         self.models: dict = {}
         self.datasets: dict = {}
         self.vocab = None
-        self.vectors = None
+        self.vectors = VectorStore(path)  # reads nothing until a space is searched
         self.images = LRU(default("image_cache") * 1024 * 1024)
 
 
@@ -214,14 +212,13 @@ class Index:
         threads per query (default: every core)."""
         self.path = Path(path)
         self.con = store.connect(self.path, memory_limit, temp_limit, threads)
-        self._shared = _Shared()
-        self._owner = True
+        self._shared = _Shared(self.path)
 
     def view(self) -> "Index":
         """This index on a new DuckDB cursor, for another thread; close it when done (the
         opener's connection stays open)."""
         other = object.__new__(Index)
-        other.path, other._shared, other._owner = self.path, self._shared, False
+        other.path, other._shared = self.path, self._shared
         other.con = store.cursor(self.con)
         return other
 
@@ -359,7 +356,7 @@ class Index:
             raise NotFoundError(f"neuron {key} has no {space} vector (dead, or the index has no embeddings)")
         import numpy as np
 
-        hits = [h for h in self._vectors().search(space, row[1], np.array(row[0]), k + 1, self.con)
+        hits = [h for h in self._shared.vectors.search(space, row[1], np.array(row[0]), k + 1, self.con)
                 if h[0] != n.id][:k]
         return self._with_neurons(hits, space)
 
@@ -418,7 +415,7 @@ class Index:
                 score = vector / amax
                 hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
             else:
-                hits += self._vectors().search(space, lay["id"], vector, k, self.con)
+                hits += self._shared.vectors.search(space, lay["id"], vector, k, self.con)
         hits.sort(key=lambda t: -t[2])
         return self._with_neurons(hits[:k], space if mode == "embedding" else "response")
 
@@ -452,15 +449,6 @@ class Index:
                 shared.models[key] = (loaded, Extractor(loaded, [r["node"] for r in rows]), threading.Lock())
         loaded, extractor, forward_lock = shared.models[key]
         return loaded, extractor, rows, forward_lock
-
-    def _vectors(self):
-        """The FAISS indexes of this opened index, loaded once (the index cannot change while open)."""
-        from .vectors import VectorStore
-
-        with self._shared.lock:
-            if self._shared.vectors is None:
-                self._shared.vectors = VectorStore(self.path)
-            return self._shared.vectors
 
     def _with_neurons(self, hits, space: str) -> Result:
         """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches), in one query."""

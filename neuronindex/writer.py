@@ -50,9 +50,10 @@ def _float_lists(vectors: list[np.ndarray]):
     lengths = np.fromiter((len(x) for x in vectors), dtype=np.int64, count=len(vectors))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     if offsets[-1] >= 2**31:  # beyond int32 offsets: the slow, general path
-        return pa.array(vectors, type=pa.list_(pa.float32()))
+        return pa.array(vectors, type=pa.list_(pa.float32()), from_pandas=True)
     values = np.concatenate(vectors).astype(np.float32, copy=False)
-    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values))
+    # NaN becomes NULL, as the general path (from_pandas) stores it
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, from_pandas=True))
 
 
 def run_many(con, sql, rows):

@@ -58,3 +58,17 @@ def test_failed_write_leaves_the_published_index_untouched(tmp_path):
     assert (tmp_path / "index.duckdb").read_bytes() == before
     # the writer lock file stays (deleting it on release would let two writers lock different files)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".write.lock", "index.duckdb"]
+
+
+def test_float_lists_match_the_general_arrow_path():
+    """The fast list<float32> column (one offsets and one values buffer) stores what the general
+    path stores: NaN as NULL, empty vectors, float64 input cast to float32."""
+    import numpy as np
+    import pyarrow as pa
+
+    from neuronindex.writer import _float_lists
+
+    vectors = [np.array([1.5, np.nan, -2], np.float32), np.array([], np.float32), np.arange(4, dtype=np.float64)]
+    fast = _float_lists(vectors)
+    assert fast.equals(pa.array(vectors, type=pa.list_(pa.float32()), from_pandas=True))
+    assert fast.to_pylist() == [[1.5, None, -2.0], [], [0.0, 1.0, 2.0, 3.0]]

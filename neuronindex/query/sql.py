@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import duckdb
 
+from .. import store
 from ..errors import QueryError, QueryTimeout
 from ..settings import default
 
@@ -64,8 +65,6 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: f
             max_rows: int = DEFAULT_MAX_ROWS) -> SQLResult:
     started = time.perf_counter()  # the time limit covers the parse too (and, in the service, the JSON)
     check(con, sql)
-    from .. import store
-
     cursor = store.cursor(con)
     timer = threading.Timer(max(0.0, time_limit - (time.perf_counter() - started)), cursor.interrupt)
     timer.start()
@@ -85,7 +84,7 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: f
     truncated = len(rows) > max_rows
     rows = rows[:max_rows]
     return SQLResult(columns, [dict(zip(columns, r)) for r in rows], truncated, time.perf_counter() - started,
-                     {"deadline": started + time_limit, "time_limit": time_limit})
+                     {"deadline": started + time_limit})
 
 
 def _first_line(exc: Exception) -> str:

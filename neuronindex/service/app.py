@@ -101,11 +101,6 @@ def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | Non
     settings = {"directory": str(directory), "token": token, "threads": threads, "cache_mb": cache_mb,
                 "memory_limit": memory_limit, "temp_limit": temp_limit, "duckdb_threads": duckdb_threads}
     app = create_app(**settings)  # fails here, once, on a missing or old index
-    import gc
-
-    # torch, numpy and the app leave ~10^6 long-lived objects; a full collection walks all of them
-    # (a 100+ ms pause of every request); frozen, collections only see what requests create
-    gc.freeze()
     print(f"neuronindex gallery on http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)")
     if workers == 1:
         uvicorn.run(app, **server_options(host, port))

@@ -10,6 +10,7 @@ cached answer is exact, a browser revalidates with a 304, and a URL that names t
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
@@ -95,19 +97,16 @@ class LiveIndex:
             if version.retired and version.users == 0:
                 version.close()
 
+    @staticmethod
     @contextlib.contextmanager
-    def use(self, version: Version | None = None):
-        """A view of the index (its own cursor) on `version` (acquired by the caller) or the current one."""
-        owned = version is None
-        version = version or self.acquire()
+    def use(version: Version):
+        """A view of an acquired version's index: its own cursor, for one request's thread."""
         view = version.index.view()
         view.version = version  # routes that cache more than their own answer, or name the version
         try:
             yield view
         finally:
             view.close()
-            if owned:
-                self.release(version)
 
 
 class Pool:
@@ -120,13 +119,9 @@ class Pool:
         self._limiters: dict = {}  # per event loop (one in a server; tests may run several)
 
     async def run(self, fn: Callable):
-        import anyio
-
         if self.pending >= self.threads + self.queue:
             raise BusyError(f"the service is busy ({self.pending} {self.name} requests in progress or waiting); "
                             "retry in a moment")
-        import asyncio
-
         loop = id(asyncio.get_running_loop())
         if loop not in self._limiters:
             self._limiters[loop] = anyio.CapacityLimiter(self.threads)
@@ -180,8 +175,7 @@ async def answer(request: Request, make: Callable[[Index], object], *, media: st
         pool = state.heavy if heavy else state.light
         if not cache:
             return Response(await pool.run(work), media_type=media, headers=headers)
-        # `v` only names the version (for browsers' caches): the same answer with or without it
-        key = (request.url.path, tuple(kv for kv in request.query_params.multi_items() if kv[0] != "v"))
+        key = answer_key(request.url.path, request.query_params.multi_items())
         body = version.answers.get(key)
         if body is None:
             body = await _coalesced(version, key, lambda: pool.run(work))
@@ -190,12 +184,16 @@ async def answer(request: Request, make: Callable[[Index], object], *, media: st
         live.release(version)
 
 
+def answer_key(path: str, params=()) -> tuple:
+    """Where an answer is cached in its version: the path and the query, less `v` (which only
+    names the version for browsers' caches: the answer is the same with or without it)."""
+    return path, tuple(kv for kv in params if kv[0] != "v")
+
+
 async def _coalesced(version: Version, key, compute) -> bytes:
     """The answer for `key`, computed once however many requests ask for it while it is being
     computed (they wait for the first; without this, clients that reach a new neuron together
     each query the index for the same page)."""
-    import asyncio
-
     loop = asyncio.get_running_loop()
     key = (id(loop), key)  # one server runs one loop; a test's clients may each run their own
     waiting = version.inflight.get(key)
@@ -214,14 +212,6 @@ async def _coalesced(version: Version, key, compute) -> bytes:
     version.answers.put(key[1], body)
     future.set_result(body)
     return body
-
-
-def version_tag(request: Request) -> str:
-    """The current index version's tag (pages put it in image URLs: `?v=TAG`)."""
-    live: LiveIndex = request.app.state.live
-    version = live.acquire()
-    live.release(version)
-    return version.tag
 
 
 def json_rows(rows):

@@ -11,7 +11,7 @@ from ..api import parse_box
 from ..errors import NotFoundError, UsageError
 from ..formats import _plain
 from ..settings import default
-from .common import answer, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes
+from .common import answer, answer_key, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes
 
 router = APIRouter(prefix="/api")
 PNG = "image/png"
@@ -69,7 +69,7 @@ async def api_figure(request: Request, model: str, figure: str):
     def draw(idx):  # every figure of the model is drawn at once; each is cached under its own URL
         figures = render_figures(idx, model) if idx.layers(model).rows() else {}
         for name, data in figures.items():
-            idx.version.answers.put((f"/api/report/{model}/{name}.png", ()), data)
+            idx.version.answers.put(answer_key(f"/api/report/{model}/{name}.png"), data)
         if figure not in figures:
             raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(figures) or 'none'}")
         return figures[figure]

@@ -19,7 +19,7 @@ HTML = "text/html; charset=utf-8"
 async def page(request: Request, name: str, make) -> object:
     """Render template `name` with make(index)'s context; image URLs carry the version tag `v`."""
     def render(idx):
-        return TEMPLATES.get_template(name).render({"request": request, "v": idx.version.tag, **make(idx)})
+        return TEMPLATES.get_template(name).render({"v": idx.version.tag, **make(idx)})
     return await answer(request, render, media=HTML)
 
 @router.get("/")

@@ -131,8 +131,7 @@ def connect(directory: str | os.PathLike, memory_limit: str | None = None, temp_
     except duckdb.Error as exc:
         raise UsageError(f"bad reader limit: {str(exc).splitlines()[0]}; give sizes like 2GB or 512MB") from None
     try:
-        con.execute(f"ATTACH '{_quote(path)}' AS {CATALOG} (READ_ONLY)")
-        con.execute(f"USE {CATALOG}")
+        _attach(con, path)
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")
     except duckdb.Error as exc:
@@ -158,8 +157,10 @@ def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return cur
 
 
-def _quote(path: Path) -> str:
-    return str(path.resolve()).replace("'", "''")
+def _attach(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """The index file, read-only, as the connection's default catalog."""
+    con.execute(f"ATTACH '{str(path.resolve()).replace(chr(39), chr(39) * 2)}' AS {CATALOG} (READ_ONLY)")
+    con.execute(f"USE {CATALOG}")
 
 
 LOCK_FILE = ".write.lock"
@@ -261,8 +262,7 @@ def migrate(directory: str | os.PathLike) -> list[Migration]:
     if not index_file(directory).is_file():
         raise IndexNotFoundError(f"no index at {directory} ({INDEX_FILE} is missing); nothing to migrate")
     with duckdb.connect(":memory:", config=reader_config()) as probe:
-        probe.execute(f"ATTACH '{_quote(index_file(directory))}' AS {CATALOG} (READ_ONLY)")
-        probe.execute(f"USE {CATALOG}")
+        _attach(probe, index_file(directory))
         before = schema_version(probe)
     _refuse_newer(before)
     if before == code_version():
