@@ -1,11 +1,13 @@
-"""Pass 2 (crops + Neuron Features + sprites) vs just decoding the same images.
+"""The real pass 2 (decode, re-forwards, crops, Neuron Features, sprites) vs decoding the same images.
 
     python bench/features.py [--images ../shared/data/cifar10/lossless-train] [--weights ...resnet20-12fca82f.th]
 
 Two cases: cifar-resnet20 (all conv layers) on real 32 px CIFAR PNGs (skipped without
 ../shared/data), and torchvision resnet18 (random weights, layer1 + layer2) on generated 320x240
-JPEGs shown at 224 px. Each runs pass 1 once, builds the crop plan, then alternates decode-only
-passes over the needed images and full pass-2 runs, and prints the median ratio. Target <= 1.5x.
+JPEGs shown at 224 px. Each runs pass 1 once, then alternates decode-only passes over the images
+pass 2 needs and the real pass 2 of an ingest (`derive.run_all`: every NF range's decode, the
+greyscale and patch-vector re-forwards, the canvases; then NF self-response, indexes and PNG
+encoding, timed apart), and prints the medians and ratios to the decode and to pass 1.
 """
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
+
 from neuronindex import features
 from neuronindex.extract import image_batches
 from neuronindex.ingest import IngestParams, pass1, prepare
-from neuronindex.stats import split
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -42,22 +45,32 @@ def photos(folder: Path, n: int = 400) -> Path:
 
 
 def measure(name, run, repeats, workers=0):
+    from neuronindex.derive import run_all
+    from neuronindex.ingest import layer_results
+
+    t0 = time.perf_counter()
     stats = pass1(run, progress=False)
-    results = split(stats.result(), [s.layer.channels for s in run.selections])
+    first = time.perf_counter() - t0
+    results = layer_results(run, stats)
     plan, _ = features.plan_from_results(run.selections, results, 0.7, 100)
-    needed = sorted(set(plan.image[plan.use_nf | plan.sprite].tolist()))
-    decode, full = [], []
+    needed = sorted(set(plan.image[np.isfinite(plan.weight)].tolist()))
+    decode, phases = [], []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _batch in image_batches(run.images, run.loaded.preprocessing, 64, workers, needed):
+        for _batch in image_batches(run.images, run.loaded.preprocessing, run.params.batch_size, workers, needed):
             pass
         decode.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        features.compute(plan, run.images, run.loaded.preprocessing, workers=workers, progress=False)
-        full.append(time.perf_counter() - t0)
-    d, f = statistics.median(decode), statistics.median(full)
-    print(f"{name}: {len(needed)} images decoded for {plan.n_neurons} neurons ({int(plan.use_nf.sum())} NF crops): "
-          f"decode only {d:.2f} s, pass 2 {f:.2f} s, ratio {f / d:.2f} (median of {repeats}, {workers} decoding workers)")
+        timings = {}
+        run_all(run, results, progress=False, timings=timings).patches.close()
+        phases.append(timings)
+    d = statistics.median(decode)
+    p2 = statistics.median(t["pass2"] for t in phases)
+    rest = {k: statistics.median(t[k] for t in phases) for k in ("self_response", "indexes", "encode")}
+    print(f"{name}: {len(needed)} images for {plan.n_neurons} neurons ({int(plan.use_nf.sum())} NF crops, "
+          f"{phases[0]['nf_ranges']} NF range(s)); pass 1 {first:.2f} s; decode only {d:.2f} s; real pass 2 {p2:.2f} s "
+          f"= {p2 / d:.2f}x the decode, {p2 / first:.2f}x pass 1; then "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in rest.items())
+          + f" (medians of {repeats}, {workers} decoding workers)")
 
 
 def main():
@@ -66,8 +79,8 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", default=str(SHARED / "cifar10" / "lossless-train"))
     parser.add_argument("--weights", default=str(SHARED / "cifar10-resnet" / "resnet20-12fca82f.th"))
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers, the same for both timings")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader workers, the same for every timing")
     args = parser.parse_args()
     if Path(args.images).exists():
         measure("cifar-resnet20 all-conv, 32 px PNGs",

@@ -110,6 +110,7 @@ def _shard(value):
 @setting_option("--probe-size")
 @setting_option("--nf-max")
 @setting_option("--nf-threshold")
+@setting_option("--nf-memory")
 @setting_option("--class-threshold")
 @click.option("--resume", is_flag=True, help="Continue an interrupted ingest from its last checkpoint.")
 @click.option("--checkpoint-every", default=120.0, show_default=True, help="Seconds between pass-1 checkpoints.")
@@ -128,8 +129,8 @@ def _shard(value):
 @setting_option("--random-quantile")
 def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
            spatial_means, workers, limit,
-           probe_size, nf_max, nf_threshold, class_threshold, resume, checkpoint_every, shard, state_out, no_wait, quiet,
-           bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
+           probe_size, nf_max, nf_threshold, nf_memory, class_threshold, resume, checkpoint_every, shard, state_out,
+           no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     from neuronindex.ingest import IngestParams, ingest as run
@@ -139,8 +140,8 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
         click.echo(f"warning: no --weights: {model_spec} is randomly initialised (seed 0), so the index describes an "
                    "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
-                          nf_max=nf_max, nf_threshold=nf_threshold, class_threshold=class_threshold, device=device,
-                          workers=workers, amp=amp, spatial_means=spatial_means, bottom_k=bottom_k,
+                          nf_max=nf_max, nf_threshold=nf_threshold, nf_memory=nf_memory,
+                          class_threshold=class_threshold, device=device, workers=workers, amp=amp, spatial_means=spatial_means, bottom_k=bottom_k,
                           directions=directions, direction_pooling=direction_pooling, svd_rank=svd_rank, svd_max=svd_max,
                           random_directions=random_directions, random_quantile=random_quantile)
     params.validate()

@@ -6,8 +6,10 @@ nothing. `neuronindex.recompute` runs the same steps again on a stored ingest.
 """
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -42,12 +44,19 @@ class Derived:
         if self.plan is None:  # no receptive fields: nothing was derived
             return
         keep = np.ones(len(self.owners), dtype=bool) if self.only is None else np.isin(np.arange(len(self.owners)), self.only)
-        write_features(con, stored, self.owners, self.features, self.self_response, self.run.params, keep)
-        write_indexes(con, stored, self.owners, self.indexes, self.run, keep)
-        write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.run.selections, keep)
+        try:
+            write_features(con, stored, self.owners, self.features, self.self_response, self.run.params, keep)
+            write_indexes(con, stored, self.owners, self.indexes, self.run, keep)
+            write_embeddings(con, stored, self.owners, self.plan, self.patches, self.results, self.run.selections,
+                             keep)
+        finally:
+            self.patches.close()
 
 
-def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None) -> Derived:
+def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None,
+            spill: Path | None = None) -> Derived:
+    """Pass 2, NF self-response and the indexes of a run's pass-1 results. The patch vectors wait
+    in files under `spill` (default: the system's temp folder) until they are written."""
     timings = timings if timings is not None else {}
     missing = [s for s in run.selections if s.layer.field is None]
     if missing:
@@ -71,24 +80,57 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp,
                           projector)
     grey = GreyResponses(extractor, selections, plan, owners)
-    patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections])
-    feats = features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers,
-                                 progress=progress, on_batch=lambda *a: (grey(*a), patches(*a)))
-    timings["pass2"] = time.time() - t0
-    t0 = time.time()
-    sr = features_mod.self_response(extractor, selections, owners, feats, [r["act_max"] for r in results],
-                                    run.loaded.preprocessing, progress=progress)
-    timings["self_response"] = time.time() - t0
-    t0 = time.time()
+    patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections], spill)
     act_max = np.concatenate([r["act_max"] for r in results])
     dead = np.concatenate([r["dead"] for r in results])
-    indexes = compute_indexes(run, plan, owners, feats, grey.result(), act_max, dead)
-    timings["indexes"] = time.time() - t0
+    # The NF planes of all neurons at once grow with neurons x field area (SqueezeNet: 1.1 GB);
+    # neurons are taken in ranges within `nf_memory`, each one decode of the images it needs. The
+    # first decode also runs the re-forwards (grey responses, patch vectors) for every neuron; each
+    # range's NFs are measured (self-response, colour index) and kept as PNGs before the next.
+    ranges = features_mod.groups(plan, int(run.params.nf_memory * 2**20))
+    feats: list = [None] * len(owners)
+    sr = np.full(len(owners), np.nan)
+    indexes: list = [None] * len(owners)
+    spent = dict.fromkeys(("pass2", "self_response", "indexes", "encode"), 0.0)
+    try:
+        for g, (lo, hi) in enumerate(ranges):
+            first = g == 0
+            t0 = time.time()
+            part = features_mod.compute(
+                plan, run.images, run.loaded.preprocessing, run.params.workers, run.params.batch_size, progress=progress,
+                neurons=(lo, hi),
+                on_batch=(lambda *a: (grey(*a), patches(*a))) if first else None,
+                desc="pass 2: crops" + (f" ({g + 1}/{len(ranges)})" if len(ranges) > 1 else ""))
+            if first:
+                patches.finish()
+            spent["pass2"] += time.time() - t0
+            features_mod.release_memory()  # the canvases and the re-forwards' buffers
+            t0 = time.time()
+            every = [None] * lo + part + [None] * (len(owners) - hi)
+            sr[lo:hi] = features_mod.self_response(extractor, selections, owners, every,
+                                                   [r["act_max"] for r in results], run.loaded.preprocessing,
+                                                   run.params.batch_size, progress=progress)[lo:hi]
+            spent["self_response"] += time.time() - t0
+            t0 = time.time()
+            indexes[lo:hi] = compute_indexes(run, plan, owners, every, grey.result(), act_max, dead, range(lo, hi))
+            spent["indexes"] += time.time() - t0
+            t0 = time.time()
+            feats[lo:hi] = features_mod.store(part)
+            del part, every
+            spent["encode"] += time.time() - t0
+            features_mod.release_memory()
+    except BaseException:
+        patches.close()
+        raise
+    timings.update(spent)
+    timings["nf_ranges"] = len(ranges)
     return Derived(owners, plan, feats, sr, indexes, patches, results, run)
 
 
 class Reforward:
-    """A pass-2 callback that forwards the decoded images again and reads each crop's argmax unit."""
+    """A pass-2 callback that forwards the decoded images again and takes, at each crop's argmax
+    unit, its layer's vector (channels, then directions) through taps in the graph
+    (`extract.Extractor.gather`): only the images its entries need go through, and no map is kept."""
 
     def __init__(self, extractor, selections, plan, owners):
         self.extractor = extractor
@@ -110,33 +152,96 @@ class Reforward:
         entries, local = self.entries(entries, local)
         if len(entries) == 0:
             return
-        maps = self.extractor(self.images(batch))
+        needed, local = np.unique(local, return_inverse=True)
+        if len(needed) < len(batch):
+            batch = batch[torch.from_numpy(needed)]
         layers = self.layer_of[self.plan.neuron[entries]]
+        points, groups = {}, []
         for li in np.unique(layers):
             sel = layers == li
             e = entries[sel]
-            units = (torch.from_numpy(local[sel]), torch.from_numpy(self.plan.ys[e].astype(np.int64)),
-                     torch.from_numpy(self.plan.xs[e].astype(np.int64)))
-            self.take(e, maps[self.nodes[li]], units, self.nodes[li])
+            points[self.nodes[li]] = (torch.from_numpy(local[sel].astype(np.int64)),
+                                      torch.from_numpy(self.plan.ys[e].astype(np.int64)),
+                                      torch.from_numpy(self.plan.xs[e].astype(np.int64)))
+            groups.append((li, e))
+        vectors = self.extractor.gather(self.images(batch), points)
+        for li, e in groups:
+            self.take(e, vectors[self.nodes[li]].cpu().numpy(), li)
 
 
 class PatchVectors(Reforward):
-    """The layer's feature vector (all channels) at each top crop's unit."""
+    """The layer's feature vector (all channels) at each top crop's unit.
 
-    def __init__(self, extractor, selections, plan, owners, channels):
+    They are appended to one file per layer as they come (SqueezeNet: 400 MB that would otherwise
+    be held through pass 2), then `finish` orders each layer's vectors by plan entry, takes the
+    prototypes (the w-weighted sum over each neuron's NF crops) and keeps the normalised vectors
+    in a .npy file that the publish reads one layer at a time (`rows`)."""
+
+    def __init__(self, extractor, selections, plan, owners, channels, spill: Path | None = None):
+        import tempfile
+        import weakref
+
         super().__init__(extractor, selections, plan, owners)
-        self.channels = dict(zip(self.nodes, channels))  # the layer's own channels (directions' maps follow)
-        self.vectors: list[np.ndarray | None] = [None] * len(self.plan.neuron)
+        self.channels = list(channels)  # the layer's own channels (directions follow in its vectors)
+        if spill is not None:
+            Path(spill).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="patches-", dir=spill))
+        self._spill = spill
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
+        self._files: dict = {}
+        self._entries: dict = {}
+        self.entries_of: dict = {}  # layer -> plan entries (ascending) of its rows in patch-<layer>.npy
+        self.prototypes: dict = {}  # layer -> (neurons, (n, C) normalised prototype vectors)
 
     def entries(self, entries, local):
         valid = np.isfinite(self.plan.weight[entries])
         return entries[valid], local[valid]
 
-    def take(self, e, m, units, node=None):
-        b, y, x = units
-        vecs = m[b, : self.channels[node], y, x].cpu().numpy()  # (n, C)
-        for i, entry in enumerate(e):
-            self.vectors[entry] = vecs[i]
+    def take(self, e, vectors, li):
+        if li not in self._files:
+            self._files[li] = open(self.dir / f"raw-{li}.f32", "wb")
+            self._entries[li] = []
+        self._files[li].write(np.ascontiguousarray(vectors[:, : self.channels[li]], dtype=np.float32).tobytes())
+        self._entries[li].append(e)
+
+    def finish(self) -> None:
+        from . import vectors as vec
+
+        for li, f in self._files.items():
+            f.close()
+            raw_path = self.dir / f"raw-{li}.f32"
+            entries = np.concatenate(self._entries[li])
+            raw = np.fromfile(raw_path, dtype=np.float32).reshape(len(entries), self.channels[li])
+            raw_path.unlink()
+            order = np.argsort(entries, kind="stable")
+            entries, raw = entries[order], raw[order]
+            nf = self.plan.use_nf[entries]
+            if nf.any():  # entries ascend, so each neuron's NF crops are one run of rows
+                neurons = self.plan.neuron[entries[nf]]
+                starts = np.concatenate([[0], np.nonzero(np.diff(neurons))[0] + 1])
+                weighted = self.plan.weight[entries[nf]][:, None] * raw[nf].astype(np.float64)
+                self.prototypes[li] = (neurons[starts], vec.normalize(np.add.reduceat(weighted, starts, axis=0)))
+                del weighted
+            np.save(self.dir / f"patch-{li}.npy", vec.normalize(raw))
+            self.entries_of[li] = entries
+        self._files.clear()
+        self._entries.clear()
+
+    def rows(self, li: int):
+        """(plan entries, (n, C) float32 normalised vectors) of layer li's top crops that were seen."""
+        if li not in self.entries_of:
+            return np.zeros(0, dtype=np.int64), np.zeros((0, self.channels[li]), dtype=np.float32)
+        return self.entries_of[li], np.load(self.dir / f"patch-{li}.npy")
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._cleanup()
+        if self._spill is not None:
+            try:
+                Path(self._spill).rmdir()  # only when nothing else waits there
+            except OSError:
+                pass
 
 
 class GreyResponses(Reforward):
@@ -156,19 +261,15 @@ class GreyResponses(Reforward):
         luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
         return luminance[..., None].expand(*luminance.shape, 3).contiguous()
 
-    def take(self, e, m, units, node=None):
-        import torch
-
-        b, y, x = units
-        channel = torch.from_numpy(self.channel_of[self.plan.neuron[e]])
-        self.values[e] = m[b, channel, y, x].cpu().numpy()
+    def take(self, e, vectors, li):
+        self.values[e] = vectors[np.arange(len(e)), self.channel_of[self.plan.neuron[e]]]
 
     def result(self) -> np.ndarray:
         return self.values
 
 
-def compute_indexes(run, plan, owners, feats, grey, act_max, dead) -> list[dict]:
-    """Colour and class selectivity per neuron (see neuronindex.selectivity).
+def compute_indexes(run, plan, owners, feats, grey, act_max, dead, neurons=None) -> list[dict]:
+    """Colour and class selectivity per neuron of `neurons` (default all; see neuronindex.selectivity).
 
     grey: per plan entry, the activation on the greyscale image; act_max, dead: per neuron.
     Dead neurons (selectivity.dead_neurons) make no colour or class claims.
@@ -179,7 +280,7 @@ def compute_indexes(run, plan, owners, feats, grey, act_max, dead) -> list[dict]
     order = np.argsort(plan.neuron, kind="stable")
     bounds = np.searchsorted(plan.neuron[order], np.arange(len(owners) + 1))
     out = []
-    for n in range(len(owners)):
+    for n in (range(len(owners)) if neurons is None else neurons):
         if dead[n]:
             out.append({"color": None, "cri": None, "class": sel.ClassSelectivity(None, None, 0, [], 0), "ancestors": {}})
             continue
@@ -219,38 +320,30 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, 
     ids = neuron_id_array(stored, owners)
     _forget(con, "neuron_features", ids[keep])
     feats = [f if k else None for f, k in zip(feats, keep)]
-    rows = {k: [] for k in ("neuron_id", "n_used", "threshold", "nf_max", "height", "width", "nf_png", "std",
-                            "crop_std_mean", "sprite_png", "sprite_n", "sprite_thumb")}
-    # PNG encoding (zlib, which releases the GIL) on every core: SqueezeNet's 2,656 NFs and sprites
-    # took 18 s of the publish on one
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        nf_pngs = pool.map(lambda f: f.png() if f is not None and f.n_used else None, feats)
-        sprite_pngs = pool.map(lambda f: features_mod.png_bytes(f.sprite) if f is not None and f.sprite is not None
-                               else None, feats)
-        nf_pngs, sprite_pngs = list(nf_pngs), list(sprite_pngs)
-    for n, f in enumerate(feats):
-        if f is None:
-            continue
-        h, w = f.valid.shape
-        rows["neuron_id"].append(int(ids[n]))
-        rows["n_used"].append(f.n_used)
-        rows["threshold"].append(float(params.nf_threshold))
-        rows["nf_max"].append(int(params.nf_max))
-        rows["height"].append(h)
-        rows["width"].append(w)
-        rows["nf_png"].append(nf_pngs[n])
-        rows["std"].append(f.std.ravel())
-        rows["crop_std_mean"].append(float(np.nanmean(f.std)) if np.isfinite(f.std).any() else None)
-        rows["sprite_png"].append(sprite_pngs[n])
-        rows["sprite_n"].append(f.sprite_n)
-        rows["sprite_thumb"].append(int(f.sprite.shape[0]) if f.sprite is not None else None)
     import pyarrow as pa
 
-    insert(con, "neuron_features", rows,
-           types={"nf_png": pa.binary(), "sprite_png": pa.binary(), "std": pa.list_(pa.float32())})
+    written = [n for n, f in enumerate(feats) if f is not None]
+    for start in range(0, len(written), 256):  # a few hundred rows at a time: no second copy of them all
+        rows = {k: [] for k in ("neuron_id", "n_used", "threshold", "nf_max", "height", "width", "nf_png", "std",
+                                "crop_std_mean", "sprite_png", "sprite_n", "sprite_thumb")}
+        for n in written[start:start + 256]:
+            f = feats[n]
+            if not isinstance(f, features_mod.StoredFeature):  # a NeuronFeature: encode it here
+                f = features_mod.store([f], threads=1)[0]
+            rows["neuron_id"].append(int(ids[n]))
+            rows["n_used"].append(f.n_used)
+            rows["threshold"].append(float(params.nf_threshold))
+            rows["nf_max"].append(int(params.nf_max))
+            rows["height"].append(f.shape[0])
+            rows["width"].append(f.shape[1])
+            rows["nf_png"].append(f.nf_png)
+            rows["std"].append(f.std.ravel())
+            rows["crop_std_mean"].append(float(np.nanmean(f.std)) if np.isfinite(f.std).any() else None)
+            rows["sprite_png"].append(f.sprite_png)
+            rows["sprite_n"].append(f.sprite_n)
+            rows["sprite_thumb"].append(f.sprite_thumb)
+        insert(con, "neuron_features", rows,
+               types={"nf_png": pa.binary(), "sprite_png": pa.binary(), "std": pa.list_(pa.float32())})
     n_used = np.array([f.n_used if f is not None else 0 for f in feats])
     execute(con, "CREATE TEMP TABLE IF NOT EXISTS _nf_update (neuron_id INTEGER, nf_n INTEGER, nf_self_response DOUBLE)")
     execute(con, "DELETE FROM _nf_update")
@@ -355,32 +448,30 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
     model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
     layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
     layer_of = [layer_ids[s.layer.position] for s in selections]
-    rows = {"space": [], "model_id": [], "layer_id": [], "neuron_id": [], "rank": [], "vector": []}
-
-    def add(space, layer_id, neuron_id, rank, vector):
-        rows["space"].append(space)
-        rows["model_id"].append(int(model_id))
-        rows["layer_id"].append(layer_id)
-        rows["neuron_id"].append(int(neuron_id))
-        rows["rank"].append(rank)
-        rows["vector"].append(vector)
-
-    sums: dict[int, np.ndarray] = {}
-    for entry, v in enumerate(patches.vectors):
-        if v is None:
-            continue
-        n = int(plan.neuron[entry])
-        if not keep[n]:
-            continue
-        add("patch", layer_of[owners[n][0]], ids[n], int(plan.rank[entry]) + 1, vec.normalize(v))
-        if plan.use_nf[entry]:
-            sums[n] = sums.get(n, 0) + plan.weight[entry] * v.astype(np.float64)
-    for n, total in sorted(sums.items()):
-        add("prototype", layer_of[owners[n][0]], ids[n], None, vec.normalize(total))
-    if with_signatures:
-        signature = vec.signatures(np.concatenate(probes, axis=1))
-        for n in np.nonzero(keep)[0]:
-            add("signature", None, ids[n], None, signature[n])
     import pyarrow as pa
 
-    insert(con, "embeddings", rows, types={"vector": pa.list_(pa.float32())})
+
+    def put(space, lid, nid, rank, vectors):
+        n = len(nid)
+        insert(con, "embeddings", {
+            "space": [space] * n, "model_id": np.full(n, int(model_id), dtype=np.int64),
+            "layer_id": np.full(n, lid, dtype=np.int64) if lid is not None else [None] * n,
+            "neuron_id": np.asarray(nid, dtype=np.int64), "rank": rank if rank is not None else [None] * n,
+            "vector": vectors}, types={"vector": pa.list_(pa.float32())})
+
+    for li in range(len(patches.channels)):  # one layer's vectors in memory at a time
+        entries, vectors = patches.rows(li)
+        mine = keep[plan.neuron[entries]]
+        if mine.any():
+            put("patch", layer_of[li], ids[plan.neuron[entries[mine]]], plan.rank[entries[mine]].astype(np.int64) + 1,
+                vectors[mine])
+        del vectors
+        if li in patches.prototypes:
+            neurons, protos = patches.prototypes[li]
+            mine = keep[neurons]
+            if mine.any():
+                put("prototype", layer_of[li], ids[neurons[mine]], None, protos[mine])
+    if with_signatures:
+        signature = vec.signatures(np.concatenate(probes, axis=1))
+        chosen = np.nonzero(keep)[0]
+        put("signature", None, ids[chosen], None, signature[chosen].astype(np.float32))

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -539,7 +540,6 @@ def _pad(a: np.ndarray, width: int) -> np.ndarray:
 
 def load_vectors(path: str) -> np.ndarray:
     """A .npy file (C,) or (D, C), or a text file of numbers (one direction per line)."""
-    from pathlib import Path
 
     p = Path(path)
     if not p.is_file():
@@ -655,7 +655,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     if units.get("probe") is not None:  # the new units' signatures (the channels' rows stay as stored)
         results[0]["probe"] = np.concatenate([np.zeros((units["probe"].shape[0], C), np.float32), units["probe"]], 1)
         results[0]["probe_ids"] = units["probe_ids"]
-    derived = run_all(run, results, progress=progress)
+    derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
     derived.only = np.arange(C, C + len(d))
     with store.staged(index_dir, wait=wait) as wcon:
         from .store import next_id

@@ -34,6 +34,7 @@ class Extractor:
         self.amp = amp and self.device.type == "cuda"
         self._taps = None
         self._sink = None
+        self._gather = None
         if loaded.scripted:
             from .layers import ScriptTaps
 
@@ -83,8 +84,6 @@ class Extractor:
 
         A selected ReLU is replaced by a tap that rectifies and summarises in one read of its
         input (`summaries.Summaries.add_relu`), with torch.relu's exact values flowing on."""
-        import copy
-
         import torch.nn as nn
 
         class Tap(nn.Module):
@@ -111,6 +110,14 @@ class Extractor:
                 for i, n in enumerate(self.nodes):
                     sink.add(i, out[n])
             return run
+        return self._with_taps(lambda i, relu, inplace: ReluTap(i, inplace) if relu else Tap(i), fuse_relu=True)
+
+    def _with_taps(self, make_tap, fuse_relu: bool):
+        """A copy of the graph with `make_tap(i, relu, inplace)` after selected node i, whose maps are
+        not returned. With fuse_relu, a selected ReLU is replaced by its tap (relu=True), which must
+        return the rectified map."""
+        import copy
+
         # Built from the model as it is, in-place activations included: a tap runs right after
         # its node, before anything can modify that value in place, so the out-of-place copies
         # that returned maps need (10% of resnet18's forward) are not needed here. torchvision's
@@ -126,8 +133,8 @@ class Extractor:
         output.args = ({name: None for name in self.nodes},)
         for i, name in enumerate(self.nodes):
             node, tap = wanted[name], f"_neuronindex_tap_{i}"
-            source, inplace = _relu_input(gm, node)
-            gm.add_module(tap, Tap(i) if source is None else ReluTap(i, inplace))
+            source, inplace = _relu_input(gm, node) if fuse_relu else (None, False)
+            gm.add_module(tap, make_tap(i, source is not None, inplace))
             with graph.inserting_after(node):
                 fused = graph.call_module(tap, (node if source is None else source,))
             if source is not None:  # the rectified map flows on to the ReLU's users
@@ -136,6 +143,59 @@ class Extractor:
         graph.lint()
         gm.recompile()
         return gm
+
+    def gather(self, images_uint8, points: dict) -> dict:
+        """{node: (b, y, x) int64 index tensors} -> {node: (n, C [+ D]) float tensor}: each point's
+        vector over the layer's channels (then its directions, see directions.Projector).
+
+        Taps inside the graph take the points as each map is made, so no map is kept or returned
+        (SqueezeNet's nine maps are 1.1 GB for 64 images) and in-place activations stay in place.
+        Nodes without points cost nothing but their forward."""
+        import torch
+
+        if self._gather is None:
+            import torch.nn as nn
+
+            wanted: dict = {}
+            taken: dict = {}
+
+            class Take(nn.Module):
+                def __init__(self, index: int):
+                    super().__init__()
+                    self.index = index
+
+                def forward(self, x):
+                    at = wanted.get(self.index)
+                    if at is not None:
+                        taken[self.index] = x[at[0], :, at[1], at[2]].float()
+
+            if self.loaded.scripted:
+                def run(x):
+                    out = self.module(x)
+                    for i, n in enumerate(self.nodes):
+                        Take(i)(out[n])
+                module = run
+            else:
+                module = self._with_taps(lambda i, relu, inplace: Take(i), fuse_relu=False)
+            self._gather = (module, wanted, taken)
+        module, wanted, taken = self._gather
+        index = {n: i for i, n in enumerate(self.nodes)}
+        wanted.clear()
+        taken.clear()
+        wanted.update({index[n]: tuple(t.to(self.device) for t in at) for n, at in points.items()})
+        with torch.inference_mode():
+            x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
+            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                module(x)
+        out = {n: taken[index[n]] for n in points}
+        wanted.clear()
+        taken.clear()
+        if self.projector is not None:
+            for n, v in out.items():
+                if n in self.projector.by_node:
+                    w, b = self.projector.by_node[n]
+                    out[n] = torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
+        return out
 
     def __call__(self, images_uint8) -> dict:
         """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""

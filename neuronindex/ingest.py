@@ -36,6 +36,7 @@ class IngestParams:
     shard: tuple[int, int] | None = None
     nf_max: int = default("nf_max")
     nf_threshold: float = default("nf_threshold")
+    nf_memory: int = default("nf_memory")  # MB of NF planes at once (more neurons: more decodes of their images)
     class_threshold: float = default("class_threshold")
     device: str = "cpu"
     workers: int = 0
@@ -67,6 +68,8 @@ class IngestParams:
             raise UsageError("--shard is I/N with 0 <= I < N")
         if not 0 < self.nf_threshold <= 1:
             raise UsageError("the NF threshold must be in (0, 1]")
+        if self.nf_memory < 1:
+            raise UsageError("--nf-memory must be at least 1 (MB)")
         if self.bottom_k < 0:
             raise UsageError("--bottom-k must be 0 or more")
         self.direction_spec()
@@ -331,7 +334,7 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
         same = {k: meta[k] for k in ("model_fingerprint", "data_fingerprint", "layers", "preprocessing")}
         if same != {k: base[k] for k in same}:
             raise IngestError("these state files come from different models, images or layers; they cannot be merged")
-        local = ("shard", "device", "workers", "amp")
+        local = ("shard", "device", "workers", "amp", "nf_memory")
         differ = sorted(k for k in set(meta["params"]) | set(base["params"])
                         if k not in local and meta["params"].get(k) != base["params"].get(k))
         if differ:
@@ -371,17 +374,10 @@ def published_as(index_dir, run_key: str) -> str | None:
     return row[0] if row else None
 
 
-def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
-           derive: bool = True, wait: bool = True) -> dict:
-    """Pass 2 and derived properties, then publish."""
-    from .store import staged
-    from .writer import write_ingest
-
-    from .stats import split
-
+def layer_results(run: Run, stats) -> list[dict]:
+    """Pass 1's results per selected layer, with each channel's dead / weak flags, kind and unit name."""
     from .selectivity import dead_neurons, weak_neurons
-
-    from . import directions as dirs
+    from .stats import split
 
     results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
@@ -389,6 +385,18 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
         res["weak"] = weak_neurons(res["act_max"])
         res["kind"] = ["channel"] * len(res["act_max"])
         res["unit"] = [str(c) for c in range(len(res["act_max"]))]
+    return results
+
+
+def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
+           derive: bool = True, wait: bool = True) -> dict:
+    """Pass 2 and derived properties, then publish."""
+    from . import directions as dirs
+    from .selectivity import dead_neurons
+    from .store import staged
+    from .writer import write_ingest
+
+    results = layer_results(run, stats)
     t0 = time.time()
     spec = run.params.direction_spec()
     cov = getattr(stats, "cov", None)
@@ -408,7 +416,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
         from . import derive as derive_mod
 
         t0 = time.time()
-        derived = derive_mod.run_all(run, results, progress=progress, timings=timings)
+        derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work")
         timings.setdefault("derive", time.time() - t0)
     t0 = time.time()
     with staged(index_dir, wait=wait) as con:

@@ -5,6 +5,8 @@ with new Neuron Features, indexes and embeddings, published atomically; pass 1 i
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from .derive import StoredIngest, run_all
@@ -91,7 +93,7 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
         if run.meta["data_fingerprint"] != data_fp:
             raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
         run.directions = directions
-        derived = run_all(run, results, progress=progress)
+        derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
         with store.staged(index_dir) as wcon:
             derived.write(wcon, StoredIngest(ingest_id, ids))
             execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])

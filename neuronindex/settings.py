@@ -24,6 +24,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("probe_size", 2048, "Images in the stored probe sample (signatures, variance ranking)."),
     Setting("curve_len", 400, "Ranks of the normalised activation curve (seed 004, Fig. 1)."),
     Setting("nf_max", 100, "Most crops averaged into a Neuron Feature (N of seed 004)."),
+    Setting("nf_memory", 512, "MB of Neuron Feature planes made at once in pass 2 (they grow with neurons x field "
+                              "area); more neurons are taken in ranges, each one more decode of the images it needs."),
     Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (seed 004)."),
     Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (seed 001)."),
     # directions (seed 001)
@@ -58,6 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("sql_max_length", 100_000, "Characters of a user's SQL text at most."),
     Setting("reader_memory_limit", "2GB", "DuckDB memory limit of every read-only connection (queries, service)."),
     Setting("reader_temp_limit", "1GB", "DuckDB temp-directory (spill) limit of every read-only connection."),
+    Setting("writer_memory_limit", "256MB", "DuckDB memory limit of the connection that writes a publish: written "
+                                          "blocks go to the staged file instead of staying cached in memory."),
     Setting("max_pixels", 89_478_485, "Pixels an image may have (checked from its header before decoding), in "
                                       "ingest and uploads alike: larger ones are recorded or refused."),
     Setting("max_url", 8192, "Characters of a request URL at most (a longer one gets a JSON 414)."),

@@ -70,7 +70,7 @@ def tune_nprobe(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10
     """Smallest power-of-two nprobe whose recall@k against exact search reaches TARGET_RECALL."""
     import faiss
 
-    sample = vectors[rng.choice(len(vectors), queries, replace=False)]
+    sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
     noisy = normalize(sample + rng.normal(0, 0.05, sample.shape).astype(np.float32))
     exact = faiss.IndexFlatIP(vectors.shape[1])
     exact.add(vectors)
@@ -140,6 +140,13 @@ class VectorStore:
         import faiss
 
         ids, vectors = self._rows(space, group, con)
+        if len(vectors) == 0:
+            return None, ids, {"type": "empty"}
+        if len(vectors) <= EXACT_LIMIT:
+            # an exact index is a copy of the rows it was read from: made in memory, never kept as a
+            # file (SqueezeNet's 265,000 patch vectors: 387 MB of files saved, nothing to go stale)
+            index, meta = build(vectors)
+            return index, ids, meta
         fp = fingerprint(ids, vectors)
         path = self.directory / f"{space}-{group}.faiss"
         meta_path = path.with_suffix(".json")
@@ -152,9 +159,7 @@ class VectorStore:
                 return index, ids, meta
             if not rebuild:
                 raise StaleVectorsError(f"{path} is stale (built from other rows); rebuild it with `neuronindex vectors DIR`")
-        if len(vectors) == 0:
-            return None, ids, {"type": "empty"}
-        index, meta = build(vectors)
+        index, meta = build(vectors, exact_limit=EXACT_LIMIT)
         meta["fingerprint"] = fp
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
@@ -175,10 +180,23 @@ class VectorStore:
         return [(int(ids[i][0]), int(ids[i][1]), float(s)) for s, i in zip(scores[0], found[0]) if i >= 0]
 
     def build_all(self, progress: bool = False) -> list[dict]:
+        """Build (or check) the file of every space and group that needs one: those above the exact
+        limit, whose IVF index is trained. Exact spaces are listed, made in memory on first search;
+        files an older version kept for them are removed."""
         built = []
-        for space, group in self.con.execute(
-                "SELECT DISTINCT space, CASE WHEN space = 'signature' THEN model_id ELSE layer_id END FROM embeddings "
-                "ORDER BY 1, 2").fetchall():
-            _, ids, meta = self.get(space, group)
-            built.append({"space": space, "group": group, "vectors": len(ids), **{k: v for k, v in meta.items() if k != "fingerprint"}})
+        for space, group, n, d in self.con.execute(
+                "SELECT space, CASE WHEN space = 'signature' THEN model_id ELSE layer_id END AS g, count(*), "
+                "max(len(vector)) FROM embeddings GROUP BY ALL ORDER BY 1, 2").fetchall():
+            if n > EXACT_LIMIT:
+                _, ids, meta = self.get(space, group)
+                built.append({"space": space, "group": group, "vectors": len(ids),
+                              **{k: v for k, v in meta.items() if k != "fingerprint"}})
+                continue
+            for old in (self.directory / f"{space}-{group}.faiss", self.directory / f"{space}-{group}.json"):
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
+            built.append({"space": space, "group": group, "vectors": n, "type": "flat", "n": n, "d": d,
+                          "file": "none (exact: made in memory when first searched)"})
         return built

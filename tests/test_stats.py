@@ -375,3 +375,30 @@ def test_native_kernels_refuse_a_second_openmp_runtime(monkeypatch, capsys):
     monkeypatch.setattr(kernels, "_native", False)
     monkeypatch.undo()
     assert (kernels.native() is None) == (not native_expected())
+
+
+def test_gather_takes_each_points_vector_as_the_models_own_forward():
+    """Extractor.gather (pass 2's re-forwards) takes the vector over the channels at given units by
+    taps in the graph: on a model whose ReLUs run in place, each equals the output of the model's
+    own forward copied the moment it was produced, and only the asked nodes come back."""
+    from neuronindex.models import Preprocessing, load_model
+
+    loaded = load_model("python:tinymodels:inplace_cnn",
+                        preprocessing=Preprocessing(input_size=(16, 16), geometry="resize", resize=None,
+                                                    mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+    names = ("conv1", "conv2", "relu2", "conv3")
+    maps = {}
+    for name in names:
+        getattr(loaded.module, name).register_forward_hook(lambda m, i, out, name=name: maps.__setitem__(name, out.clone()))
+    batch = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        loaded.module(loaded.preprocessing.normalize(batch))
+    ext = Extractor(loaded, list(names))
+    b, y, x = torch.tensor([0, 2, 2, 1]), torch.tensor([0, 15, 3, 7]), torch.tensor([5, 15, 3, 0])
+    got = ext.gather(batch, {"conv2": (b, y, x), "relu2": (b[:2], y[:2], x[:2]), "conv3": (b, y, x)})
+    assert set(got) == {"conv2", "relu2", "conv3"}
+    torch.testing.assert_close(got["conv2"], maps["conv2"][b, :, y, x])  # before relu2 rectified it in place
+    assert (maps["conv2"] < 0).any() and (got["conv2"] < 0).any()
+    torch.testing.assert_close(got["relu2"], maps["relu2"][b[:2], :, y[:2], x[:2]])
+    torch.testing.assert_close(got["conv3"], maps["conv3"][b, :, y, x])
+    assert ext.gather(batch, {"conv1": (b, y, x)})["conv1"].shape == (4, 4)

@@ -59,8 +59,47 @@ def test_embeddings_rows_and_files(wide_index):
         assert counts["signature"] == 64 and counts["patch"] == idx.sql("SELECT count(*) AS n FROM topk")[0]["n"]
         norms = idx.sql("SELECT list_dot_product(vector, vector) AS n FROM embeddings")
         assert all(abs(r["n"] - 1) < 1e-4 or r["n"] == 0 for r in norms)
-    assert sorted(p.name for p in (path / "vectors").glob("*.faiss")) == [
-        "patch-1.faiss", "patch-2.faiss", "prototype-1.faiss", "prototype-2.faiss", "signature-1.faiss"]
+    # every space is small enough for an exact index: made in memory from these rows, no file kept
+    assert not list((path / "vectors").glob("*.faiss"))
+
+
+def test_patch_vectors_and_colour_response_equal_a_direct_forward(wide_index):
+    """Every stored patch vector is the layer's channel vector at its top crop's unit from a plain
+    forward of its image, normalised; the colour response index is 1 - sum a_grey / (a_max sum w)
+    over the NF crops, a_grey from the same forward of the image in greyscale (0.299 R + 0.587 G +
+    0.114 B, rounded)."""
+    from neuronindex.data import load_image
+
+    path, loaded = wide_index
+    m = loaded.module
+
+    def maps(pixels):
+        x = loaded.preprocessing.normalize(torch.from_numpy(pixels)[None])
+        with torch.no_grad():
+            conv1 = m.conv1(x)
+            return {"conv1": conv1[0], "conv2": m.conv2(m.pool1(m.relu1(conv1)))[0]}
+
+    with neuronindex.open(path) as idx:
+        rows = idx.sql("SELECT e.vector, l.name AS layer, i.path, t.y, t.x, t.in_nf, t.norm_activation, n.channel, "
+                       "n.id AS neuron FROM embeddings e JOIN topk t ON t.neuron_id = e.neuron_id AND t.rank = e.rank "
+                       "JOIN neurons n ON n.id = t.neuron_id JOIN layers l ON l.id = n.layer_id "
+                       "JOIN images i ON i.id = t.image_id WHERE e.space = 'patch'").rows()
+        cri = {r["id"]: r["color_response"] for r in idx.sql("SELECT id, color_response, act_max FROM neurons")}
+        act_max = {r["id"]: r["act_max"] for r in idx.sql("SELECT id, act_max FROM neurons")}
+    assert len(rows) == 640
+    grey, weights = {}, {}
+    for r in rows:
+        pixels = np.asarray(load_image(r["path"]).resize((16, 16), 2)).copy()
+        seen = maps(pixels)[r["layer"]][:, r["y"], r["x"]].numpy()
+        np.testing.assert_allclose(r["vector"], seen / np.linalg.norm(seen), atol=2e-6)
+        if r["in_nf"]:
+            lum = np.clip(np.rint(pixels.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)), 0, 255)
+            g = maps(np.repeat(lum.astype(np.uint8)[..., None], 3, 2))[r["layer"]][r["channel"], r["y"], r["x"]]
+            grey[r["neuron"]] = grey.get(r["neuron"], 0.0) + float(g)
+            weights[r["neuron"]] = weights.get(r["neuron"], 0.0) + r["norm_activation"]
+    for n, total in grey.items():
+        assert cri[n] == pytest.approx(1 - total / (act_max[n] * weights[n]), rel=1e-4, abs=1e-5)
+    assert len(grey) >= 32
 
 
 def test_self_retrieval_of_top_crops(wide_index):
@@ -107,8 +146,13 @@ def test_similar_neurons(wide_index):
             idx.nearest(idx.sql("SELECT path FROM images LIMIT 1")[0]["path"], layer="conv9")
 
 
-def test_stale_files_are_rebuilt_or_refused(wide_index):
+def test_stale_files_are_rebuilt_or_refused(wide_index, monkeypatch):
+    """Spaces above the exact limit keep their trained IVF index in a file, checked against the rows."""
     path, _ = wide_index
+    monkeypatch.setattr(vectors, "EXACT_LIMIT", 16)
+    with neuronindex.open(path) as idx:
+        built = {(b["space"], b["group"]): b for b in vectors.VectorStore(path, idx.con).build_all()}
+    assert built[("prototype", 1)]["type"] == "ivf" and (path / "vectors" / "prototype-1.faiss").is_file()
     meta_path = path / "vectors" / "prototype-1.json"
     meta = json.loads(meta_path.read_text())
     meta_path.write_text(json.dumps({**meta, "fingerprint": "stale"}))
@@ -118,6 +162,10 @@ def test_stale_files_are_rebuilt_or_refused(wide_index):
             store.get("prototype", 1, rebuild=False)
         store.get("prototype", 1)
     assert json.loads(meta_path.read_text())["fingerprint"] == meta["fingerprint"]
+    monkeypatch.setattr(vectors, "EXACT_LIMIT", 100_000)
+    with neuronindex.open(path) as idx:  # exact again: the file is no longer needed and goes
+        assert {b["type"] for b in vectors.VectorStore(path, idx.con).build_all()} == {"flat"}
+    assert not meta_path.exists() and not list((path / "vectors").glob("*.faiss"))
 
 
 def test_cli_nearest_similar_vectors(wide_index, cli_runner):
