@@ -115,7 +115,7 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
             indexes[lo:hi] = compute_indexes(run, plan, owners, every, grey.result(), act_max, dead, range(lo, hi))
             spent["indexes"] += time.time() - t0
             t0 = time.time()
-            feats[lo:hi] = features_mod.store(part)
+            feats[lo:hi] = features_mod.encode(part)
             del part, every
             spent["encode"] += time.time() - t0
             features_mod.release_memory()
@@ -329,7 +329,7 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, 
         for n in written[start:start + 256]:
             f = feats[n]
             if not isinstance(f, features_mod.StoredFeature):  # a NeuronFeature: encode it here
-                f = features_mod.store([f], threads=1)[0]
+                f = features_mod.encode([f], threads=1)[0]
             rows["neuron_id"].append(int(ids[n]))
             rows["n_used"].append(f.n_used)
             rows["threshold"].append(float(params.nf_threshold))

@@ -223,7 +223,7 @@ class StoredFeature:
     sprite_thumb: int | None
 
 
-def store(features: list, threads: int | None = None) -> list:
+def encode(features: list, threads: int | None = None) -> list:
     """NeuronFeatures -> StoredFeatures (None stays None), PNGs encoded on every core (zlib releases
     the GIL: SqueezeNet's 2,656 NFs and sprites take 18 s on one)."""
     import os

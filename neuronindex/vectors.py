@@ -145,7 +145,7 @@ class VectorStore:
         if len(vectors) <= EXACT_LIMIT:
             # an exact index is a copy of the rows it was read from: made in memory, never kept as a
             # file (SqueezeNet's 265,000 patch vectors: 387 MB of files saved, nothing to go stale)
-            index, meta = build(vectors)
+            index, meta = build(vectors, exact_limit=EXACT_LIMIT)
             return index, ids, meta
         fp = fingerprint(ids, vectors)
         path = self.directory / f"{space}-{group}.faiss"

@@ -23,12 +23,10 @@ def insert(con, table: str, columns: dict, types: dict | None = None) -> None:
     for k, v in columns.items():
         if types and k in types and types[k] == pa.list_(pa.float32()) and _all_vectors(v):
             arrays[k] = _float_lists(v)
-        elif types and k in types and types[k] == pa.list_(pa.float32()) and isinstance(v, np.ndarray) and v.ndim == 2:
+        elif isinstance(v, np.ndarray) and v.ndim == 2:  # rows of float32 lists
             arrays[k] = _float_rows(v)
         elif types and k in types:
             arrays[k] = pa.array(v, type=types[k], from_pandas=True)
-        elif isinstance(v, np.ndarray) and v.ndim == 2:
-            arrays[k] = pa.array(list(v.astype(np.float32)), type=pa.list_(pa.float32()), from_pandas=True)
         elif isinstance(v, np.ndarray):
             arrays[k] = pa.array(v, from_pandas=v.dtype.kind == "f")  # NaN -> NULL
         else:
