@@ -363,3 +363,14 @@ def test_a_publish_leaves_no_free_blocks_in_the_file(tmp_path, monkeypatch, auto
         assert con.execute("SELECT count(*), count(DISTINCT id) FROM b").fetchone() == (6 * n, 6 * n)
     assert used > 0
     assert (free > 0.05 * total) if automatic else (free == 0), (total, used, free)
+
+
+def test_cli_nf_memory_must_be_positive(tmp_path, image_folder, cli_runner):
+    r = cli_runner.invoke(cli, ["ingest", *TINY, "--images", str(image_folder), "--layers", "conv1",
+                                "--index", str(tmp_path / "idx"), "--nf-memory", "0", "-q"])
+    assert r.exit_code == 2 and "Error: --nf-memory must be at least 1 (MB)" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "idx").exists()
+    r = cli_runner.invoke(cli, ["ingest", *TINY, "--images", str(image_folder), "--layers", "conv1,conv2",
+                                "--index", str(tmp_path / "idx"), "--nf-memory", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert rows(tmp_path / "idx", "SELECT count(*) FROM neuron_features")[0][0] >= 9
