@@ -81,7 +81,8 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
                           projector)
     grey = GreyResponses(extractor, selections, plan, owners)
     patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections], spill)
-    act_max = np.concatenate([r["act_max"] for r in results])
+    act_max_by_layer = [r["act_max"] for r in results]
+    act_max = np.concatenate(act_max_by_layer)
     dead = np.concatenate([r["dead"] for r in results])
     # The NF planes of all neurons at once grow with neurons x field area (SqueezeNet: 1.1 GB);
     # neurons are taken in ranges within `nf_memory`, each one decode of the images it needs. The
@@ -107,9 +108,9 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
             features_mod.release_memory()  # the canvases and the re-forwards' buffers
             t0 = time.time()
             every = [None] * lo + part + [None] * (len(owners) - hi)
-            sr[lo:hi] = features_mod.self_response(extractor, selections, owners, every,
-                                                   [r["act_max"] for r in results], run.loaded.preprocessing,
-                                                   run.params.batch_size, progress=progress)[lo:hi]
+            sr[lo:hi] = features_mod.self_response(extractor, selections, owners, every, act_max_by_layer,
+                                                   run.loaded.preprocessing, run.params.batch_size,
+                                                   progress=progress)[lo:hi]
             spent["self_response"] += time.time() - t0
             t0 = time.time()
             indexes[lo:hi] = compute_indexes(run, plan, owners, every, grey.result(), act_max, dead, range(lo, hi))

@@ -392,6 +392,15 @@ class Projector:
         w, b = w.to(a.device, a.dtype), b.to(a.device, a.dtype)
         return torch.einsum("dc,bchw->bdhw", w, a) + b.view(1, -1, 1, 1)
 
+    def extend_vectors(self, node: str, v):
+        """Vectors (n, C) of a layer's channels -> (n, C + D) with its direction values appended."""
+        import torch
+
+        if node not in self.by_node:
+            return v
+        w, b = self.by_node[node]
+        return torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
+
     def extend(self, maps: dict) -> dict:
         import torch
 

@@ -180,21 +180,18 @@ class Extractor:
             self._gather = (module, wanted, taken)
         module, wanted, taken = self._gather
         index = {n: i for i, n in enumerate(self.nodes)}
-        wanted.clear()
-        taken.clear()
         wanted.update({index[n]: tuple(t.to(self.device) for t in at) for n, at in points.items()})
-        with torch.inference_mode():
-            x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
-            with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
-                module(x)
-        out = {n: taken[index[n]] for n in points}
-        wanted.clear()
-        taken.clear()
+        try:
+            with torch.inference_mode():
+                x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
+                    module(x)
+            out = {n: taken[index[n]] for n in points}
+        finally:
+            wanted.clear()
+            taken.clear()
         if self.projector is not None:
-            for n, v in out.items():
-                if n in self.projector.by_node:
-                    w, b = self.projector.by_node[n]
-                    out[n] = torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
+            out = {n: self.projector.extend_vectors(n, v) for n, v in out.items()}
         return out
 
     def __call__(self, images_uint8) -> dict:
