@@ -127,11 +127,14 @@ def _shard(value):
 @setting_option("--svd-max")
 @setting_option("--random-directions")
 @setting_option("--random-quantile")
+@click.option("--visualize", "visualize_steps", type=int, default=None, metavar="STEPS",
+              help="Then optimise an image for every neuron (activation maximisation, `neuronindex visualize` "
+                   "with its defaults and this many steps, e.g. 256).")
 def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
            spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, nf_memory, class_threshold, resume, checkpoint_every, shard, state_out,
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
-           **model_kw):
+           visualize_steps, **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     from neuronindex.ingest import IngestParams, ingest as run
 
@@ -147,9 +150,15 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
     params.validate()
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
+    viz = None
+    if visualize_steps is not None:
+        from neuronindex.visualize import VizParams
+
+        viz = VizParams(steps=visualize_steps)
+        viz.validate()
     summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
                   checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
-                  class_list=class_list, wait=not no_wait)
+                  class_list=class_list, wait=not no_wait, visualize=viz)
     _print_summary(summary, index_dir)
 
 
@@ -164,6 +173,8 @@ def _print_summary(summary, index_dir):
     click.echo(f"indexed {summary['neurons']} neurons{directions} of {len(summary['layers'])} layers of {summary['model']} "
                f"over {summary['images']} images into {index_dir}"
                + (f" ({summary['problems']} unreadable images skipped)" if summary["problems"] else ""))
+    if summary.get("visualized") is not None:
+        click.echo(f"optimised images of {summary['visualized']} neurons (neuronindex visualize)")
     t = summary.get("timings", {})
     click.echo("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in t.items()))
 
@@ -517,3 +528,88 @@ def directions_list(index_dir, layer, fmt, output):
 
     with neuronindex.open(index_dir) as idx:
         emit(idx.directions(layer).rows(), fmt, output)
+
+
+def viz_options(f):
+    """Options of an activation-maximisation run (defaults: visualize.VizParams)."""
+    from neuronindex.visualize import VizParams
+
+    d = VizParams()
+    for flag, kw in reversed([
+        ("--steps", dict(default=d.steps, show_default=True, help="Steps of gradient ascent per optimised image.")),
+        ("--seed", dict(default=d.seed, show_default=True, help="Seed of the noise start and the transformations.")),
+        ("--lr", dict(default=d.lr, show_default=True, help="Adam learning rate.")),
+        ("--param", dict(type=click.Choice(["fourier", "pixel", "raw"]), default=d.parameterization, show_default=True,
+                         help="fourier: decorrelated colour + Fourier basis (Olah et al. 2017); pixel: pixels through "
+                              "a sigmoid, with L2 and total-variation regularisers and blur (seeds 000/003); raw: the "
+                              "pixels clipped to [0, 1] (what --start uses).")),
+        ("--jitter", dict(type=float, default=None, help="Random translation per step, px [8 px per 224 px of the optimised image].")),
+        ("--scale", dict(default=d.scale, show_default=True, help="Random scaling per step: 1 +- this.")),
+        ("--rotate", dict(default=d.rotate, show_default=True, help="Random rotation per step, +- degrees.")),
+        ("--l2", dict(type=float, default=None, help="L2 decay of the mean-subtracted image [fourier 0, pixel 0.5].")),
+        ("--tv", dict(type=float, default=None, help="Total-variation weight [fourier 0, pixel 2].")),
+        ("--blur-every", dict(type=int, default=None, help="Blur the image every N steps [fourier never, pixel 4].")),
+    ]):
+        f = click.option(flag, **kw)(f)
+    return f
+
+
+def viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, batch_size):
+    from neuronindex.visualize import VizParams
+
+    return VizParams(objective=objective, steps=steps, seed=seed, lr=lr, parameterization=param, jitter=jitter,
+                     scale=scale, rotate=rotate, l2=l2, tv=tv, blur_every=blur_every, batch_size=batch_size)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layers", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
+@click.option("--model", default=None, help="Only this model.")
+@click.option("--objective", type=click.Choice(["unit", "channel"]), default="unit", show_default=True,
+              help="unit: the centre unit (its receptive field); channel: the mean of the whole map.")
+@click.option("--classes", default=None,
+              help="Also class-logit images: dataset (the index's classes the model outputs), a number N (the "
+                   "first N of those) or names / output numbers, comma-separated.")
+@click.option("--no-neurons", is_flag=True, help="Only the classes.")
+@click.option("--per-layer", type=int, default=None, help="Only the first N live units of each layer (a quick look).")
+@click.option("--start", "start_image", type=click.Path(dir_okay=False), default=None,
+              help="Push this image towards the one class of --classes instead (seed 000: a cat made a dog to the "
+                   "network); stores the image, its difference and the step the prediction flips.")
+@click.option("--prob", is_flag=True, help="Class images maximise the class probability instead of its logit.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="With --start: also write the image here and OUTPUT-diff.png beside it.")
+@viz_options
+@setting_option("--batch-size", "viz_batch_size", dest="viz_batch_size")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@setting_option("--checkpoint-every", "viz_checkpoint_every", dest="viz_checkpoint_every")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_layer, start_image, prob, output, steps, seed, lr,
+              param, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size, device, viz_checkpoint_every, no_wait,
+              quiet):
+    """Activation maximisation (seeds 000/003): optimise an image for every neuron of stored layers.
+
+    Resumable and idempotent: a second run with the same options skips what is stored."""
+    from neuronindex import visualize as viz
+
+    if start_image is not None:
+        if not classes or "," in classes or classes == "dataset":
+            raise click.UsageError("--start needs one class: --classes NAME")
+        params = viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, 1)
+        done = viz.from_image(index_dir, start_image, classes, model, params, "prob" if prob else "class", device,
+                              output, not no_wait)
+        flip = f"flips at step {done['flip_step']}" if done["flip_step"] is not None else "does not flip"
+        click.echo(f"{done['start']}: {done['before']} -> {done['after']} (p({done['target'][6:]}) = "
+                   f"{done['probability']:.3f}); the prediction {flip} of {done['steps']}")
+        return
+    if classes is not None:
+        classes = int(classes) if classes.isdigit() else classes if classes == "dataset" else \
+            [c.strip() for c in classes.split(",") if c.strip()]
+    if no_neurons and not classes:
+        raise click.UsageError("--no-neurons needs --classes")
+    params = viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size)
+    layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
+    done = viz.run(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
+                   not no_wait, per_layer, "prob" if prob else "class")
+    click.echo(f"optimised {done['optimised']} images in {done['seconds']:.1f} s"
+               + (f"; {done['skipped']} already stored with these options" if done["skipped"] else ""))

@@ -59,12 +59,14 @@ def emit(rows, fmt: str, output: Path | None = None, columns=None) -> None:
         click.echo(data, nl=False)
 
 
-def setting_option(flag: str, name: str | None = None, **kw):
-    """A click option whose default and help come from the settings table."""
+def setting_option(flag: str, name: str | None = None, dest: str | None = None, **kw):
+    """A click option whose default and help come from the settings table (`dest`: the parameter's
+    name, when the flag's own would be another setting's)."""
     from neuronindex.settings import BY_NAME
 
     s = BY_NAME[name or flag.lstrip("-").replace("-", "_")]
-    return click.option(flag, default=s.default, show_default=True, help=s.help, type=type(s.default), **kw)
+    decls = (flag, dest) if dest else (flag,)
+    return click.option(*decls, default=s.default, show_default=True, help=s.help, type=type(s.default), **kw)
 
 
 def model_options(f):

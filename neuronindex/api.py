@@ -127,6 +127,17 @@ class Neuron:
     def nf_png(self) -> bytes | None:
         return self.index.nf_png(self.key)
 
+    def visualizations(self) -> Result:
+        """Its activation-maximisation images (`neuronindex visualize`): objective, ratio to a_max,
+        trace, parameters; the PNGs through `viz_image` / Index.viz_png."""
+        return self.index.visualizations(target=self.key)
+
+    def viz_image(self, objective: str | None = None):
+        """Its optimised image as a PIL image (the unit objective's when both are stored)."""
+        from PIL import Image
+
+        return Image.open(io.BytesIO(self.index.viz_png(self.key, objective)))
+
     def nf_image(self):
         """The Neuron Feature as a PIL RGBA image (alpha 0 where no crop saw the pixel)."""
         from PIL import Image
@@ -528,6 +539,49 @@ class Index:
         if not row or row[0] is None:
             self.neuron(key)  # an unknown key: its own message, with suggestions
             raise NotFoundError(f"neuron {key} has no crops stored")
+        return row[0]
+
+    def visualizations(self, model: str | None = None, target: str | None = None, kind: str | None = None) -> Result:
+        """Stored activation-maximisation images without their PNG bytes (`neuronindex visualize`):
+        of one target (a neuron key, class:NAME), of a model, or of a kind (neurons, classes)."""
+        where, args = [], []
+        if model is not None:
+            where.append("m.name = ?")
+            args.append(model)
+        if target is not None:
+            where.append("v.target = ?")
+            args.append(target)
+        if kind == "neurons":
+            where.append("v.neuron_id IS NOT NULL")
+        elif kind == "classes":
+            where.append("v.objective IN ('class', 'prob')")
+        sql = ("SELECT v.id, m.name AS model, v.target, v.objective, v.start, v.width, v.height, v.box_x0, v.box_y0, "
+               "v.box_x1, v.box_y1, v.trace, v.trace_steps, v.objective_value, v.activation, v.activation_ratio, "
+               "v.color_index, v.hue, v.predicted, v.probability, v.flip_step, v.steps, v.seed, v.parameters, "
+               "v.seconds, v.created FROM visualizations v JOIN models m ON m.id = v.model_id"
+               + (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY v.model_id, v.neuron_id, v.id")
+        return self.query(sql, args)
+
+    def viz_png(self, target: str, objective: str | None = None, start: str | None = None, diff: bool = False) -> bytes:
+        """The PNG of a target's optimised image (a neuron key or class:NAME); the unit objective's
+        when a neuron has both, unless `objective` says; `diff`: the difference image of a run from
+        a start image."""
+        row = self.con.execute(
+            f"SELECT {'diff_png' if diff else 'image_png'} FROM visualizations WHERE target = ? "
+            "AND (? IS NULL OR objective = ?) AND start IS NOT DISTINCT FROM ? "
+            "ORDER BY objective = 'unit' DESC, id DESC LIMIT 1", [target, objective, objective, start]).fetchone()
+        if not row or row[0] is None:
+            if "/" in target and not target.startswith("class:"):
+                self.neuron(target)  # an unknown key: its own message, with suggestions
+            raise NotFoundError(f"no optimised image of {target}" + (f" ({objective})" if objective else "")
+                                + "; make it with `neuronindex visualize INDEX`")
+        return row[0]
+
+    def viz_png_by_id(self, viz_id: int, diff: bool = False) -> bytes:
+        row = self.con.execute(f"SELECT {'diff_png' if diff else 'image_png'} FROM visualizations WHERE id = ?",
+                               [viz_id]).fetchone()
+        if not row or row[0] is None:
+            raise NotFoundError(f"no stored {'difference ' if diff else ''}image with id {viz_id}")
         return row[0]
 
     def nf_png(self, key: str) -> bytes | None:

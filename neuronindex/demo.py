@@ -81,10 +81,12 @@ def demo_cnn():
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
 
-    return nn.Sequential(
+    model = nn.Sequential(
         nn.Sequential(*block(3, 16), *block(16, 16), nn.MaxPool2d(2), *block(16, 32), *block(32, 32), nn.MaxPool2d(2),
                       *block(32, 64), nn.MaxPool2d(2)),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, len(CLASSES)))
+    model.class_names = sorted(CLASSES)  # output k is the k-th class by name, as the demo trains it
+    return model
 
 
 def preprocessing():

@@ -35,6 +35,7 @@ class Extractor:
         self._taps = None
         self._sink = None
         self._gather = None
+        self._redirected = None
         if loaded.scripted:
             from .layers import ScriptTaps
 
@@ -208,6 +209,18 @@ class Extractor:
         maps = {n: out[n].float() for n in self.nodes}
         return self.projector.extend(maps) if self.projector is not None else maps
 
+    def differentiable(self, x01) -> dict:
+        """Float images (B, 3, H, W) RGB in [0, 1] -> {node: activation} with autograd to the input
+        (the weights stay fixed): for optimising images (visualize.py). No directions appended.
+
+        Every ReLU of the graph passes its gradient by `redirected_relu`: the values are ReLU's, and
+        so is the gradient wherever it reaches an image at all."""
+        if self._redirected is None:
+            self._redirected = _redirect_relus(self.module) if not self.loaded.scripted else self.module
+        x = self.loaded.preprocessing.normalize_float(x01.to(self.device))
+        out = self._redirected(x)
+        return {n: out[n] for n in self.nodes}
+
     def forward_normalized(self, x) -> dict:
         """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
         import torch
@@ -217,6 +230,70 @@ class Extractor:
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 out = self.module(x)
             return self._maps(out)
+
+
+def redirected_relu(x):
+    """ReLU whose gradient does not die with the unit (Olah et al. 2017's "redirected ReLU", as
+    feature-visualisation tools use it): for an image whose ordinary ReLU gradient is zero
+    everywhere (every unit below zero, as a grey start leaves many), the gradient passes through
+    the negative units too, except where it would push them further down. Values are relu(x)."""
+    return _RedirectedReLU.apply(x)
+
+
+def _redirected_relu_class():
+    import torch
+
+    class RedirectedReLU(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            plain = torch.where(x > 0, g, torch.zeros_like(g))
+            # a loss gradient g > 0 at a negative unit would lower it further: keep those at zero
+            redirected = torch.where((x <= 0) & (g > 0), torch.zeros_like(g), g)
+            live = plain.flatten(1).abs().amax(1) > 0 if g.dim() > 1 else (plain.abs().amax() > 0).view(1)
+            return torch.where(live.view(-1, *([1] * (g.dim() - 1))), plain, redirected)
+
+    return RedirectedReLU
+
+
+class _Lazy:
+    def __init__(self, make):
+        self.make, self.value = make, None
+
+    def __getattr__(self, name):
+        if self.value is None:
+            self.value = self.make()
+        return getattr(self.value, name)
+
+
+_RedirectedReLU = _Lazy(_redirected_relu_class)
+
+
+def _redirect_relus(module):
+    """A copy of an fx GraphModule whose ReLUs (modules, torch.relu, F.relu, Tensor.relu) are
+    `redirected_relu`; values unchanged."""
+    import copy
+
+    # a deep copy of a GraphModule comes back in training mode (BatchNorm on batch statistics), and
+    # torchvision's extractor swaps graphs on train()/eval(): set eval mode before the surgery
+    gm = copy.deepcopy(module).eval()
+    graph = gm.graph
+    for node in list(graph.nodes):
+        source, _ = _relu_input(gm, node)
+        if source is None:
+            continue
+        with graph.inserting_after(node):
+            new = graph.call_function(redirected_relu, (source,))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+    return gm
 
 
 def _relu_input(gm, node) -> tuple:

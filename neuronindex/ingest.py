@@ -272,11 +272,13 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
 def ingest(model, images, layers, index_dir, *, weights=None, name=None, preprocessing=None,
            params: IngestParams | None = None, resume: bool = False, progress: bool = True,
            checkpoint_seconds: float = 120.0, state_out: str | None = None, download: bool = False,
-           derive: bool = True, labels: str = "auto", class_list: str | None = None, wait: bool = True) -> dict:
+           derive: bool = True, labels: str = "auto", class_list: str | None = None, wait: bool = True,
+           visualize=None) -> dict:
     """Run an ingest end to end and publish it into `index_dir`; returns a summary dict.
 
     With `state_out`, only pass 1 runs (typically on a shard) and its mergeable state is saved
-    there instead of publishing.
+    there instead of publishing. `visualize` (visualize.VizParams): then optimise an image for
+    every neuron of the ingested layers (`neuronindex visualize`), published on its own.
     """
     index_dir = Path(index_dir)
     started = time.time()
@@ -319,6 +321,14 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     shutil.rmtree(work, ignore_errors=True)
     if work.parent.is_dir() and not any(work.parent.iterdir()):
         work.parent.rmdir()
+    if derive and visualize is not None:
+        from . import visualize as viz
+
+        t0 = time.time()
+        done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
+                       device=run.params.device, progress=progress, wait=wait)
+        summary["visualized"] = done["optimised"]
+        summary["timings"]["visualize"] = time.time() - t0
     return summary
 
 

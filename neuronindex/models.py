@@ -113,6 +113,17 @@ class Preprocessing:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x - mean) / std
 
+    def normalize_float(self, x01):
+        """Float tensor (B, 3, H, W) RGB in [0, 1] -> normalised for the model (differentiable)."""
+        import torch
+
+        x = x01 * self.pixel_scale
+        if self.channel_order == "bgr":
+            x = x.flip(1)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
     def to_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -416,4 +427,6 @@ def _load_python(spec: str, weights: str | None) -> LoadedModel:
         raise ModelError(f"{target} returned {type(module).__name__}, not a torch.nn.Module")
     if weights:
         load_checkpoint(module, weights)
-    return LoadedModel(module, Preprocessing(), spec, weights, attr, None, {"source": "python", "callable": target})
+    names = getattr(module, "class_names", None)  # the model's outputs, when the callable names them
+    names = tuple(str(n) for n in names) if isinstance(names, (list, tuple)) and names else None
+    return LoadedModel(module, Preprocessing(), spec, weights, attr, names, {"source": "python", "callable": target})

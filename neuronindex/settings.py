@@ -40,6 +40,14 @@ SETTINGS: tuple[Setting, ...] = (
                                     "unconstrained ones as the baseline (seed 001)."),
     Setting("random_quantile", 0.95, "Variance cut-off of filtered random directions: this quantile of the "
                                      "variances of 1,000 random directions."),
+    # activation maximisation (seeds 000/003; neuronindex visualize)
+    Setting("viz_steps", 256, "Steps of gradient ascent per optimised image."),
+    Setting("viz_lr", 0.05, "Adam learning rate of the optimised images."),
+    Setting("viz_batch_size", 16, "Neurons of one layer whose images share a forward and backward per step."),
+    Setting("viz_scale", 0.05, "Random scaling of an optimised image before each step: 1 +- this."),
+    Setting("viz_rotate", 5.0, "Random rotation of an optimised image before each step: +- degrees."),
+    Setting("viz_checkpoint_every", 300.0, "Seconds between publishes of finished optimised images (an interrupted "
+                                           "run loses at most this much)."),
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
     Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),

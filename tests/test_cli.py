@@ -77,5 +77,10 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
         settings.default(n) for n in ("top_k", "nf_threshold", "class_threshold", "spatial_means"))
     assert (COLOR_THRESHOLD, search.DEFAULT_LIMIT, sql.DEFAULT_MAX_ROWS) == tuple(
         settings.default(n) for n in ("color_threshold", "search_limit", "sql_max_rows"))
+    from neuronindex.visualize import VizParams
+
+    v = VizParams()
+    assert (v.steps, v.lr, v.batch_size, v.scale, v.rotate) == tuple(
+        settings.default(n) for n in ("viz_steps", "viz_lr", "viz_batch_size", "viz_scale", "viz_rotate"))
     result = cli_runner.invoke(cli, ["settings", "--format", "json"])
     assert result.exit_code == 0 and {r["name"] for r in json.loads(result.output)} == set(settings.BY_NAME)

@@ -163,3 +163,27 @@ class Planted(nn.Module):
 
 def planted():
     return Planted()
+
+
+class ColourClassifier(nn.Module):
+    """Three classes by mean colour: logit k = mean over the image of relu(channel k - the mean of
+    the other two). Class 0 is red, 1 green, 2 blue (hand-set, for activation maximisation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        self.relu = nn.ReLU()
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(3, 3)
+        with torch.no_grad():
+            self.conv.weight.copy_((torch.eye(3) * 1.5 - 0.5).view(3, 3, 1, 1))
+            self.conv.bias.zero_()
+            self.fc.weight.copy_(torch.eye(3))
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(self.gap(self.relu(self.conv(x))).flatten(1))
+
+
+def colour_classifier():
+    return ColourClassifier()

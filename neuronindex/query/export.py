@@ -40,19 +40,28 @@ def ranked(con, rows: list[dict]) -> list[dict]:
 def contact_sheet(con, rows: list[dict], title: str) -> str:
     """A standalone HTML page (images inlined) with each neuron's NF, top crops and properties."""
     keys = [r["key"] for r in rows]
-    images = {}
+    images, optimised = {}, {}
     if keys:
         marks = ",".join("?" * len(keys))
         for key, nf, sprite in con.execute(
                 f"SELECT n.key, f.nf_png, f.sprite_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
                 f"WHERE n.key IN ({marks})", keys).fetchall():
             images[key] = (nf, sprite)
-    shown = ["layer", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
+        for key, png in con.execute(
+                f"SELECT target, image_png FROM visualizations WHERE target IN ({marks}) AND start IS NULL "
+                f"QUALIFY row_number() OVER (PARTITION BY target ORDER BY objective = 'unit' DESC, id DESC) = 1",
+                keys).fetchall():
+            optimised[key] = png
+    shown = ["layer", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max",
+             "viz_activation_ratio"]
     body = []
     for r in rows:
         nf, sprite = images.get(r["key"], (None, None))
         cells = [f"<td>{r['rank']}</td>", f"<td><code>{html.escape(r['key'])}</code></td>",
-                 f"<td>{_img(nf, 'nf')}</td>", f"<td>{_img(sprite, 'crops')}</td>"]
+                 f"<td>{_img(nf, 'nf')}</td>"]
+        if optimised:
+            cells.append(f"<td>{_img(optimised.get(r['key']), 'viz')}</td>")
+        cells.append(f"<td>{_img(sprite, 'crops')}</td>")
         props = "<br>".join(f"{c}: {html.escape(_fmt(r.get(c)))}" for c in shown if r.get(c) is not None)
         props += f"<br>classes: {html.escape(r.get('top_classes', ''))}<br>colours: {html.escape(r.get('colour_names', ''))}"
         cells.append(f"<td class=props>{props}</td>")
@@ -62,11 +71,11 @@ def contact_sheet(con, rows: list[dict], title: str) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 6px 10px; vertical-align: top; }}
-img {{ image-rendering: pixelated; background: #ccc; }} img.nf {{ width: 96px; height: 96px; }} img.crops {{ height: 48px; }}
+img {{ image-rendering: pixelated; background: #ccc; }} img.nf, img.viz {{ width: 96px; height: 96px; }} img.crops {{ height: 48px; }}
 .props {{ font-size: 12px; line-height: 1.5; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1><p>{len(rows)} neurons, ranked. Made by neuronindex.</p>
-<table><thead><tr><th>#</th><th>neuron</th><th>Neuron Feature</th><th>top crops</th><th>properties</th></tr></thead>
+<table><thead><tr><th>#</th><th>neuron</th><th>Neuron Feature</th>{'<th>optimised image</th>' if optimised else ''}<th>top crops</th><th>properties</th></tr></thead>
 <tbody>{''.join(body)}</tbody></table></body></html>
 """
 

@@ -45,6 +45,8 @@ FIELDS = {
     "csi_mean": "csi_mean",
     "sv": "sv", "singular_value": "sv", "explained": "explained", "variance": "dir_variance",
     "dir_variance": "dir_variance", "min": "act_min", "act_min": "act_min",
+    "viz": "viz_activation_ratio", "viz_ratio": "viz_activation_ratio", "viz_activation_ratio": "viz_activation_ratio",
+    "viz_alpha": "viz_color_index", "viz_color_index": "viz_color_index", "viz_hue": "viz_hue",
 }
 DIRECTION_FIELDS = {"sv", "explained", "dir_variance", "act_min"}
 UNIT_KINDS = ("channel", "svd", "random", "user")
@@ -61,7 +63,8 @@ DEFAULT_LIMIT = default("search_limit")
 MAX_LIMIT = default("search_max_limit")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
 OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
-          "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n"]
+          "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n",
+          "viz_activation_ratio"]
 
 # neuron_view materialised (store.refresh_search): one table, so DuckDB fetches whole rows for
 # the top of the ranking only

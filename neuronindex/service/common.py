@@ -243,9 +243,10 @@ def neuron_payload(idx, key: str) -> dict:
     props = {k: v for k, v in n.row.items() if k not in ("rf_h", "rf_w", "rf_y0", "rf_x0")}
     props["pre_activation"] = next((r["name"] for r in named if r["what"] == "layer"), None)
     top, bottom = n.lists()
+    viz = [{k: v for k, v in r.items() if k != "parameters"} for r in n.visualizations().rows()]
     return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
             "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(top),
-            "bottomk": json_rows(bottom), "direction": direction_payload(idx, n)}
+            "bottomk": json_rows(bottom), "direction": direction_payload(idx, n), "visualizations": json_rows(viz)}
 
 
 def direction_payload(idx, n) -> dict | None:

@@ -114,6 +114,23 @@ async def api_crop(request: Request, key: str, rank: int):
 async def api_bottom_crop(request: Request, key: str, rank: int):
     return await answer(request, lambda idx: png_bytes(idx.crop(key, rank, "bottom")), media=PNG, heavy=True)
 
+@router.get("/neurons/{key:path}/viz.png")
+async def api_viz(request: Request, key: str, objective: str | None = None):
+    """The neuron's optimised image (activation maximisation; `neuronindex visualize`)."""
+    return await answer(request, lambda idx: idx.viz_png(key, objective), media=PNG)
+
+@router.get("/visualizations")
+async def api_visualizations(request: Request, model: str | None = None, target: str | None = None,
+                             kind: str | None = None):
+    """Stored optimised images (without pixels; each row's PNG is at /api/visualizations/{id}.png)."""
+    if kind not in (None, "neurons", "classes"):
+        raise UsageError(f"unknown kind {kind!r}; use neurons or classes")
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.visualizations(model, target, kind).rows())})
+
+@router.get("/visualizations/{viz_id}.png")
+async def api_visualization_png(request: Request, viz_id: int, diff: bool = False):
+    return await answer(request, lambda idx: idx.viz_png_by_id(viz_id, diff), media=PNG)
+
 @router.get("/neurons/{key:path}/similar")
 async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
     return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space).rows())})

@@ -26,13 +26,32 @@ async def page(request: Request, name: str, make) -> object:
 async def home(request: Request):
     return await page(request, "home.html", lambda idx: {"models": idx.models().rows(), "summary": idx.summary().rows()})
 
+@router.get("/model/{model}")
+async def model_page(request: Request, model: str):
+    def make(idx):
+        found = [m for m in idx.models().rows() if m["name"] == model]
+        if not found:
+            from ..errors import NotFoundError, did_you_mean
+
+            raise NotFoundError(f"no model {model!r}{did_you_mean(model, [m['name'] for m in idx.models().rows()])}")
+        return {"m": found[0], "layers": idx.layers(model).rows(),
+                "classes": idx.visualizations(model, kind="classes").rows()}
+    return await page(request, "model.html", make)
+
 @router.get("/layer/{model}/{layer}")
-async def layer_page(request: Request, model: str, layer: str, sort: str = "act_max", q: str = ""):
+async def layer_page(request: Request, model: str, layer: str, sort: str = "act_max", q: str = "", show: str = "nf"):
     def make(idx):
         text = f"model:{model} layer:{layer} {q} sort:-{sort.lstrip('-')} limit:1000"
-        return {"model": model, "layer": layer, "rows": idx.search(text).rows(), "sort": sort, "q": q,
+        rows = idx.search(text).rows()
+        with_viz = {r["target"]: r["width"] for r in idx.query(  # neuron key -> image width
+            "SELECT target, max(width) AS width FROM visualizations v JOIN neurons n ON n.id = v.neuron_id "
+            "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = l.model_id WHERE m.name = ? AND l.name = ? "
+            "GROUP BY target", [model, layer]).rows()}
+        return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show,
+                "with_viz": with_viz,
                 "directions": idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows(),
-                "sorts": ["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response"]}
+                "sorts": ["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response",
+                          "viz_activation_ratio"]}
     return await page(request, "layer.html", make)
 
 @router.get("/neuron/{key:path}")
