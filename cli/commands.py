@@ -543,6 +543,8 @@ def viz_options(f):
                          help="fourier: decorrelated colour + Fourier basis (Olah et al. 2017); pixel: pixels through "
                               "a sigmoid, with L2 and total-variation regularisers and blur (seeds 000/003); raw: the "
                               "pixels clipped to [0, 1] (what --start uses).")),
+        ("--no-decorrelate", dict(is_flag=True, help="fourier: independent RGB planes instead of the data's "
+                                                     "decorrelated colours.")),
         ("--jitter", dict(type=float, default=None, help="Random translation per step, px [8 px per 224 px of the optimised image].")),
         ("--scale", dict(default=d.scale, show_default=True, help="Random scaling per step: 1 +- this.")),
         ("--rotate", dict(default=d.rotate, show_default=True, help="Random rotation per step, +- degrees.")),
@@ -554,11 +556,12 @@ def viz_options(f):
     return f
 
 
-def viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, batch_size):
+def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, batch_size):
     from neuronindex.visualize import VizParams
 
-    return VizParams(objective=objective, steps=steps, seed=seed, lr=lr, parameterization=param, jitter=jitter,
-                     scale=scale, rotate=rotate, l2=l2, tv=tv, blur_every=blur_every, batch_size=batch_size)
+    return VizParams(objective=objective, steps=steps, seed=seed, lr=lr, parameterization=param,
+                     decorrelate=not no_decorrelate, jitter=jitter, scale=scale, rotate=rotate, l2=l2, tv=tv,
+                     blur_every=blur_every, batch_size=batch_size)
 
 
 @cli.command()
@@ -585,7 +588,7 @@ def viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv,
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_layer, start_image, prob, output, steps, seed, lr,
-              param, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size, device, viz_checkpoint_every, no_wait,
+              param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size, device, viz_checkpoint_every, no_wait,
               quiet):
     """Activation maximisation (seeds 000/003): optimise an image for every neuron of stored layers.
 
@@ -595,7 +598,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
     if start_image is not None:
         if not classes or "," in classes or classes == "dataset":
             raise click.UsageError("--start needs one class: --classes NAME")
-        params = viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, 1)
+        params = viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, 1)
         done = viz.from_image(index_dir, start_image, classes, model, params, "prob" if prob else "class", device,
                               output, not no_wait)
         flip = f"flips at step {done['flip_step']}" if done["flip_step"] is not None else "does not flip"
@@ -607,7 +610,8 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
             [c.strip() for c in classes.split(",") if c.strip()]
     if no_neurons and not classes:
         raise click.UsageError("--no-neurons needs --classes")
-    params = viz_params(objective, steps, seed, lr, param, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size)
+    params = viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every,
+                        viz_batch_size)
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
     done = viz.run(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
                    not no_wait, per_layer, "prob" if prob else "class")

@@ -10,6 +10,7 @@ decode in parallel with the forward pass.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import numpy as np
@@ -237,10 +238,11 @@ def redirected_relu(x):
     feature-visualisation tools use it): for an image whose ordinary ReLU gradient is zero
     everywhere (every unit below zero, as a grey start leaves many), the gradient passes through
     the negative units too, except where it would push them further down. Values are relu(x)."""
-    return _RedirectedReLU.apply(x)
+    return _redirected_relu_function().apply(x)
 
 
-def _redirected_relu_class():
+@functools.lru_cache(maxsize=1)
+def _redirected_relu_function():
     import torch
 
     class RedirectedReLU(torch.autograd.Function):
@@ -259,19 +261,6 @@ def _redirected_relu_class():
             return torch.where(live.view(-1, *([1] * (g.dim() - 1))), plain, redirected)
 
     return RedirectedReLU
-
-
-class _Lazy:
-    def __init__(self, make):
-        self.make, self.value = make, None
-
-    def __getattr__(self, name):
-        if self.value is None:
-            self.value = self.make()
-        return getattr(self.value, name)
-
-
-_RedirectedReLU = _Lazy(_redirected_relu_class)
 
 
 def _redirect_relus(module):

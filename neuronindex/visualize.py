@@ -48,6 +48,7 @@ from .errors import NotFoundError, UsageError, did_you_mean
 from .settings import default
 
 TRACE_EVERY = 32
+MAX_UNNAMED_CLASSES = 32  # --classes dataset takes every output of a model this small when no class matches
 METHOD_VERSION = 2  # part of the parameters hash: raise it when a change of the code changes the images
 OBJECTIVES = ("unit", "channel")
 PARAMETERIZATIONS = ("fourier", "pixel", "raw")
@@ -85,7 +86,9 @@ class VizParams:
             raise UsageError(f"--batch-size must be at least 1, not {self.batch_size!r}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, not {self.lr!r}")
-        for name in ("scale", "rotate", "l2", "tv", "blur_sigma", "init_sd", "decay"):
+        if self.blur_every is not None and self.blur_every < 0:
+            raise UsageError(f"--blur-every must be 0 (never) or more, not {self.blur_every!r}")
+        for name in ("jitter", "scale", "rotate", "l2", "tv", "blur_sigma", "init_sd", "decay"):
             v = getattr(self, name)
             if v is not None and not (math.isfinite(v) and v >= 0):
                 raise UsageError(f"--{name.replace('_', '-')} must be a number >= 0, not {v!r}")
@@ -534,6 +537,7 @@ class _Model:
     graph: object
     color: np.ndarray
     extractors: dict = field(default_factory=dict)
+    n_outputs: int | None = None
 
     def forward(self, nodes: tuple, device: str):
         if nodes not in self.extractors:
@@ -604,11 +608,16 @@ def _class_targets(idx, m: _Model, classes, objective: str = "class") -> list[_T
     n_out = _n_outputs(m)
     names = output_names(m.loaded, n_out)
     lower = {n.lower(): k for k, n in enumerate(names)}
-    if classes in ("dataset",) or isinstance(classes, int):
+    if classes == "dataset" or isinstance(classes, int):
         stored = [r["name"] for r in idx.query(
             "SELECT DISTINCT c.name, c.id FROM classes c JOIN ingests g ON g.dataset_id = c.dataset_id "
             "WHERE g.model_id = ? AND c.is_leaf ORDER BY c.id", [m.id]).rows()]
-        picked = [n for n in stored if n.lower() in lower] or names
+        picked = [n for n in stored if n.lower() in lower]
+        if not picked:  # the data's classes name no output (or the data is unlabeled): the outputs
+            if classes == "dataset" and n_out > MAX_UNNAMED_CLASSES:
+                raise UsageError(f"none of the index's classes names one of {m.name}'s {n_out} outputs; give "
+                                 "--classes N (the first N outputs) or class names / output numbers")
+            picked = names
         if isinstance(classes, int):
             picked = picked[:classes]
     else:
@@ -632,12 +641,11 @@ def _output_index(name: str, names: list[str], lower: dict) -> int:
 def _n_outputs(m: _Model) -> int:
     import torch
 
-    if "n_outputs" not in m.extractors:
+    if m.n_outputs is None:
         h, w = m.loaded.preprocessing.input_size
         with torch.no_grad():
-            out = m.loaded.module(torch.zeros(1, 3, h, w))
-        m.extractors["n_outputs"] = int(out.flatten(1).shape[1])
-    return m.extractors["n_outputs"]
+            m.n_outputs = int(m.loaded.module(torch.zeros(1, 3, h, w)).flatten(1).shape[1])
+    return m.n_outputs
 
 
 def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
@@ -765,6 +773,8 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, pa
 
     params = params or VizParams()
     params.validate()
+    if isinstance(classes, int) and classes < 1:
+        raise UsageError(f"--classes N needs N >= 1, not {classes}")
     if class_objective not in ("class", "prob"):
         raise UsageError(f"a class image maximises its logit (class) or its probability (prob), not {class_objective!r}")
     if per_layer is not None and (not isinstance(per_layer, int) or per_layer < 1):

@@ -278,8 +278,11 @@ def test_visualize_cli_api_and_http(viz_index, cli_runner, tmp_path):
     bad = cli_runner.invoke(cli, ["visualize", str(viz_index), "--layers", "conv9", "-q"])
     assert bad.exit_code != 0 and bad.output.startswith("Error: ") and "conv9" in bad.output
     assert len(bad.output.strip().splitlines()) == 1
-    bad = cli_runner.invoke(cli, ["visualize", str(viz_index), "--steps", "0", "-q"])
-    assert bad.exit_code != 0 and "--steps" in bad.output
+    for args, word in ((["--steps", "0"], "--steps"), (["--classes", "0"], "--classes"), (["--jitter", "-1"], "--jitter"),
+                       (["--start", "nowhere.png", "--classes", "output 1"], "nowhere.png"),
+                       (["--start", "nowhere.png"], "--start needs one class")):
+        bad = cli_runner.invoke(cli, ["visualize", str(viz_index), *args, "-q"])
+        assert bad.exit_code != 0 and word in bad.output and "Traceback" not in bad.output, (args, bad.output)
     with neuronindex.open(viz_index) as idx:
         key = idx.sql("SELECT key FROM neuron_view WHERE layer = 'conv1' AND NOT dead LIMIT 1").rows()[0]["key"]
         objectives = {r["objective"] for r in idx.neuron(key).visualizations().rows()}
