@@ -548,7 +548,7 @@ def viz_options(f):
         ("--jitter", dict(type=float, default=None, help="Random translation per step, px [8 px per 224 px of the optimised image].")),
         ("--scale", dict(default=d.scale, show_default=True, help="Random scaling per step: 1 +- this.")),
         ("--rotate", dict(default=d.rotate, show_default=True, help="Random rotation per step, +- degrees.")),
-        ("--l2", dict(type=float, default=None, help="L2 decay of the mean-subtracted image [fourier 0, pixel 0.5].")),
+        ("--l2", dict(type=float, default=None, help="L2 decay of the image around mid-grey [fourier 0, pixel 0.5].")),
         ("--tv", dict(type=float, default=None, help="Total-variation weight [fourier 0, pixel 2].")),
         ("--blur-every", dict(type=int, default=None, help="Blur the image every N steps [fourier never, pixel 4].")),
     ]):

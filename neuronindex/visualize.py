@@ -18,7 +18,7 @@ Images are made natural by (Olah et al. 2017, "Feature Visualization"; seeds 000
             root of the RGB covariance of the index's own images (so a step moves natural
             colours, not independent channels), then a sigmoid maps them into [0, 1]
   pixel     the plain RGB pixels (through a sigmoid), with seed 000's regularisers: L2 decay of
-            the mean-subtracted image (`l2`), total variation (`tv`, squared differences of
+            the image around mid-grey (seed 000's mean-subtracted image, `l2`), total variation (`tv`, squared differences of
             neighbours), and a Gaussian blur of the image every `blur_every` steps (seed 003)
   robustness  before every forward each image is randomly translated (`jitter` px), scaled
             (1 +- `scale`) and rotated (+- `rotate` degrees) by one affine resampling (reflected
