@@ -230,7 +230,7 @@ def safe_similar(idx, key):
 
 
 def neuron_payload(idx, key: str) -> dict:
-    """Everything a neuron page shows, in four queries (each DuckDB query costs about a millisecond)."""
+    """Everything a neuron page shows, in five queries (each DuckDB query costs about a millisecond)."""
     n = idx.neuron(key)
     named = idx.query(
         "SELECT 'class' AS what, c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc "
