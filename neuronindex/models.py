@@ -104,20 +104,16 @@ class Preprocessing:
 
     def normalize(self, batch):
         """uint8 tensor (B, H, W, 3) RGB -> float tensor (B, 3, H, W) normalised for the model."""
-        import torch
-
-        x = batch.permute(0, 3, 1, 2).float() * (self.pixel_scale / 255.0)
-        if self.channel_order == "bgr":
-            x = x.flip(1)
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return self._standardise(batch.permute(0, 3, 1, 2).float() * (self.pixel_scale / 255.0))
 
     def normalize_float(self, x01):
         """Float tensor (B, 3, H, W) RGB in [0, 1] -> normalised for the model (differentiable)."""
+        return self._standardise(x01 * self.pixel_scale)
+
+    def _standardise(self, x):
+        """(B, 3, H, W) in pixel scale, RGB -> the model's channel order, (x - mean) / std."""
         import torch
 
-        x = x01 * self.pixel_scale
         if self.channel_order == "bgr":
             x = x.flip(1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

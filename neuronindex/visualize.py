@@ -390,6 +390,7 @@ class Optimised:
     activation: np.ndarray  # (B,)
     predicted: np.ndarray | None = None  # (steps + 1, B) class argmax per step (with an output node)
     seconds: float = 0.0
+    probabilities: np.ndarray | None = None  # (B, classes) softmax on the stored images (with an output node)
 
 
 def image_seed(seed: int, target: str) -> int:
@@ -454,12 +455,15 @@ def optimise(forward, objective, b: int, size, params: VizParams, color, start=N
         out = forward(u8.float() / 255)
         value = objective.value(out).float().cpu().numpy()
         act = objective.activation(out).float().cpu().numpy()
+        probabilities = None
         if output_node is not None:
-            predicted.append(out[output_node].flatten(1).argmax(1).cpu().numpy())
+            logits = out[output_node].flatten(1)
+            predicted.append(logits.argmax(1).cpu().numpy())
+            probabilities = torch.softmax(logits.float(), 1).cpu().numpy()
     trace.append(value.copy())
     steps_at.append(params.steps)
     return Optimised(u8.permute(0, 2, 3, 1).cpu().numpy(), np.stack(trace, 1), steps_at, value, act,
-                     np.stack(predicted) if predicted else None, time.perf_counter() - t0)
+                     np.stack(predicted) if predicted else None, time.perf_counter() - t0, probabilities)
 
 
 def grad_forward(loaded, nodes: list[str], device: str = "cpu"):
@@ -607,7 +611,7 @@ def _class_targets(idx, m: _Model, classes, objective: str = "class") -> list[_T
     those), or names / output numbers."""
     n_out = _n_outputs(m)
     names = output_names(m.loaded, n_out)
-    lower = {n.lower(): k for k, n in enumerate(names)}
+    lower = {n.lower() for n in names}
     if classes == "dataset" or isinstance(classes, int):
         stored = [r["name"] for r in idx.query(
             "SELECT DISTINCT c.name, c.id FROM classes c JOIN ingests g ON g.dataset_id = c.dataset_id "
@@ -624,12 +628,14 @@ def _class_targets(idx, m: _Model, classes, objective: str = "class") -> list[_T
         picked = list(classes)
     out = []
     for name in picked:
-        k = _output_index(str(name), names, lower)
+        k = _output_index(str(name), names)
         out.append(_Target(f"class:{names[k]}", objective, output=k))
     return out
 
 
-def _output_index(name: str, names: list[str], lower: dict) -> int:
+def _output_index(name: str, names: list[str]) -> int:
+    """The output a class name (any case) or an output number names."""
+    lower = {n.lower(): k for k, n in enumerate(names)}
     if name.lower() in lower:
         return lower[name.lower()]
     if name.isdigit() and int(name) < len(names):
@@ -709,20 +715,15 @@ def _row(m, t: _Target, res: Optimised, i: int, params, geo, box, alpha=None, hu
 
 
 def _run_classes(m: _Model, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
-    import torch
-
     out_node = output_node(m.loaded)
     obj = SumObjective([[Term(1.0, t.objective, output=t.output)] for t in targets], out_node)
     size = m.loaded.preprocessing.input_size
     res = optimise(m.forward((out_node,), device), obj, len(targets), size, params, m.color, device=device,
                    output_node=out_node, seeds=[image_seed(params.seed, t.target) for t in targets])
     names = output_names(m.loaded, _n_outputs(m))
-    with torch.no_grad():
-        logits = m.forward((out_node,), device)(torch.as_tensor(res.images).permute(0, 3, 1, 2).float() / 255)[out_node]
-        probs = torch.softmax(logits.flatten(1), 1).cpu().numpy()
     geo = {"origin": (0, 0)}
     return [_row(m, t, res, i, params, geo, None, *color_stats(res.images[i]),
-                 predicted=names[int(res.predicted[-1][i])], probability=float(probs[i, t.output]))
+                 predicted=names[int(res.predicted[-1][i])], probability=float(res.probabilities[i, t.output]))
             for i, t in enumerate(targets)]
 
 
@@ -857,7 +858,7 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     seen = np.asarray(pre.geometric(load_image(str(path))), dtype=np.float32) / 255.0
     start = torch.as_tensor(seen).permute(2, 0, 1)[None]
     names = output_names(m.loaded, _n_outputs(m))
-    k = _output_index(target[6:] if target.startswith("class:") else target, names, {n.lower(): i for i, n in enumerate(names)})
+    k = _output_index(target[6:] if target.startswith("class:") else target, names)
     out_node = output_node(m.loaded)
     p = params.resolved(pre.input_size)
     obj = SumObjective([[Term(1.0, objective, output=k)]], out_node)
@@ -866,9 +867,7 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     diff = np.abs(res.images[0].astype(np.float32) - seen * 255)
     diff = (diff / max(float(diff.max()), 1e-6) * 255).round().astype(np.uint8)
     flips = flip_step(res.predicted[:, 0], k)
-    with torch.no_grad():
-        logits = m.forward((out_node,), device)(torch.as_tensor(res.images).permute(0, 3, 1, 2).float() / 255)[out_node]
-        prob = float(torch.softmax(logits.flatten(1), 1)[0, k])
+    prob = float(res.probabilities[0, k])
     t = _Target(f"class:{names[k]}", objective, output=k)
     row = _row(m, t, res, 0, p, {"origin": (0, 0)}, None, *color_stats(res.images[0]), start=str(path.resolve()),
                diff_png=png(diff), predicted=names[int(res.predicted[-1][0])], probability=prob, flip_step=flips)
