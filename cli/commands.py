@@ -617,3 +617,83 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
                    not no_wait, per_layer, "prob" if prob else "class")
     click.echo(f"optimised {done['optimised']} images in {done['seconds']:.1f} s"
                + (f"; {done['skipped']} already stored with these options" if done["skipped"] else ""))
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="The model (needed when the index holds several).")
+@click.option("--layer", default=None, help="Stored layer of the feature vectors [the deepest].")
+@click.option("--pooling", type=click.Choice(["max", "mean"]), default=None,
+              help="Class means of each channel's spatial max or mean [mean when ingested with --spatial-means, "
+                   "else max].")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+def categories(index_dir, model, layer, pooling, no_wait):
+    """Category hierarchy and minimum spanning tree of the classes at a layer (seed 000, Algorithm 1).
+
+    Ingest builds it for the deepest layer; this builds it for another layer or pooling, and
+    prints the top split, the tree's centre and, for WordNet classes, the agreement with WordNet."""
+    from neuronindex import hierarchy
+
+    done = hierarchy.run(index_dir, model, layer, pooling, not no_wait)
+    click.echo(f"{done['model']} {done['layer']} ({done['pooling']} pooling): {done['classes']} classes")
+    for side in done["top_split"]:
+        shown = ", ".join(side[:12]) + (f", ... ({len(side)})" if len(side) > 12 else "")
+        click.echo(f"  top branch: {shown}")
+    click.echo(f"  minimum spanning tree: centre {done['centre']}, hub {done['hub']}")
+    if done["wordnet"]:
+        w = done["wordnet"]
+        click.echo(f"  WordNet: Spearman {w['correlation']:.3f} (shuffled labels {w['baseline']:.3f}); "
+                   f"siblings merge lower with probability {w['sibling_auc']:.3f} ({w['sibling_pairs']} pairs)")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--class", "class_name", required=True, help="Class name or WordNet id (an inner class takes the images "
+                                                              "of every class under it).")
+@click.option("--layer", default=None, help="Stored layer [the deepest].")
+@click.option("--model", default=None, help="The model (needed when the index holds several).")
+@click.option("--pooling", type=click.Choice(["max", "mean"]), default="max", show_default=True,
+              help="Each filter's map pooled per image by its spatial max or mean.")
+@setting_option("--max-images", "tree_max_images", dest="tree_max_images")
+@click.option("--seed", default=0, show_default=True, help="Seed of the image sample above --max-images.")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no_wait):
+    """Filter prediction tree of a class at a layer (seed 000, Algorithm 2), built and stored."""
+    from neuronindex import hierarchy
+
+    done = hierarchy.tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, not no_wait)
+    sample = f" (a sample of {done['class_images']})" if done["images"] < done["class_images"] else ""
+    click.echo(f"{done['model']} {done['layer']}, class {done['class']}: {done['images']} images{sample}, "
+               f"{done['filters']} filters, {done['merges']} merges in {done['seconds']:.1f} s")
+    click.echo(f"  the root's children: {done['root_children']}, reaching {done['reachable_at_top']} filters")
+    click.echo(f"  critical filters of the last merges: {', '.join(map(str, done['first_critical']))}")
+    click.echo(f"  gallery: /tree/{done['model']}/{done['layer']}/{done['class']}")
+
+
+@cli.command("map")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layers", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
+@click.option("--model", default=None, help="Only this model.")
+@click.option("--space", type=click.Choice(["neurons", "crops", "both"]), default="neurons", show_default=True,
+              help="neurons: one point per neuron (prototype embedding); crops: one per stored top crop (patch "
+                   "embedding).")
+@click.option("--method", type=click.Choice(["tsne", "umap"]), default="tsne", show_default=True,
+              help="t-SNE (scikit-learn) or UMAP (pip install 'neuronindex[umap]').")
+@setting_option("--perplexity", "map_perplexity", dest="map_perplexity")
+@setting_option("--neighbors", "map_neighbors", dest="map_neighbors")
+@click.option("--seed", default=0, show_default=True, help="Seed of the layout.")
+@click.option("--force", is_flag=True, help="Remake maps that are up to date.")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map_neighbors, seed, force, no_wait, quiet):
+    """Representation maps (seed 002): 2-D t-SNE / UMAP layouts of a layer's neurons or crops.
+
+    Maps up to date with the same options are kept; stale ones (re-ingested embeddings) remade."""
+    from neuronindex import maps
+
+    layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
+    spaces = ("neurons", "crops") if space == "both" else (space,)
+    for r in maps.run(index_dir, layers, model, spaces, method, seed, map_perplexity, map_neighbors, force,
+                      not quiet, not no_wait):
+        took = f" in {r['seconds']:.1f} s" if "seconds" in r else ""
+        click.echo(f"{r['model']} {r['layer']} {r['space']}: {r['points']} points, {r['status']}{took}")

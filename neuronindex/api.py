@@ -584,6 +584,67 @@ class Index:
             raise NotFoundError(f"no stored {'difference ' if diff else ''}image with id {viz_id}")
         return row[0]
 
+    def categories(self, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> Result:
+        """The stored category hierarchy (seed 000, Algorithm 1): its classes in dendrogram order with
+        their minimum-spanning-tree degree and eccentricity. Meta: layer, pooling, centre, hub, the
+        WordNet scores, and `nodes` (every merge: node, parent, height, size)."""
+        from . import hierarchy
+
+        h = hierarchy.stored(self.con, model, layer, pooling)
+        keep = ("model", "layer", "pooling", "n_classes", "centre", "hub", "wordnet_correlation", "wordnet_baseline",
+                "wordnet_sibling_auc", "wordnet_classes", "created")
+        return Result(hierarchy.classes_of(self.con, h), index=self, nodes=hierarchy.nodes_of(self.con, h),
+                      **{k: h[k] for k in keep})
+
+    def nearest_classes(self, name: str, k: int = 5, model: str | None = None, layer: str | None = None,
+                        pooling: str | None = None) -> Result:
+        """The k classes nearest to a class by category distance (1 - cosine of the class means)."""
+        from . import hierarchy
+
+        h = hierarchy.stored(self.con, model, layer, pooling)
+        return Result(hierarchy.nearest_classes(self.con, h, name, k), index=self, layer=h["layer"],
+                      pooling=h["pooling"])
+
+    def subtree(self, name: str, up: int = 1, model: str | None = None, layer: str | None = None,
+                pooling: str | None = None) -> Result:
+        """The classes under the node `up` merges above a class (up=1: its sibling branch)."""
+        from . import hierarchy
+
+        h = hierarchy.stored(self.con, model, layer, pooling)
+        node, under = hierarchy.subtree(self.con, h, name, up)
+        return Result([{"class": r["class"], "leaf_order": r["leaf_order"]} for r in under], index=self,
+                      height=node["height"], node=node["node"], layer=h["layer"], pooling=h["pooling"])
+
+    def prediction_tree(self, class_name: str, layer: str | None = None, model: str | None = None,
+                        pooling: str = "max") -> Result:
+        """A stored filter prediction tree (seed 000, Algorithm 2; `neuronindex tree`): its nodes,
+        leaves (images) first, each merge with its critical filter's neuron key, the root last."""
+        from . import hierarchy
+
+        t, nodes = hierarchy.stored_tree(self.con, class_name, layer, model, pooling)
+        return Result(nodes, index=self, **{k: t[k] for k in ("model", "layer", "class", "pooling", "n_images",
+                                                               "class_images", "n_filters", "root", "created")})
+
+    def map(self, layer: str, space: str = "neurons", model: str | None = None) -> Result:
+        """A stored representation map (`neuronindex map`): one row per point with x, y in [0, 1] and
+        its neuron (and crop); meta: method, parameters, seed, and `stale` when the embeddings changed."""
+        from . import maps
+
+        if model is None:
+            model = self._only_model()
+        m = maps.points(self, model, layer, space)
+        rows = [dict(zip(m["columns"], r)) for r in m.pop("rows")]
+        m.pop("columns")
+        return Result(rows, index=self, **m)
+
+    def _only_model(self) -> str:
+        from .errors import UsageError
+
+        names = [m["name"] for m in self.models().rows()]
+        if len(names) != 1:
+            raise UsageError(f"this index holds {len(names)} models; name one ({', '.join(names)})")
+        return names[0]
+
     def nf_png(self, key: str) -> bytes | None:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
                                "WHERE n.key = ?", [key]).fetchone()

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import NotFoundError
 from .selectivity import COLOR_THRESHOLD
 
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
@@ -337,6 +338,14 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
                 out.write_bytes(png)
                 written.append(str(out))
         parts += _directions_section(idx, m)
+        for name, png, text in _hierarchy_and_maps(idx, m):
+            parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}</p>"
+                         f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+            if png_dir is not None:
+                Path(png_dir).mkdir(parents=True, exist_ok=True)
+                out = Path(png_dir) / f"{m}-{name.split(':')[0].replace(' ', '_')}.png"
+                out.write_bytes(png)
+                written.append(str(out))
         g = galleries(idx, m)
         parts.append(f"<h3>{html.escape(g['first_layer'])} Neuron Features by colour index (seed 004, fig. 5)</h3>")
         parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{r['color_index']:.2f}</div>" for r in g["by_alpha"]]
@@ -352,3 +361,198 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
     parts.append("</body></html>")
     Path(path).write_text("\n".join(parts))
     return written
+
+
+# ---------------------------------------------------------------- seed 000 hierarchy, seed 002 maps
+SWATCH = {"black": "#222222", "white": "#dddddd", "grey": "#8c8c8c", "red": "#d62728", "orange": "#ff7f0e",
+          "yellow": "#e6c700", "green": "#2ca02c", "blue": "#1f77b4", "purple": "#9467bd", "pink": "#e377c2",
+          "brown": "#8c564b"}
+TRUNCATE = 150  # classes above which a dendrogram shows its last 80 merges (counts at the leaves)
+
+
+def linkage_of(nodes: list[dict]) -> tuple[np.ndarray, list[str]]:
+    """scipy's linkage matrix and leaf labels back from stored hierarchy nodes (children ordered as
+    the stored dendrogram order, so the drawing matches `leaf_order`)."""
+    leaves = [r for r in nodes if r["class"] is not None]
+    n = len(leaves)
+    first = {r["node"]: r["leaf_order"] for r in leaves}
+    children: dict[int, list[int]] = {}
+    for r in sorted(nodes, key=lambda r: r["node"]):
+        if r["parent"] is not None:
+            children.setdefault(r["parent"], []).append(r["node"])
+    z = np.zeros((n - 1, 4))
+    for r in sorted(nodes, key=lambda r: r["node"]):
+        if r["node"] >= n:
+            a, b = sorted(children[r["node"]], key=lambda c: first[c])
+            first[r["node"]] = first[a]
+            z[r["node"] - n] = [a, b, r["height"], r["size"]]
+    labels = [r["class"] for r in sorted(leaves, key=lambda r: r["node"])]
+    return z, labels
+
+
+def class_distance_matrix(idx, h_id: int, names: list[str]) -> np.ndarray:
+    where = {c: i for i, c in enumerate(names)}
+    d = np.zeros((len(names), len(names)))
+    for a, b, v in idx.con.execute("SELECT a.name, b.name, d.distance FROM class_distances d JOIN classes a ON "
+                                   "a.id = d.class_a JOIN classes b ON b.id = d.class_b WHERE d.hierarchy_id = ?",
+                                   [h_id]).fetchall():
+        d[where[a], where[b]] = v
+    return d
+
+
+def _hierarchy_and_maps(idx, model: str) -> list[tuple[str, bytes, str]]:
+    """(title, PNG, caption) of the model's stored category hierarchy and representation maps."""
+    from . import hierarchy
+
+    out = []
+    try:
+        h = hierarchy.stored(idx.con, model)
+    except NotFoundError:
+        h = None
+    if h is not None:
+        figs = hierarchy_pngs(idx, model, h["layer"], h["pooling"])
+        text = (f"Each class is the mean feature vector of its images at {h['layer']}; the closest classes merge "
+                f"first (Wang et al., Towards interpretable deep networks, Algorithm 1). Tree centre: {h['centre']}; "
+                f"hub: {h['hub']}.")
+        if h["wordnet_correlation"] is not None:
+            text += (f" Agreement with WordNet: Spearman {h['wordnet_correlation']:.3f} (shuffled labels "
+                     f"{h['wordnet_baseline']:.3f}); siblings merge lower with probability "
+                     f"{h['wordnet_sibling_auc']:.3f}.")
+        out.append(("category hierarchy: how the network groups its classes", figs["dendrogram"], text))
+        out.append(("class tree: minimum spanning tree of the classes", figs["mst"],
+                    "Edges of the minimum spanning tree of the class distances, classes placed by multidimensional "
+                    "scaling of those distances."))
+    stored = idx.query("SELECT l.name AS layer, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m "
+                       "ON m.id = p.model_id WHERE m.name = ? ORDER BY l.position, p.space", [model]).rows()
+    for layer, space in ((r["layer"], r["space"]) for r in stored):
+        what = "neurons by their prototype embedding, bordered by colour name" if space == "neurons" else \
+            "top crops by their patch embedding, coloured by image class"
+        out.append((f"map of {layer} {space}: similar ones together", map_png(idx, model, layer, space,
+                                                                               "colour" if space == "neurons" else "class"),
+                    f"A 2-D layout of {layer}'s {what} (an activation-atlas-like map)."))
+    return out
+
+
+def classical_mds(d: np.ndarray) -> np.ndarray:
+    """2-D positions whose distances approximate d (Torgerson: the top eigenvectors of the double-
+    centred squared distances); deterministic up to sign, which is fixed."""
+    n = len(d)
+    j = np.eye(n) - 1.0 / n
+    b = -0.5 * j @ (d ** 2) @ j
+    w, v = np.linalg.eigh(b)
+    top = np.argsort(w)[::-1][:2]
+    xy = v[:, top] * np.sqrt(np.maximum(w[top], 0))
+    xy *= np.where(xy[np.abs(xy).argmax(0), [0, 1]] < 0, -1, 1) if n else 1
+    return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+
+
+def hierarchy_pngs(idx, model: str | None = None, layer: str | None = None,
+                   pooling: str | None = None) -> dict[str, bytes]:
+    """The stored category hierarchy drawn: {'dendrogram': PNG, 'mst': PNG} (seed 000, fig. 8)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
+    from . import hierarchy
+
+    h = hierarchy.stored(idx.con, model, layer, pooling)
+    z, labels = linkage_of(hierarchy.nodes_of(idx.con, h))
+    n = len(labels)
+    title = f"{h['model']} {h['layer']} ({h['pooling']} pooling): {n} classes"
+    tall = min(n, TRUNCATE if n <= TRUNCATE else 80)
+    fig, ax = plt.subplots(figsize=(7, max(3.0, 0.16 * tall)))
+    if n <= TRUNCATE:
+        dendrogram(z, labels=labels, orientation="left", ax=ax, leaf_font_size=7, color_threshold=0,
+                   above_threshold_color="#444")
+    else:
+        dendrogram(z, truncate_mode="lastp", p=80, orientation="left", ax=ax, leaf_font_size=7, color_threshold=0,
+                   above_threshold_color="#444", show_contracted=True)
+        title += " (last 80 merges; leaves: class counts)"
+    ax.set_xlabel("merge height (cosine distance)", fontsize=8)
+    ax.set_title("Category hierarchy: " + title, fontsize=9)
+    out = {"dendrogram": _png(fig)}
+    d = class_distance_matrix(idx, h["id"], labels)
+    xy = classical_mds(d)
+    mst = {(a, b) for a, b in idx.con.execute(
+        "SELECT a.name, b.name FROM class_distances d JOIN classes a ON a.id = d.class_a JOIN classes b ON "
+        "b.id = d.class_b WHERE d.hierarchy_id = ? AND d.in_mst AND a.name < b.name", [h["id"]]).fetchall()}
+    where = {c: i for i, c in enumerate(labels)}
+    edges = [(where[a], where[b]) for a, b in mst]
+    degree = np.bincount(np.array(edges, dtype=int).ravel(), minlength=n) if edges else np.zeros(n, int)
+    size = 10 if n > 60 else 22
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for a, b in edges:
+        ax.plot(*xy[[a, b]].T, color="#999", lw=0.8, zorder=1)
+    ax.scatter(*xy.T, s=size * (1 + degree), c=degree, cmap="viridis", zorder=2, edgecolors="white", linewidths=0.5)
+    shown = range(n) if n <= 60 else [i for i in range(n) if degree[i] >= 4 or labels[i] in (h["centre"], h["hub"])]
+    for i in shown:
+        bold = labels[i] in (h["centre"], h["hub"])
+        ax.annotate(labels[i], xy[i], fontsize=8 if bold else 6, weight="bold" if bold else "normal",
+                    xytext=(3, 3), textcoords="offset points", color="#b00" if bold else "#222")
+    ax.set_title(f"Minimum spanning tree of the {n} classes ({h['layer']}); centre {h['centre']}, hub {h['hub']}\n"
+                 "placed by multidimensional scaling of the category distances; size and colour: edges", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    out["mst"] = _png(fig)
+    return out
+
+
+def map_png(idx, model: str, layer: str, space: str = "neurons", color: str = "colour") -> bytes:
+    """A stored representation map drawn: points coloured by colour name or (top / image) class; the
+    neurons map also places every Neuron Feature as a thumbnail."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    m = idx.map(layer, space, model)
+    rows = m.rows()
+    xy = np.array([[r["x"], 1 - r["y"]] for r in rows]) if rows else np.zeros((0, 2))
+    colours, legend = point_colours(rows, space, color)
+    fig, ax = plt.subplots(figsize=(8, 8))
+    ax.scatter(*xy.T, s=4 if len(rows) > 2000 else 14, c=colours, linewidths=0)
+    if space == "neurons" and len(rows) <= 1024:
+        from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+        for r, p in zip(rows, xy):
+            png = idx.nf_png(r["key"])
+            if not png or r["dead"]:
+                continue
+            img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB").resize((24, 24)))
+            box = AnnotationBbox(OffsetImage(img, zoom=0.7), p, frameon=True, pad=0.05,
+                                 bboxprops={"edgecolor": colours[rows.index(r)], "linewidth": 1.2})
+            ax.add_artist(box)
+    for name, c in legend[:20]:
+        ax.scatter([], [], c=c, label=name, s=20)
+    if legend:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_title(f"{m.meta['model']} {m.meta['layer']}: {len(rows)} {'neurons' if space == 'neurons' else 'top crops'}"
+                 f" by their {'prototype' if space == 'neurons' else 'patch'} embedding ({m.meta['method']})", fontsize=9)
+    return _png(fig)
+
+
+def point_colours(rows: list[dict], space: str, color: str = "colour") -> tuple[list[str], list[tuple[str, str]]]:
+    """(a CSS colour per point, [(legend name, colour)]): colour names by their swatch, classes by a
+    20-colour palette in order of frequency (the rest grey)."""
+    import matplotlib
+
+    if color not in ("colour", "class"):
+        from .errors import UsageError
+
+        raise UsageError(f"unknown colouring {color!r}; use colour or class")
+    if color == "colour":
+        names = [r.get("color_name") or "grey" for r in rows]
+        return [SWATCH.get(n, "#8c8c8c") for n in names], [(n, SWATCH[n]) for n in SWATCH if n in set(names)]
+    field = "image_class" if space == "crops" else "top_class"
+    names = [r.get(field) or "" for r in rows]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    top = [n for n, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if n][:20]
+    palette = [matplotlib.colors.to_hex(c) for c in matplotlib.colormaps["tab20"].colors]
+    which = {n: palette[i] for i, n in enumerate(top)}
+    return [which.get(n, "#bbbbbb") for n in names], [(n, which[n]) for n in top]

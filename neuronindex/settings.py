@@ -48,6 +48,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("viz_rotate", 5.0, "Random rotation of an optimised image before each step: +- degrees."),
     Setting("viz_checkpoint_every", 300.0, "Seconds between publishes of finished optimised images (an interrupted "
                                            "run loses at most this much)."),
+    # category hierarchy, prediction trees, maps (seeds 000 and 002)
+    Setting("tree_max_images", 100, "Most images of a class in a filter prediction tree (a seeded sample above it); "
+                                    "the tree costs one forward of them and O(images^2 x filters)."),
+    Setting("map_perplexity", 30.0, "t-SNE perplexity of the representation maps (at most a third of the points)."),
+    Setting("map_neighbors", 15, "UMAP n_neighbors of the representation maps (map --method umap)."),
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
     Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),

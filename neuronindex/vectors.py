@@ -94,6 +94,23 @@ def fingerprint(ids: np.ndarray, vectors: np.ndarray) -> str:
     return digest.hexdigest()[:32]
 
 
+def rows(con, space: str, group: int):
+    """(ids (n, 2), vectors (n, d) float32) of a space and group, through Arrow: one buffer per
+    column instead of a Python list per vector (265,000 patch vectors of SqueezeNet: 3 s, not 26)."""
+    column = "model_id" if space == "signature" else "layer_id"
+    result = con.execute(f"SELECT neuron_id, coalesce(rank, 0) AS rank, vector FROM embeddings WHERE space = ? "
+                         f"AND {column} = ? ORDER BY neuron_id, rank", [space, group])
+    with warnings.catch_warnings():  # DuckDB notes the one extra copy a DB-API result's Arrow output makes
+        warnings.simplefilter("ignore", UserWarning)
+        table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
+    if table.num_rows == 0:
+        return np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32)
+    ids = np.column_stack([table.column("neuron_id").to_numpy(), table.column("rank").to_numpy()]).astype(np.int64)
+    flat = table.column("vector").combine_chunks()
+    values = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return ids, values.reshape(table.num_rows, -1)
+
+
 class VectorStore:
     """FAISS files for the spaces of one index directory, kept in step with `embeddings`.
 
@@ -107,22 +124,6 @@ class VectorStore:
         self.con = con
         self._cache: dict = {}
         self._lock = threading.Lock()
-
-    def _rows(self, space: str, group: int, con):
-        """(ids (n, 2), vectors (n, d) float32) of a space and group, through Arrow: one buffer per
-        column instead of a Python list per vector (265,000 patch vectors of SqueezeNet: 3 s, not 26)."""
-        column = "model_id" if space == "signature" else "layer_id"
-        result = con.execute(f"SELECT neuron_id, coalesce(rank, 0) AS rank, vector FROM embeddings WHERE space = ? "
-                             f"AND {column} = ? ORDER BY neuron_id, rank", [space, group])
-        with warnings.catch_warnings():  # DuckDB notes the one extra copy a DB-API result's Arrow output makes
-            warnings.simplefilter("ignore", UserWarning)
-            table = result.to_arrow_table() if hasattr(result, "to_arrow_table") else result.fetch_arrow_table()
-        if table.num_rows == 0:
-            return np.zeros((0, 2), np.int64), np.zeros((0, 0), np.float32)
-        ids = np.column_stack([table.column("neuron_id").to_numpy(), table.column("rank").to_numpy()]).astype(np.int64)
-        flat = table.column("vector").combine_chunks()
-        values = flat.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-        return ids, values.reshape(table.num_rows, -1)
 
     def get(self, space: str, group: int, rebuild: bool = True, con=None):
         """(faiss index, ids (n, 2) of neuron_id and rank, parameters) for a space and layer/model."""
@@ -139,7 +140,7 @@ class VectorStore:
     def _load(self, space: str, group: int, rebuild: bool, con):
         import faiss
 
-        ids, vectors = self._rows(space, group, con)
+        ids, vectors = rows(con, space, group)
         if len(vectors) == 0:
             return None, ids, {"type": "empty"}
         if len(vectors) <= EXACT_LIMIT:

@@ -33,7 +33,8 @@ def index(tmp_path_factory):
     caffe = Preprocessing(input_size=(227, 227), geometry="resize-crop", resize=256, mean=(104, 117, 123),
                           std=(1, 1, 1), channel_order="bgr", pixel_scale=255)
     ingest("torchvision:squeezenet1_0", str(images), ",".join(LAYERS), path, weights=str(weights), name="squeezenet",
-           preprocessing=caffe, params=IngestParams(batch_size=32, workers=2, directions="svd,random"), progress=False)
+           preprocessing=caffe, params=IngestParams(batch_size=32, workers=2, directions="svd,random", spatial_means=True),
+           progress=False)
     with neuronindex.open(path) as idx:
         yield idx
 
@@ -164,3 +165,81 @@ def test_activation_maximisation_fills_the_first_layer(index):
     selective = [axis(r) for r in rows if (r["color_index"] or 0) >= 0.4]
     others = [axis(r) for r in rows if (r["color_index"] or 0) < 0.4]
     assert len(selective) >= 10 and np.mean(selective) >= 0.6 and np.mean(selective) > np.mean(others) + 0.2
+
+
+def _wordnet_paths(wnids: list[str]) -> np.ndarray:
+    """Path lengths between synsets along WordNet's first-hypernym tree, read from the WordNet
+    database itself (not from the index's class table)."""
+    chains = [[w] + [h for h, _ in wordnet.hypernyms(w)] for w in wnids]
+    depth = [{a: k for k, a in enumerate(c)} for c in chains]
+    out = np.zeros((len(wnids), len(wnids)))
+    for i, ci in enumerate(chains):
+        for j in range(i + 1, len(chains)):
+            k = next(k for k, a in enumerate(ci) if a in depth[j])
+            out[i, j] = out[j, i] = k + depth[j][ci[k]]
+    return out
+
+
+def test_category_hierarchy_follows_wordnet_and_more_so_with_depth(index):
+    """Seed 000's Algorithm 1 on 500 ImageNet classes: the merge heights correlate with WordNet's tree
+    (recomputed here from the stored cophenetic distances and the WordNet database) well above
+    shuffled labels, and more at the last Fire module than at the first convolution."""
+    from scipy.stats import spearmanr
+
+    from neuronindex import hierarchy
+
+    if wordnet.database() is None:
+        pytest.skip("WordNet (Debian's wordnet-base) is not installed")
+    h = index.categories()
+    assert h.meta["layer"] == "features.12" and h.meta["n_classes"] == 500 and h.meta["pooling"] == "mean"
+    names = [r["class"] for r in h.rows()]
+    wnids = [r["wnid"] for r in h.rows()]
+    where = {c: i for i, c in enumerate(names)}
+    coph = np.zeros((500, 500))
+    for r in index.query("SELECT a.name AS a, b.name AS b, d.cophenetic FROM class_distances d JOIN classes a ON "
+                         "a.id = d.class_a JOIN classes b ON b.id = d.class_b").rows():
+        coph[where[r["a"]], where[r["b"]]] = r["cophenetic"]
+    iu = np.triu_indices(500, 1)
+    corr = spearmanr(coph[iu], _wordnet_paths(wnids)[iu]).statistic
+    assert corr == pytest.approx(h.meta["wordnet_correlation"], abs=1e-6)
+    assert corr > h.meta["wordnet_baseline"] + 0.1 and abs(h.meta["wordnet_baseline"]) < 0.05
+    lid = index.query("SELECT id FROM layers WHERE name = 'features.1'").rows()[0]["id"]
+    classes, x = hierarchy.class_vectors(index.con, lid, "mean")
+    first = hierarchy.wordnet_agreement(hierarchy.category_hierarchy(hierarchy.cosine_distances(x)),
+                                        hierarchy._chains(index.con, classes))
+    assert corr > first["correlation"] + 0.1
+
+
+def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
+    """`tree --class dog` takes the images of every class under WordNet's dog; the map lays out the
+    512 neurons (and directions) of features.12. All land in the index and on the gallery's pages."""
+    from fastapi.testclient import TestClient
+
+    from neuronindex import hierarchy, maps
+    from neuronindex.service.app import create_app
+
+    dogs = index.query("WITH RECURSIVE under(id) AS (SELECT id FROM classes WHERE name = 'dog' UNION SELECT c.id "
+                       "FROM classes c JOIN under u ON c.parent_id = u.id) SELECT count(*) AS n FROM images "
+                       "WHERE class_id IN (SELECT id FROM under)").rows()[0]["n"]
+    assert dogs >= 40  # ImageNet's 118 dog breeds, one photo each in the sample
+    done = hierarchy.tree(index.path, "dog", "features.12", max_images=40)
+    assert done["images"] == 40 and done["class_images"] == dogs and done["filters"] == 512
+    assert done["merges"] == 39  # 40 images, 512 filters: the images run out first
+    units = index.query("SELECT count(*) AS n FROM embeddings e JOIN layers l ON l.id = e.layer_id "
+                        "WHERE e.space = 'prototype' AND l.name = 'features.12'").rows()[0]["n"]
+    assert units > 512  # the 512 channels and the layer's directions (this index has svd,random)
+    made = maps.run(index.path, ["features.12"], spaces=("neurons",), progress=False)
+    assert made[0]["points"] == units and made[0]["status"] == "made"
+    import neuronindex
+
+    with neuronindex.open(index.path) as fresh:
+        t = fresh.prediction_tree("dog", "features.12")
+        assert len([n for n in t.rows() if n["critical"]]) == 39
+        assert all(n["critical"].startswith("squeezenet/features.12/") for n in t.rows() if n["critical"])
+        m = fresh.map("features.12")
+        assert len(m) == units and not m.meta["stale"]
+        assert sum(r["kind"] == "channel" for r in m.rows()) == 512
+    client = TestClient(create_app(index.path))
+    for url in ("/categories/squeezenet", "/tree/squeezenet/features.12/dog", "/map/squeezenet/features.12",
+                "/api/categories/dendrogram.png?model=squeezenet", "/api/categories/mst.png?model=squeezenet"):
+        assert client.get(url).status_code == 200, url

@@ -166,3 +166,37 @@ def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
     share = [sum(c in vehicles for c in end) / len(end) for end in ends]
     print("vehicle share at the top / bottom of layer3.2/svd1:", share)
     assert sorted(share) == [0.0, 1.0]
+
+
+def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
+    """Seed 000's CIFAR-10 findings on the real ResNet-56: at its last block, classes cut into
+    animals and vehicles at the top of the hierarchy, cat and dog merge first (the seed: "cat and dog
+    are in the lowest clustering level"); a horse prediction tree and the maps are stored."""
+    import neuronindex
+    from neuronindex import hierarchy, maps
+
+    weights = shared("cifar10-resnet", "resnet56-4bfd9763.th")
+    ingest("cifar-resnet56", str(shared("cifar10", "lossless-train")), "layer3.8", tmp_path, weights=str(weights),
+           name="resnet56", params=IngestParams(batch_size=256, workers=2, spatial_means=True), progress=False)
+    with neuronindex.open(tmp_path) as idx:
+        h = idx.categories()
+        nodes = h.meta["nodes"]
+        root = next(n for n in nodes if n["parent"] is None)["node"]
+        sides = []
+        for child in (n for n in nodes if n["parent"] == root):
+            stack, under = [child["node"]], []
+            while stack:
+                k = stack.pop()
+                under += [n["class"] for n in nodes if n["node"] == k and n["class"]]
+                stack += [n["node"] for n in nodes if n["parent"] == k]
+            sides.append(sorted(under))
+        vehicles = ["airplane", "automobile", "ship", "truck"]
+        assert vehicles in sides and sorted(set(sum(sides, [])) - set(vehicles)) in sides
+        first = min((n for n in nodes if n["class"] is None), key=lambda n: n["height"])
+        assert sorted(n["class"] for n in nodes if n["parent"] == first["node"]) == ["cat", "dog"]
+        assert idx.nearest_classes("cat", 1).rows()[0]["class"] == "dog"
+        assert h.meta["centre"] in {r["class"] for r in h.rows()}
+    done = hierarchy.tree(tmp_path, "horse", "layer3.8", max_images=60)
+    assert done["images"] == 60 and done["filters"] == 64 and done["merges"] == 59
+    made = maps.run(tmp_path, spaces=("neurons", "crops"), progress=False)
+    assert [(m["space"], m["points"]) for m in made] == [("neurons", 64), ("crops", 6400)]

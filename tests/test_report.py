@@ -80,7 +80,9 @@ def test_report_html_is_self_contained(index_dir, cli_runner, tmp_path):
     page = out.read_text()
     assert "http://" not in page and "https://" not in page and "<link" not in page and "<script src" not in page
     assert page.count("data:image/png;base64,") >= 10
-    assert len(list((tmp_path / "figs").glob("*.png"))) == 7
+    figs = {p.name for p in (tmp_path / "figs").glob("*.png")}
+    assert len(figs) == 9  # seven per-layer figures, then the category hierarchy ingest built and its tree
+    assert {"tiny_cnn-category_hierarchy.png", "tiny_cnn-class_tree.png"} <= figs
     for fmt in ("table", "csv", "json", "jsonl"):
         r = cli_runner.invoke(cli, ["summary", str(index_dir), "--format", fmt])
         assert r.exit_code == 0 and "conv2" in r.output

@@ -369,8 +369,8 @@ def test_views_share_loaded_vectors_models_and_images(index_dir, monkeypatch):
     from neuronindex import vectors as vectors_module
 
     reads, loads, decodes = [], [], []
-    rows = vectors_module.VectorStore._rows
-    monkeypatch.setattr(vectors_module.VectorStore, "_rows", lambda self, *a: reads.append(a[:2]) or rows(self, *a))
+    rows = vectors_module.rows
+    monkeypatch.setattr(vectors_module, "rows", lambda con, *a: reads.append(a[:2]) or rows(con, *a))
     from neuronindex import models as models_module
 
     real_load = models_module.load_model  # api imports it at call time, so the patch is seen

@@ -131,6 +131,54 @@ async def api_visualizations(request: Request, model: str | None = None, target:
 async def api_visualization_png(request: Request, viz_id: int, diff: bool = False):
     return await answer(request, lambda idx: idx.viz_png_by_id(viz_id, diff), media=PNG)
 
+def _result(r) -> dict:
+    """A Result as JSON: its meta beside its rows."""
+    meta = {k: (json_rows(v) if isinstance(v, list) and v and isinstance(v[0], dict) else _plain(v))
+            for k, v in r.meta.items()}
+    return {"ok": True, **meta, "rows": json_rows(r.rows())}
+
+@router.get("/categories")
+async def api_categories(request: Request, model: str | None = None, layer: str | None = None,
+                         pooling: str | None = None):
+    """The category hierarchy (seed 000, Algorithm 1): classes in dendrogram order, merges, centre, WordNet scores."""
+    return await answer(request, lambda idx: _result(idx.categories(model, layer, pooling)))
+
+@router.get("/categories/nearest")
+async def api_nearest_classes(request: Request, class_name: str = Query(..., alias="class"), k: int = 5,
+                              model: str | None = None, layer: str | None = None, pooling: str | None = None):
+    return await answer(request, lambda idx: _result(idx.nearest_classes(class_name, k, model, layer, pooling)))
+
+@router.get("/categories/subtree")
+async def api_subtree(request: Request, class_name: str = Query(..., alias="class"), up: int = 1,
+                      model: str | None = None, layer: str | None = None, pooling: str | None = None):
+    return await answer(request, lambda idx: _result(idx.subtree(class_name, up, model, layer, pooling)))
+
+@router.get("/categories/{figure}.png")
+async def api_categories_png(request: Request, figure: str, model: str | None = None, layer: str | None = None,
+                             pooling: str | None = None):
+    """The dendrogram or the minimum spanning tree, drawn."""
+    from ..report import hierarchy_pngs
+
+    if figure not in ("dendrogram", "mst"):
+        raise NotFoundError(f"no figure {figure!r}; use dendrogram.png or mst.png")
+    return await answer(request, lambda idx: hierarchy_pngs(idx, model, layer, pooling)[figure], media=PNG, heavy=True)
+
+@router.get("/trees/{model}/{layer}/{class_name}")
+async def api_tree(request: Request, model: str, layer: str, class_name: str, pooling: str = "max"):
+    """A stored filter prediction tree (seed 000, Algorithm 2; `neuronindex tree` builds it)."""
+    return await answer(request, lambda idx: _result(idx.prediction_tree(class_name, layer, model, pooling)))
+
+@router.get("/maps/{model}/{layer}")
+async def api_map(request: Request, model: str, layer: str, space: str = "neurons"):
+    """A stored representation map (seed 002; `neuronindex map` makes it): x, y in [0, 1] per point."""
+    return await answer(request, lambda idx: _result(idx.map(layer, space, model)))
+
+@router.get("/maps/{model}/{layer}/map.png")
+async def api_map_png(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
+    from ..report import map_png
+
+    return await answer(request, lambda idx: map_png(idx, model, layer, space, color), media=PNG, heavy=True)
+
 @router.get("/neurons/{key:path}/similar")
 async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
     return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space).rows())})

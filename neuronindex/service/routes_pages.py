@@ -34,8 +34,17 @@ async def model_page(request: Request, model: str):
             from ..errors import NotFoundError, did_you_mean
 
             raise NotFoundError(f"no model {model!r}{did_you_mean(model, [m['name'] for m in idx.models().rows()])}")
+        from .. import hierarchy
+
+        maps = idx.query("SELECT l.name, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON "
+                         "m.id = p.model_id WHERE m.name = ?", [model]).rows()
+        has = idx.query("SELECT count(*) AS n FROM hierarchies h JOIN models m ON m.id = h.model_id WHERE m.name = ?",
+                        [model]).rows()[0]["n"]
         return {"m": found[0], "layers": idx.layers(model).rows(),
-                "classes": idx.visualizations(model, kind="classes").rows()}
+                "classes": idx.visualizations(model, kind="classes").rows(),
+                "mapped": {r["name"] for r in maps if r["space"] == "neurons"},
+                "mapped_crops": {r["name"] for r in maps if r["space"] == "crops"},
+                "has_hierarchy": has > 0, "trees": hierarchy.trees(idx.con, model)}
     return await page(request, "model.html", make)
 
 @router.get("/layer/{model}/{layer}")
@@ -47,8 +56,11 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
             "SELECT target, max(width) AS width FROM visualizations v JOIN neurons n ON n.id = v.neuron_id "
             "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = l.model_id WHERE m.name = ? AND l.name = ? "
             "GROUP BY target", [model, layer]).rows()}
+        maps = {r["space"] for r in idx.query(
+            "SELECT p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON m.id = p.model_id "
+            "WHERE m.name = ? AND l.name = ?", [model, layer]).rows()}
         return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show,
-                "with_viz": with_viz,
+                "with_viz": with_viz, "maps": maps,
                 "directions": idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows(),
                 "sorts": ["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response",
                           "viz_activation_ratio"]}
@@ -57,6 +69,52 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
 @router.get("/neuron/{key:path}")
 async def neuron_page(request: Request, key: str):
     return await page(request, "neuron.html", lambda idx: {"n": neuron_payload(idx, key), "similar": safe_similar(idx, key)})
+
+@router.get("/categories/{model}")
+async def categories_page(request: Request, model: str, layer: str | None = None, pooling: str | None = None):
+    def make(idx):
+        from .. import hierarchy
+
+        r = idx.categories(model, layer, pooling)
+        near = {row["class"]: row["near"] for row in idx.query(
+            "SELECT a.name AS class, list(b.name || ' ' || printf('%.3f', d.distance) ORDER BY d.distance)[1:3] AS near "
+            "FROM class_distances d JOIN classes a ON a.id = d.class_a JOIN classes b ON b.id = d.class_b "
+            "JOIN hierarchies h ON h.id = d.hierarchy_id JOIN layers l ON l.id = h.layer_id JOIN models m ON "
+            "m.id = h.model_id WHERE m.name = ? AND l.name = ? AND h.pooling = ? GROUP BY a.name",
+            [model, r.meta["layer"], r.meta["pooling"]]).rows()}
+        stored = idx.query("SELECT l.name AS layer, h.pooling FROM hierarchies h JOIN layers l ON l.id = h.layer_id "
+                           "JOIN models m ON m.id = h.model_id WHERE m.name = ? ORDER BY l.position, h.pooling",
+                           [model]).rows()
+        top = [r2 for r2 in r.meta["nodes"] if r2["parent"] is None]
+        root = top[0]["node"] if top else None
+        sides = []
+        for child in [n for n in r.meta["nodes"] if n["parent"] == root]:
+            under = [n["class"] for n in r.meta["nodes"] if n["class"] is not None and _under(r.meta["nodes"], n["node"], child["node"])]
+            sides.append(under)
+        return {"model": model, "h": r.meta, "classes": r.rows(), "near": near, "stored": stored, "sides": sides,
+                "trees": hierarchy.trees(idx.con, model)}
+    return await page(request, "categories.html", make)
+
+@router.get("/tree/{model}/{layer}/{class_name}")
+async def tree_page(request: Request, model: str, layer: str, class_name: str, pooling: str = "max"):
+    def make(idx):
+        r = idx.prediction_tree(class_name, layer, model, pooling)
+        return {"model": model, "t": r.meta, **tree_layout(r.rows(), r.meta["root"])}
+    return await page(request, "tree.html", make)
+
+@router.get("/map/{model}/{layer}")
+async def map_page(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
+    def make(idx):
+        from ..report import point_colours
+
+        m = idx.map(layer, space, model)
+        rows = m.rows()
+        colours, legend = point_colours(rows, space, color)
+        for r, c in zip(rows, colours):
+            r["colour"] = c
+        return {"model": model, "layer": m.meta["layer"], "m": m.meta, "rows": rows, "legend": legend,
+                "space": space, "color": color, "cells": atlas(rows) if space == "crops" else []}
+    return await page(request, "map.html", make)
 
 @router.get("/search")
 async def search_page(request: Request, q: str = ""):
@@ -73,3 +131,60 @@ async def search_page(request: Request, q: str = ""):
 @router.get("/patch")
 async def patch_page(request: Request):
     return await page(request, "patch.html", lambda idx: {"layers": idx.layers().rows()})
+
+
+def _under(nodes: list[dict], node: int, top: int) -> bool:
+    parent = {n["node"]: n["parent"] for n in nodes}
+    while node is not None:
+        if node == top:
+            return True
+        node = parent.get(node)
+    return False
+
+
+def tree_layout(nodes: list[dict], root: int, dx: int = 30, dy: int = 40) -> dict:
+    """Positions of a prediction tree for the page: leaves (images) left to right in depth-first
+    order, each merge above its children (its level: one more than its higher child), the root on top."""
+    children: dict[int, list[int]] = {}
+    for n in nodes:
+        if n["parent"] is not None:
+            children.setdefault(n["parent"], []).append(n["node"])
+    by_id = {n["node"]: dict(n) for n in nodes}
+    order, level = [], {}
+    stack = [(root, False)]
+    while stack:  # iterative post-order: deep chains would overflow recursion
+        node, seen = stack.pop()
+        kids = children.get(node, [])
+        if seen or not kids:
+            if kids:
+                level[node] = 1 + max(level[k] for k in kids)
+                by_id[node]["x"] = sum(by_id[k]["x"] for k in kids) / len(kids)
+            else:
+                level[node] = 0
+                by_id[node]["x"] = 20 + dx * len(order)
+                order.append(node)
+            continue
+        stack.append((node, True))
+        stack += [(k, False) for k in reversed(kids)]
+    top = max(level.values())
+    for node, lv in level.items():
+        by_id[node]["y"] = 30 + dy * (top - lv)
+    edges = [(by_id[p], by_id[c]) for p, kids in children.items() for c in kids]
+    merges = sorted((n for n in by_id.values() if n.get("critical")), key=lambda n: n["y"])
+    return {"nodes": list(by_id.values()), "edges": edges, "width": 40 + dx * len(order),
+            "height": 60 + dy * top, "leaves": len(order), "levels": top, "near_root": merges[:12]}
+
+
+def atlas(rows: list[dict], grid: int = 24) -> list[dict]:
+    """Activation-Atlas cells of a crops map: the map cut into grid x grid cells; each non-empty cell
+    shows the crop nearest its centre and counts its crops."""
+    cells: dict[tuple[int, int], list[dict]] = {}
+    for r in rows:
+        key = (min(grid - 1, int(r["x"] * grid)), min(grid - 1, int(r["y"] * grid)))
+        cells.setdefault(key, []).append(r)
+    out = []
+    for (i, j), members in sorted(cells.items()):
+        cx, cy = (i + 0.5) / grid, (j + 0.5) / grid
+        best = min(members, key=lambda r: (r["x"] - cx) ** 2 + (r["y"] - cy) ** 2)
+        out.append({"x": i / grid, "y": j / grid, "size": 1 / grid, "n": len(members), **best})
+    return out
