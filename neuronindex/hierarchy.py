@@ -32,7 +32,6 @@ Filter prediction tree, per (model, layer, class)
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -377,14 +376,11 @@ def build_default(con, model_id: int) -> dict | None:
     """The hierarchy of a freshly ingested model at its deepest layer (ingest's last step); None with
     fewer than 2 classes."""
     name = con.execute("SELECT name FROM models WHERE id = ?", [model_id]).fetchone()[0]
-    layer = con.execute("SELECT name FROM layers WHERE model_id = ? ORDER BY position DESC LIMIT 1",
+    layer = con.execute("SELECT id, name FROM layers WHERE model_id = ? ORDER BY position DESC LIMIT 1",
                         [model_id]).fetchone()
-    if layer is None:
+    if layer is None or len(class_vectors(con, layer[0], resolve_pooling(con, layer[0], None))[0]) < 2:
         return None
-    lid = con.execute("SELECT id FROM layers WHERE model_id = ? AND name = ?", [model_id, layer[0]]).fetchone()[0]
-    if len(class_vectors(con, lid, resolve_pooling(con, lid, None))[0]) < 2:
-        return None
-    return build(con, name, layer[0])
+    return build(con, name, layer[1])
 
 
 def run(index_dir, model: str | None = None, layer: str | None = None, pooling: str | None = None,
@@ -497,8 +493,7 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
             "class_images": total, "filters": int(x.shape[1]), "merges": len(merges), "root_children": len(top),
             "reachable_at_top": sorted((len(nodes[t]["reachable"]) if nodes[t]["reachable"] is not None
                                         else int(x.shape[1])) for t in top),
-            "first_critical": [nd["critical"] for nd in merges[-3:]][::-1], "seconds": seconds,
-            "params": json.dumps({"pooling": pooling, "max_images": max_images, "seed": seed})}
+            "first_critical": [nd["critical"] for nd in merges[-3:]][::-1], "seconds": seconds}
 
 
 # ------------------------------------------------------------------------------ reading

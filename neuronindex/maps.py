@@ -82,7 +82,7 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, sp
         method: str = "tsne", seed: int = 0, perplexity: float | None = None, neighbors: int | None = None,
         force: bool = False, progress: bool = True, wait: bool = True) -> list[dict]:
     """Make (or keep, when up to date with the same parameters) the maps of the stored layers (all,
-    or those named) in the given spaces, and publish them. Returns one row per map."""
+    or those named) in the given spaces, publishing each as it is made. Returns one row per map."""
     from tqdm import tqdm
 
     from . import api
@@ -111,18 +111,16 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, sp
                                    "status": "up to date"})
                 else:
                     work.append((model_id, mname, lay, space, ids, vectors, fp))
-    made = []
     bar = tqdm(work, unit="map", desc="map", disable=not progress or not work, dynamic_ncols=True)
     for model_id, mname, lay, space, ids, vectors, fp in bar:
         bar.set_postfix_str(f"{lay['name']} {space} ({len(ids)} points)")
         t0 = time.perf_counter()
         xy, params = layout(vectors, method, seed, perplexity, neighbors)
         seconds = time.perf_counter() - t0
-        made.append((model_id, lay, space, ids, xy, params, fp, seconds))
+        # published one by one: an interrupted run over many layers keeps the maps already made
+        _publish(index_dir, [(model_id, lay, space, ids, xy, params, fp, seconds)], method, seed, wait)
         report.append({"model": mname, "layer": lay["name"], "space": space, "points": len(ids),
                        "status": "made", "seconds": round(seconds, 2)})
-    if made:
-        _publish(index_dir, made, method, seed, wait)
     return report
 
 
