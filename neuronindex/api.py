@@ -446,7 +446,9 @@ class Index:
             raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
         rows = self.layers(model).rows()
         if layer not in (None, "all"):
-            chosen = [r for r in rows if layer in (r["name"], r["node"], *(r["aliases"] or "").split(","))]
+            from .layers import stored_names
+
+            chosen = [r for r in rows if layer in stored_names(r)]
             if not chosen:
                 raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
             rows = chosen

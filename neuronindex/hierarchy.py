@@ -249,14 +249,16 @@ def _layer(con, model: str | None, layer: str | None):
         if not found:
             raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m[1] for m in models])}")
         model_id = found[0][0]
-    cols = ["id", "name", "node", "alias", "channels", "position"]
+    cols = ["id", "name", "node", "aliases", "channels", "position"]
     rows = [dict(zip(cols, r)) for r in con.execute(
         f"SELECT {', '.join(cols)} FROM layers WHERE model_id = ? ORDER BY position", [model_id]).fetchall()]
     if not rows:
         raise NotFoundError(f"model {model} has no stored layers")
     if layer is None:
         return model_id, model, rows[-1]
-    found = [r for r in rows if layer in (r["name"], r["node"], r["alias"])]
+    from .layers import stored_names
+
+    found = [r for r in rows if layer in stored_names(r)]
     if not found:
         from .errors import LayerError
 
@@ -265,11 +267,15 @@ def _layer(con, model: str | None, layer: str | None):
     return model_id, model, found[0]
 
 
-def class_vectors(con, layer_id: int, pooling: str = "max") -> tuple[list[int], np.ndarray]:
-    """(class ids, (classes, channels) class means) of a layer's neurons (channels, not directions)."""
+def _check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise UsageError(f"unknown pooling {pooling!r}; use max (spatial maximum) or mean (spatial mean)")
-    column = "mean_activation" if pooling == "max" else "mean_spatial"
+    return pooling
+
+
+def class_vectors(con, layer_id: int, pooling: str = "max") -> tuple[list[int], np.ndarray]:
+    """(class ids, (classes, channels) class means) of a layer's neurons (channels, not directions)."""
+    column = "mean_activation" if _check_pooling(pooling) == "max" else "mean_spatial"
     rows = con.execute(
         f"SELECT cm.class_id, n.channel, cm.{column} FROM class_means cm JOIN neurons n ON n.id = cm.neuron_id "
         "WHERE n.layer_id = ? AND n.kind = 'channel' AND coalesce(cm.n_images, 0) > 0 ORDER BY cm.class_id, n.channel",
@@ -309,9 +315,7 @@ def resolve_pooling(con, layer_id: int, pooling: str | None) -> str:
     """None (auto): mean when the index has spatial means (the global average pool a classifier
     reads, closest to the seed's vectorised last conv layer), else max."""
     if pooling is not None:
-        if pooling not in POOLINGS:
-            raise UsageError(f"unknown pooling {pooling!r}; use max (spatial maximum) or mean (spatial mean)")
-        return pooling
+        return _check_pooling(pooling)
     has_mean = con.execute("SELECT count(*) FROM class_means cm JOIN neurons n ON n.id = cm.neuron_id "
                            "WHERE n.layer_id = ? AND cm.mean_spatial IS NOT NULL AND NOT isnan(cm.mean_spatial)",
                            [layer_id]).fetchone()[0]
@@ -443,8 +447,7 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
     max_images = default("tree_max_images") if max_images is None else max_images
     if not isinstance(max_images, int) or max_images < 2:
         raise UsageError(f"--max-images must be a whole number >= 2, not {max_images!r}")
-    if pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}; use max (spatial maximum) or mean (spatial mean)")
+    _check_pooling(pooling)
     t0 = time.perf_counter()
     with api.Index(index_dir) as idx:
         model_id, model, lay = _layer(idx.con, model, layer)
@@ -507,8 +510,8 @@ def _rows(con, sql: str, params) -> list[dict]:
 def stored(con, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> dict:
     """The stored hierarchy row of a model (at `layer`, else the deepest layer that has one)."""
     model_id, model, lay = _layer(con, model, layer)
-    if pooling is not None and pooling not in POOLINGS:
-        raise UsageError(f"unknown pooling {pooling!r}; use max or mean")
+    if pooling is not None:
+        _check_pooling(pooling)
     found = _rows(con, "SELECT h.*, l.name AS layer, l.position, c.name AS centre, b.name AS hub FROM hierarchies h "
                        "JOIN layers l ON l.id = h.layer_id LEFT JOIN classes c ON c.id = h.centre_class_id "
                        "LEFT JOIN classes b ON b.id = h.hub_class_id WHERE h.model_id = ? "
@@ -571,17 +574,23 @@ def subtree(con, h: dict, name: str, up: int = 1) -> tuple[dict, list[dict]]:
         if nodes[node]["parent"] is None:
             break
         node = nodes[node]["parent"]
+    return nodes[node], classes_under(list(nodes.values()), node)
+
+
+def classes_under(nodes: list[dict], node: int) -> list[dict]:
+    """The leaves (classes) under a node of a stored hierarchy, in dendrogram order."""
     children: dict[int, list[int]] = {}
-    for r in nodes.values():
+    for r in nodes:
         if r["parent"] is not None:
             children.setdefault(r["parent"], []).append(r["node"])
+    by_id = {r["node"]: r for r in nodes}
     stack, under = [node], []
     while stack:
         n = stack.pop()
-        if nodes[n]["class"] is not None:
-            under.append(nodes[n])
+        if by_id[n]["class"] is not None:
+            under.append(by_id[n])
         stack += children.get(n, [])
-    return nodes[node], sorted(under, key=lambda r: r["leaf_order"])
+    return sorted(under, key=lambda r: r["leaf_order"])
 
 
 def stored_tree(con, class_name: str, layer: str | None = None, model: str | None = None,

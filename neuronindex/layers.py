@@ -210,6 +210,11 @@ def _assign_modules(layers: list[Layer], module) -> None:
             inside[-1].modules.append(mname)
 
 
+def stored_names(row: dict) -> set[str]:
+    """The names a stored layer (a `layers` row) answers to: its name, its fx node and every alias."""
+    return {row["name"], row["node"], *(row.get("aliases") or "").split(",")} - {"", None}
+
+
 def _assign_aliases(gm, layers: list[Layer], qual: dict, modules: dict) -> None:
     by_qual = {l.name: l for l in layers}
     nodes = [n for n in gm.graph.nodes if n.name in qual and qual[n.name] in by_qual]

@@ -140,6 +140,8 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
         from .errors import did_you_mean
 
         raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
+    from .layers import stored_names
+
     out, seen, every = [], set(), []
     for m in models:
         if model is not None and m["name"] != model:
@@ -147,7 +149,7 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
         rows = idx.layers(m["name"]).rows()
         every += [r["name"] for r in rows]
         for r in rows:
-            names = {r["name"], r["node"], *(r["aliases"] or "").split(",")}
+            names = stored_names(r)
             if layers is None or names & set(layers):
                 out.append((m["id"], m["name"], r))
                 seen |= names
@@ -188,7 +190,9 @@ def points(idx, model: str, layer: str, space: str = "neurons") -> dict:
 
     if space not in SPACES:
         raise UsageError(f"unknown map space {space!r}; use neurons or crops")
-    lay = [r for r in idx.layers(model).rows() if layer in (r["name"], r["node"], *(r["aliases"] or "").split(","))]
+    from .layers import stored_names
+
+    lay = [r for r in idx.layers(model).rows() if layer in stored_names(r)]
     if not lay:
         from .errors import LayerError
 

@@ -390,14 +390,18 @@ def linkage_of(nodes: list[dict]) -> tuple[np.ndarray, list[str]]:
     return z, labels
 
 
-def class_distance_matrix(idx, h_id: int, names: list[str]) -> np.ndarray:
+def class_distance_matrix(idx, h_id: int, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(category distances, minimum-spanning-tree edges as a bool matrix) of a stored hierarchy, in
+    the order of `names`."""
     where = {c: i for i, c in enumerate(names)}
     d = np.zeros((len(names), len(names)))
-    for a, b, v in idx.con.execute("SELECT a.name, b.name, d.distance FROM class_distances d JOIN classes a ON "
-                                   "a.id = d.class_a JOIN classes b ON b.id = d.class_b WHERE d.hierarchy_id = ?",
-                                   [h_id]).fetchall():
+    mst = np.zeros((len(names), len(names)), dtype=bool)
+    for a, b, v, edge in idx.con.execute(
+            "SELECT a.name, b.name, d.distance, d.in_mst FROM class_distances d JOIN classes a ON a.id = d.class_a "
+            "JOIN classes b ON b.id = d.class_b WHERE d.hierarchy_id = ?", [h_id]).fetchall():
         d[where[a], where[b]] = v
-    return d
+        mst[where[a], where[b]] = edge
+    return d, mst
 
 
 def _hierarchy_and_maps(idx, model: str) -> list[tuple[str, bytes, str]]:
@@ -472,14 +476,10 @@ def hierarchy_pngs(idx, model: str | None = None, layer: str | None = None,
     ax.set_xlabel("merge height (cosine distance)", fontsize=8)
     ax.set_title("Category hierarchy: " + title, fontsize=9)
     out = {"dendrogram": _png(fig)}
-    d = class_distance_matrix(idx, h["id"], labels)
+    d, mst = class_distance_matrix(idx, h["id"], labels)
     xy = classical_mds(d)
-    mst = {(a, b) for a, b in idx.con.execute(
-        "SELECT a.name, b.name FROM class_distances d JOIN classes a ON a.id = d.class_a JOIN classes b ON "
-        "b.id = d.class_b WHERE d.hierarchy_id = ? AND d.in_mst AND a.name < b.name", [h["id"]]).fetchall()}
-    where = {c: i for i, c in enumerate(labels)}
-    edges = [(where[a], where[b]) for a, b in mst]
-    degree = np.bincount(np.array(edges, dtype=int).ravel(), minlength=n) if edges else np.zeros(n, int)
+    edges = list(zip(*np.nonzero(np.triu(mst))))
+    degree = mst.sum(1)
     size = 10 if n > 60 else 22
     fig, ax = plt.subplots(figsize=(7, 6))
     for a, b in edges:

@@ -577,11 +577,13 @@ def _models(idx, model: str | None) -> dict:
 
 def _layer_targets(idx, model: str, layers: list[str] | None, objective: str) -> list[tuple]:
     """[(layer row, [targets])] of a model's stored layers (all, or those named), dead units left out."""
+    from .layers import stored_names
+
     rows = idx.layers(model).rows()
     if layers:
         chosen = []
         for name in layers:
-            found = [r for r in rows if name in (r["name"], r["node"], *(r["aliases"] or "").split(","))]
+            found = [r for r in rows if name in stored_names(r)]
             if not found:
                 from .errors import LayerError
 

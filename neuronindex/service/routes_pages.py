@@ -85,12 +85,9 @@ async def categories_page(request: Request, model: str, layer: str | None = None
         stored = idx.query("SELECT l.name AS layer, h.pooling FROM hierarchies h JOIN layers l ON l.id = h.layer_id "
                            "JOIN models m ON m.id = h.model_id WHERE m.name = ? ORDER BY l.position, h.pooling",
                            [model]).rows()
-        top = [r2 for r2 in r.meta["nodes"] if r2["parent"] is None]
-        root = top[0]["node"] if top else None
-        sides = []
-        for child in [n for n in r.meta["nodes"] if n["parent"] == root]:
-            under = [n["class"] for n in r.meta["nodes"] if n["class"] is not None and _under(r.meta["nodes"], n["node"], child["node"])]
-            sides.append(under)
+        nodes = r.meta["nodes"]
+        root = next(n["node"] for n in nodes if n["parent"] is None)
+        sides = [[c["class"] for c in hierarchy.classes_under(nodes, n["node"])] for n in nodes if n["parent"] == root]
         return {"model": model, "h": r.meta, "classes": r.rows(), "near": near, "stored": stored, "sides": sides,
                 "trees": hierarchy.trees(idx.con, model)}
     return await page(request, "categories.html", make)
@@ -131,15 +128,6 @@ async def search_page(request: Request, q: str = ""):
 @router.get("/patch")
 async def patch_page(request: Request):
     return await page(request, "patch.html", lambda idx: {"layers": idx.layers().rows()})
-
-
-def _under(nodes: list[dict], node: int, top: int) -> bool:
-    parent = {n["node"]: n["parent"] for n in nodes}
-    while node is not None:
-        if node == top:
-            return True
-        node = parent.get(node)
-    return False
 
 
 def tree_layout(nodes: list[dict], root: int, dx: int = 30, dy: int = 40) -> dict:
