@@ -210,14 +210,29 @@ def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("neuron_key")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="PNG file to write (default: KEY.png with / replaced by _).")
-def show(index_dir, neuron_key, output):
-    """Write a picture of a neuron: its Neuron Feature above its top crops."""
+              help="PNG file to write (default: KEY.png with / replaced by _, and the view and rank).")
+@click.option("--view", type=click.Choice(["nf", "context", "deconvnet", "guided", "backprop"]), default="nf",
+              show_default=True, help="nf: the Neuron Feature above the top crops; context: the whole image with the "
+              "neuron's heatmap and field; deconvnet / guided / backprop: its activation projected back to pixels "
+              "(seed 002), cropped to the field.")
+@click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="Which top (or bottom) image.")
+@click.option("--side", type=click.Choice(["top", "bottom"]), default="top", show_default=True)
+@click.option("--whole", is_flag=True, help="Reconstructions over the whole image, not cropped to the field.")
+def show(index_dir, neuron_key, output, view, rank, side, whole):
+    """Write a picture of a neuron: its Neuron Feature above its top crops, or one image in context
+    or reconstructed (--view)."""
     import neuronindex
 
     with neuronindex.open(index_dir) as idx:
-        picture = idx.neuron(neuron_key).picture()
-    output = output or Path(neuron_key.replace("/", "_") + ".png")
+        n = idx.neuron(neuron_key)
+        if view == "nf":
+            picture = n.picture()
+        elif view == "context":
+            picture = n.context(rank, side)
+        else:
+            picture = n.reconstruction(rank, side, view, whole)
+    suffix = "" if view == "nf" else f"_{view}_{side}{rank}"
+    output = output or Path(neuron_key.replace("/", "_") + suffix + ".png")
     picture.save(output)
     click.echo(f"wrote {output}")
 
@@ -228,7 +243,9 @@ def show(index_dir, neuron_key, output):
 @click.option("--format", "fmt", type=click.Choice(["json", "table"]), default="json", show_default=True)
 @click.option("--topk", "with_topk", is_flag=True, help="Include the top images.")
 @click.option("--bottomk", "with_bottomk", is_flag=True, help="Include the bottom images (lowest activations).")
-def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk):
+@click.option("--distribution", "with_distribution", is_flag=True,
+              help="Include the activation histogram, density and per-class mean activations.")
+def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk, with_distribution):
     """Print one neuron's (or direction's) properties, with --topk / --bottomk its top / bottom images."""
     import neuronindex
     from neuronindex.formats import _plain, to_table
@@ -240,6 +257,11 @@ def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk):
         if direction is not None:
             row.update({f"direction_{k}": v for k, v in direction.items() if k not in ("vector", "weights")})
         lists = {"topk": n.topk().rows() if with_topk else None, "bottomk": n.bottomk().rows() if with_bottomk else None}
+        dist = n.distribution() if with_distribution else None
+    if dist is not None:
+        h = dist["histogram"] or {}
+        row.update({f"hist_{k}": v for k, v in h.items() if k not in ("bucket_values", "bucket_counts")})
+        lists["classes"] = dist["classes"]
     if fmt == "json":
         out = {k: _plain(v) for k, v in row.items()}
         for name, rows in lists.items():
@@ -321,10 +343,12 @@ def search(index_dir, query, fmt, output, explain):
 @click.argument("query")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "jsonl", "parquet", "html"]), required=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
-def export(index_dir, query, fmt, output):
+@click.option("--context/--no-context", default=True, show_default=True,
+              help="html: also the first top images whole with the heatmap, behind a toggle (loads the model).")
+def export(index_dir, query, fmt, output, context):
     """Export the ranked result of a search (html: a standalone contact sheet of NFs and crops)."""
     with _open(index_dir) as idx:
-        n = idx.export(query, fmt, output)
+        n = idx.export(query, fmt, output, context=context)
     click.echo(f"wrote {n} neurons to {'standard output' if str(output) == '-' else output}", err=str(output) == "-")
 
 
@@ -381,6 +405,43 @@ def similar(index_dir, neuron_key, k, space, fmt, output):
     """Neurons similar to a neuron (prototype: same layer; signature: probe activations, any layer)."""
     with _open(index_dir) as idx:
         rows = idx.similar(neuron_key, k, space).rows()
+    emit(rows, fmt, output)
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("model_a")
+@click.argument("model_b")
+@click.option("--neuron", "neuron_key", default=None,
+              help="A neuron of either model: list the other model's neurons that correlate best with it instead.")
+@click.option("--layer", default=None, help="With --neuron: only this layer of the other model.")
+@click.option("-k", "k", default=10, show_default=True, help="With --neuron: how many matches.")
+@click.option("--similarity", is_flag=True, help="Print the layer-by-layer similarity matrix instead of the layer rows.")
+@output_options(("table", "csv", "json", "jsonl"))
+def compare(index_dir, model_a, model_b, neuron_key, layer, k, similarity, fmt, output):
+    """Two models of one index side by side (seed 002): their layers aligned by relative depth, the
+    layer-by-layer similarity over shared probe images, or one neuron's best matches in the other."""
+    with _open(index_dir) as idx:
+        if neuron_key:
+            own = idx.neuron(neuron_key).row["model"]
+            if own not in (model_a, model_b):
+                raise click.UsageError(f"{neuron_key} is a neuron of {own}, not of {model_a} or {model_b}")
+            rows = idx.matches(neuron_key, model_b if own == model_a else model_a, k, layer).rows()
+        else:
+            r = idx.compare(model_a, model_b)
+            if similarity:
+                sim = r.meta["similarity"]
+                if sim is None:
+                    from neuronindex.errors import UsageError
+
+                    raise UsageError(r.meta["problem"])
+                rows = [{"layer": x, **{y: v for y, v in zip(sim["layers_b"], line)}}
+                        for x, line in zip(sim["layers_a"], sim["matrix"])]
+            else:
+                keep = ("layer", "neurons", "dead", "sparsity", "colour_selective", "mean_gamma", "mean_csi", "rf_size")
+                rows = [{"depth": round(row["depth"], 3),
+                         **{f"{model_a}.{c}": (row["a"] or {}).get(c) for c in keep},
+                         **{f"{model_b}.{c}": (row["b"] or {}).get(c) for c in keep}} for row in r.rows()]
     emit(rows, fmt, output)
 
 

@@ -160,6 +160,18 @@ class Neuron:
         """The receptive-field crop of the rank-th top (or bottom) image (see Index.crop)."""
         return self.index.crop(self.key, rank, side)
 
+    def context(self, rank: int = 1, side: str = "top"):
+        """The rank-th top (or bottom) image whole, with this unit's heatmap and field (see Index.context)."""
+        return self.index.context(self.key, rank, side)
+
+    def reconstruction(self, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
+        """The deconvnet reconstruction of its activation on the rank-th image (see Index.reconstruction)."""
+        return self.index.reconstruction(self.key, rank, side, rule, whole)
+
+    def distribution(self) -> dict:
+        """Its activation histogram over the dataset and per-class mean activations (see Index.distribution)."""
+        return self.index.distribution(self.key)
+
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
         from PIL import Image, ImageDraw
@@ -335,11 +347,31 @@ class Index:
         sql, params, _ = compile_query(parse(text, vocab), vocab)
         return sql, params
 
-    def export(self, text: str, fmt: str, path) -> int:
-        """Write the ranked result of a search as csv, json, jsonl, parquet or an html contact sheet."""
+    def export(self, text: str, fmt: str, path, context: bool = True) -> int:
+        """Write the ranked result of a search as csv, json, jsonl, parquet or an html contact sheet
+        (with context: each neuron's first top images whole with its heatmap, behind a toggle;
+        left out, with a note on stderr, when the model cannot be loaded here)."""
+        from .errors import DataError, ModelError
         from .query.export import export
 
-        return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}")
+        make = None
+        if context and fmt == "html":
+            def make(key, rank):
+                try:
+                    buf = io.BytesIO()
+                    self.context(key, rank).save(buf, "PNG")
+                    return buf.getvalue()
+                except (NotFoundError, DataError):  # fewer top images than the sheet shows; an image moved
+                    return None
+        try:
+            return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}", make)
+        except (OSError, ModelError) as exc:
+            if make is None:
+                raise
+            import sys
+
+            print(f"note: the contact sheet has no context view: the model could not be loaded ({exc})", file=sys.stderr)
+            return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}")
 
     def dump(self, folder) -> list[str]:
         from .query.export import dump
@@ -534,6 +566,34 @@ class Index:
             out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = seen[sy0:sy1, sx0:sx1]
         return Image.fromarray(out)
 
+    def context(self, key: str, rank: int = 1, side: str = "top"):
+        """The rank-th top (or bottom) image of a unit whole, as the model saw it, with the unit's
+        activation map over it as a heatmap (aligned by the receptive field; colour = activation /
+        a_max) and its field at the stored location boxed: a PIL RGB image (pictures.context)."""
+        from .pictures import context
+
+        return context(self, key, rank, side)
+
+    def reconstruction(self, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
+        """The unit's activation on its rank-th image projected back to pixels (seed 002; Zeiler &
+        Fergus's deconvnet, or rule='guided' / 'backprop'), cropped to the receptive field unless
+        whole: a PIL RGB image, grey = 0 (pictures.reconstruction)."""
+        from .pictures import reconstruction
+
+        return reconstruction(self, key, rank, side, rule, whole)
+
+    def distribution(self, key: str) -> dict:
+        """A unit's activation distribution: `histogram` (the activation_histograms row: equal bins,
+        density, share of zeros; None when pass 1 streamed none) and `classes` (per class, the mean
+        activation over its images, highest first; mean_spatial with --spatial-means)."""
+        n = self.neuron(key)
+        hist = self.query("SELECT n_images, density, share_zero, edges, counts, bucket_values, bucket_counts "
+                          "FROM activation_histograms WHERE neuron_id = ?", [n.id]).rows()
+        classes = self.query("SELECT c.name AS class, cm.mean_activation, cm.mean_spatial, cm.n_images FROM class_means cm "
+                             "JOIN classes c ON c.id = cm.class_id WHERE cm.neuron_id = ? AND cm.n_images > 0 "
+                             "ORDER BY cm.mean_activation DESC, c.name", [n.id]).rows()
+        return {"key": n.key, "act_max": n.row.get("act_max"), "histogram": hist[0] if hist else None, "classes": classes}
+
     def sprite_png(self, key: str) -> bytes:
         """A neuron's top crops side by side, as stored (one query; NotFoundError names what is missing)."""
         row = self.con.execute("SELECT f.sprite_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
@@ -638,6 +698,30 @@ class Index:
         rows = [dict(zip(m["columns"], r)) for r in m.pop("rows")]
         m.pop("columns")
         return Result(rows, index=self, **m)
+
+    def compare(self, a: str, b: str) -> Result:
+        """Two models side by side (seed 002): per-layer summary rows aligned by relative depth (rows:
+        depth, a, b), and in meta the layer-by-layer similarity over their shared probe images
+        (`similarity`: matrix of mean best correlations; None when they share too few images, with
+        `problem` saying why). See neuronindex.compare."""
+        from . import compare
+        from .errors import UsageError
+
+        rows = compare.layers(self, a, b)
+        try:
+            similarity, problem = compare.layer_similarity(self, a, b), None
+        except (UsageError, NotFoundError) as exc:
+            similarity, problem = None, exc.message
+        return Result(rows, ["depth", "a", "b"], index=self, a=a, b=b, similarity=similarity, problem=problem)
+
+    def matches(self, key: str, other: str, k: int = 10, layer: str | None = None) -> Result:
+        """The neurons of model `other` (one layer, or all) whose activations over the probe images
+        both models saw correlate best with neuron `key`'s (Pearson; see neuronindex.compare)."""
+        from . import compare
+
+        m = compare.matches(self, key, other, k, layer)
+        rows = m.pop("rows")
+        return Result(rows, ["key", "layer", "channel", "correlation", "dead"], index=self, **m)
 
     def _only_model(self) -> str:
         from .errors import UsageError

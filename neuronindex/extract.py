@@ -241,11 +241,27 @@ def redirected_relu(x):
     return _redirected_relu_function().apply(x)
 
 
-@functools.lru_cache(maxsize=1)
-def _redirected_relu_function():
+def _redirected_backward(x, g):
     import torch
 
-    class RedirectedReLU(torch.autograd.Function):
+    plain = torch.where(x > 0, g, torch.zeros_like(g))
+    # a loss gradient g > 0 at a negative unit would lower it further: keep those at zero
+    redirected = torch.where((x <= 0) & (g > 0), torch.zeros_like(g), g)
+    live = plain.flatten(1).abs().amax(1) > 0 if g.dim() > 1 else (plain.abs().amax() > 0).view(1)
+    return torch.where(live.view(-1, *([1] * (g.dim() - 1))), plain, redirected)
+
+
+def _redirected_relu_function():
+    return relu_function("RedirectedReLU", _redirected_backward)
+
+
+@functools.lru_cache(maxsize=None)
+def relu_function(name: str, backward):
+    """An autograd Function computing relu(x) whose backward is backward(x, g) (the redirected
+    ReLU here, the deconvnet and guided rules in pictures.py)."""
+    import torch
+
+    class RuleReLU(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
@@ -254,18 +270,15 @@ def _redirected_relu_function():
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            plain = torch.where(x > 0, g, torch.zeros_like(g))
-            # a loss gradient g > 0 at a negative unit would lower it further: keep those at zero
-            redirected = torch.where((x <= 0) & (g > 0), torch.zeros_like(g), g)
-            live = plain.flatten(1).abs().amax(1) > 0 if g.dim() > 1 else (plain.abs().amax() > 0).view(1)
-            return torch.where(live.view(-1, *([1] * (g.dim() - 1))), plain, redirected)
+            return backward(x, g)
 
-    return RedirectedReLU
+    RuleReLU.__name__ = RuleReLU.__qualname__ = name
+    return RuleReLU
 
 
-def _redirect_relus(module):
+def _redirect_relus(module, relu=None):
     """A copy of an fx GraphModule whose ReLUs (modules, torch.relu, F.relu, Tensor.relu) are
-    `redirected_relu`; values unchanged."""
+    `relu` (default `redirected_relu`; pictures.py gives the deconvnet rules); values unchanged."""
     import copy
 
     # a deep copy of a GraphModule comes back in training mode (BatchNorm on batch statistics), and
@@ -277,7 +290,7 @@ def _redirect_relus(module):
         if source is None:
             continue
         with graph.inserting_after(node):
-            new = graph.call_function(redirected_relu, (source,))
+            new = graph.call_function(relu or redirected_relu, (source,))
         node.replace_all_uses_with(new)
         graph.erase_node(node)
     graph.lint()

@@ -265,7 +265,7 @@ def render_figures(idx, model: str) -> dict[str, bytes]:
                 ax.plot(range(1, s["kept"] + 1), sv[: s["kept"]], "o", color=line.get_color(), fillstyle="none")
         ax.set_xlabel("rank", fontsize=8)
         ax.set_ylabel("singular value", fontsize=8)
-        ax.set_title("Singular values of each layer's standardised image x channel matrix (seed 001, fig. 5)",
+        ax.set_title("Singular values of each layer's standardised image x channel matrix",
                      fontsize=9)
         ax.legend(fontsize=5, ncol=2)
         figs["seed001_spectrum"] = _png(fig)
@@ -285,7 +285,7 @@ def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> l
     red = figure_redundancy(idx, model)
     if not red:
         return []
-    parts = ["<h3>Directions (seed 001): leading SVD directions, top row = highest, bottom row = lowest</h3>"]
+    parts = [f"<h3>Directions ({html.escape(ZHANG)}): leading SVD directions, top row = highest, bottom row = lowest</h3>"]
     for layer in red:
         rows = idx.query("SELECT n.key, d.singular_value, d.explained FROM directions d JOIN neurons n "
                          "ON n.id = d.neuron_id JOIN layers l ON l.id = d.layer_id JOIN models m ON m.id = l.model_id "
@@ -305,7 +305,7 @@ def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> l
                         line.append("<span style='display:inline-block;width:40px'>?</span>")
                 line.append("<br>")
             parts.append("".join(line) + "</div>")
-    parts.append("<h3>Redundancy (seed 001): mean pairwise overlap (Jaccard) of top-20 / bottom-20 image sets, "
+    parts.append(f"<h3>Redundancy ({html.escape(ZHANG)}): mean pairwise overlap (Jaccard) of top-20 / bottom-20 image sets, "
                  "pairs sharing at least half</h3><table><tr><th>layer</th><th>units</th><th>top overlap</th>"
                  "<th>top pairs &ge; 0.5</th><th>bottom overlap</th><th>bottom pairs &ge; 0.5</th></tr>")
     for layer, entry in red.items():
@@ -317,6 +317,26 @@ def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> l
                          f"<td>{b['pairs_over_half']}/{b['pairs']}</td></tr>")
     parts.append("</table>")
     return parts
+
+
+RAFEGAS = "Rafegas et al., \u201cUnderstanding trained CNNs by indexing neuron selectivity\u201d"
+ZHANG = "Zhang, \u201cVisualizing neuron role with dimensionality reduction of feature space\u201d"
+YU = "Yu et al., \u201cVisualizing and comparing convolutional neural networks\u201d"
+# what a reader sees for each figure of render_figures (its key stays the file name and URL)
+FIGURE_TITLES = {
+    "fig8_alpha_bins": f"How colour selective each layer is (colour index; {RAFEGAS}, Fig. 8)",
+    "fig9_gamma_bins": f"How class selective each layer is (class index; {RAFEGAS}, Fig. 9)",
+    "fig7_hue": f"Colour-selective neurons by hue, a ring per layer ({RAFEGAS}, Fig. 7)",
+    "fig4_self_response": f"How strongly each neuron responds to its own Neuron Feature ({RAFEGAS}, Fig. 4)",
+    "fig6_sparsity": f"Sparsity per layer: share of map positions not firing ({YU}, Fig. 6)",
+    "fig1_curves": f"Ranked activation curves per layer ({RAFEGAS}, Fig. 1)",
+    "seed001_variance": f"Share of a layer's activation variance by neuron rank ({ZHANG})",
+    "seed001_spectrum": f"Singular values of each layer's image x channel matrix ({ZHANG}, Fig. 5)",
+}
+
+
+def figure_title(name: str) -> str:
+    return FIGURE_TITLES.get(name, name.replace("_", " "))
 
 
 def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path | None = None) -> list[str]:
@@ -331,7 +351,8 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
     for m in _models(idx, model):
         parts.append(f"<h2>{html.escape(m)}</h2><h3>Summary per layer</h3><pre>{html.escape(to_table(summary(idx, m)))}</pre>")
         for name, png in render_figures(idx, m).items():
-            parts.append(f"<h3>{name}</h3><img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+            parts.append(f"<h3>{html.escape(figure_title(name))}</h3><img src='data:image/png;base64,"
+                         f"{base64.b64encode(png).decode()}' alt='{html.escape(figure_title(name))}'>")
             if png_dir is not None:
                 Path(png_dir).mkdir(parents=True, exist_ok=True)
                 out = Path(png_dir) / f"{m}-{name}.png"
@@ -347,15 +368,15 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
                 out.write_bytes(png)
                 written.append(str(out))
         g = galleries(idx, m)
-        parts.append(f"<h3>{html.escape(g['first_layer'])} Neuron Features by colour index (seed 004, fig. 5)</h3>")
+        parts.append(f"<h3>{html.escape(g['first_layer'])}: Neuron Features ordered by colour index ({html.escape(RAFEGAS)}, Fig. 5)</h3>")
         parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{r['color_index']:.2f}</div>" for r in g["by_alpha"]]
-        parts.append("<h3>Across the class-index range, with class tag clouds (fig. 10)</h3>")
+        parts.append(f"<h3>Neurons across the class-index range, with the classes of their top images ({html.escape(RAFEGAS)}, Fig. 10)</h3>")
         for r in g["across_gamma"]:
             leaf = " ".join(f"<span style='font-size:{8 + 14 * s:.0f}px'>{html.escape(n)}</span>" for n, s in r["leaf_tags"])
             onto = " ".join(f"<span style='font-size:{8 + 14 * s:.0f}px'>{html.escape(n)}</span>" for n, s in r["ontology_tags"])
             parts.append(f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{html.escape(r['key'])}<br>gamma "
                          f"{r['class_index']:.3f}<br>{leaf}<br><i>{onto}</i></div>")
-        parts.append("<h3>High on both indexes (fig. 11)</h3>")
+        parts.append(f"<h3>Neurons selective to both colour and class ({html.escape(RAFEGAS)}, Fig. 11)</h3>")
         parts += [f"<div class=g>{_img(idx.nf_png(r['key']))}<br>{html.escape(r['key'])}<br>alpha {r['color_index']:.2f} "
                   f"gamma {r['class_index']:.3f}<br>{html.escape(r['top_class'] or '')}</div>" for r in g["both"]]
     parts.append("</body></html>")

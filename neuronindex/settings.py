@@ -27,6 +27,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nf_memory", 512, "MB of Neuron Feature planes made at once in pass 2 (they grow with neurons x field "
                               "area); more neurons are taken in ranges, each one more decode of the images it needs."),
     Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (seed 004)."),
+    Setting("hist_bins", 32, "Equal bins of the stored activation histograms (edges/counts); the streamed "
+                             "logarithmic buckets are kept too."),
     Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (seed 001)."),
     # directions (seed 001)
     Setting("directions", "none", "Directions indexed beside the neurons (seed 001): svd, random, svd,random or "

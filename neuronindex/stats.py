@@ -14,6 +14,10 @@ Kept per channel:
   - positions where the unit does not fire (<= 0) over all spatial positions -> sparsity;
   - per-class sums and counts of the per-image activation -> class-conditional means (CSI);
   - activations of the first `probe_size` images (the probe sample);
+  - a histogram of the per-image activation on fixed log-linear buckets read off the float32 bits
+    (8 per octave, 6-12.5% of their value wide, signed, exact zero apart; as HdrHistogram and
+    Prometheus' native histograms do), so shards add up exactly and the range need not be known
+    in advance; `histogram()` re-bins it linearly for display and SQL;
   - running bottom-k of (activation, image position, y, x): the images with the *lowest* spatial
     maximum (at the location of that maximum), ordered by activation ascending and image
     position ascending (the top list's tie rule); locations are taken only for pairs at or below
@@ -30,6 +34,12 @@ import numpy as np
 from . import kernels, summaries
 
 NO_IMAGE = np.iinfo(np.int64).max
+# activation histogram (see hist_buckets): 2^HIST_SUB buckets per octave from 2^HIST_LOW to 2^-HIST_LOW
+# on each side of an exact-zero bucket, values beyond clipped into the end buckets
+HIST_SUB, HIST_LOW = 3, -20
+HIST_SIDE = -2 * HIST_LOW << HIST_SUB  # buckets per sign
+HIST_BUCKETS = 2 * HIST_SIDE + 1
+HIST_ZERO = HIST_SIDE
 
 
 class LayerStats:
@@ -63,6 +73,9 @@ class LayerStats:
         self.low_ids = torch.full((C, bottom_k), NO_IMAGE, dtype=torch.long, device=dev)
         self.low_ys = torch.full((C, bottom_k), -1, dtype=torch.int32, device=dev)
         self.low_xs = torch.full((C, bottom_k), -1, dtype=torch.int32, device=dev)
+        self.hist = torch.zeros((C, HIST_BUCKETS), dtype=torch.long, device=dev)
+        self._hist_offsets = torch.arange(C, device=dev) * HIST_BUCKETS  # row starts in the flat view
+        self._hist_one = torch.ones(1, dtype=torch.long, device=dev)
         self.last_id = -1
 
     # ------------------------------------------------------------------ streaming
@@ -121,6 +134,9 @@ class LayerStats:
             self.probe_filled[ids[in_probe]] = True
         self._update_top(vals, loc, width, ids)
         self._update_bottom(vals, ids, low_loc, width)
+        if self.hist is not None:
+            flat = hist_buckets(vals.to(self.hist.device)) + self._hist_offsets
+            self.hist.view(-1).index_add_(0, flat.ravel(), self._hist_one.expand(flat.numel()))
 
     def _update_bottom(self, vals, ids, low_loc=None, width=1) -> None:
         """Merge the batch into the running bottom lists (value ascending, then image ascending)."""
@@ -252,6 +268,10 @@ class LayerStats:
             self.low_ids = torch.gather(low_ids, 1, order)
             self.low_ys = torch.gather(torch.cat([self.low_ys, other.low_ys.to(dev)], 1), 1, order)
             self.low_xs = torch.gather(torch.cat([self.low_xs, other.low_xs.to(dev)], 1), 1, order)
+        if self.hist is None or other.hist is None:  # a state from before histograms existed
+            self.hist = None
+        else:
+            self.hist += other.hist.to(self.hist.device)
         self.last_id = max(self.last_id, other.last_id)
 
     _TENSORS = ("values", "ids", "ys", "xs", "sum", "sumsq", "silent", "positions", "class_sum", "class_count", "probe",
@@ -259,6 +279,8 @@ class LayerStats:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         state = {k: getattr(self, k).cpu().numpy() for k in self._TENSORS}
+        if self.hist is not None:
+            state["hist"] = self.hist.cpu().numpy()
         state["meta"] = np.array([self.channels, self.top_k, self.curve_len, self.n_classes, self.probe_size,
                                   self.count, self.last_id], dtype=np.int64)
         if self.has_spatial:
@@ -275,6 +297,9 @@ class LayerStats:
             if key in state:  # states written before bottom lists existed have none
                 setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
         stats.bottom_k = stats.low_values.shape[1]
+        known = "hist" in state and np.shape(state["hist"]) == (C, HIST_BUCKETS)  # else: before histograms
+        stats.hist = torch.from_numpy(np.array(state["hist"])).to(device) if known else None
+
         stats.count, stats.last_id = count, last_id
         if "class_mean_sum" in state:
             stats.class_mean_sum = torch.from_numpy(np.array(state["class_mean_sum"])).to(device)
@@ -322,7 +347,62 @@ class LayerStats:
             "bottom_ids": self.low_ids.cpu().numpy(),
             "bottom_y": self.low_ys.cpu().numpy().astype(np.int64),
             "bottom_x": self.low_xs.cpu().numpy().astype(np.int64),
+            "hist": self.hist.cpu().numpy() if self.hist is not None else None,
         }
+
+
+def hist_buckets(vals):
+    """Bucket index (0 .. HIST_BUCKETS-1) of each value (a torch tensor, taken as float32).
+
+    The bucket is read off the float's bits: exponent and first HIST_SUB mantissa bits, so
+    bucket HIST_ZERO + 1 + p (p = 0 .. HIST_SIDE-1) holds 2^e (1 + j/8) <= v < 2^e (1 + (j+1)/8)
+    with e = HIST_LOW + p // 8, j = p % 8 (6.25-12.5% wide), HIST_ZERO - 1 - p its mirror -v,
+    HIST_ZERO exact zero (and NaN); magnitudes below 2^HIST_LOW (about 1e-6) or from 2^-HIST_LOW
+    (about 1e6) up fall into the end buckets. Exact: no rounding decides a bucket."""
+    import torch
+
+    x = torch.nan_to_num(vals.float(), nan=0.0).contiguous()
+    bits = x.view(torch.int32) & 0x7FFFFFFF
+    p = ((bits >> (23 - HIST_SUB)) - ((127 + HIST_LOW) << HIST_SUB)).clamp_(0, HIST_SIDE - 1)
+    return torch.sign(x).long() * (p + 1) + HIST_ZERO
+
+
+def bucket_edges() -> np.ndarray:
+    """(HIST_SIDE + 1,) the magnitudes bounding the positive buckets: bucket HIST_ZERO + 1 + p is
+    [edges[p], edges[p + 1]) (the first and last also take what is clipped into them)."""
+    p = np.arange(HIST_SIDE + 1)
+    return np.ldexp(1.0 + (p % (1 << HIST_SUB)) / (1 << HIST_SUB), HIST_LOW + p // (1 << HIST_SUB))
+
+
+def bucket_values() -> np.ndarray:
+    """A representative value of every bucket: the geometric middle of its range (0 for zero), so
+    any value of the bucket is within 6.1% of it."""
+    e = bucket_edges()
+    mid = np.sqrt(e[:-1] * e[1:])
+    return np.concatenate([-mid[::-1], [0.0], mid])
+
+
+def histogram(counts: np.ndarray, lo: float | None = None, hi: float | None = None, bins: int = 32) -> dict:
+    """One unit's bucket counts (HIST_BUCKETS,) re-binned into `bins` equal bins from lo to hi
+    (default: the range of its non-empty buckets; pass the exact extremes when known). Each bucket
+    falls whole into the bin of its middle value, so a bin edge is exact to 6.1% of its value.
+    Returns edges (bins + 1), counts (bins), n, density (share of values > 0), share_zero."""
+    counts = np.asarray(counts, dtype=np.int64)
+    n = int(counts.sum())
+    mids = bucket_values()
+    used = np.nonzero(counts)[0]
+    if n == 0:
+        return {"edges": [], "counts": [], "n": 0, "density": None, "share_zero": None}
+    lo = float(mids[used[0]]) if lo is None or not np.isfinite(lo) else float(lo)
+    hi = float(mids[used[-1]]) if hi is None or not np.isfinite(hi) else float(hi)
+    lo = min(lo, 0.0) if counts[HIST_ZERO] else lo
+    if hi <= lo:
+        hi = lo + (abs(lo) or 1.0)
+    edges = np.linspace(lo, hi, bins + 1)
+    where = np.clip(np.searchsorted(edges, np.clip(mids[used], lo, hi), side="right") - 1, 0, bins - 1)
+    out = np.bincount(where, weights=counts[used], minlength=bins).astype(np.int64)
+    return {"edges": edges.tolist(), "counts": out.tolist(), "n": n,
+            "density": float(counts[HIST_ZERO + 1:].sum() / n), "share_zero": float(counts[HIST_ZERO] / n)}
 
 
 def _lexsort(values, ids):

@@ -192,6 +192,38 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
         })
     if len(res["probe_ids"]):
         insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
+    write_histograms(con, ids, res)
+
+
+def write_histograms(con, ids, res) -> None:
+    """`activation_histograms` rows of one layer's units (when pass 1 streamed histograms): equal
+    bins from the exact extremes where known (a_max; the lowest bottom value), else the buckets'."""
+    import pyarrow as pa
+
+    from .settings import default
+    from .stats import bucket_values, histogram
+
+    hist = res.get("hist")
+    if hist is None:
+        return
+    mids = bucket_values()
+    low = res.get("bottom_values")
+    rows = {k: [] for k in ("neuron_id", "n_images", "density", "share_zero", "edges", "counts", "bucket_values",
+                            "bucket_counts")}
+    for i, counts in enumerate(hist):
+        lo = low[i, 0] if low is not None and low.shape[1] else None
+        h = histogram(counts, lo, res["act_max"][i], default("hist_bins"))
+        if not h["n"]:
+            continue
+        used = np.nonzero(counts)[0]
+        for k, v in (("neuron_id", int(ids[i])), ("n_images", h["n"]), ("density", h["density"]),
+                     ("share_zero", h["share_zero"]), ("edges", h["edges"]), ("counts", h["counts"]),
+                     ("bucket_values", mids[used].tolist()), ("bucket_counts", counts[used].tolist())):
+            rows[k].append(v)
+    if rows["neuron_id"]:
+        insert(con, "activation_histograms", rows, types={"edges": pa.list_(pa.float64()), "counts": pa.list_(pa.int64()),
+                                                          "bucket_values": pa.list_(pa.float64()),
+                                                          "bucket_counts": pa.list_(pa.int64())})
 
 
 def write_bottom(con, ids, res, field, first_image) -> None:

@@ -243,3 +243,113 @@ def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
     for url in ("/categories/squeezenet", "/tree/squeezenet/features.12/dog", "/map/squeezenet/features.12",
                 "/api/categories/dendrogram.png?model=squeezenet", "/api/categories/mst.png?model=squeezenet"):
         assert client.get(url).status_code == 200, url
+
+
+def test_first_layer_deconvnet_is_the_filter_in_pixel_space(index):
+    """Zeiler & Fergus's reconstruction of a first-layer unit (conv 7x7 + ReLU) on its top image is
+    its filter laid over the receptive field: d a / d pixel = 255 w (Caffe's 0-255 scale, BGR order,
+    std 1), wherever the field lies inside the image; for every rule, since no ReLU lies below."""
+    from neuronindex.pictures import reconstruction_array
+
+    idx = index
+    loaded, _, _, _ = idx._model("squeezenet", "features.1")
+    w = loaded.module.features[0].weight.detach().numpy().astype(np.float64)  # (96, 3 BGR, 7, 7)
+    for channel in (0, 17, 60):
+        key = f"squeezenet/features.1/{channel}"
+        if idx.neuron(key).row["dead"]:
+            continue
+        for rule in ("deconvnet", "guided"):
+            g, e = reconstruction_array(idx, key, 1, rule=rule)
+            x0, y0, x1, y1 = e["box_x0"], e["box_y0"], e["box_x1"], e["box_y1"]
+            expected = 255 * w[channel][::-1].transpose(1, 2, 0)  # (7, 7, RGB)
+            inside = np.zeros((7, 7), bool)
+            inside[max(0, -y0):7 - max(0, y1 - g.shape[0]), max(0, -x0):7 - max(0, x1 - g.shape[1])] = True
+            got = np.zeros((7, 7, 3))
+            got[inside] = g[max(y0, 0):y1, max(x0, 0):x1].reshape(-1, 3)
+            np.testing.assert_allclose(got[inside], expected[inside], rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+            mask = np.ones(g.shape[:2], bool)
+            mask[max(y0, 0):y1, max(x0, 0):x1] = False
+            assert np.abs(g[mask]).max() == 0
+
+
+def test_activation_histograms_cover_every_image(index):
+    rows = index.sql("SELECT h.n_images, list_sum(h.counts) AS binned, list_sum(h.bucket_counts) AS bucketed, "
+                     "h.density, n.sparsity, n.dead, h.edges[length(h.edges)] AS top, n.act_max FROM activation_histograms h "
+                     "JOIN neurons n ON n.id = h.neuron_id WHERE n.kind = 'channel'", max_rows=100_000).rows()
+    assert len(rows) == 2656
+    for r in rows:
+        assert r["n_images"] == r["binned"] == r["bucketed"] == 500
+        assert (r["density"] > 0) == (r["act_max"] > 0)  # some image fires iff the highest activation is above 0
+        if not r["dead"]:
+            assert r["top"] == pytest.approx(r["act_max"], rel=1e-6)
+            # firing somewhere on an image is at least as common as firing at a given position
+            assert r["density"] >= 1 - r["sparsity"] - 1e-9
+
+
+def test_neuron_pages_in_a_real_browser_behind_a_token(index, tmp_path):
+    """Issue 24 on the real SqueezeNet: log in through the form, then a neuron page shows context
+    heatmaps, deconvnet reconstructions, the activation histogram and per-class bars; a dead neuron
+    says so without a broken image; a bad filter shows its error in the page; the API docs load
+    with nothing from outside the service."""
+    from test_service import CHROMIUM, RealServer
+
+    if CHROMIUM is None:
+        import os
+
+        if os.environ.get("CI"):
+            raise AssertionError("CI needs Debian's chromium")
+        pytest.skip("Debian chromium is not installed")
+    from playwright.sync_api import sync_playwright
+
+    from neuronindex.service.app import create_app
+
+    def loaded(page, selector):  # scrolled through first: lazy images load only near the viewport
+        height = page.evaluate("document.body.scrollHeight")
+        for y in range(0, height + 900, 700):
+            page.evaluate(f"window.scrollTo(0, {y})")
+            page.wait_for_timeout(50)
+        page.wait_for_function(f"Array.from(document.querySelectorAll('{selector}')).every(i => i.complete)",
+                               timeout=120_000)
+        return page.eval_on_selector_all(selector, "els => els.map(e => e.naturalWidth)")
+
+    dead = index.query("SELECT key FROM neurons WHERE dead AND kind = 'channel' LIMIT 1").rows()
+    with RealServer(create_app(index.path, token="t0ken")) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith(server.base) else None)
+        page.goto(server.base + "/neuron/squeezenet/features.5/3")
+        assert "/login" in page.url
+        page.fill("#token", "wrong")
+        page.click("#login")
+        assert "wrong token" in page.inner_text("#problem")
+        page.fill("#token", "t0ken")
+        page.click("#login")
+        page.wait_for_url("**/neuron/squeezenet/features.5/3")
+        cookie = next(c for c in page.context.cookies() if c["name"] == "neuronindex_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["value"] != "t0ken"
+        # the histogram (one bar per bin, every image counted) and the per-class bars
+        titles = page.eval_on_selector_all("svg#histogram rect title", "els => els.map(e => e.textContent)")
+        assert len(titles) == 32 and sum(int(t.split(": ")[1].split()[0]) for t in titles) == 500
+        assert page.eval_on_selector_all("#class-means .bar", "els => els.length") == 12
+        crops, deconv = loaded(page, "img.crop"), loaded(page, "img.deconv")
+        assert len(deconv) == 9 and all(w > 0 for w in deconv) and all(w > 0 for w in crops), (crops, deconv)
+        page.screenshot(path=str(tmp_path / "neuron.png"), full_page=True)
+        page.click("text=whole images")
+        page.wait_for_url("**view=context**")
+        ctx = loaded(page, "img.context")
+        assert len(ctx) >= 24 and all(w == 227 for w in ctx), ctx
+        if dead:
+            page.goto(server.base + f"/neuron/{dead[0]['key']}")
+            assert page.inner_text("h1 .dead") == "dead" and "never fires" in page.inner_text(".dead-note")
+            assert all(w > 0 for w in loaded(page, "img"))
+            assert "colour selectivity" not in page.inner_text("table.props")
+        page.goto(server.base + "/layer/squeezenet/features.3?q=colour%3E%3E2")
+        assert "unknown field" in page.inner_text("#problem") and not page.inner_text("body").startswith("{")
+        page.goto(server.base + "/neuron/squeezenet/nope/1")
+        assert "no neuron" in page.inner_text("#problem")
+        page.goto(server.base + "/docs")
+        page.wait_for_selector(".swagger-ui .info .title", timeout=60_000)
+        assert "neuronindex" in page.inner_text(".swagger-ui .info .title")
+        assert not outside, outside[:5]
+        browser.close()

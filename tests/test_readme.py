@@ -17,6 +17,7 @@ from conftest import REPO, SHARED
 README = (REPO / "README.md").read_text()
 DEMO_SMALL = "--per-class 120 --epochs 10 -q"  # reduced size; the checks still hold (measured 93% accuracy)
 USE = README.split("## Use", 1)[1]
+SHARED_INDEXES = ("cifar", "squeezenet")  # indexes the README builds from ../shared/data
 INGEST_LIMIT = 64  # README ingests run on their first images here: the full runs are the integration tests'
 
 
@@ -123,7 +124,7 @@ def test_every_use_command_runs(workdir):
     ran = 0
     for block in blocks("bash"):
         for command in commands(block):
-            if "../shared/data" in command:
+            if "../shared/data" in command or re.match(rf"neuronindex \w+ ({'|'.join(SHARED_INDEXES)}) ", command):
                 if not SHARED.is_dir():
                     continue
                 command = command.replace("../shared/data", str(SHARED))

@@ -200,3 +200,74 @@ def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
     assert done["images"] == 60 and done["filters"] == 64 and done["merges"] == 59
     made = maps.run(tmp_path, spaces=("neurons", "crops"), progress=False)
     assert [(m["space"], m["points"]) for m in made] == [("neurons", 64), ("crops", 6400)]
+
+
+def test_two_cifar_resnets_side_by_side(tmp_path):
+    """Seed 002 compares two CNNs layer by layer: resnet20 and resnet32 over the same real images.
+
+    Checked: the layer rows align by relative depth (first with first, last with last); a
+    neuron's matches are the other model's neurons ranked by Pearson correlation of the probe
+    activations (brute force: numpy's corrcoef on the raw stored arrays); the finding: each layer
+    of resnet20 is matched best by resnet32 layers at a similar relative depth (Spearman > 0.8);
+    and the page shows all of it in a real browser."""
+    from scipy.stats import spearmanr
+
+    import neuronindex
+
+    index = tmp_path / "index"
+    for depth, weights in ((20, "resnet20-12fca82f.th"), (32, "resnet32-d509ac18.th")):
+        ingest(f"cifar-resnet{depth}", str(shared("cifar10", "lossless-test")), "all-conv", index,
+               weights=str(shared("cifar10-resnet", weights)), params=IngestParams(batch_size=256, workers=2),
+               progress=False)
+    with neuronindex.open(index) as idx:
+        r = idx.compare("resnet20", "resnet32")
+        rows = r.rows()
+        assert len(rows) == 31 and [x["b"]["layer"] for x in rows] == [f"conv{i}" for i in range(1, 32)]
+        assert rows[0]["a"]["layer"] == "conv1" and rows[-1]["a"]["layer"] == "conv19"
+        assert [x["depth"] for x in rows] == sorted(x["depth"] for x in rows)
+        sim = r.meta["similarity"]
+        assert sim["shared"] == 846 and len(sim["matrix"]) == 19 and len(sim["matrix"][0]) == 31
+        best = [int(np.nanargmax([v if v is not None else np.nan for v in line])) for line in sim["matrix"]]
+        rho = spearmanr(np.linspace(0, 1, 19), np.array(best) / 30).statistic
+        assert rho > 0.8, (rho, best)
+        key = "resnet20/conv19/5"
+        m = idx.matches(key, "resnet32", 5)
+        mine = np.array(idx.query("SELECT p.activations FROM probe p JOIN neurons n ON n.id = p.neuron_id WHERE n.key = ?",
+                                  [key]).rows()[0]["activations"], dtype=np.float64)
+        others = idx.query("SELECT n.key, p.activations FROM probe p JOIN neurons n ON n.id = p.neuron_id "
+                           "WHERE n.key LIKE 'resnet32/%' AND n.kind = 'channel'").rows()
+        with np.errstate(invalid="ignore", divide="ignore"):  # a constant (dead) neuron has no correlation
+            brute = sorted(((np.nan_to_num(np.corrcoef(mine, np.array(o["activations"], dtype=np.float64))[0, 1]), o["key"])
+                            for o in others), key=lambda t: -t[0])[:5]
+        assert [x["key"] for x in m.rows()] == [k for _, k in brute]
+        np.testing.assert_allclose([x["correlation"] for x in m.rows()], [c for c, _ in brute], rtol=1e-6)
+    _compare_page_in_a_browser(index, key)
+
+
+def _compare_page_in_a_browser(index, key):
+    from test_service import CHROMIUM, RealServer
+
+    if CHROMIUM is None:
+        import os
+
+        if os.environ.get("CI"):
+            raise AssertionError("CI needs Debian's chromium")
+        return
+    from playwright.sync_api import sync_playwright
+
+    from neuronindex.service.app import create_app
+
+    with RealServer(create_app(index)) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1350, "height": 900})
+        page.goto(server.base + f"/compare?a=resnet20&b=resnet32&neuron={key}")
+        assert page.eval_on_selector_all("table#layers tr", "els => els.length") == 31 + 2
+        assert page.eval_on_selector_all("table#similarity td", "els => els.length") == 19 * 31
+        page.wait_for_function("Array.from(document.querySelectorAll('#matches ~ .grid img')).every(i => i.complete)")
+        widths = page.eval_on_selector_all("#matches ~ .grid img", "els => els.map(e => e.naturalWidth)")
+        assert len(widths) >= 10 and all(w > 0 for w in widths), widths
+        assert not page.query_selector("#problem")
+        page.goto(server.base + "/neuron/" + key)  # the neuron page links to the comparison
+        page.click("text=compare with resnet32")
+        page.wait_for_selector("#matches")
+        browser.close()

@@ -202,6 +202,8 @@ def test_gallery_in_a_real_browser(index_dir, tmp_path):
             page.wait_for_selector("img#nf")
             page.wait_for_load_state("networkidle")
             assert page.url.endswith("/neuron/tiny_cnn/conv1/0")
+            page.evaluate("window.scrollTo(0, document.body.scrollHeight)")  # lazy images below the fold load
+            page.wait_for_function("[...document.querySelectorAll('img.crop')].every(i => i.complete)")
             widths = page.eval_on_selector_all("img#nf, img.crop", "els => els.map(e => e.naturalWidth)")
             assert len(widths) >= 2 and all(w > 0 for w in widths), widths
             page.screenshot(path=str(tmp_path / "neuron.png"), full_page=True)

@@ -37,8 +37,13 @@ def ranked(con, rows: list[dict]) -> list[dict]:
     return out
 
 
-def contact_sheet(con, rows: list[dict], title: str) -> str:
-    """A standalone HTML page (images inlined) with each neuron's NF, top crops and properties."""
+CONTEXT_IMAGES = 4  # whole images per neuron in the contact sheet's context view
+
+
+def contact_sheet(con, rows: list[dict], title: str, context=None) -> str:
+    """A standalone HTML page (images inlined) with each neuron's NF, top crops and properties.
+    context(key, rank) -> PNG bytes (Index.context): with it, a toggle shows each neuron's first
+    CONTEXT_IMAGES top images whole, with its heatmap and field, instead of the crops."""
     keys = [r["key"] for r in rows]
     images, optimised = {}, {}
     if keys:
@@ -61,7 +66,11 @@ def contact_sheet(con, rows: list[dict], title: str) -> str:
                  f"<td>{_img(nf, 'nf')}</td>"]
         if optimised:
             cells.append(f"<td>{_img(optimised.get(r['key']), 'viz')}</td>")
-        cells.append(f"<td>{_img(sprite, 'crops')}</td>")
+        views = f"<span class=crops>{_img(separated(sprite), 'crops')}</span>"
+        if context is not None and not r.get("dead"):
+            views += "<span class=context>" + "".join(_img(context(r["key"], rank), "context")
+                                                     for rank in range(1, CONTEXT_IMAGES + 1)) + "</span>"
+        cells.append(f"<td>{views}</td>")
         props = "<br>".join(f"{c}: {html.escape(_fmt(r.get(c)))}" for c in shown if r.get(c) is not None)
         props += f"<br>classes: {html.escape(r.get('top_classes', ''))}<br>colours: {html.escape(r.get('colour_names', ''))}"
         cells.append(f"<td class=props>{props}</td>")
@@ -71,13 +80,39 @@ def contact_sheet(con, rows: list[dict], title: str) -> str:
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
 table {{ border-collapse: collapse; }} td, th {{ border-bottom: 1px solid #ddd; padding: 6px 10px; vertical-align: top; }}
-img {{ image-rendering: pixelated; background: #ccc; }} img.nf, img.viz {{ width: 96px; height: 96px; }} img.crops {{ height: 48px; }}
-.props {{ font-size: 12px; line-height: 1.5; }}
+img {{ image-rendering: pixelated; background: #ccc; }} img.nf, img.viz {{ width: 96px; height: 96px; }}
+.props {{ font-size: 12px; line-height: 1.5; }} img.context {{ width: 96px; height: 96px; margin-right: 4px; image-rendering: auto; }}
+body.show-context span.crops, body:not(.show-context) span.context {{ display: none; }}
 </style></head><body>
-<h1>{html.escape(title)}</h1><p>{len(rows)} neurons, ranked. Made by neuronindex.</p>
-<table><thead><tr><th>#</th><th>neuron</th><th>Neuron Feature</th>{'<th>optimised image</th>' if optimised else ''}<th>top crops</th><th>properties</th></tr></thead>
+<h1>{html.escape(title)}</h1><p>{len(rows)} neurons, ranked. Made by neuronindex.
+{'<label><input type=checkbox id=toggle onchange="document.body.classList.toggle(&quot;show-context&quot;, this.checked)"> show the top images whole, with the heatmap of where the neuron fires (instead of the crops)</label>' if context is not None else ''}</p>
+<table><thead><tr><th>#</th><th>neuron</th><th>Neuron Feature</th>{'<th>optimised image</th>' if optimised else ''}<th>top images</th><th>properties</th></tr></thead>
 <tbody>{''.join(body)}</tbody></table></body></html>
 """
+
+
+def separated(sprite: bytes | None, gap: int = 3, per_row: int = 8, most: int = 24, side: int = 48) -> bytes | None:
+    """A stored sprite (square crops side by side) redrawn as rows of `per_row` crops (the first
+    `most`, each `side` pixels, nearest-neighbour) with a white gap between crops."""
+    if not sprite:
+        return sprite
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(sprite)) as im:
+        im = im.convert("RGB")
+        t = im.height
+        n = min(max(1, im.width // t), most)
+        cols, rows = min(n, per_row), -(-n // per_row)
+        out = Image.new("RGB", (cols * side + (cols - 1) * gap, rows * side + (rows - 1) * gap), (255, 255, 255))
+        for i in range(n):
+            r, c = divmod(i, per_row)
+            crop = im.crop((i * t, 0, (i + 1) * t, t)).resize((side, side), Image.NEAREST)
+            out.paste(crop, (c * (side + gap), r * (side + gap)))
+    buf = io.BytesIO()
+    out.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def _img(png: bytes | None, cls: str) -> str:
@@ -90,11 +125,11 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
-def export(con, rows: list[dict], fmt: str, path: str | Path, title: str) -> int:
+def export(con, rows: list[dict], fmt: str, path: str | Path, title: str, context=None) -> int:
     if fmt not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")
     rows = ranked(con, rows)
-    data = contact_sheet(con, rows, title) if fmt == "html" else render(rows, fmt)
+    data = contact_sheet(con, rows, title, context) if fmt == "html" else render(rows, fmt)
     data = data if isinstance(data, bytes) else data.encode()
     if str(path) == "-":  # standard output, as `-o -` means to every Unix tool
         import sys

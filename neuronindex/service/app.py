@@ -1,8 +1,12 @@
 """The FastAPI app factory: state, guards, one JSON error shape, and the two routers."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+from http.cookies import SimpleCookie
+from urllib.parse import quote
 
 from fastapi import FastAPI
 
@@ -12,11 +16,36 @@ from . import routes_api, routes_pages
 from .common import LiveIndex, Pool, error
 
 MAX_UPLOAD = default("max_upload")
+COOKIE = "neuronindex_session"
+LOGIN = "/login"
+
+
+def session_value(token: str) -> str:
+    """The gallery's session cookie for a token: an HMAC of a fixed text under it (the cookie never
+    holds the token itself)."""
+    return hmac.new(token.encode(), b"neuronindex gallery session", hashlib.sha256).hexdigest()
+
+
+def authorised(token: str | None, headers: dict) -> bool:
+    """A bearer token or the login cookie, compared in constant time."""
+    if token is None:
+        return True
+    bearer = headers.get(b"authorization", b"")
+    if hmac.compare_digest(bearer, f"Bearer {token}".encode()):
+        return True
+    cookies = SimpleCookie()
+    try:
+        cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
+    except Exception:  # a malformed Cookie header is no session
+        return False
+    got = cookies.get(COOKIE)
+    return got is not None and hmac.compare_digest(got.value.encode(), session_value(token).encode())
 
 
 class Guard:
     """Checks that need no index, before any routing (plain ASGI: no per-request task or copy):
-    URL length (414), bearer token (401), declared upload size (413)."""
+    URL length (414), bearer token or login cookie (401; a browser asking for a page is sent to
+    the login form instead), declared upload size (413)."""
 
     def __init__(self, app, token: str | None, max_upload: int):
         self.app, self.token, self.max_upload = app, token, max_upload
@@ -30,8 +59,15 @@ class Guard:
             problem = error(414, f"the URL is longer than {self.max_url} characters; send the query in a POST body")
         else:
             headers = dict(scope["headers"])
-            if self.token is not None and headers.get(b"authorization") != f"Bearer {self.token}".encode():
-                problem = error(401, "missing or wrong bearer token; send Authorization: Bearer <token>")
+            if scope["path"] != LOGIN and not authorised(self.token, headers):
+                if scope["method"] == "GET" and not scope["path"].startswith(("/api/", "/openapi")):
+                    from starlette.responses import RedirectResponse
+
+                    here = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
+                    problem = RedirectResponse(f"{LOGIN}?next={quote(here, safe='')}", status_code=303)
+                else:
+                    problem = error(401, "missing or wrong bearer token; send Authorization: Bearer <token> "
+                                         "(or log in to the gallery at /login)")
             else:
                 length = headers.get(b"content-length", b"")
                 if length.isdigit() and int(length) > self.max_upload:
@@ -46,8 +82,12 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
                queue: int = default("serve_queue"), cache_mb: int = default("response_cache"),
                memory_limit: str | None = None, temp_limit: str | None = None,
                duckdb_threads: int = default("serve_duckdb_threads")) -> FastAPI:
-    app = FastAPI(title="neuronindex", description="What every neuron of a CNN responds to, and which respond to this.",
-                  version=__import__("neuronindex").__version__)
+    from fastapi_offline import FastAPIOffline
+
+    # the API docs (/docs, /redoc) with their scripts served from the package: they work offline
+    app = FastAPIOffline(title="neuronindex", description="What every neuron of a CNN responds to, and which respond to this.",
+                         version=__import__("neuronindex").__version__)
+    app.state.token = token
     app.state.live = LiveIndex(directory, cache_mb, memory_limit, temp_limit, duckdb_threads)
     app.state.max_upload = max_upload
     app.state.light = Pool("query", threads, queue)

@@ -230,7 +230,7 @@ def safe_similar(idx, key):
 
 
 def neuron_payload(idx, key: str) -> dict:
-    """Everything a neuron page shows, in five queries (each DuckDB query costs about a millisecond)."""
+    """Everything a neuron page shows, in seven queries for a neuron (each DuckDB query costs about a millisecond)."""
     n = idx.neuron(key)
     named = idx.query(
         "SELECT 'class' AS what, c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc "
@@ -244,9 +244,14 @@ def neuron_payload(idx, key: str) -> dict:
     props["pre_activation"] = next((r["name"] for r in named if r["what"] == "layer"), None)
     top, bottom = n.lists()
     viz = [{k: v for k, v in r.items() if k != "parameters"} for r in n.visualizations().rows()]
+    dist = idx.distribution(key)
+    hist = dist["histogram"]
+    if hist is not None:
+        hist = {k: v for k, v in hist.items() if k not in ("bucket_values", "bucket_counts")}
     return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
             "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(top),
-            "bottomk": json_rows(bottom), "direction": direction_payload(idx, n), "visualizations": json_rows(viz)}
+            "bottomk": json_rows(bottom), "direction": direction_payload(idx, n), "visualizations": json_rows(viz),
+            "histogram": _plain(hist) if hist is not None else None, "class_means": json_rows(dist["classes"])}
 
 
 def direction_payload(idx, n) -> dict | None:

@@ -114,6 +114,25 @@ async def api_crop(request: Request, key: str, rank: int):
 async def api_bottom_crop(request: Request, key: str, rank: int):
     return await answer(request, lambda idx: png_bytes(idx.crop(key, rank, "bottom")), media=PNG, heavy=True)
 
+@router.get("/neurons/{key:path}/context/{rank}.png")
+async def api_context(request: Request, key: str, rank: int, side: str = "top"):
+    """The rank-th top (or bottom) image whole, the unit's heatmap over it and its field boxed."""
+    return await answer(request, lambda idx: png_bytes(idx.context(key, rank, side)), media=PNG, heavy=True)
+
+@router.get("/neurons/{key:path}/deconv/{rank}.png")
+async def api_deconv(request: Request, key: str, rank: int, side: str = "top", rule: str = "deconvnet",
+                     whole: bool = False):
+    """The unit's activation on the rank-th image projected back to pixels (seed 002): rule deconvnet
+    (Zeiler & Fergus), guided (guided backpropagation) or backprop; the receptive field unless whole."""
+    return await answer(request, lambda idx: png_bytes(idx.reconstruction(key, rank, side, rule, whole)), media=PNG,
+                        heavy=True)
+
+@router.get("/neurons/{key:path}/distribution")
+async def api_distribution(request: Request, key: str):
+    """The unit's activation histogram over the dataset, its activation density and per-class means."""
+    return await answer(request, lambda idx: {"ok": True, **{k: _plain(v) if k != "classes" else json_rows(v)
+                                                            for k, v in idx.distribution(key).items()}})
+
 @router.get("/neurons/{key:path}/viz.png")
 async def api_viz(request: Request, key: str, objective: str | None = None):
     """The neuron's optimised image (activation maximisation; `neuronindex visualize`)."""
@@ -179,6 +198,16 @@ async def api_map_png(request: Request, model: str, layer: str, space: str = "ne
 
     return await answer(request, lambda idx: map_png(idx, model, layer, space, color), media=PNG, heavy=True)
 
+@router.get("/compare")
+async def api_compare(request: Request, a: str, b: str):
+    """Two models side by side: per-layer rows aligned by relative depth, layer-by-layer similarity."""
+    return await answer(request, lambda idx: _result(idx.compare(a, b)), heavy=True)
+
+@router.get("/compare/matches")
+async def api_matches(request: Request, neuron: str, other: str, k: int = 10, layer: str | None = None):
+    """The neurons of model `other` whose activations correlate best with `neuron`'s on the shared probe images."""
+    return await answer(request, lambda idx: _result(idx.matches(neuron, other, k, layer)))
+
 @router.get("/neurons/{key:path}/similar")
 async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
     return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space).rows())})
@@ -206,7 +235,7 @@ EXPORT_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "applica
                 "parquet": "application/vnd.apache.parquet", "html": "text/html"}
 
 @router.get("/export")
-async def api_export(request: Request, q: str, format: str = "csv"):
+async def api_export(request: Request, q: str, format: str = "csv", context: bool = True):
     from ..query.export import EXPORT_FORMATS
 
     if format not in EXPORT_FORMATS:
@@ -215,7 +244,7 @@ async def api_export(request: Request, q: str, format: str = "csv"):
     def make(idx):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / f"export.{format}"
-            idx.export(q, format, out)
+            idx.export(q, format, out, context=context)
             return out.read_bytes()
     return await answer(request, make, media=EXPORT_MEDIA[format],
                         headers={"Content-Disposition": f'attachment; filename="neurons.{format}"'})

@@ -15,16 +15,135 @@ router = APIRouter()
 HTML = "text/html; charset=utf-8"
 
 
+def num(value) -> str:
+    """A number as a page shows it: three significant digits, thousands whole with separators;
+    an empty value as a dash, a flag as yes / no."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2014"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.3g}"
+    return str(value)
+
+
+TEMPLATES.env.filters["num"] = num
+# the neuron page's property rows: (column, label in plain words)
+NEURON_FIELDS = [
+    ("act_max", "highest activation (a_max)"), ("act_mean", "mean activation"), ("act_std", "standard deviation"),
+    ("sparsity", "share of map positions not firing"), ("auc", "area under the ranked activation curve"),
+    ("color_index", "colour selectivity \u03b1"), ("color_name", "colour name"), ("hue", "hue (degrees)"),
+    ("hue_name", "hue name"), ("mean_chroma", "mean chroma"), ("color_response", "response to its colour"),
+    ("class_index", "class selectivity \u03b3"), ("class_m", "classes covering the top images (M)"),
+    ("top_class", "top class"), ("top_class_wnid", "WordNet id"), ("csi", "class selectivity index (CSI)"),
+    ("csi_class", "CSI class"), ("nf_self_response", "Neuron Feature self-response"), ("rf_size", "receptive field (px)"),
+    ("weak", "weak (barely fires)")]
+# what a dead neuron does not have (no crops, so no Neuron Feature and no indexes)
+SELECTIVE = {"auc", "color_index", "color_name", "hue", "hue_name", "mean_chroma", "color_response", "class_index",
+             "class_m", "top_class", "top_class_wnid", "csi", "csi_class", "nf_self_response", "weak"}
+VIEWS = [("crops", "crops + deconvnet"), ("guided", "crops + guided backpropagation"), ("context", "whole images")]
+
+
+def histogram_bars(h: dict | None, width: int = 360, height: int = 110) -> dict | None:
+    """SVG bars of a stored activation histogram (square-root heights, so the tail shows)."""
+    if not h or not h["counts"]:
+        return None
+    counts, edges = h["counts"], h["edges"]
+    peak = max(counts) or 1
+    w = width / len(counts)
+    bars = []
+    for i, c in enumerate(counts):
+        bh = 0 if c == 0 else max(1.0, height * (c / peak) ** 0.5)
+        bars.append({"x": round(i * w, 2), "w": round(max(w - 1, 1), 2), "y": round(height - bh, 2), "h": round(bh, 2),
+                     "count": c, "lo": edges[i], "hi": edges[i + 1],
+                     "zero": bool(h.get("share_zero")) and edges[i] <= 0 <= edges[i + 1]})
+    return {"bars": bars, "width": width, "height": height, "lo": edges[0], "hi": edges[-1], "peak": peak}
+
+
+def class_bars(means: list[dict], shown: int = 12) -> list[dict]:
+    top = [dict(r) for r in means[:shown]]
+    scale = max([r["mean_activation"] for r in top if r["mean_activation"] is not None] + [0]) or 1
+    for r in top:
+        r["width"] = round(100 * max(r["mean_activation"] or 0, 0) / scale, 1)
+    return top
+
+
 # ------------------------------------------------------------------ pages
 async def page(request: Request, name: str, make) -> object:
-    """Render template `name` with make(index)'s context; image URLs carry the version tag `v`."""
+    """Render template `name` with make(index)'s context; image URLs carry the version tag `v`.
+    A page that cannot be made (unknown neuron, bad parameter) is an HTML page saying why, with
+    the error's status: a browser never shows raw JSON."""
+    from fastapi.responses import HTMLResponse
+
     def render(idx):
         return TEMPLATES.get_template(name).render({"v": idx.version.tag, **make(idx)})
-    return await answer(request, render, media=HTML)
+    try:
+        return await answer(request, render, media=HTML)
+    except NeuronIndexError as exc:
+        body = TEMPLATES.get_template("error.html").render({"message": exc.message, "status": exc.http_status})
+        return HTMLResponse(body, status_code=exc.http_status)
+
+@router.get("/login")
+async def login_form(request: Request, next: str = "/"):
+    """The gallery's login form (only when the service runs with --token)."""
+    from fastapi.responses import HTMLResponse, RedirectResponse
+
+    if request.app.state.token is None:
+        return RedirectResponse(_local(next), status_code=303)
+    return HTMLResponse(TEMPLATES.get_template("login.html").render({"next": _local(next), "problem": None}))
+
+@router.post("/login")
+async def login(request: Request):
+    """Check the token (constant time) and set the session cookie: HttpOnly, SameSite=Strict."""
+    import hmac
+
+    from fastapi.responses import HTMLResponse, RedirectResponse
+
+    from .app import COOKIE, session_value
+
+    form = await request.form()
+    token, target = str(form.get("token", "")), _local(str(form.get("next", "/")))
+    expected = request.app.state.token
+    if expected is None:
+        return RedirectResponse(target, status_code=303)
+    if not hmac.compare_digest(token.encode(), expected.encode()):
+        body = TEMPLATES.get_template("login.html").render({"next": target, "problem": "wrong token; try again"})
+        return HTMLResponse(body, status_code=401)
+    out = RedirectResponse(target, status_code=303)
+    out.set_cookie(COOKIE, session_value(expected), httponly=True, samesite="strict",
+                   secure=request.url.scheme == "https", path="/")
+    return out
+
+@router.post("/logout")
+async def logout(request: Request):
+    from fastapi.responses import RedirectResponse
+
+    from .app import COOKIE
+
+    out = RedirectResponse("/login", status_code=303)
+    out.delete_cookie(COOKIE, path="/")
+    return out
+
+
+def _local(target: str) -> str:
+    """Only a path of this site to go back to after logging in (no open redirect)."""
+    return target if target.startswith("/") and not target.startswith("//") and "\\" not in target else "/"
+
 
 @router.get("/")
 async def home(request: Request):
-    return await page(request, "home.html", lambda idx: {"models": idx.models().rows(), "summary": idx.summary().rows()})
+    from ..report import FIGURE_TITLES
+
+    return await page(request, "home.html", lambda idx: {"models": idx.models().rows(), "summary": idx.summary().rows(),
+                                                         "titles": FIGURE_TITLES})
 
 @router.get("/model/{model}")
 async def model_page(request: Request, model: str):
@@ -51,7 +170,12 @@ async def model_page(request: Request, model: str):
 async def layer_page(request: Request, model: str, layer: str, sort: str = "act_max", q: str = "", show: str = "nf"):
     def make(idx):
         text = f"model:{model} layer:{layer} {q} sort:-{sort.lstrip('-')} limit:1000"
-        rows = idx.search(text).rows()
+        problem = None
+        try:
+            rows = idx.search(text).rows()
+        except NeuronIndexError as exc:
+            idx.search(f"model:{model} layer:{layer} limit:1")  # an unknown model or layer: the error page
+            rows, problem = [], exc.message
         with_viz = {r["target"]: r["width"] for r in idx.query(  # neuron key -> image width
             "SELECT target, max(width) AS width FROM visualizations v JOIN neurons n ON n.id = v.neuron_id "
             "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = l.model_id WHERE m.name = ? AND l.name = ? "
@@ -59,7 +183,7 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
         maps = {r["space"] for r in idx.query(
             "SELECT p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON m.id = p.model_id "
             "WHERE m.name = ? AND l.name = ?", [model, layer]).rows()}
-        return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show,
+        return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show, "problem": problem,
                 "with_viz": with_viz, "maps": maps,
                 "directions": idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows(),
                 "sorts": ["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response",
@@ -67,8 +191,22 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
     return await page(request, "layer.html", make)
 
 @router.get("/neuron/{key:path}")
-async def neuron_page(request: Request, key: str):
-    return await page(request, "neuron.html", lambda idx: {"n": neuron_payload(idx, key), "similar": safe_similar(idx, key)})
+async def neuron_page(request: Request, key: str, view: str = "crops"):
+    if view not in dict(VIEWS):
+        from ..errors import UsageError
+
+        raise UsageError(f"unknown view {view!r}; use crops, guided or context")
+
+    def make(idx):
+        n = neuron_payload(idx, key)
+        others = [m["name"] for m in idx.models().rows() if m["name"] != n["properties"]["model"]]
+        rule = "guided" if view == "guided" else "deconvnet"
+        return {"n": n, "similar": safe_similar(idx, key), "fields": NEURON_FIELDS, "selective": SELECTIVE,
+                "histogram": n["histogram"], "hist": histogram_bars(n["histogram"]),
+                "class_bars": class_bars(n["class_means"]), "views": VIEWS, "view": view, "rule": rule,
+                "rule_label": "guided backpropagation" if rule == "guided" else "deconvnet",
+                "deconv_n": 9, "compare": others[0] if others else None}
+    return await page(request, "neuron.html", make)
 
 @router.get("/categories/{model}")
 async def categories_page(request: Request, model: str, layer: str | None = None, pooling: str | None = None):
@@ -112,6 +250,31 @@ async def map_page(request: Request, model: str, layer: str, space: str = "neuro
         return {"model": model, "layer": m.meta["layer"], "m": m.meta, "rows": rows, "legend": legend,
                 "space": space, "color": color, "cells": atlas(rows) if space == "crops" else []}
     return await page(request, "map.html", make)
+
+@router.get("/compare")
+async def compare_page(request: Request, a: str | None = None, b: str | None = None, neuron: str | None = None):
+    def make(idx):
+        names = [m["name"] for m in idx.models().rows()]
+        first, second = a or (names[0] if names else None), b or (names[1] if len(names) > 1 else names[0] if names else None)
+        out = {"names": names, "a": first, "b": second, "neuron": neuron, "problem": None, "rows": [], "sim": None,
+               "matches": None}
+        if first is None:
+            return out
+        try:
+            r = idx.compare(first, second)
+            out.update(rows=r.rows(), sim=r.meta["similarity"], problem=r.meta["problem"])
+            if out["sim"]:
+                flat = [v for line in out["sim"]["matrix"] for v in line if v is not None]
+                out["sim_range"] = (min(flat), max(flat)) if flat else (0, 1)
+            if neuron:
+                own = idx.neuron(neuron).row["model"]
+                other = second if own == first else first
+                m = idx.matches(neuron, other, 12)
+                out["matches"] = {"rows": m.rows(), **m.meta}
+        except NeuronIndexError as exc:
+            out["problem"] = exc.message
+        return out
+    return await page(request, "compare.html", make)
 
 @router.get("/search")
 async def search_page(request: Request, q: str = ""):

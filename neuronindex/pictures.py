@@ -1,0 +1,228 @@
+"""Pictures of one unit on one of its top (or bottom) images, made on demand from the stored image path.
+
+- `context`: the whole image as the model saw it, the unit's activation map over it as a heatmap
+  and its receptive field at the stored location as a box. The map is upsampled to the input by
+  the receptive-field geometry: unit (i, j) sits at the centre of its field, y0 + s*i + (h-1)/2
+  (per-neuron field start y0 and size h, the layer's stride s), and every input pixel takes the
+  map bilinearly interpolated at its own position. Colour = activation / a_max (the unit's
+  maximum over the dataset), so heatmaps of one unit compare across images.
+- `reconstruction` (seed 002: the deconvnet of Zeiler & Fergus 2014): the unit's activation at
+  the stored location projected back to pixel space. Autograd does the layer-by-layer reversal
+  the seed describes (transposed convolutions with the flipped filters; max-pooling through the
+  switches recorded in the forward); only the ReLUs' backward is replaced:
+    deconvnet  rectify the signal coming down (ignores the forward mask);
+    guided     both: rectify the signal and pass it only where the forward input was positive
+               (guided backpropagation, Springenberg et al. 2015);
+    backprop   the plain gradient (saliency, Simonyan et al. 2014), for comparison.
+  Other non-linearities (SiLU, GELU) pass their plain gradient. The result is cropped to the
+  receptive field (grey outside the image) and drawn as 0.5 + 0.5 g / max|g| per channel, so
+  grey is zero and the brightest pixel is the strongest.
+
+Both reuse the loaded model of the index (one per model and layer, `Index._model`) and the
+decoded-image cache; the service caches the PNGs per index version.
+"""
+from __future__ import annotations
+
+
+import numpy as np
+
+from .errors import NotFoundError, UsageError
+
+RULES = ("deconvnet", "guided", "backprop")
+SIDES = ("top", "bottom")
+
+
+def _entry(idx, key: str, rank: int, side: str) -> dict:
+    """The stored facts needed to redraw a unit on one of its listed images."""
+    if side not in SIDES:
+        raise UsageError(f"unknown side {side!r}; use top or bottom")
+    if not isinstance(rank, int) or rank < 1:
+        raise UsageError(f"rank must be a whole number >= 1, not {rank!r}")
+    n = idx.neuron(key)  # an unknown key: its own message, with suggestions
+    table = {"top": "topk", "bottom": "bottomk"}[side]
+    cols = ["path", "source", "y", "x", "activation", "box_x0", "box_y0", "box_x1", "box_y1", "model", "node",
+            "layer", "channel", "channels", "kind", "rf_h", "rf_w", "rf_y0", "rf_x0", "stride", "act_max"]
+    row = idx.con.execute(
+        "SELECT i.path, d.source, t.y, t.x, t.activation, t.box_x0, t.box_y0, t.box_x1, t.box_y1, m.name, l.node, "
+        "l.name, n.channel, l.channels, n.kind, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0, l.rf_stride, n.act_max "
+        f"FROM {table} t JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
+        "JOIN neurons n ON n.id = t.neuron_id JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = n.model_id "
+        "WHERE n.id = ? AND t.rank = ?", [n.id, rank]).fetchone()
+    if row is None:
+        count = idx.con.execute(f"SELECT count(*) FROM {table} WHERE neuron_id = ?", [n.id]).fetchone()[0]
+        raise NotFoundError(f"neuron {key} has no rank {rank} {side} image (it has {count})")
+    e = dict(zip(cols, row))
+    e["id"] = n.id
+    if e["kind"] != "channel":
+        d = n.direction()
+        e["weights"], e["offset"] = np.asarray(d["weights"], dtype=np.float32), float(d["offset"] or 0.0)
+    return e
+
+
+def _seen(idx, e: dict) -> np.ndarray:
+    """The image as the model saw it, (H, W, 3) uint8, decoded once per opened index."""
+    from .models import Preprocessing
+
+    pre = idx.con.execute("SELECT preprocessing FROM models WHERE name = ?", [e["model"]]).fetchone()[0]
+    return idx._shared.images.get_or_make(
+        (e["path"], e["source"], pre),
+        lambda: np.asarray(Preprocessing.from_json(pre).geometric(idx.load_image(e["path"], e["source"]))))
+
+
+def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, dict]:
+    """(the unit's activation map on the rank-th image, (H', W') float32; the stored entry). The
+    layer's maps of an image are computed once per opened index (its other units reuse them)."""
+    import torch
+
+    e = _entry(idx, key, rank, side)
+    seen = _seen(idx, e)
+    loaded, extractor, _, lock = idx._model(e["model"], e["layer"])
+
+    def forward():
+        with lock:  # one forward at a time per extractor
+            maps = extractor(torch.from_numpy(seen.copy())[None])
+        return maps[e["node"]][0].cpu().numpy().astype(np.float32)
+
+    maps = idx._shared.images.get_or_make(("maps", e["model"], e["node"], e["path"], e["source"]), forward)
+    if e["kind"] == "channel":
+        return maps[e["channel"]], e
+    return np.einsum("c,chw->hw", e["weights"], maps) + e["offset"], e
+
+
+def upsample(amap: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
+             stride: float) -> np.ndarray:
+    """A unit map (H', W') at input resolution `size` (H, W): pixel p takes the map bilinearly
+    interpolated at unit coordinate (p - (start + (field - 1) / 2)) / stride, clamped to the map."""
+    out_h, out_w = size
+    coords = []
+    for n_pix, n_units, s0, f in ((out_h, amap.shape[0], start[0], field[0]), (out_w, amap.shape[1], start[1], field[1])):
+        u = (np.arange(n_pix) - (s0 + (f - 1) / 2)) / max(stride, 1e-12)
+        coords.append(np.clip(u, 0, n_units - 1))
+    uy, ux = coords
+    y0, x0 = np.floor(uy).astype(int), np.floor(ux).astype(int)
+    y1, x1 = np.minimum(y0 + 1, amap.shape[0] - 1), np.minimum(x0 + 1, amap.shape[1] - 1)
+    fy, fx = (uy - y0)[:, None], (ux - x0)[None, :]
+    top = amap[y0][:, x0] * (1 - fx) + amap[y0][:, x1] * fx
+    bottom = amap[y1][:, x0] * (1 - fx) + amap[y1][:, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def context(idx, key: str, rank: int = 1, side: str = "top", alpha: float = 0.55):
+    """The whole rank-th image with the unit's heatmap (activation / a_max, clipped to [0, 1]) and
+    its receptive field drawn; a PIL RGB image at the model's input size."""
+    from matplotlib import colormaps
+    from PIL import Image, ImageDraw
+
+    amap, e = unit_map(idx, key, rank, side)
+    seen = _seen(idx, e)
+    h, w = seen.shape[:2]
+    if e["rf_h"] is not None and e["stride"]:
+        up = upsample(amap, (h, w), (e["rf_y0"], e["rf_x0"]), (e["rf_h"], e["rf_w"]), e["stride"])
+    else:  # no receptive-field geometry (a map the tracer could not follow): stretch the map
+        up = np.asarray(Image.fromarray(amap).resize((w, h), Image.BILINEAR))
+    scale = e["act_max"] if e["act_max"] and e["act_max"] > 0 else max(float(np.abs(amap).max()), 1e-12)
+    heat = colormaps["inferno"](np.clip(up / scale, 0, 1))[..., :3]
+    grey = seen.mean(2, keepdims=True) / 255.0
+    mixed = (1 - alpha) * (0.35 + 0.65 * grey) + alpha * heat
+    img = Image.fromarray((np.clip(mixed, 0, 1) * 255).round().astype(np.uint8))
+    if e["box_x0"] is not None:
+        draw = ImageDraw.Draw(img)
+        x0, y0 = max(e["box_x0"], 0), max(e["box_y0"], 0)
+        x1, y1 = min(e["box_x1"], w) - 1, min(e["box_y1"], h) - 1
+        if x1 >= x0 and y1 >= y0:
+            draw.rectangle((x0, y0, x1, y1), outline=(80, 220, 255), width=max(1, round(min(h, w) / 112)))
+    return img
+
+
+def _deconvnet_backward(x, g):
+    return g.clamp(min=0)  # rectify the signal coming down; the forward mask is ignored
+
+
+def _guided_backward(x, g):
+    return g.clamp(min=0) * (x > 0)  # rectified signal, and only where the forward input was positive
+
+
+def _backprop_backward(x, g):
+    return g * (x > 0)  # the plain gradient
+
+
+_BACKWARD = {"deconvnet": _deconvnet_backward, "guided": _guided_backward, "backprop": _backprop_backward}
+
+
+def _rule_function(rule: str):
+    """The ReLU of a backward rule as an autograd Function (values: ReLU's)."""
+    from .extract import relu_function
+
+    return relu_function(f"{rule.capitalize()}ReLU", _BACKWARD[rule])
+
+
+def deconvnet_relu(x):
+    return _rule_function("deconvnet").apply(x)
+
+
+def guided_relu(x):
+    return _rule_function("guided").apply(x)
+
+
+def backprop_relu(x):
+    return _rule_function("backprop").apply(x)
+
+
+RULE_RELU = {"deconvnet": deconvnet_relu, "guided": guided_relu, "backprop": backprop_relu}
+
+
+def _rule_module(idx, e: dict, rule: str):
+    """(the layer's extractor graph with every ReLU following `rule`, its forward lock), made once
+    per opened index, model, layer and rule."""
+    from .extract import _redirect_relus
+
+    loaded, extractor, _, lock = idx._model(e["model"], e["layer"])
+    if loaded.scripted:
+        raise UsageError(f"{e['model']} is a TorchScript model: its ReLUs cannot be given the {rule} rule; "
+                         "load it as a Python or torchvision model")
+    shared = idx._shared
+    key = ("rule", e["model"], e["node"], rule)
+    with shared.model_lock:
+        if key not in shared.models:
+            shared.models[key] = _redirect_relus(extractor.module, RULE_RELU[rule])
+    return loaded, shared.models[key], lock
+
+
+def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet") -> tuple[np.ndarray, dict]:
+    """(the projection of the unit's activation at its stored location back to the input, (H, W, 3)
+    float (gradient with respect to the 0..1 RGB image); the stored entry)."""
+    import torch
+
+    if rule not in RULES:
+        raise UsageError(f"unknown rule {rule!r}; use deconvnet, guided or backprop")
+    e = _entry(idx, key, rank, side)
+    if e["y"] is None or e["y"] < 0:
+        raise NotFoundError(f"the rank {rank} {side} entry of {key} has no location to project from")
+    seen = _seen(idx, e)
+    loaded, module, lock = _rule_module(idx, e, rule)
+    x01 = torch.from_numpy(seen.astype(np.float32) / 255.0).permute(2, 0, 1)[None].requires_grad_(True)
+    with lock, torch.enable_grad():
+        out = module(loaded.preprocessing.normalize_float(x01))[e["node"]][0, :, e["y"], e["x"]]
+        value = out[e["channel"]] if e["kind"] == "channel" else out @ torch.from_numpy(e["weights"]) + e["offset"]
+        (grad,) = torch.autograd.grad(value, x01)
+    return grad[0].permute(1, 2, 0).numpy().astype(np.float64), e
+
+
+def reconstruction(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
+    """The reconstruction as a PIL RGB image: cropped to the receptive field (whole=False; grey
+    outside the image) or over the whole input; grey is zero, 0.5 + 0.5 g / max|g| per channel."""
+    from PIL import Image
+
+    g, e = reconstruction_array(idx, key, rank, side, rule)
+    peak = float(np.abs(g).max())
+    shown = 0.5 + 0.5 * g / peak if peak > 0 else np.full_like(g, 0.5)
+    pixels = (np.clip(shown, 0, 1) * 255).round().astype(np.uint8)
+    if whole or e["box_x0"] is None:
+        return Image.fromarray(pixels)
+    h, w = pixels.shape[:2]
+    x0, y0, x1, y1 = e["box_x0"], e["box_y0"], e["box_x1"], e["box_y1"]
+    out = np.full((y1 - y0, x1 - x0, 3), 128, np.uint8)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = pixels[sy0:sy1, sx0:sx1]
+    return Image.fromarray(out)
