@@ -127,6 +127,12 @@ def _shard(value):
 @setting_option("--svd-max")
 @setting_option("--random-directions")
 @setting_option("--random-quantile")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Run pass 1 as Ray tasks: alone, a local Ray instance; auto, the cluster running here; or a "
+                   "cluster's address (needs the ray extra).")
+@click.option("--ray-shards", type=int, default=None, help="With --ray: image shards (default: 4 per worker slot).")
+@click.option("--ray-cpus-per-worker", type=float, default=1.0, show_default=True, help="With --ray: CPUs per task.")
+@click.option("--ray-gpus-per-worker", type=float, default=0.0, show_default=True, help="With --ray: GPUs per task.")
 @click.option("--visualize", "visualize_steps", type=int, default=None, metavar="STEPS",
               help="Then optimise an image for every neuron (activation maximisation, `neuronindex visualize` "
                    "with its defaults and this many steps, e.g. 256).")
@@ -134,7 +140,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
            spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, nf_memory, class_threshold, resume, checkpoint_every, shard, state_out,
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
-           visualize_steps, **model_kw):
+           ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     from neuronindex.ingest import IngestParams, ingest as run
 
@@ -156,9 +162,22 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
 
         viz = VizParams(steps=visualize_steps)
         viz.validate()
-    summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
-                  checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
-                  class_list=class_list, wait=not no_wait, visualize=viz)
+    if ray_address is not None:
+        if state_out or params.shard is not None:
+            raise click.UsageError("--ray makes and merges its own shards; leave out --shard and --state-out")
+        if params.device.startswith("cuda") and ray_gpus_per_worker <= 0:
+            ray_gpus_per_worker = 1.0
+        from neuronindex.distributed import ingest_on_ray
+
+        summary = ingest_on_ray(loaded, source, layer_spec, index_dir, params=params, resume=resume,
+                                progress=not quiet, download=download, labels=labels, class_list=class_list,
+                                wait=not no_wait, visualize=viz, address=None if ray_address == "local" else ray_address,
+                                shards=ray_shards, cpus_per_worker=ray_cpus_per_worker,
+                                gpus_per_worker=ray_gpus_per_worker)
+    else:
+        summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
+                      checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
+                      class_list=class_list, wait=not no_wait, visualize=viz)
     _print_summary(summary, index_dir)
 
 

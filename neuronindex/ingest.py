@@ -225,8 +225,10 @@ def _work_dir(index_dir: Path, run: Run) -> Path:
     return Path(index_dir) / ".work" / run.key()
 
 
-def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
-    """Atomically write the pass-1 state (numpy arrays + JSON meta) to `path`."""
+def state_bytes(run: Run, stats, batches_done: int) -> bytes:
+    """The pass-1 state (numpy arrays + JSON meta) as the bytes of an .npz file (no pickle)."""
+    import io
+
     arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
                                                      "batches_done": batches_done,
                                                      "problems": run.problems}).encode(), dtype=np.uint8)}
@@ -235,13 +237,25 @@ def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
     if getattr(stats, "cov", None) is not None:
         for k, v in stats.cov.state_dict().items():
             arrays[f"cov/{k}"] = v
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
+    """Atomically write the pass-1 state to `path`."""
+    write_atomically(path, state_bytes(run, stats, batches_done))
 
 
 def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
@@ -289,14 +303,7 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     stats, done = None, 0
     if resume and (model := published_as(index_dir, run.key(include_shard=False))) is not None:
         # killed after the publish, before the clean-up: the run is in the index already, once
-        shutil.rmtree(work, ignore_errors=True)
-        if work.parent.is_dir() and not any(work.parent.iterdir()):
-            work.parent.rmdir()
-        if progress:
-            print(f"this run was already published as model {model}; nothing to resume")
-        return {"model": model, "already_published": True, "layers": [s.name for s in run.selections],
-                "images": len(run.positions()), "neurons": sum(s.layer.channels for s in run.selections),
-                "problems": 0, "timings": {}}
+        return already_published(run, work, model, progress)
     if resume and state_file.is_file():
         meta, stats = load_state(state_file, run.params.device)
         done = int(meta["batches_done"])
@@ -318,30 +325,53 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     save_state(state_file, run, stats, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
     summary = finish(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive,
                      wait=wait)
-    shutil.rmtree(work, ignore_errors=True)
-    if work.parent.is_dir() and not any(work.parent.iterdir()):
-        work.parent.rmdir()
+    remove_work(work)
     if derive and visualize is not None:
-        from . import visualize as viz
-
-        t0 = time.time()
-        done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
-                       device=run.params.device, progress=progress, wait=wait)
-        summary["visualized"] = done["optimised"]
-        summary["timings"]["visualize"] = time.time() - t0
+        visualize_after(summary, run, index_dir, visualize, progress, wait)
     return summary
 
 
-def merge_states(paths: list[str], index_dir, progress: bool = True, derive: bool = True) -> dict:
-    """Merge pass-1 states of disjoint shards and publish the combined ingest."""
+def remove_work(work: Path) -> None:
+    """Remove a run's work folder (and .work when it is left empty)."""
+    shutil.rmtree(work, ignore_errors=True)
+    if work.parent.is_dir() and not any(work.parent.iterdir()):
+        work.parent.rmdir()
+
+
+def already_published(run: Run, work: Path, model: str, progress: bool) -> dict:
+    """The summary of a --resume of a run that is in the index already (killed after its publish)."""
+    remove_work(work)
+    if progress:
+        print(f"this run was already published as model {model}; nothing to resume")
+    return {"model": model, "already_published": True, "layers": [s.name for s in run.selections],
+            "images": len(run.positions()), "neurons": sum(s.layer.channels for s in run.selections),
+            "problems": 0, "timings": {}}
+
+
+def visualize_after(summary: dict, run: Run, index_dir, visualize, progress: bool, wait: bool) -> None:
+    """`ingest --visualize`: optimise an image for every neuron of the run's layers, then note it in summary."""
+    from . import visualize as viz
+
+    t0 = time.time()
+    done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
+                   device=run.params.device, progress=progress, wait=wait)
+    summary["visualized"] = done["optimised"]
+    summary["timings"]["visualize"] = time.time() - t0
+
+
+def merge_states(paths: list[str], index_dir, progress: bool = True, derive: bool = True,
+                 timings: dict | None = None, wait: bool = True) -> dict:
+    """Merge pass-1 states of disjoint shards and publish the combined ingest. The set is checked
+    (one run, every shard once) from the files' metadata before any is merged; states are then
+    loaded and folded in one at a time, so the driver holds two at most."""
     if len(paths) < 1:
         raise UsageError("merge needs at least one state file")
     started = time.time()
-    metas, all_stats = zip(*(load_state(Path(p)) for p in paths))
+    metas = [read_state_meta(Path(p)) for p in paths]
     base = metas[0]
     shards = []
     for meta in metas:
-        same = {k: meta[k] for k in ("model_fingerprint", "data_fingerprint", "layers", "preprocessing")}
+        same = {k: meta[k] for k in ("model_fingerprint", "data_fingerprint", "layers", "preprocessing", "name")}
         if same != {k: base[k] for k in same}:
             raise IngestError("these state files come from different models, images or layers; they cannot be merged")
         local = ("shard", "device", "workers", "amp", "nf_memory")
@@ -351,21 +381,55 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
             raise IngestError(f"these state files were made with different settings ({', '.join(differ)}); "
                               "run every shard with the same options")
         shards.append(tuple(meta["params"]["shard"]) if meta["params"]["shard"] else None)
-    if len(set(shards)) != len(shards):
-        raise IngestError("two state files cover the same shard; merge each shard once")
+    check_shards(shards)
     run = run_from_meta(base, shard=None)
-    merged = all_stats[0]
-    for other in all_stats[1:]:
-        merged.merge(other)
-        if (merged.cov is None) != (other.cov is None):
+    merged = None
+    for path in paths:
+        meta, stats = load_state(Path(path))
+        if merged is None:
+            merged = stats
+            continue
+        merged.merge(stats)
+        if (merged.cov is None) != (stats.cov is None):
             raise IngestError("some state files hold the channel covariance (directions) and some do not; "
                               "run every shard with the same --directions")
         if merged.cov is not None:
-            merged.cov.merge(other.cov)
+            merged.cov.merge(stats.cov)
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
-    return finish(run, merged, Path(index_dir), progress=progress, timings={"merge": time.time() - started},
-                  started=started, derive=derive)
+    return finish(run, merged, Path(index_dir), progress=progress,
+                  timings={**(timings or {}), "merge": time.time() - started}, started=started, derive=derive, wait=wait)
+
+
+def read_state_meta(path: Path) -> dict:
+    """The JSON metadata of a state file, without loading its arrays."""
+    if not Path(path).is_file():
+        raise IngestError(f"state file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return json.loads(bytes(data["__meta__"]).decode())
+    except (OSError, ValueError, KeyError) as exc:
+        raise IngestError(f"state file {path} is damaged or not a neuronindex state ({exc})") from None
+
+
+def check_shards(shards: list[tuple[int, int] | None]) -> None:
+    """A mergeable set of pass-1 states: one unsharded state, or every shard I/N of one N once."""
+    if len(set(shards)) != len(shards):
+        raise IngestError("two state files cover the same shard; merge each shard once")
+    if None in shards:
+        if len(shards) > 1:
+            raise IngestError("a state of a whole run (made without --shard) cannot be merged with others")
+        return
+    counts = sorted({n for _, n in shards})
+    if len(counts) > 1:
+        raise IngestError(f"these state files split the images in different ways ({', '.join(f'/{n}' for n in counts)}); "
+                          "merge the shards of one split")
+    n = counts[0]
+    missing = sorted(set(range(n)) - {i for i, _ in shards})
+    if missing:
+        listed = ", ".join(f"{i}/{n}" for i in missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise IngestError(f"shard{'s' if len(missing) > 1 else ''} {listed} missing: merge all {n} shards "
+                          f"(run `neuronindex ingest ... --shard I/{n} --state-out FILE` for each one missing)")
 
 
 def published_as(index_dir, run_key: str) -> str | None:

@@ -216,6 +216,16 @@ def test_cli_shards_merge_into_one_run(tmp_path, image_folder, cli_runner, monke
         np.testing.assert_allclose(np.array(a[1:5] + a[6:], dtype=float), np.array(b[1:5] + b[6:], dtype=float), rtol=1e-9)
     r = cli_runner.invoke(cli, ["merge", "--index", str(merged), states[0], states[0]])
     assert r.exit_code != 0 and "same shard" in r.output
+    # an incomplete set is refused before anything is published, naming what is missing
+    before = rows(merged, TOPK_SQL)
+    r = cli_runner.invoke(cli, ["merge", "--index", str(merged), states[0], states[2]])
+    assert r.exit_code != 0 and "shard 1/3 missing" in r.output and "Traceback" not in r.output
+    other = tmp_path / "half.npz"
+    r = cli_runner.invoke(cli, ["ingest", *base, "--index", str(merged), "--shard", "1/2", "--state-out", str(other),
+                                "--batch-size", "2"])
+    r = cli_runner.invoke(cli, ["merge", "--index", str(merged), *states, str(other)])
+    assert r.exit_code != 0 and "/2, /3" in r.output
+    assert rows(merged, TOPK_SQL) == before
 
 
 def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch, tiny_loaded):
