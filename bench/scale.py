@@ -14,7 +14,8 @@ Measured here, on the CPU:
    bottom lists, 1,000 class sums, a 2,048-image probe, histograms) is written once; the driver's
    cost per shard is loading one such file and folding it in (`LayerStats.merge`), measured for
    2 to 64 states (the merge of N states is N such steps: its cost is linear in N).
-3. The projection for ResNet-50 layer1-4 over ImageNet-train on 8 GPUs, from those figures and
+3. The driver's merge of pass-2 canvases (GB/s of Chan's update).
+4. The projection for ResNet-50 layer1-4 over ImageNet-train on 8 GPUs, from those figures and
    one stated assumption: the GPU's forward rate (`--gpu-images-per-second`, which cannot be
    measured here).
 """
@@ -105,6 +106,22 @@ def merge_cost(counts, channels: int) -> list[dict]:
     return out
 
 
+def canvas_merge_rate(megabytes: int = 256) -> float:
+    """GB of NF canvas sums per second that the driver folds in (Canvases.merge, Chan's update)."""
+    from neuronindex.features import Canvases
+
+    side = int(np.sqrt(megabytes * 2 ** 20 / 28 / 64))  # 64 neurons of side x side fields, 28 bytes a pixel
+    a, b = Canvases(np.full((64, 2), side)), Canvases(np.full((64, 2), side))
+    rng = np.random.default_rng(0)
+    for c in (a, b):
+        c.sums[:] = rng.random(c.sums.shape, dtype=np.float32)
+    warm = Canvases(np.full((1, 2), 4))
+    warm.merge(warm.sums.copy(), warm.sprites.copy())  # compile first
+    t0 = time.perf_counter()
+    a.merge(b.sums, b.sprites)
+    return a.sums.nbytes / 2 ** 30 / (time.perf_counter() - t0)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
@@ -151,11 +168,18 @@ def main():
           f"{args.gpu_images_per_second:g} per GPU) -> {pass1 / 60:.1f} min; bottleneck: "
           f"{'decode' if decode_rate < gpu_rate else 'GPU forward'}")
     print(f"  merge on the driver: {shards} x {per_state:.2f} s = {merge / 60:.1f} min")
+    rate = canvas_merge_rate()
+    sums_gb = nf_bytes * 28 / 45 / 2 ** 30  # of the 45 bytes per field pixel, 28 are the summed planes
+    print(f"  driver's canvas merge: {rate:.2f} GB/s measured; every part returns its canvases of each range "
+          f"({sums_gb:.1f} GB over all ranges)")
     for memory in (512, 16384):
         ranges, seconds = pass2(memory)
-        print(f"  pass 2 on the driver, --nf-memory {memory}: NF canvases {nf_bytes / 2 ** 30:.1f} GB in {ranges} "
-              f"range(s), each a decode of up to {distinct:,} top-list images on {args.cpus_per_gpu} CPUs: "
-              f"{seconds / 60:.0f} min; its two re-forwards on one GPU {distinct / args.gpu_images_per_second / 60:.0f} min")
+        split = seconds / gpus + gpus * sums_gb / rate  # decodes spread over the nodes, then the driver merges
+        print(f"  pass 2, --nf-memory {memory}: NF canvases {nf_bytes / 2 ** 30:.1f} GB in {ranges} range(s), each "
+              f"a decode of up to {distinct:,} top-list images: on the driver alone ({args.cpus_per_gpu} CPUs) "
+              f"{seconds / 60:.0f} min; split over the {gpus} nodes {split / 60:.0f} min (decode "
+              f"{seconds / gpus / 60:.1f} + merge {gpus * sums_gb / rate / 60:.1f}); re-forwards "
+              f"{distinct / gpu_rate * 60 / 60:.1f} s")
 
 
 if __name__ == "__main__":

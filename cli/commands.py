@@ -128,7 +128,7 @@ def _shard(value):
 @setting_option("--random-directions")
 @setting_option("--random-quantile")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
-              help="Run pass 1 as Ray tasks: alone, a local Ray instance; auto, the cluster running here; or a "
+              help="Run pass 1 and pass 2 as Ray tasks: alone, a local Ray instance; auto, the cluster running here; or a "
                    "cluster's address (needs the ray extra).")
 @click.option("--ray-shards", type=int, default=None, help="With --ray: image shards (default: 4 per worker slot).")
 @click.option("--ray-cpus-per-worker", type=float, default=1.0, show_default=True, help="With --ray: CPUs per task.")

@@ -53,10 +53,19 @@ class Derived:
             self.patches.close()
 
 
+def local_pass2(run, plan, neurons, reforwards, progress: bool, desc: str) -> list:
+    """Pass 2 over one range of neurons in this process: features.compute, with the re-forwards
+    (grey responses, patch vectors) fed every decoded batch."""
+    on_batch = (lambda *a: [r(*a) for r in reforwards]) if reforwards else None
+    return features_mod.compute(plan, run.images, run.loaded.preprocessing, run.params.workers, run.params.batch_size,
+                                progress=progress, neurons=neurons, on_batch=on_batch, desc=desc)
+
+
 def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None,
-            spill: Path | None = None) -> Derived:
+            spill: Path | None = None, pass2=None) -> Derived:
     """Pass 2, NF self-response and the indexes of a run's pass-1 results. The patch vectors wait
-    in files under `spill` (default: the system's temp folder) until they are written."""
+    in files under `spill` (default: the system's temp folder) until they are written. `pass2`
+    replaces local_pass2 (same arguments; distributed.ray_pass2 splits it over Ray workers)."""
     timings = timings if timings is not None else {}
     missing = [s for s in run.selections if s.layer.field is None]
     if missing:
@@ -97,11 +106,8 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
         for g, (lo, hi) in enumerate(ranges):
             first = g == 0
             t0 = time.time()
-            part = features_mod.compute(
-                plan, run.images, run.loaded.preprocessing, run.params.workers, run.params.batch_size, progress=progress,
-                neurons=(lo, hi),
-                on_batch=(lambda *a: (grey(*a), patches(*a))) if first else None,
-                desc="pass 2: crops" + (f" ({g + 1}/{len(ranges)})" if len(ranges) > 1 else ""))
+            part = (pass2 or local_pass2)(run, plan, (lo, hi), (grey, patches) if first else (), progress,
+                                          "pass 2: crops" + (f" ({g + 1}/{len(ranges)})" if len(ranges) > 1 else ""))
             if first:
                 patches.finish()
             spent["pass2"] += time.time() - t0

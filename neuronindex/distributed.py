@@ -12,15 +12,21 @@ attempt made it, so a retry changes nothing.
 The driver saves each returned state under INDEX/.work/<run>/ray-N/ as it arrives, so an
 interrupted driver resumes (`--resume`) by running only the shards not yet saved. When all are
 in, it folds them together one at a time (`ingest.merge_states`: the same exact merge as
-`neuronindex merge`; the result equals a single-process run's) and runs pass 2, the derived
-properties and the publish itself, on its own machine: they need the merged top lists first,
-read only the images of those lists, and write the one DuckDB file.
+`neuronindex merge`; the result equals a single-process run's).
+
+Pass 2 is split by image (`ray_pass2`): for each range of neurons, one task per worker slot
+decodes its part of the top-list images and returns the unfinished NF canvases and sprites of
+the range (and, with the first range, the greyscale responses and patch vectors of its crops);
+the driver merges them (`features.Canvases.merge`, Chan's pairwise update) and computes what
+needs every finished NF itself: self-response, indexes, encoding, the publish.
 """
 from __future__ import annotations
 
 import shutil
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .errors import NeuronIndexError, UsageError
 from .ingest import write_atomically
@@ -47,6 +53,100 @@ def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     run = run_from_meta(meta, shard=(shard, shards))
     stats = pass1(run, progress=False)
     return state_bytes(run, stats, -(-len(run.positions()) // run.params.batch_size))
+
+
+def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], subset, reforward: bool,
+               threads: int):
+    """Pass 2 of the neurons [lo, hi) over one part of the images (`subset`): the unfinished NF
+    canvases and sprites, and with `reforward` the greyscale responses (per plan entry, NaN where
+    this part saw none) and the patch vectors [(entries, vectors, layer)] of its top crops."""
+    import torch
+
+    from . import features
+    from .derive import GreyResponses, PatchVectors, Reforward
+    from .directions import Projector, extended_selections
+    from .extract import Extractor
+    from .ingest import run_from_meta
+
+    class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver
+        entries = PatchVectors.entries
+
+        def take(self, e, vectors, li):
+            records.append((e, np.ascontiguousarray(vectors[:, :channels[li]], dtype=np.float32), li))
+
+    torch.set_num_threads(max(1, threads))
+    run = run_from_meta(meta)
+    records: list = []
+    grey = on_batch = None
+    if reforward:
+        channels = [s.layer.channels for s in run.selections]
+        selections = extended_selections(run.selections, directions)
+        extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp,
+                              Projector([s.layer.name for s in run.selections], directions))
+        grey = GreyResponses(extractor, selections, plan, owners)
+        patches = Patches(extractor, selections, plan, owners)
+        on_batch = lambda *a: (grey(*a), patches(*a))  # noqa: E731
+    canvases = features.compute(plan, run.images, run.loaded.preprocessing, run.params.workers, run.params.batch_size,
+                                progress=False, neurons=neurons, on_batch=on_batch, subset=subset, partial=True)
+    return canvases.sums, canvases.sprites, (grey.result() if grey is not None else None), records
+
+
+def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
+    """A derive.run_all `pass2` that splits each range of neurons over `parts` Ray tasks by image
+    (every part decodes its own images) and merges their canvases, grey responses and patch
+    vectors here, in the order they come back (the merge does not depend on it)."""
+    shared: dict = {}
+
+    def pass2(run, plan, neurons, reforwards, progress, desc):
+        from tqdm import tqdm
+
+        from . import features
+
+        ray = _ray()
+        keep = features.needed_entries(plan, neurons, bool(reforwards))
+        needed = np.unique(plan.image[keep])
+        n = max(1, min(parts, len(needed)))
+        if shared.get("plan_of") is not plan:  # the plan goes to the object store once
+            shared.update(plan_of=plan, plan=ray.put(plan))
+        owners = list(zip(reforwards[0].layer_of.tolist(), reforwards[0].channel_of.tolist())) if reforwards \
+            else shared.get("owners")
+        shared["owners"] = owners
+        remote = ray.remote(pass2_part).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                max_retries=MAX_RETRIES, name="neuronindex_pass2")
+        pending = {remote.remote(run.meta, run.directions, shared["plan"], owners, neurons, needed[i::n],
+                                 bool(reforwards), max(1, int(cpus_per_worker))): i for i in range(n)}
+        canvases = features.Canvases(plan.sizes[neurons[0]:neurons[1]])
+        bar = tqdm(total=len(needed), unit="img", desc=f"{desc} on Ray ({n} parts)", disable=not progress,
+                   dynamic_ncols=True)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            i = pending.pop(ready[0])
+            sums, sprites, grey, records = _get(ray, ready[0], pending, f"pass 2 of part {i + 1}/{n}")
+            canvases.merge(sums, sprites)
+            if reforwards:
+                into_grey, into_patches = reforwards
+                seen = np.isfinite(grey)
+                into_grey.values[seen] = grey[seen]
+                for e, vectors, li in records:
+                    into_patches.take(e, vectors, li)
+            del sums, sprites, grey, records
+            bar.update(len(needed[i::n]))
+        bar.close()
+        return features.finish_canvases(canvases, plan, neurons)
+    return pass2
+
+
+def _get(ray, ref, pending: dict, what: str):
+    """ray.get, with a task's own error (a NeuronIndexError) re-raised as itself; cancels the rest."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        for other in pending:
+            ray.cancel(other)
+        if isinstance(cause, NeuronIndexError):
+            raise cause from None
+        raise UsageError(f"{what} failed on a Ray worker: {cause or exc}") from None
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -128,24 +228,18 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             i = pending.pop(ready[0])
-            try:
-                data = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as exc:
-                cause = getattr(exc, "cause", None)
-                for ref in pending:
-                    ray.cancel(ref)
-                if isinstance(cause, NeuronIndexError):
-                    raise cause from None
-                raise UsageError(f"pass 1 of shard {i}/{n} failed on a Ray worker: {cause or exc}") from None
+            data = _get(ray, ready[0], pending, f"pass 1 of shard {i}/{n}")
             write_atomically(paths[i], data)
             bar.update(images_of[i])
         bar.close()
         timings = {"pass1": time.time() - t0}
+        # pass 2 split the same way: each range of neurons over as many image parts as worker slots
+        split = ray_pass2(slots(cpus_per_worker, gpus_per_worker), cpus_per_worker, gpus_per_worker)
+        summary = merge_states([str(p) for p in paths], index_dir, progress=progress, derive=derive,
+                               timings=timings, wait=wait, pass2=split)
     finally:
         if started_ray:
             ray.shutdown()
-    summary = merge_states([str(p) for p in paths], index_dir, progress=progress, derive=derive, timings=timings,
-                           wait=wait)
     summary["timings"] = {"prepare": t0 - started, **summary["timings"]}
     summary["shards"] = n
     remove_work(work)

@@ -146,14 +146,25 @@ def groups(plan: CropPlan, budget: int) -> list[tuple[int, int]]:
     return out
 
 
+def needed_entries(plan: CropPlan, neurons: tuple[int, int], reforward: bool) -> np.ndarray:
+    """Which plan entries pass 2 visits for the neurons [lo, hi): their NF and sprite crops, and
+    every valid top crop of every neuron when the re-forwards run (they embed them all)."""
+    lo, hi = neurons
+    own = (plan.neuron >= lo) & (plan.neuron < hi) & (plan.use_nf | plan.sprite)
+    return (own | np.isfinite(plan.weight)) if reforward else own
+
+
 def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size: int = 64,
             progress: bool = True, on_batch=None, neurons: tuple[int, int] | None = None,
-            desc: str = "pass 2: crops") -> list[NeuronFeature | None]:
+            desc: str = "pass 2: crops", subset=None, partial: bool = False):
     """Decode each needed image once and accumulate the NF, std and sprite of every neuron in
     `neurons` (a range [lo, hi), default all); returns them in that order.
 
     `on_batch(images_uint8, local_image_index, entries)`, if given, sees every decoded batch with
     the plan entries it serves, of every neuron (e.g. to forward the images again in greyscale).
+    `subset` (image positions): only those images (one worker's part of a split pass 2); with
+    `partial` the unfinished `Canvases` come back instead, to be merged (`Canvases.merge`) and
+    finished (`finish_canvases`) where all parts meet.
     """
     from tqdm import tqdm
 
@@ -161,10 +172,9 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
 
     lo, hi = neurons if neurons is not None else (0, plan.n_neurons)
     mine = (plan.neuron >= lo) & (plan.neuron < hi)
-    own = mine & (plan.use_nf | plan.sprite)
-    # every valid top crop is visited when a callback is given (it embeds them all); NF and sprite
-    # work only on their own
-    keep = (own | np.isfinite(plan.weight)) if on_batch is not None else own
+    keep = needed_entries(plan, (lo, hi), on_batch is not None)
+    if subset is not None:
+        keep &= np.isin(plan.image, np.asarray(subset))
     order = np.argsort(plan.image[keep], kind="stable")
     idx = np.nonzero(keep)[0][order]
     e_image = plan.image[idx]
@@ -198,6 +208,13 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
         while pending:
             pending.popleft().result()
     bar.close()
+    return canvases if partial else finish_canvases(canvases, plan, (lo, hi))
+
+
+def finish_canvases(canvases: "Canvases", plan: CropPlan, neurons: tuple[int, int]) -> list[NeuronFeature | None]:
+    """The NeuronFeatures of the neurons [lo, hi) from their summed canvases."""
+    lo, hi = neurons
+    mine = (plan.neuron >= lo) & (plan.neuron < hi)
     n_used = np.bincount(plan.neuron[plan.use_nf & mine] - lo, minlength=hi - lo)
     sprite_n = np.bincount(plan.neuron[plan.sprite & mine] - lo, minlength=hi - lo)
     out: list[NeuronFeature | None] = [None] * (hi - lo)
@@ -296,6 +313,14 @@ class Canvases:
              self.start[neuron], self.sizes[neuron], self.sums,
              t_local.astype(i64), t_box[:, 1].astype(i64), t_box[:, 0].astype(i64), self.sizes[t_neuron], t,
              self.sprite_start[t_neuron] + t_rank.astype(i64) * t, SPRITE_CROPS, self.sprites)
+
+    def merge(self, sums: np.ndarray, sprites: np.ndarray) -> None:
+        """Fold in another part's canvases of the same neurons over other images (Chan et al.'s
+        pairwise update of the weighted mean and squared deviations; a thumbnail slot is written
+        by the one part whose image it shows, so the sprites add by taking what is not blank)."""
+        _merge_sums(self.sums, sums, self.start, self.sizes)
+        written = (sprites != 128).any(1)
+        self.sprites[written] = sprites[written]
 
     def sprite(self, n: int, k: int) -> np.ndarray:
         """Neuron n's first k thumbnails side by side: (t, k t, 3) uint8."""
@@ -472,6 +497,27 @@ def _thumbnails(pixels, local, y0, x0, size, thumb, at, per_row, out):  # pragma
                 out[i, 0] = np.uint8(min(255.0, np.floor(r / n + 0.5)))
                 out[i, 1] = np.uint8(min(255.0, np.floor(g / n + 0.5)))
                 out[i, 2] = np.uint8(min(255.0, np.floor(bl / n + 0.5)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _merge_sums(a, b, start, size):  # pragma: no cover - compiled
+    """a += b for two canvases' seven planes per pixel (W, weighted mean RGB, S RGB): Chan et al.'s
+    pairwise update, W = Wa + Wb, mean = ma + (mb - ma) Wb / W, S = Sa + Sb + (mb - ma)^2 Wa Wb / W."""
+    for n in range(len(size)):
+        hw = size[n, 0] * size[n, 1]
+        for p in range(hw):
+            i = start[n] + p
+            wa, wb = np.float64(a[i]), np.float64(b[i])
+            total = wa + wb
+            if wb == 0.0 or total <= 0.0:
+                continue
+            share, cross = wb / total, wa * wb / total
+            for k in range(3):
+                m, q = i + (1 + k) * hw, i + (4 + k) * hw
+                delta = np.float64(b[m]) - np.float64(a[m])
+                a[m] = np.float64(a[m]) + delta * share
+                a[q] = np.float64(a[q]) + np.float64(b[q]) + delta * delta * cross
+            a[i] = total
 
 
 @numba.njit(cache=True, nogil=True)

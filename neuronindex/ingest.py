@@ -360,7 +360,7 @@ def visualize_after(summary: dict, run: Run, index_dir, visualize, progress: boo
 
 
 def merge_states(paths: list[str], index_dir, progress: bool = True, derive: bool = True,
-                 timings: dict | None = None, wait: bool = True) -> dict:
+                 timings: dict | None = None, wait: bool = True, pass2=None) -> dict:
     """Merge pass-1 states of disjoint shards and publish the combined ingest. The set is checked
     (one run, every shard once) from the files' metadata before any is merged; states are then
     loaded and folded in one at a time, so the driver holds two at most."""
@@ -398,7 +398,8 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
     return finish(run, merged, Path(index_dir), progress=progress,
-                  timings={**(timings or {}), "merge": time.time() - started}, started=started, derive=derive, wait=wait)
+                  timings={**(timings or {}), "merge": time.time() - started}, started=started, derive=derive, wait=wait,
+                  pass2=pass2)
 
 
 def read_state_meta(path: Path) -> dict:
@@ -463,8 +464,8 @@ def layer_results(run: Run, stats) -> list[dict]:
 
 
 def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
-           derive: bool = True, wait: bool = True) -> dict:
-    """Pass 2 and derived properties, then publish."""
+           derive: bool = True, wait: bool = True, pass2=None) -> dict:
+    """Pass 2 and derived properties, then publish (`pass2`: see derive.run_all)."""
     from . import directions as dirs
     from .selectivity import dead_neurons
     from .store import staged
@@ -490,7 +491,8 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
         from . import derive as derive_mod
 
         t0 = time.time()
-        derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work")
+        derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work",
+                                     pass2=pass2)
         timings.setdefault("derive", time.time() - t0)
     t0 = time.time()
     with staged(index_dir, wait=wait) as con:

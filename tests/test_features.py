@@ -116,6 +116,40 @@ def test_nf_equals_brute_force_over_batches(tmp_path, size):
     assert np.isnan(nf.std[~valid]).all()
 
 
+def test_canvases_of_image_parts_merge_into_the_whole(tmp_path):
+    """A split pass 2 (each part of the images summed on its own, as Ray workers do) merged with
+    Chan's update gives the NF, std and sprites of one pass over all images (and the brute force)."""
+    rng = np.random.default_rng(11)
+    arrays = [rng.integers(0, 256, (8, 8, 3)) for _ in range(9)]
+    images = _images(tmp_path, arrays)
+    h, w, n = 5, 6, 40
+    y0, x0 = rng.integers(-h + 1, 8, n), rng.integers(-w + 1, 8, n)
+    neuron = np.repeat([0, 1], n // 2)
+    plan = features.CropPlan(neuron=neuron, rank=np.tile(np.arange(n // 2), 2), image=rng.integers(0, 9, n),
+                             box=np.stack([x0, y0, x0 + w, y0 + h], 1), weight=np.tile(np.linspace(1, 0.5, n // 2), 2),
+                             sizes=np.array([[h, w], [h, w]]), nf_max=25, threshold=0.6)
+    pre = Preprocessing(input_size=(8, 8), geometry="none", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
+    whole = features.compute(plan, images, pre, batch_size=2, progress=False)
+    parts = [features.compute(plan, images, pre, batch_size=2, progress=False, subset=[p for p in range(9) if p % 3 == r],
+                              partial=True) for r in range(3)]
+    merged = parts[0]
+    for other in parts[1:]:
+        merged.merge(other.sums, other.sprites)
+    split = features.finish_canvases(merged, plan, (0, 2))
+    for k, (a, b) in enumerate(zip(split, whole)):
+        np.testing.assert_array_equal(a.valid, b.valid)
+        np.testing.assert_allclose(a.nf, b.nf, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(a.std[a.valid], b.std[b.valid], rtol=1e-4, atol=1e-3)
+        np.testing.assert_array_equal(a.sprite, b.sprite)
+        assert a.n_used == b.n_used
+        one = features.CropPlan(neuron=np.zeros(n // 2, int), rank=plan.rank[neuron == k], image=plan.image[neuron == k],
+                                box=plan.box[neuron == k], weight=plan.weight[neuron == k], sizes=np.array([[h, w]]),
+                                nf_max=25, threshold=0.6)
+        expected, valid, std = _brute_force(arrays, one, h, w)
+        np.testing.assert_allclose(a.nf, expected, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(a.std[valid], std[valid], rtol=1e-4, atol=1e-3)
+
+
 def test_sprite_thumbnails_average_areas_and_show_padding_grey(tmp_path):
     """A 96x96 field on a 64x64 image shrinks to a 48x48 thumbnail: each pixel the mean of a 2x2
     block, grey 128 where the block is padding."""
