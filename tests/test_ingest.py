@@ -384,3 +384,16 @@ def test_cli_nf_memory_must_be_positive(tmp_path, image_folder, cli_runner):
                                 "--index", str(tmp_path / "idx"), "--nf-memory", "1", "-q"])
     assert r.exit_code == 0, r.output
     assert rows(tmp_path / "idx", "SELECT count(*) FROM neuron_features")[0][0] >= 9
+
+
+def test_ray_is_optional_and_its_absence_names_the_extra(monkeypatch, tmp_path, cli_runner):
+    """Without Ray installed, `--ray` is a one-line error naming the extra; nothing else needs it."""
+    from neuronindex.distributed import _ray
+    from neuronindex.errors import UsageError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    with pytest.raises(UsageError, match=r"neuronindex\[ray\]"):
+        _ray()
+    r = cli_runner.invoke(cli, ["ingest", *TINY, "--images", str(tmp_path), "--layers", "conv1", "--index",
+                                str(tmp_path / "i"), "--ray", "-q"])
+    assert r.exit_code != 0 and "neuronindex[ray]" in r.output and "Traceback" not in r.output
