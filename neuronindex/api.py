@@ -462,28 +462,39 @@ class Index:
         hits.sort(key=lambda t: -t[2])
         return self._with_neurons(hits[:k], space if mode == "embedding" else "response")
 
+    def model_row(self, name: str) -> dict:
+        """The `models` row of a model of this index (an unknown name: NotFoundError with suggestions)."""
+        models = self.models().rows()
+        found = [m for m in models if m["name"] == name]
+        if not found:
+            raise NotFoundError(f"no model {name!r} in this index{did_you_mean(name, [m['name'] for m in models])}")
+        return found[0]
+
+    def layer_rows(self, model: str, layer: str) -> list[dict]:
+        """The stored layers of `model` that answer to `layer` (name, node or alias: layers.stored_names);
+        none: LayerError with suggestions."""
+        from .errors import LayerError
+        from .layers import stored_names
+
+        rows = self.layers(model).rows()
+        chosen = [r for r in rows if layer in stored_names(r)]
+        if not chosen:
+            raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
+        return chosen
+
     def _model(self, model: str | None, layer: str | None):
         """(LoadedModel, Extractor over the chosen layers, layer rows) for queries that forward images."""
-        from .errors import LayerError, UsageError
+        from .errors import UsageError
         from .extract import Extractor
         from .models import Preprocessing, load_model
 
-        models = self.models().rows()
         if model is None:
+            models = self.models().rows()
             if len({m["name"] for m in models}) != 1:
                 raise UsageError(f"this index has several models; choose one with --model ({', '.join(m['name'] for m in models)})")
             model = models[0]["name"]
-        found = [m for m in models if m["name"] == model]
-        if not found:
-            raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
-        rows = self.layers(model).rows()
-        if layer not in (None, "all"):
-            from .layers import stored_names
-
-            chosen = [r for r in rows if layer in stored_names(r)]
-            if not chosen:
-                raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
-            rows = chosen
+        self.model_row(model)
+        rows = self.layers(model).rows() if layer in (None, "all") else self.layer_rows(model, layer)
         shared = self._shared
         key = (model, tuple(r["node"] for r in rows))
         with shared.model_lock:  # loaded once per opened index, whichever thread asks first

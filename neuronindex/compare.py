@@ -20,17 +20,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError, did_you_mean
+from .errors import NotFoundError, UsageError
 
 MIN_SHARED = 10
-
-
-def _model_row(idx, name: str) -> dict:
-    models = idx.models().rows()
-    found = [m for m in models if m["name"] == name]
-    if not found:
-        raise NotFoundError(f"no model {name!r} in this index{did_you_mean(name, [m['name'] for m in models])}")
-    return found[0]
 
 
 def depths(n: int) -> np.ndarray:
@@ -39,7 +31,7 @@ def depths(n: int) -> np.ndarray:
 
 def layers(idx, a: str, b: str) -> list[dict]:
     """Aligned per-layer rows: {depth, a: summary row or None, b: summary row or None}."""
-    _model_row(idx, a), _model_row(idx, b)
+    idx.model_row(a), idx.model_row(b)
     rows = {m: idx.summary(m).rows() for m in (a, b)}
     fields = {(r["model"], r["name"]): r for m in (a, b) for r in idx.layers(m).rows()}
     for m, rs in rows.items():
@@ -58,18 +50,10 @@ def layers(idx, a: str, b: str) -> list[dict]:
 def _probe(idx, model: str, layer: str | None = None) -> tuple[list[dict], np.ndarray, list[str]]:
     """(neuron rows, (neurons, probe images) activations, the probe images' paths) of a model's
     channels (one layer's, or all), in the probe order of its ingest."""
-    m = _model_row(idx, model)
+    m = idx.model_row(model)
     where, args = "", [m["id"]]
     if layer is not None:
-        from .layers import stored_names
-
-        found = [r for r in idx.layers(model).rows() if layer in stored_names(r)]
-        if not found:
-            from .errors import LayerError
-
-            raise LayerError(f"unknown layer {layer!r} of {model}"
-                             f"{did_you_mean(layer, [r['name'] for r in idx.layers(model).rows()])}")
-        where, args = " AND n.layer_id = ?", [m["id"], found[0]["id"]]
+        where, args = " AND n.layer_id = ?", [m["id"], idx.layer_rows(model, layer)[0]["id"]]
     rows = idx.query("SELECT n.id, n.key, l.name AS layer, n.channel, n.dead, n.ingest_id, p.activations "
                      "FROM neurons n JOIN layers l ON l.id = n.layer_id JOIN probe p ON p.neuron_id = n.id "
                      f"WHERE n.model_id = ? AND n.kind = 'channel'{where} ORDER BY l.position, n.channel", args).rows()

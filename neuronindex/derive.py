@@ -53,6 +53,19 @@ class Derived:
             self.patches.close()
 
 
+def unit_extractor(run):
+    """(the run's selections with its directions as units after the channels, an Extractor over
+    them). Directions' maps come from the projector, their fields are the union of the channels';
+    the precision is pass 1's (--amp: float16 on CUDA), so that a / a_max compares like with like."""
+    from .directions import Projector, extended_selections
+    from .extract import Extractor
+
+    directions = run.directions or [None] * len(run.selections)
+    nodes = [s.layer.name for s in run.selections]
+    return (extended_selections(run.selections, directions),
+            Extractor(run.loaded, nodes, run.params.device, run.params.amp, Projector(nodes, directions)))
+
+
 def local_pass2(run, plan, neurons, reforwards, progress: bool, desc: str) -> list:
     """Pass 2 over one range of neurons in this process: features.compute, with the re-forwards
     (grey responses, patch vectors) fed every decoded batch."""
@@ -75,19 +88,9 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
         print(f"no receptive field for {', '.join(s.name for s in missing)} ({why}): Neuron Features, colour and "
               "class indexes and embeddings are skipped; select layers before that operation", file=sys.stderr)
         return Derived(owners=[])
-    from .directions import Projector, extended_selections
-    from .extract import Extractor
-
     t0 = time.time()
-    # directions are units after the channels: their maps come from the projector, their fields
-    # are the union of the channels'
-    directions = run.directions or [None] * len(run.selections)
-    selections = extended_selections(run.selections, directions)
-    projector = Projector([s.layer.name for s in run.selections], directions)
+    selections, extractor = unit_extractor(run)
     plan, owners = features_mod.plan_from_results(selections, results, run.params.nf_threshold, run.params.nf_max)
-    # the same precision as pass 1 (--amp: float16 on CUDA), so that a / a_max compares like with like
-    extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp,
-                          projector)
     grey = GreyResponses(extractor, selections, plan, owners)
     patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections], spill)
     act_max_by_layer = [r["act_max"] for r in results]

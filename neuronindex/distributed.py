@@ -55,17 +55,15 @@ def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     return state_bytes(run, stats, -(-len(run.positions()) // run.params.batch_size))
 
 
-def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], subset, reforward: bool,
-               threads: int):
+def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], subset, threads: int):
     """Pass 2 of the neurons [lo, hi) over one part of the images (`subset`): the unfinished NF
-    canvases and sprites, and with `reforward` the greyscale responses (per plan entry, NaN where
-    this part saw none) and the patch vectors [(entries, vectors, layer)] of its top crops."""
+    canvases and sprites, and with `owners` (the plan's (layer, channel) per neuron: the re-forwards
+    run) the greyscale responses (per plan entry, NaN where this part saw none) and the patch
+    vectors [(entries, vectors, layer)] of its top crops."""
     import torch
 
     from . import features
-    from .derive import GreyResponses, PatchVectors, Reforward
-    from .directions import Projector, extended_selections
-    from .extract import Extractor
+    from .derive import GreyResponses, PatchVectors, Reforward, unit_extractor
     from .ingest import run_from_meta
 
     class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver
@@ -76,13 +74,12 @@ def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], s
 
     torch.set_num_threads(max(1, threads))
     run = run_from_meta(meta)
+    run.directions = directions
     records: list = []
     grey = on_batch = None
-    if reforward:
+    if owners is not None:  # the first range: the re-forwards too
         channels = [s.layer.channels for s in run.selections]
-        selections = extended_selections(run.selections, directions)
-        extractor = Extractor(run.loaded, [s.layer.name for s in run.selections], run.params.device, run.params.amp,
-                              Projector([s.layer.name for s in run.selections], directions))
+        selections, extractor = unit_extractor(run)
         grey = GreyResponses(extractor, selections, plan, owners)
         patches = Patches(extractor, selections, plan, owners)
         on_batch = lambda *a: (grey(*a), patches(*a))  # noqa: E731
@@ -108,20 +105,15 @@ def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
         n = max(1, min(parts, len(needed)))
         if shared.get("plan_of") is not plan:  # the plan goes to the object store once
             shared.update(plan_of=plan, plan=ray.put(plan))
-        owners = list(zip(reforwards[0].layer_of.tolist(), reforwards[0].channel_of.tolist())) if reforwards \
-            else shared.get("owners")
-        shared["owners"] = owners
+        owners = list(zip(reforwards[0].layer_of.tolist(), reforwards[0].channel_of.tolist())) if reforwards else None
         remote = ray.remote(pass2_part).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                 max_retries=MAX_RETRIES, name="neuronindex_pass2")
         pending = {remote.remote(run.meta, run.directions, shared["plan"], owners, neurons, needed[i::n],
-                                 bool(reforwards), max(1, int(cpus_per_worker))): i for i in range(n)}
+                                 max(1, int(cpus_per_worker))): i for i in range(n)}
         canvases = features.Canvases(plan.sizes[neurons[0]:neurons[1]])
         bar = tqdm(total=len(needed), unit="img", desc=f"{desc} on Ray ({n} parts)", disable=not progress,
                    dynamic_ncols=True)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            sums, sprites, grey, records = _get(ray, ready[0], pending, f"pass 2 of part {i + 1}/{n}")
+        for i, (sums, sprites, grey, records) in _as_completed(ray, pending, lambda i: f"pass 2 of part {i + 1}/{n}"):
             canvases.merge(sums, sprites)
             if reforwards:
                 into_grey, into_patches = reforwards
@@ -136,17 +128,23 @@ def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
     return pass2
 
 
-def _get(ray, ref, pending: dict, what: str):
-    """ray.get, with a task's own error (a NeuronIndexError) re-raised as itself; cancels the rest."""
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        for other in pending:
-            ray.cancel(other)
-        if isinstance(cause, NeuronIndexError):
-            raise cause from None
-        raise UsageError(f"{what} failed on a Ray worker: {cause or exc}") from None
+def _as_completed(ray, pending: dict, what):
+    """(i, result) of the tasks `pending` ({ref: i}) as each finishes. A task's own error (a
+    NeuronIndexError) is re-raised as itself, any other names the task (`what(i)`); either
+    cancels the rest."""
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        i = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except ray.exceptions.RayTaskError as exc:
+            cause = getattr(exc, "cause", None)
+            for other in pending:
+                ray.cancel(other)
+            if isinstance(cause, NeuronIndexError):
+                raise cause from None
+            raise UsageError(f"{what(i)} failed on a Ray worker: {cause or exc}") from None
+        yield i, result
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> bool:
@@ -225,10 +223,7 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
         images_of = {i: len(range(i, len(run.positions()), n)) for i in range(n)}
         bar = tqdm(total=len(run.positions()), initial=sum(images_of[i] for i in range(n) if i not in todo),
                    unit="img", desc=f"pass 1 on Ray ({n} shards)", disable=not progress, dynamic_ncols=True)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            i = pending.pop(ready[0])
-            data = _get(ray, ready[0], pending, f"pass 1 of shard {i}/{n}")
+        for i, data in _as_completed(ray, pending, lambda i: f"pass 1 of shard {i}/{n}"):
             write_atomically(paths[i], data)
             bar.update(images_of[i])
         bar.close()
