@@ -97,7 +97,7 @@ def _shard(value):
 @click.option("--images", "source", required=True, help="Image folder, manifest CSV or torchvision:NAME[:split].")
 @click.option("--download", is_flag=True, help="Download a torchvision dataset (needs internet).")
 @label_options
-@click.option("--layers", "layer_spec", required=True, help="Comma-separated layer names or aliases, or all-conv.")
+@click.option("--layers", "--layer", "layer_spec", required=True, help="Comma-separated layer names or aliases, or all-conv.")
 @click.option("--index", "index_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Index directory.")
 @setting_option("--top-k")
 @setting_option("--batch-size")
@@ -353,7 +353,7 @@ def search(index_dir, query, fmt, output, explain):
             click.echo(f"-- parameters: {params}")
             return
         rows = idx.search(query).rows()
-    columns = ["key", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
+    columns = ["key", "color_index", "color_label", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
     emit(rows, fmt, output, columns if fmt == "table" else None)
 
 
@@ -387,30 +387,35 @@ def dump(index_dir, folder):
 @click.option("--class-threshold", type=float, default=None, help="th of the class selectivity index.")
 @click.option("-q", "--quiet", is_flag=True)
 def indexes(index_dir, model, class_threshold, quiet):
-    """Recompute the selectivity indexes (with pass 2, which they derive from)."""
+    """Recompute the selectivity indexes (with pass 2, which they derive from), and bring class names and the
+    WordNet hierarchy up to date (after installing WordNet, or for an index written before the bundled one)."""
     from neuronindex.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
-        click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}")
+        classes = f"; {done['classes_changed']} classes added or renamed" if done.get("classes_changed") else ""
+        click.echo(f"recomputed the indexes of {done['neurons']} neurons of {done['model']}{classes}")
 
 
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--image", required=True, type=click.Path(dir_okay=False), help="Image file holding the patch.")
+@click.option("--image", required=True, type=click.Path(exists=True, dir_okay=False), help="Image file holding the patch.")
 @click.option("--box", default=None, help="x0,y0,x1,y1 of the patch in image pixels (default: the centre).")
-@click.option("--layer", default="all", show_default=True, help="A layer name or alias, or all.")
+@click.option("--layer", "--layers", "layer", default="all", show_default=True, help="A layer name or alias, or all.")
 @click.option("--model", default=None, help="Model, when the index has several.")
 @click.option("-k", "k", default=20, show_default=True)
 @click.option("--mode", type=click.Choice(["embedding", "response"]), default="embedding", show_default=True)
 @click.option("--space", type=click.Choice(["prototype", "patch"]), default="prototype", show_default=True,
               help="prototype: nearest neurons; patch: nearest stored crops.")
+@click.option("--kind", type=click.Choice(["all", "channel", "direction", "svd", "random", "user"]), default="all",
+              show_default=True, help="Unit kinds to return: channel (neurons) or directions; every row says its kind.")
+@click.option("--all-crops", is_flag=True, help="Patch space: every crop, not one row per unit (its nearest crop).")
 @output_options(("table", "csv", "json", "jsonl"))
-def nearest(index_dir, image, box, layer, model, k, mode, space, fmt, output):
+def nearest(index_dir, image, box, layer, model, k, mode, space, kind, all_crops, fmt, output):
     """Neurons (or stored crops) nearest to an image patch."""
     from neuronindex.api import parse_box
 
     with _open(index_dir) as idx:
-        rows = idx.nearest(image, parse_box(box), layer, k, mode, space, model).rows()
+        rows = idx.nearest(image, parse_box(box), layer, k, mode, space, model, kind=kind, per_unit=not all_crops).rows()
     emit(rows, fmt, output)
 
 
@@ -419,11 +424,13 @@ def nearest(index_dir, image, box, layer, model, k, mode, space, fmt, output):
 @click.argument("neuron_key")
 @click.option("-k", "k", default=20, show_default=True)
 @click.option("--space", type=click.Choice(["prototype", "signature"]), default="prototype", show_default=True)
+@click.option("--kind", type=click.Choice(["all", "channel", "direction", "svd", "random", "user"]), default="all",
+              show_default=True, help="Unit kinds to return: channel (neurons) or directions; every row says its kind.")
 @output_options(("table", "csv", "json", "jsonl"))
-def similar(index_dir, neuron_key, k, space, fmt, output):
+def similar(index_dir, neuron_key, k, space, kind, fmt, output):
     """Neurons similar to a neuron (prototype: same layer; signature: probe activations, any layer)."""
     with _open(index_dir) as idx:
-        rows = idx.similar(neuron_key, k, space).rows()
+        rows = idx.similar(neuron_key, k, space, kind=kind).rows()
     emit(rows, fmt, output)
 
 
@@ -433,7 +440,7 @@ def similar(index_dir, neuron_key, k, space, fmt, output):
 @click.argument("model_b")
 @click.option("--neuron", "neuron_key", default=None,
               help="A neuron of either model: list the other model's neurons that correlate best with it instead.")
-@click.option("--layer", default=None, help="With --neuron: only this layer of the other model.")
+@click.option("--layer", "--layers", "layer", default=None, help="With --neuron: only this layer of the other model.")
 @click.option("-k", "k", default=10, show_default=True, help="With --neuron: how many matches.")
 @click.option("--similarity", is_flag=True, help="Print the layer-by-layer similarity matrix instead of the layer rows.")
 @output_options(("table", "csv", "json", "jsonl"))
@@ -492,19 +499,19 @@ def demo(out, per_class, epochs, serve, port, quiet):
     click.echo(f"\ndemo CNN trained on {per_class} images per class: held-out accuracy {result['accuracy']:.1%}")
     click.echo(f"index: {result['index']}\n\nlayer summary:")
     click.echo(to_table(t["summary"]), nl=False)
-    short = ["key", "color_index", "color_name", "class_index", "top_class", "csi"]
+    short = ["key", "color_index", "color_label", "class_index", "top_class", "csi"]
     for title, rows in ((f"search 'red {t['first']}':", t["red"]),
                         (f"search 'layer:{t['last']} gamma>=0.9 sort:-csi limit:5':", t["selective"]),
                         (f"search 'round {t['last']}' (an ancestor class: red discs and yellow rings):", t["rounds"]),
-                        (f"search 'svd {t['last']}' (seed 001: the layer's SVD directions, by singular value):",
+                        (f"search 'svd {t['last']}' (the layer's SVD directions, by singular value; Zhang, CS231n):",
                          t["directions"])):
         click.echo(f"\n{title}")
         cols = short if not rows or rows[0].get("kind") == "channel" else ["key", "sv", "explained", "top_class",
-                                                                           "class_index", "color_name"]
+                                                                           "class_index", "color_label"]
         click.echo(to_table([{k: r.get(k) for k in cols} for r in rows]), nl=False)
     click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
     click.echo(to_table([{k: r.get(k) for k in ["score", "key", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
-    click.echo(f"\nHTML contact sheet of the first layer's colour-selective red-disc neurons: {t['sheet']}")
+    click.echo(f"\nHTML contact sheet of the first layer's red neurons: {t['sheet']}")
     checks = {"held-out accuracy >= 90%": result["accuracy"] >= 0.9, **t["checks"]}
     click.echo("\nchecks:")
     for name, ok in checks.items():
@@ -581,7 +588,7 @@ def directions():
 
 @directions.command("add")
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layer", required=True, help="Layer as selected at ingest (or MODEL/LAYER).")
+@click.option("--layer", "--layers", "layer", required=True, help="Layer as selected at ingest (or MODEL/LAYER).")
 @click.option("--vector", "vector_file", required=True, type=click.Path(dir_okay=False),
               help="A .npy array (C,) or (D, C) over the layer's channels, or numbers as text, one vector per line.")
 @click.option("--name", "names", multiple=True, help="Name of each vector (default user1, user2, ...).")
@@ -600,7 +607,7 @@ def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
 
 @directions.command("list")
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layer", default=None, help="Only this layer (as selected, or MODEL/LAYER).")
+@click.option("--layer", "--layers", "layer", default=None, help="Only this layer (as selected, or MODEL/LAYER).")
 @output_options()
 def directions_list(index_dir, layer, fmt, output):
     """The directions of an index with their singular values and explained variance."""
@@ -646,7 +653,7 @@ def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale,
 
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layers", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
+@click.option("--layers", "--layer", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
 @click.option("--model", default=None, help="Only this model.")
 @click.option("--objective", type=click.Choice(["unit", "channel"]), default="unit", show_default=True,
               help="unit: the centre unit (its receptive field); channel: the mean of the whole map.")
@@ -702,7 +709,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--model", default=None, help="The model (needed when the index holds several).")
-@click.option("--layer", default=None, help="Stored layer of the feature vectors [the deepest].")
+@click.option("--layer", "--layers", "layer", default=None, help="Stored layer of the feature vectors [the deepest].")
 @click.option("--pooling", type=click.Choice(["max", "mean"]), default=None,
               help="Class means of each channel's spatial max or mean [mean when ingested with --spatial-means, "
                    "else max].")
@@ -730,7 +737,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--class", "class_name", required=True, help="Class name or WordNet id (an inner class takes the images "
                                                               "of every class under it).")
-@click.option("--layer", default=None, help="Stored layer [the deepest].")
+@click.option("--layer", "--layers", "layer", default=None, help="Stored layer [the deepest].")
 @click.option("--model", default=None, help="The model (needed when the index holds several).")
 @click.option("--pooling", type=click.Choice(["max", "mean"]), default="max", show_default=True,
               help="Each filter's map pooled per image by its spatial max or mean.")
@@ -752,7 +759,7 @@ def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no
 
 @cli.command("map")
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--layers", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
+@click.option("--layers", "--layer", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
 @click.option("--model", default=None, help="Only this model.")
 @click.option("--space", type=click.Choice(["neurons", "crops", "both"]), default="neurons", show_default=True,
               help="neurons: one point per neuron (prototype embedding); crops: one per stored top crop (patch "

@@ -384,13 +384,16 @@ class Index:
         return Result(schema(self.con))
 
     # ------------------------------------------------------------------ vectors
-    def similar(self, key: str, k: int = 20, space: str = "prototype") -> Result:
-        """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model)."""
+    def similar(self, key: str, k: int = 20, space: str = "prototype", kind: str | None = None) -> Result:
+        """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model).
+        Each row says its unit `kind` (channel, or a direction: svd, random, user); `kind` keeps one
+        (`channel`, `direction` for every direction kind)."""
         from .errors import UsageError
 
         if space not in ("prototype", "signature"):
             raise UsageError(f"unknown space {space!r}; use prototype or signature")
         _check_k(k)
+        kinds = _unit_kinds(kind)
         n = self.neuron(key)
         group_col = "model_id" if space == "signature" else "layer_id"
         row = self.con.execute(f"SELECT vector, {group_col} FROM embeddings WHERE space = ? AND neuron_id = ?",
@@ -399,18 +402,23 @@ class Index:
             raise NotFoundError(f"neuron {key} has no {space} vector (dead, or the index has no embeddings)")
         import numpy as np
 
-        hits = [h for h in self._shared.vectors.search(space, row[1], np.array(row[0]), k + 1, self.con)
-                if h[0] != n.id][:k]
-        return self._with_neurons(hits, space)
+        wanted = k + 1 if kinds is None else CANDIDATES * (k + 1)
+        hits = [h for h in self._shared.vectors.search(space, row[1], np.array(row[0]), wanted, self.con)
+                if h[0] != n.id]
+        return self._with_neurons(self._keep(hits, k, kinds), space)
 
     def nearest(self, image, box=None, layer: str | None = None, k: int = 20, mode: str = "embedding",
-                space: str = "prototype", model: str | None = None) -> Result:
+                space: str = "prototype", model: str | None = None, kind: str | None = None,
+                per_unit: bool = True) -> Result:
         """Neurons (or stored patches) nearest to an image patch.
 
         The image is shown to the model as in ingest; the unit of each layer whose receptive field
         is centred nearest the box centre (the centre unit without a box) gives the query.
         `embedding`: its feature vector, searched in the prototype (or patch) space with FAISS.
         `response`: exact; every neuron's activation at that unit relative to its own a_max.
+        Rows say their unit `kind`; `kind` keeps one (`channel`, `direction`). In the patch space
+        each unit comes once, with its nearest crop and `crops`, how many of its crops were among
+        the nearest (`per_unit=False`: every crop). Inputs are checked before the model is loaded.
         """
         import numpy as np
         import torch
@@ -423,13 +431,12 @@ class Index:
         if space not in ("prototype", "patch"):
             raise UsageError(f"unknown space {space!r}; use prototype or patch")
         _check_k(k)
+        kinds = _unit_kinds(kind)
         if box is not None and not all(np.isfinite(float(v)) for v in box):
             raise UsageError("the box needs four finite numbers x0,y0,x1,y1 in image pixels")
-        loaded, extractor, layers, forward_lock = self._model(model, layer)
+        # the cheap checks first: a missing image or a box outside it is told before the model loads
         pil = image if hasattr(image, "size") and hasattr(image, "mode") else load_image(image)
         pil = pil.convert("RGB")
-        pre = loaded.preprocessing
-        h, w = pre.input_size
         if box is not None:
             x0, y0, x1, y1 = (float(v) for v in box)
             if not (x1 > x0 and y1 > y0):
@@ -438,6 +445,10 @@ class Index:
             if x1 <= 0 or y1 <= 0 or x0 >= iw or y0 >= ih:
                 raise UsageError(f"the box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {iw}x{ih} image; "
                                  "give x0,y0,x1,y1 in the image's pixels")
+        loaded, extractor, layers, forward_lock = self._model(model, layer)
+        pre = loaded.preprocessing
+        h, w = pre.input_size
+        if box is not None:
             x0, y0, x1, y1 = pre.map_box((x0, y0, x1, y1), pil.size)
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         else:
@@ -458,9 +469,29 @@ class Index:
                 score = vector / amax
                 hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
             else:
-                hits += self._shared.vectors.search(space, lay["id"], vector, k, self.con)
+                grouped = space == "patch" and per_unit
+                wanted = k if kinds is None and not grouped else CANDIDATES * k
+                hits += self._shared.vectors.search(space, lay["id"], vector, wanted, self.con)
         hits.sort(key=lambda t: -t[2])
-        return self._with_neurons(hits[:k], space if mode == "embedding" else "response")
+        grouped = space == "patch" and per_unit and mode == "embedding"
+        return self._with_neurons(self._keep(hits, k, kinds, grouped), space if mode == "embedding" else "response")
+
+    def _keep(self, hits, k: int, kinds: tuple[str, ...] | None, per_unit: bool = False) -> list[tuple]:
+        """The first k hits (nearest first) of the wanted unit kinds; per_unit: one per unit (its
+        nearest), with the number of its hits among the candidates as a fourth element."""
+        if kinds is not None and hits:
+            kind_of = dict(self.con.execute("SELECT id, kind FROM neurons WHERE id IN (SELECT unnest(?))",
+                                            [sorted({h[0] for h in hits})]).fetchall())
+            hits = [h for h in hits if kind_of.get(h[0]) in kinds]
+        if not per_unit:
+            return hits[:k]
+        first: dict[int, list] = {}
+        for h in hits:
+            if h[0] in first:
+                first[h[0]][3] += 1
+            else:
+                first[h[0]] = [h[0], h[1], h[2], 1]
+        return [tuple(v) for v in list(first.values())[:k]]
 
     def model_row(self, name: str) -> dict:
         """The `models` row of a model of this index (an unknown name: NotFoundError with suggestions)."""
@@ -510,8 +541,8 @@ class Index:
         """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches), in one query."""
         if not hits:
             return Result([], ["score", "key"], index=self)
-        cols = ["key", "model", "layer", "channel", "color_index", "color_name", "class_index", "top_class", "csi",
-                "act_max"]
+        cols = ["key", "kind", "model", "layer", "channel", "color_index", "color_label", "class_index", "top_class",
+                "csi", "act_max"]
         found = self.con.execute(
             f"SELECT h.pos, {', '.join('v.' + c for c in cols)}, i.path, t.box_x0, t.box_y0, t.box_x1, t.box_y1 "
             "FROM (SELECT unnest(?) AS id, unnest(?) AS rank, unnest(?) AS pos) h JOIN neuron_search v ON v.id = h.id "
@@ -519,10 +550,12 @@ class Index:
             "ORDER BY h.pos", [[h[0] for h in hits], [h[1] for h in hits], list(range(len(hits)))]).fetchall()
         rows = []
         for r in found:
-            neuron_id, rank, score = hits[r[0]]
+            neuron_id, rank, score = hits[r[0]][:3]
             out = {"score": score, **dict(zip(cols, r[1:1 + len(cols)]))}
             if space == "patch":
                 out.update(rank=rank, image=r[1 + len(cols)], box=list(r[2 + len(cols):]))
+                if len(hits[r[0]]) > 3:
+                    out["crops"] = hits[r[0]][3]
             rows.append(out)
         return Result(rows, list(rows[0]), index=self)
 
@@ -746,6 +779,22 @@ class Index:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
                                "WHERE n.key = ?", [key]).fetchone()
         return row[0] if row else None
+
+
+CANDIDATES = 20  # nearest neighbours fetched per result when results are filtered by kind or grouped by unit
+UNIT_KIND_NAMES = {"channel": ("channel",), "svd": ("svd",), "random": ("random",), "user": ("user",),
+                   "direction": ("svd", "random", "user")}
+
+
+def _unit_kinds(kind: str | None) -> tuple[str, ...] | None:
+    """None (every kind) or the unit kinds a --kind value keeps."""
+    from .errors import UsageError
+
+    if kind is None or kind == "all":
+        return None
+    if kind not in UNIT_KIND_NAMES:
+        raise UsageError(f"unknown unit kind {kind!r}; use all, {', '.join(UNIT_KIND_NAMES)}")
+    return UNIT_KIND_NAMES[kind]
 
 
 def _check_k(k) -> None:

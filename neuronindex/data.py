@@ -11,7 +11,8 @@ Sources:
   torchvision:NAME[:split]   a torchvision dataset (CIFAR10, CIFAR100, MNIST, ...), downloaded
       with download=True for users with internet
 Classes given by WordNet ids (n01440764) keep the id in `wnid` and are named by their lemma
-(`tench`, `golden retriever`): from WordNet when Debian's wordnet-base is installed, else from the
+(`tench`, `golden retriever`): from WordNet (Debian's wordnet-base, else the ImageNet-1k hierarchy
+this package ships), else from the
 file name (`n01440764_tench.JPEG`); without either they keep the id, with one warning.
 Decoding applies EXIF orientation and converts greyscale, palette, CMYK and alpha images to RGB.
 A file that cannot be decoded is recorded with its reason and skipped; it never stops a run.
@@ -336,11 +337,12 @@ def name_classes(images: ImageSet) -> ImageSet:
     ids = [c for c in images.classes.values() if c.wnid and c.name == c.wnid]
     if not ids:
         return images
-    have_wordnet = wordnet.database() is not None
-    if not have_wordnet:
-        _warn("class names are WordNet ids but WordNet is not installed (Debian's wordnet-base, or "
-              "$NEURONINDEX_WORDNET): no hypernyms (`dog` will not find the breeds); install it and ingest again")
-    lemma = {c.wnid: (wordnet.lemma(c.wnid) if have_wordnet else None) or c.display for c in ids}
+    unknown = sorted(c.wnid for c in ids if not wordnet.knows(c.wnid))
+    if unknown:
+        _warn(f"{len(unknown)} WordNet ids ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}) are not in "
+              f"{wordnet.source()}: they keep the names their files carry and get no hypernyms; install Debian's "
+              "wordnet-base (or set $NEURONINDEX_WORDNET) and run `neuronindex indexes` to add them")
+    lemma = {c.wnid: wordnet.lemma(c.wnid) or c.display for c in ids}
     counts = Counter(v for v in lemma.values() if v)
     taken = set(images.classes) - {c.name for c in ids}
     rename = {}
@@ -372,7 +374,7 @@ def with_wordnet(images: ImageSet) -> ImageSet:
     from . import wordnet
 
     orphans = [c for c in images.classes.values() if c.wnid and c.parent is None]
-    if not orphans or wordnet.database() is None:
+    if not orphans:
         return images
     name_of: dict[str, str] = {c.wnid: c.name for c in images.classes.values() if c.wnid}
     for leaf in orphans:

@@ -377,6 +377,7 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, k
     for table in ("neuron_colors", "neuron_classes"):
         _forget(con, table, ids)
     cols = {k: [] for k in ("neuron_id", "color_index", "hue", "hue_name", "color_name", "color_share", "mean_chroma",
+                            "color_second", "color_label",
                             "color_response", "class_index", "class_m", "top_class_id", "top_class_share")}
     colors = {"neuron_id": [], "name": [], "share": []}
     classes = {k: [] for k in ("neuron_id", "class_id", "share", "rank", "in_set", "is_leaf")}
@@ -388,6 +389,8 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, k
         cols["hue_name"].append(c.hue_name if c else None)
         cols["color_name"].append(c.color_name if c else None)
         cols["color_share"].append(c.color_share if c else None)
+        cols["color_second"].append(c.second if c else None)
+        cols["color_label"].append(c.label if c else None)
         cols["mean_chroma"].append(c.chroma if c else None)
         cols["color_response"].append(ix["cri"])
         cols["class_index"].append(k.gamma)
@@ -411,7 +414,7 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, k
     insert(con, "neuron_colors", colors)
     insert(con, "neuron_classes", classes)
     execute(con, "CREATE TEMP TABLE IF NOT EXISTS _idx_update AS SELECT id AS neuron_id, color_index, hue, hue_name, "
-                 "color_name, color_share, mean_chroma, color_response, class_index, class_m, top_class_id, top_class_share "
+                 "color_name, color_share, mean_chroma, color_second, color_label, color_response, class_index, class_m, top_class_id, top_class_share "
                  "FROM neurons LIMIT 0")
     execute(con, "DELETE FROM _idx_update")
     insert(con, "_idx_update", cols)

@@ -206,10 +206,10 @@ def points(idx, model: str, layer: str, space: str = "neurons") -> dict:
     mid, method, params, seed, fp, n, seconds, created = found
     ids, vectors = rows(idx.con, SPACES[space], lay["id"])
     if space == "neurons":
-        sql = ("SELECT p.x, p.y, n.key, n.color_name, n.hue_name, n.color_index, n.top_class, n.dead, n.kind "
+        sql = ("SELECT p.x, p.y, n.key, n.color_label, n.color_name, n.hue_name, n.color_index, n.top_class, n.dead, n.kind "
                "FROM map_points p JOIN neuron_search n ON n.id = p.neuron_id WHERE p.map_id = ? ORDER BY p.neuron_id")
     else:
-        sql = ("SELECT p.x, p.y, n.key, p.rank, c.name AS image_class, n.color_name, n.top_class, t.image_id "
+        sql = ("SELECT p.x, p.y, n.key, p.rank, c.name AS image_class, n.color_label, n.color_name, n.top_class, t.image_id "
                "FROM map_points p JOIN neuron_search n ON n.id = p.neuron_id "
                "JOIN topk t ON t.neuron_id = p.neuron_id AND t.rank = p.rank "
                "JOIN images i ON i.id = t.image_id LEFT JOIN classes c ON c.id = i.class_id "

@@ -11,6 +11,7 @@ import numpy as np
 
 from .derive import StoredIngest, run_all
 from .store import execute
+from .writer import sync_classes
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:
@@ -51,6 +52,25 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
     return names, results, ids, directions
 
 
+def same_images(index_dir, dataset_id: int, images) -> bool:
+    """The stored dataset holds these files in this order with the same classes, classes taken by
+    WordNet id where they have one: a fingerprint that differs only because class names changed
+    (n02085620 -> Chihuahua once WordNet is at hand) is the same collection."""
+    from . import store
+
+    con = store.connect(index_dir)
+    try:
+        stored = execute(con, "SELECT i.path, c.name, c.wnid FROM images i LEFT JOIN classes c ON c.id = i.class_id "
+                              "WHERE i.dataset_id = ? ORDER BY i.position", [dataset_id])
+    finally:
+        con.close()
+    fresh = []
+    for r in images.images:
+        node = images.classes.get(r.label) if r.label is not None else None
+        fresh.append((r.path, node.wnid if node is not None and node.wnid else r.label))
+    return [(path, wnid or name) for path, name, wnid in stored] == fresh
+
+
 def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
     """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
     import json
@@ -63,7 +83,7 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
     con = store.connect(index_dir)
     try:
         rows = execute(con, "SELECT i.id, m.name, m.spec, m.weights, m.preprocessing, i.parameters, d.source, "
-                            "m.fingerprint, d.fingerprint, d.labels, d.class_list FROM ingests i JOIN models m ON m.id = i.model_id "
+                            "m.fingerprint, d.fingerprint, d.labels, d.class_list, d.id FROM ingests i JOIN models m ON m.id = i.model_id "
                             "JOIN datasets d ON d.id = i.dataset_id ORDER BY i.id")
         if model is not None:
             known = [r[1] for r in rows]
@@ -71,15 +91,15 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
             if not rows:
                 raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, known) or '; it has ' + ', '.join(known)}")
         jobs = []
-        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list in rows:
+        for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, labels, class_list, dataset_id in rows:
             names, results, ids, directions = results_from_index(con, ingest_id)
             jobs.append((ingest_id, name, spec, weights, pre, json.loads(params), source, model_fp, data_fp,
-                         names, results, ids, labels, class_list, directions))
+                         names, results, ids, labels, class_list, directions, dataset_id))
     finally:
         con.close()
     done = []
     for ingest_id, name, spec, weights, pre, params, source, model_fp, data_fp, names, results, ids, labels, \
-            class_list, directions in jobs:
+            class_list, directions, dataset_id in jobs:
         params = {**params, **{k: v for k, v in overrides.items() if v is not None}}
         p = IngestParams(**{k: v for k, v in params.items() if k in IngestParams.__dataclass_fields__})
         p.shard = None
@@ -90,14 +110,22 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
 
         if run.meta["model_fingerprint"] != model_fp:
             raise IngestError(f"the weights of {name} ({weights}) changed since it was ingested; ingest it again")
-        if run.meta["data_fingerprint"] != data_fp:
+        renamed = run.meta["data_fingerprint"] != data_fp
+        if renamed and not same_images(index_dir, dataset_id, run.images):
             raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
         run.directions = directions
         derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
         with store.staged(index_dir) as wcon:
+            # class names and hierarchy as the images give them now (WordNet installed since, or the
+            # bundled ImageNet-1k hierarchy): the roll-ups below then reach every ancestor
+            classes_changed = sync_classes(wcon, dataset_id, run.images)
+            if renamed:  # the same files under their new class names: the fingerprint follows the names
+                execute(wcon, "UPDATE datasets SET fingerprint = ? WHERE id = ?", [run.meta["data_fingerprint"], dataset_id])
+                execute(wcon, "UPDATE ingests SET data_fingerprint = ? WHERE dataset_id = ?",
+                        [run.meta["data_fingerprint"], dataset_id])
             derived.write(wcon, StoredIngest(ingest_id, ids))
             execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
-        done.append({"model": name, "neurons": int(sum(len(i) for i in ids))})
+        done.append({"model": name, "neurons": int(sum(len(i) for i in ids)), "classes_changed": classes_changed})
     from .ingest import build_vectors
 
     build_vectors(index_dir)

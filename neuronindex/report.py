@@ -566,7 +566,7 @@ def point_colours(rows: list[dict], space: str, color: str = "colour") -> tuple[
 
         raise UsageError(f"unknown colouring {color!r}; use colour or class")
     if color == "colour":
-        names = [r.get("color_name") or "grey" for r in rows]
+        names = [(r.get("color_label") or "grey").split("/")[0] for r in rows]
         return [SWATCH.get(n, "#8c8c8c") for n in names], [(n, SWATCH[n]) for n in SWATCH if n in set(names)]
     field = "image_class" if space == "crops" else "top_class"
     names = [r.get(field) or "" for r in rows]

@@ -48,6 +48,7 @@ from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES  # noqa: F40
 from .settings import default
 
 COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
+COLOR_PAIR = default("color_pair")  # the second end's least salience, as a share of the first's
 STD_FLOOR = default("std_floor")  # grey levels: guards 1/std where every crop agrees
 FLAT_VARIANCE = (0.5 / 255.0) ** 2  # opponent units^2: below this the NF has no principal component
 
@@ -99,6 +100,49 @@ class ColorSelectivity:
     color_name: str | None  # dominant chromatic name
     color_share: float | None
     chroma: float | None = None  # chroma of the weighted mean colour (opponent units)
+    second: str | None = None  # the other end's name, for a two-colour (opponent) NF
+    label: str | None = None  # what a person is told: `red`, `blue/orange`; None below the colour threshold
+
+
+@dataclass
+class End:
+    """One end of the NF's first principal component: the pixels on one side of its weighted mean."""
+    rgb: np.ndarray  # their colour: mean RGB weighted by w |t| (t = projection on the component)
+    area: float  # their share of the pixels' weights w
+    chroma: float  # length of the colour's (O1, O2)
+    hue: float  # degrees of the colour's (O1, O2) around the achromatic axis
+    name: str  # the chromatic colour name of the colour
+    chromatic: bool  # the colour's most probable name is chromatic (not black, white or grey)
+
+    @property
+    def salience(self) -> float:
+        return self.area * self.chroma
+
+
+def _ends(opp: np.ndarray, rgb: np.ndarray, weights: np.ndarray, mean: np.ndarray, v: np.ndarray) -> list[End]:
+    """The two ends of the component, most salient (area x chroma) first."""
+    from .colornames import chromatic_name, probabilities
+
+    t = (opp - mean) @ v
+    ends = []
+    for side in (t > 0, t < 0):
+        pull = weights[side] * np.abs(t[side])
+        if pull.sum() <= 0:
+            continue
+        colour = pull @ rgb[side] / pull.sum()
+        o = to_opponent(colour)
+        ends.append(End(colour, float(weights[side].sum() / weights.sum()), float(np.hypot(o[0], o[1])),
+                        float(np.degrees(np.arctan2(o[1], o[0])) % 360.0), chromatic_name(colour),
+                        COLOR_NAMES[int(probabilities(colour).argmax())] in CHROMATIC))
+    return sorted(ends, key=lambda e: -e.salience)
+
+
+def _opponent(first: End, other: End) -> bool:
+    """Both ends count in the name: the other end is a colour of its own (chromatic, another name,
+    a hue at least 90 degrees away) and at least COLOR_PAIR as salient as the first."""
+    gap = abs(first.hue - other.hue) % 360.0
+    return (other.chromatic and other.name != first.name and min(gap, 360.0 - gap) >= 90.0
+            and other.salience >= COLOR_PAIR * first.salience)
 
 
 def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> ColorSelectivity:
@@ -124,23 +168,26 @@ def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> Col
     chromatic = {n: shares.get(n, 0.0) for n in CHROMATIC}
     dominant = max(chromatic, key=chromatic.get)
     chroma = float(np.hypot(mean[0], mean[1]))
-    alpha = hue = hue_name = None
+    alpha = hue = hue_name = second = None
     if not flat:
         v = eigvecs[:, -1]
         alpha = float(np.degrees(np.arccos(min(1.0, abs(v[2])))) / 90.0)
         if np.hypot(v[0], v[1]) > 1e-9:
-            # v's sign is arbitrary: orient it towards the end of the component that carries the NF's
-            # colour name (an opponent red/cyan NF named red points at red), else the more saturated end
-            t = (opp - mean) @ v
-            ends = [weights * np.clip(sign * t, 0, None) for sign in (1, -1)]
-            colours = [e @ rgb / e.sum() if e.sum() > 0 else None for e in ends]
-            named = [float(probabilities(c)[COLOR_NAMES.index(dominant)]) if c is not None else 0.0 for c in colours]
-            sat = [np.hypot(*to_opponent(c)[:2]) if c is not None else 0.0 for c in colours]
-            if (named[1], sat[1]) > (named[0], sat[0]):
-                v = -v
-            hue = float(np.degrees(np.arctan2(v[1], v[0])) % 360.0)
-            hue_name = hue_name_of(hue)
-    return ColorSelectivity(alpha, hue, hue_name, shares, dominant, chromatic[dominant], chroma)
+            ends = _ends(opp, rgb, weights, mean, v)
+            if ends:
+                # the hue and the name are the dominant end's: what a person sees first in the NF
+                first = ends[0]
+                dominant, hue = first.name, first.hue
+                hue_name = hue_name_of(hue)
+                if len(ends) > 1 and _opponent(first, ends[1]):
+                    second = ends[1].name
+            else:
+                hue = float(np.degrees(np.arctan2(v[1], v[0])) % 360.0)
+                hue_name = hue_name_of(hue)
+    label = None
+    if alpha is not None and alpha >= COLOR_THRESHOLD:
+        label = dominant if second is None else f"{dominant}/{second}"
+    return ColorSelectivity(alpha, hue, hue_name, shares, dominant, chromatic[dominant], chroma, second, label)
 
 
 @dataclass

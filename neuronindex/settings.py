@@ -58,6 +58,9 @@ SETTINGS: tuple[Setting, ...] = (
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
     Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),
+    Setting("color_pair", 0.15, "A two-colour NF is named by both ends (`blue/orange`) when the second end is a "
+                                "colour of its own (chromatic, >= 90 degrees of hue away) with at least this share of "
+                                "the first end's salience (area x chroma)."),
     Setting("spatial_means", False, "Also take each map's spatial mean in pass 1, for the CSI of Morcos et al. "
                                     "(csi_mean); costs one more read of every map."),
     Setting("class_selective", 0.6, "gamma at or above which a layer summary counts a neuron class selective."),

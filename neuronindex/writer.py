@@ -138,6 +138,44 @@ def write_dataset(con, images) -> tuple[int, int, dict[str, int]]:
     return dataset_id, first - (recs[0].position if recs else 0), class_id
 
 
+def sync_classes(con, dataset_id: int, images) -> int:
+    """Bring a stored dataset's classes up to the names and hierarchy `images` has now (WordNet
+    installed, or the bundled ImageNet-1k hierarchy, since the ingest): classes are matched by
+    WordNet id, else by name, and keep their ids (images and neuron rows still point at them);
+    missing ancestors are added; parents, depths and leaf flags are rewritten. Returns the
+    number of classes added or renamed."""
+    stored = execute(con, "SELECT id, name, wnid FROM classes WHERE dataset_id = ?", [dataset_id])
+    by_wnid = {wnid: (cid, name) for cid, name, wnid in stored if wnid}
+    by_name = {name: (cid, name) for cid, name, _ in stored}
+    names = sorted(set(images.classes) | set(images.leaf_classes))
+    class_id, added, renamed = {}, [], 0
+    for n in names:
+        node = images.classes.get(n)
+        found = (by_wnid.get(node.wnid) if node is not None and node.wnid else None) or by_name.get(n)
+        if found is None:
+            added.append(n)
+        else:
+            class_id[n] = found[0]
+            renamed += found[1] != n
+    base = next_id(con, "classes")
+    class_id.update({n: base + i for i, n in enumerate(added)})
+    leaves = set(images.leaf_classes)
+    rows = {"id": [], "dataset_id": [], "name": [], "wnid": [], "parent_id": [], "depth": [], "is_leaf": []}
+    for n in names:
+        node = images.classes.get(n)
+        parent = node.parent if node else None
+        for key, value in zip(rows, (class_id[n], dataset_id, n, node.wnid if node else None,
+                                     class_id.get(parent) if parent else None, len(images.ancestors(n)), n in leaves)):
+            rows[key].append(value)
+    execute(con, "CREATE TEMP TABLE IF NOT EXISTS _class_sync AS SELECT * FROM classes LIMIT 0")
+    execute(con, "DELETE FROM _class_sync")
+    insert(con, "_class_sync", rows)
+    execute(con, "UPDATE classes SET name = s.name, wnid = s.wnid, parent_id = s.parent_id, depth = s.depth, "
+                 "is_leaf = s.is_leaf FROM _class_sync s WHERE classes.id = s.id")
+    execute(con, "INSERT INTO classes SELECT * FROM _class_sync WHERE id >= ?", [base])
+    return len(added) + renamed
+
+
 def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, layer_id: int, ingest_id: int,
                 f, first_image: int, label_class_ids) -> None:
     """Rows of a layer's units (neurons and directions alike): `neurons`, `topk`, `bottomk`,

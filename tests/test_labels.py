@@ -30,16 +30,21 @@ def test_flat_folder_with_imagenet_file_names_is_labelled(tmp_path):
     assert open_source(str(root), labels="none").leaf_classes == []
 
 
-def test_without_wordnet_names_come_from_files_and_one_warning(tmp_path, monkeypatch, capsys):
+def test_without_debian_wordnet_imagenet_ids_use_the_bundled_hierarchy(tmp_path, monkeypatch, capsys):
+    """pip alone: ImageNet-1k ids are named and rolled up from the shipped hierarchy; an id outside
+    it keeps the name its files carry, with one warning that says how to add it."""
     monkeypatch.setenv("NEURONINDEX_WORDNET", str(tmp_path / "absent"))
     monkeypatch.setattr(data, "_WARNED", set())
-    root = flat_imagenet(tmp_path / "val", [f"{TENCH}_tench.JPEG", f"{SHARK}_great_white_shark.JPEG", f"{SHARK}_2.JPEG"])
+    other = "n09999999"  # not an ImageNet-1k class
+    root = flat_imagenet(tmp_path / "val", [f"{TENCH}_10.JPEG", f"{SHARK}_great_white_shark.JPEG", f"{SHARK}_2.JPEG",
+                                            f"{other}_mystery.JPEG"])
     images = open_source(str(root))
     open_source(str(root))
-    assert images.leaf_classes == ["great white shark", "tench"]
-    assert images.ancestors("tench") == []
+    assert images.leaf_classes == ["great white shark", "mystery", "tench"]
+    assert images.ancestors("tench")[:2] == ["cyprinid", "cypriniform fish"] and "fish" in images.ancestors("tench")
+    assert "shark" in images.ancestors("great white shark") and images.ancestors("mystery") == []
     err = capsys.readouterr().err
-    assert err.count("warning: class names are WordNet ids but WordNet is not installed") == 1
+    assert err.count("warning: 1 WordNet ids (n09999999) are not in the bundled ImageNet-1k WordNet hierarchy") == 1
 
 
 def test_regex_labels_and_their_errors(tmp_path):

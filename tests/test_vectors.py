@@ -202,3 +202,77 @@ def test_bad_k_and_boxes_are_usage_errors(wide_index, k):
 
     with pytest.raises(UsageError, match="finite"):
         parse_box("0,0,1e400,4")
+
+
+@pytest.fixture(scope="module")
+def with_directions(tmp_path_factory):
+    from conftest import write_folder
+    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.models import Preprocessing, load_model
+
+    root = tmp_path_factory.mktemp("vecdir")
+    loaded = load_model("python:tinymodels:wide_cnn", preprocessing=Preprocessing(
+        input_size=(16, 16), geometry="resize", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3))
+    write_folder(root / "img", per_class=10, kinds=("red", "green", "blue", "white"))
+    ingest(loaded, str(root / "img"), "conv2", root / "idx", params=IngestParams(top_k=10, directions="svd,random"),
+           progress=False)
+    return root / "idx"
+
+
+def test_nearest_and_similar_say_the_kind_and_filter_by_it(with_directions):
+    """Every row names its unit kind; --kind keeps the units of that kind in the same order as the
+    unfiltered ranking (filtered by hand here)."""
+    with neuronindex.open(with_directions) as idx:
+        image = idx.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
+        every = idx.nearest(image, None, "conv2", k=200).rows()
+        kinds = {r["kind"] for r in every}
+        assert "channel" in kinds and kinds & {"svd", "random"}
+        for kind, keep in (("channel", {"channel"}), ("direction", {"svd", "random", "user"}), ("svd", {"svd"})):
+            got = idx.nearest(image, None, "conv2", k=5, kind=kind).rows()
+            assert [r["key"] for r in got] == [r["key"] for r in every if r["kind"] in keep][:5], kind
+        alike = idx.similar("wide_cnn/conv2/3", k=200).rows()
+        assert [r["key"] for r in idx.similar("wide_cnn/conv2/3", k=4, kind="channel").rows()] == \
+            [r["key"] for r in alike if r["kind"] == "channel"][:4]
+        with pytest.raises(UsageError, match="unknown unit kind"):
+            idx.similar("wide_cnn/conv2/3", kind="neuron")
+
+
+def test_patch_space_gives_each_unit_once(wide_index):
+    """Grouped by unit: each unit's nearest crop, in the order of the crop ranking, with the number
+    of its crops among the candidates (counted by hand from the ungrouped ranking)."""
+    from neuronindex.api import CANDIDATES
+
+    path, _ = wide_index
+    with neuronindex.open(path) as idx:
+        image = idx.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
+        crops = idx.nearest(image, [4, 4, 8, 8], "conv2", k=CANDIDATES * 6, space="patch", per_unit=False).rows()
+        units = idx.nearest(image, [4, 4, 8, 8], "conv2", k=6, space="patch").rows()
+    assert len({r["key"] for r in crops}) < len(crops)  # the ungrouped list repeats units
+    first = {}
+    for r in crops:
+        first.setdefault(r["key"], r)
+    expected = list(first)[:6]
+    assert [r["key"] for r in units] == expected and len(units) == 6
+    for r in units:
+        assert r["crops"] == sum(c["key"] == r["key"] for c in crops)
+        assert (r["score"], r["rank"], r["image"]) == (first[r["key"]]["score"], first[r["key"]]["rank"],
+                                                        first[r["key"]]["image"])
+
+
+def test_nearest_checks_its_inputs_before_loading_the_model(wide_index, monkeypatch, tmp_path):
+    from neuronindex.api import Index
+    from neuronindex.errors import DataError
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the inputs were checked")
+
+    path, _ = wide_index
+    monkeypatch.setattr(Index, "_model", no_model)
+    with neuronindex.open(path) as idx:
+        image = idx.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
+        with pytest.raises(DataError, match="does not exist"):
+            idx.nearest(str(tmp_path / "nosuch.png"))
+        with pytest.raises(UsageError, match="lies outside the 16x16 image"):
+            idx.nearest(image, [100, 100, 200, 200])
+        with pytest.raises(UsageError, match="unknown unit kind"):
+            idx.nearest(image, kind="neurons")

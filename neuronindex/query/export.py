@@ -57,7 +57,7 @@ def contact_sheet(con, rows: list[dict], title: str, context=None) -> str:
                 f"QUALIFY row_number() OVER (PARTITION BY target ORDER BY objective = 'unit' DESC, id DESC) = 1",
                 keys).fetchall():
             optimised[key] = png
-    shown = ["layer", "color_index", "color_name", "class_index", "top_class", "csi", "auc", "sparsity", "act_max",
+    shown = ["layer", "color_index", "color_label", "class_index", "top_class", "csi", "auc", "sparsity", "act_max",
              "viz_activation_ratio"]
     body = []
     for r in rows:

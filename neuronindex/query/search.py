@@ -62,7 +62,8 @@ ACHROMATIC_SHARE = default("achromatic_share")
 DEFAULT_LIMIT = default("search_limit")
 MAX_LIMIT = default("search_max_limit")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
-OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_name", "hue_name", "class_index",
+OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_label", "color_name",
+          "color_second", "hue_name", "class_index",
           "top_class", "top_class_share", "csi", "auc", "sparsity", "act_max", "nf_self_response", "dead", "nf_n",
           "viz_activation_ratio"]
 
@@ -275,7 +276,10 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
         by_chroma = any(name == "mean_chroma" for name, _, _ in q.comparisons)
         if chromatic:
             selective = true() if by_chroma else view.c.color_index >= COLOR_THRESHOLD
-            options.append(and_(view.c.color_name.in_(chromatic), selective))
+            # either end of a two-colour NF (`orange` finds blue/orange neurons)
+            named = view.c.color_name.in_(chromatic) if by_chroma else or_(view.c.color_name.in_(chromatic),
+                                                                            view.c.color_second.in_(chromatic))
+            options.append(and_(named, selective))
         if achromatic:
             shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= ACHROMATIC_SHARE)
             options.append(view.c.id.in_(shares))

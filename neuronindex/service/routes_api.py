@@ -209,8 +209,8 @@ async def api_matches(request: Request, neuron: str, other: str, k: int = 10, la
     return await answer(request, lambda idx: _result(idx.matches(neuron, other, k, layer)))
 
 @router.get("/neurons/{key:path}/similar")
-async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype"):
-    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space).rows())})
+async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype", kind: str = "all"):
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space, kind).rows())})
 
 @router.get("/neurons/{key:path}")
 async def api_neuron(request: Request, key: str):
@@ -219,7 +219,7 @@ async def api_neuron(request: Request, key: str):
 @router.post("/nearest")
 async def api_nearest(request: Request, image: UploadFile = File(...), box: str | None = Form(None), layer: str = Form("all"),
                       k: int = Form(20), mode: str = Form("embedding"), space: str = Form("prototype"),
-                      model: str | None = Form(None)):
+                      model: str | None = Form(None), kind: str = Form("all"), all_crops: bool = Form(False)):
     limit = request.app.state.max_upload
     data = await image.read(limit + 1)
     if len(data) > limit:
@@ -228,7 +228,8 @@ async def api_nearest(request: Request, image: UploadFile = File(...), box: str 
 
     def make(idx):  # decoding and the model's forward run on a heavy worker, not the event loop
         pil = decode_upload(data)
-        return {"ok": True, "rows": json_rows(idx.nearest(pil, parsed, layer, k, mode, space, model).rows())}
+        rows = idx.nearest(pil, parsed, layer, k, mode, space, model, kind=kind, per_unit=not all_crops).rows()
+        return {"ok": True, "rows": json_rows(rows)}
     return await answer(request, make, heavy=True, cache=False)
 
 EXPORT_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "application/x-ndjson",

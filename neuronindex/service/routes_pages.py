@@ -7,6 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
 
+from ..settings import default
 from ..errors import NeuronIndexError
 from .common import answer, neuron_payload, safe_similar
 
@@ -40,14 +41,14 @@ TEMPLATES.env.filters["num"] = num
 NEURON_FIELDS = [
     ("act_max", "highest activation (a_max)"), ("act_mean", "mean activation"), ("act_std", "standard deviation"),
     ("sparsity", "share of map positions not firing"), ("auc", "area under the ranked activation curve"),
-    ("color_index", "colour selectivity \u03b1"), ("color_name", "colour name"), ("hue", "hue (degrees)"),
-    ("hue_name", "hue name"), ("mean_chroma", "mean chroma"), ("color_response", "response to its colour"),
+    ("color_index", "colour selectivity \u03b1"), ("color_label", f"colour name (when \u03b1 \u2265 {default('color_threshold')})"),
+    ("hue", "hue (degrees)"), ("mean_chroma", "mean chroma"), ("color_response", "response to its colour"),
     ("class_index", "class selectivity \u03b3"), ("class_m", "classes covering the top images (M)"),
     ("top_class", "top class"), ("top_class_wnid", "WordNet id"), ("csi", "class selectivity index (CSI)"),
     ("csi_class", "CSI class"), ("nf_self_response", "Neuron Feature self-response"), ("rf_size", "receptive field (px)"),
     ("weak", "weak (barely fires)")]
 # what a dead neuron does not have (no crops, so no Neuron Feature and no indexes)
-SELECTIVE = {"auc", "color_index", "color_name", "hue", "hue_name", "mean_chroma", "color_response", "class_index",
+SELECTIVE = {"auc", "color_index", "color_label", "hue", "mean_chroma", "color_response", "class_index",
              "class_m", "top_class", "top_class_wnid", "csi", "csi_class", "nf_self_response", "weak"}
 VIEWS = [("crops", "crops + deconvnet"), ("guided", "crops + guided backpropagation"), ("context", "whole images")]
 
