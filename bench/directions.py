@@ -1,11 +1,11 @@
-"""Seed 001 on the real networks: what directions cost, and what they find.
+"""Zhang (CS231n) on the real networks: what directions cost, and what they find.
 
 For each case, two whole ingests into fresh indexes, one after the other in this process:
 without directions (`--directions none`, bottom lists on) and with `--directions svd,random`
 (defaults: Kaiser rank capped at 8, 4 random past the 0.95 variance quantile + 4 unconstrained,
 max pooling). Prints every phase's time, the whole-run ratio and what the directions phase
 adds relative to pass 1; then per layer the number of SVD directions kept and the largest
-singular values, and seed 001's redundancy comparison (report.figure_redundancy): mean pairwise
+singular values, and Zhang (CS231n)'s redundancy comparison (report.figure_redundancy): mean pairwise
 overlap of the top-20 and bottom-20 image sets of the 8 highest-variance neurons against the
 SVD and random directions.
 

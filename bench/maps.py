@@ -1,4 +1,4 @@
-"""Seeds 000 and 002 on the real networks: category hierarchy, prediction trees and maps, timed.
+"""Dai 2020 and Yu et al. 2014 on the real networks: category hierarchy, prediction trees and maps, timed.
 
 Ingests SqueezeNet 1.0 over the 500 ImageNet photos (the nine layers, --spatial-means) and
 ResNet-56 over CIFAR-10's lossless-train (layer1.8, layer2.8, layer3.8, --spatial-means) into

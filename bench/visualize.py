@@ -1,4 +1,4 @@
-"""Activation maximisation (seeds 000/003) on the real networks: speed and quality.
+"""Activation maximisation (Dai 2020, Øygard 2016) on the real networks: speed and quality.
 
 For each case: one ingest (its first --images images, pass 1 and pass 2 for a_max and the NFs),
 then the whole `neuronindex visualize` command as a user runs it (`visualize.run`: model load,

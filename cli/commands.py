@@ -233,7 +233,7 @@ def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
 @click.option("--view", type=click.Choice(["nf", "context", "deconvnet", "guided", "backprop"]), default="nf",
               show_default=True, help="nf: the Neuron Feature above the top crops; context: the whole image with the "
               "neuron's heatmap and field; deconvnet / guided / backprop: its activation projected back to pixels "
-              "(seed 002), cropped to the field.")
+              "(Yu et al. 2014), cropped to the field.")
 @click.option("--rank", type=click.IntRange(min=1), default=1, show_default=True, help="Which top (or bottom) image.")
 @click.option("--side", type=click.Choice(["top", "bottom"]), default="top", show_default=True)
 @click.option("--whole", is_flag=True, help="Reconstructions over the whole image, not cropped to the field.")
@@ -445,7 +445,7 @@ def similar(index_dir, neuron_key, k, space, kind, fmt, output):
 @click.option("--similarity", is_flag=True, help="Print the layer-by-layer similarity matrix instead of the layer rows.")
 @output_options(("table", "csv", "json", "jsonl"))
 def compare(index_dir, model_a, model_b, neuron_key, layer, k, similarity, fmt, output):
-    """Two models of one index side by side (seed 002): their layers aligned by relative depth, the
+    """Two models of one index side by side (Yu et al. 2014): their layers aligned by relative depth, the
     layer-by-layer similarity over shared probe images, or one neuron's best matches in the other."""
     with _open(index_dir) as idx:
         if neuron_key:
@@ -510,7 +510,7 @@ def demo(out, per_class, epochs, serve, port, quiet):
                                                                            "class_index", "color_label"]
         click.echo(to_table([{k: r.get(k) for k in cols} for r in rows]), nl=False)
     click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
-    click.echo(to_table([{k: r.get(k) for k in ["score", "key", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
+    click.echo(to_table([{k: r.get(k) for k in ["score", "key", "kind", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
     click.echo(f"\nHTML contact sheet of the first layer's red neurons: {t['sheet']}")
     checks = {"held-out accuracy >= 90%": result["accuracy"] >= 0.9, **t["checks"]}
     click.echo("\nchecks:")
@@ -564,7 +564,7 @@ def summary(index_dir, model, fmt, output):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="HTML file.")
 @click.option("--png-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also write each figure.")
 def report(index_dir, model, output, png_dir):
-    """Write seed 004's figures for the index as one self-contained HTML report."""
+    """Write Rafegas et al. 2020's figures for the index as one self-contained HTML report."""
     from neuronindex.report import render
 
     with _open(index_dir) as idx:
@@ -583,7 +583,7 @@ def settings(fmt, output):
 
 @cli.group()
 def directions():
-    """Directions of a layer (seed 001): SVD, random and user vectors indexed like neurons."""
+    """Directions of a layer (Zhang (CS231n)): SVD, random and user vectors indexed like neurons."""
 
 
 @directions.command("add")
@@ -628,7 +628,7 @@ def viz_options(f):
         ("--lr", dict(default=d.lr, show_default=True, help="Adam learning rate.")),
         ("--param", dict(type=click.Choice(["fourier", "pixel", "raw"]), default=d.parameterization, show_default=True,
                          help="fourier: decorrelated colour + Fourier basis (Olah et al. 2017); pixel: pixels through "
-                              "a sigmoid, with L2 and total-variation regularisers and blur (seeds 000/003); raw: the "
+                              "a sigmoid, with L2 and total-variation regularisers and blur (Dai 2020, Øygard 2016); raw: the "
                               "pixels clipped to [0, 1] (what --start uses).")),
         ("--no-decorrelate", dict(is_flag=True, help="fourier: independent RGB planes instead of the data's "
                                                      "decorrelated colours.")),
@@ -663,7 +663,7 @@ def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale,
 @click.option("--no-neurons", is_flag=True, help="Only the classes.")
 @click.option("--per-layer", type=int, default=None, help="Only the first N live units of each layer (a quick look).")
 @click.option("--start", "start_image", type=click.Path(dir_okay=False), default=None,
-              help="Push this image towards the one class of --classes instead (seed 000: a cat made a dog to the "
+              help="Push this image towards the one class of --classes instead (Dai 2020: a cat made a dog to the "
                    "network); stores the image, its difference and the step the prediction flips.")
 @click.option("--prob", is_flag=True, help="Class images maximise the class probability instead of its logit.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -677,7 +677,7 @@ def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale,
 def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_layer, start_image, prob, output, steps, seed, lr,
               param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, viz_batch_size, device, viz_checkpoint_every, no_wait,
               quiet):
-    """Activation maximisation (seeds 000/003): optimise an image for every neuron of stored layers.
+    """Activation maximisation (Dai 2020, Øygard 2016): optimise an image for every neuron of stored layers.
 
     Resumable and idempotent: a second run with the same options skips what is stored."""
     from neuronindex import visualize as viz
@@ -715,7 +715,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
                    "else max].")
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 def categories(index_dir, model, layer, pooling, no_wait):
-    """Category hierarchy and minimum spanning tree of the classes at a layer (seed 000, Algorithm 1).
+    """Category hierarchy and minimum spanning tree of the classes at a layer (Dai 2020, Algorithm 1).
 
     Ingest builds it for the deepest layer; this builds it for another layer or pooling, and
     prints the top split, the tree's centre and, for WordNet classes, the agreement with WordNet."""
@@ -745,7 +745,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
 @click.option("--seed", default=0, show_default=True, help="Seed of the image sample above --max-images.")
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no_wait):
-    """Filter prediction tree of a class at a layer (seed 000, Algorithm 2), built and stored."""
+    """Filter prediction tree of a class at a layer (Dai 2020, Algorithm 2), built and stored."""
     from neuronindex import hierarchy
 
     done = hierarchy.tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, not no_wait)
@@ -773,7 +773,7 @@ def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map_neighbors, seed, force, no_wait, quiet):
-    """Representation maps (seed 002): 2-D t-SNE / UMAP layouts of a layer's neurons or crops.
+    """Representation maps (Yu et al. 2014): 2-D t-SNE / UMAP layouts of a layer's neurons or crops.
 
     Maps up to date with the same options are kept; stale ones (re-ingested embeddings) remade."""
     from neuronindex import maps

@@ -103,7 +103,7 @@ class Neuron:
         return self.index.query(TOPK_SQL + " ORDER BY t.rank", [self.id])
 
     def bottomk(self) -> Result:
-        """The images with the lowest activation (seed 001): for a neuron the lowest spatial maxima
+        """The images with the lowest activation (Zhang (CS231n)): for a neuron the lowest spatial maxima
         (location: the argmax in that image); for a direction the lowest values of its map (the argmin)."""
         return self.index.query(BOTTOMK_SQL + " ORDER BY t.rank", [self.id])
 
@@ -290,7 +290,7 @@ class Index:
         return did_you_mean(key, keys)
 
     def directions(self, layer: str | None = None) -> Result:
-        """The directions (seed 001) of every layer, or of one (its name, or MODEL/LAYER), in layer
+        """The directions (Zhang (CS231n)) of every layer, or of one (its name, or MODEL/LAYER), in layer
         order then by kind and rank: key, kind, filter, singular value, explained share, top class."""
         where, params = "", []
         if layer:
@@ -619,7 +619,7 @@ class Index:
         return context(self, key, rank, side)
 
     def reconstruction(self, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
-        """The unit's activation on its rank-th image projected back to pixels (seed 002; Zeiler &
+        """The unit's activation on its rank-th image projected back to pixels (Yu et al. 2014; Zeiler &
         Fergus's deconvnet, or rule='guided' / 'backprop'), cropped to the receptive field unless
         whole: a PIL RGB image, grey = 0 (pictures.reconstruction)."""
         from .pictures import reconstruction
@@ -691,7 +691,7 @@ class Index:
         return row[0]
 
     def categories(self, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> Result:
-        """The stored category hierarchy (seed 000, Algorithm 1): its classes in dendrogram order with
+        """The stored category hierarchy (Dai 2020, Algorithm 1): its classes in dendrogram order with
         their minimum-spanning-tree degree and eccentricity. Meta: layer, pooling, centre, hub, the
         WordNet scores, and `nodes` (every merge: node, parent, height, size)."""
         from . import hierarchy
@@ -723,7 +723,7 @@ class Index:
 
     def prediction_tree(self, class_name: str, layer: str | None = None, model: str | None = None,
                         pooling: str = "max") -> Result:
-        """A stored filter prediction tree (seed 000, Algorithm 2; `neuronindex tree`): its nodes,
+        """A stored filter prediction tree (Dai 2020, Algorithm 2; `neuronindex tree`): its nodes,
         leaves (images) first, each merge with its critical filter's neuron key, the root last."""
         from . import hierarchy
 
@@ -744,7 +744,7 @@ class Index:
         return Result(rows, index=self, **m)
 
     def compare(self, a: str, b: str) -> Result:
-        """Two models side by side (seed 002): per-layer summary rows aligned by relative depth (rows:
+        """Two models side by side (Yu et al. 2014): per-layer summary rows aligned by relative depth (rows:
         depth, a, b), and in meta the layer-by-layer similarity over their shared probe images
         (`similarity`: matrix of mean best correlations; None when they share too few images, with
         `problem` saying why). See neuronindex.compare."""

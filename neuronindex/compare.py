@@ -1,4 +1,4 @@
-"""Two networks (or two layers of one) side by side (seed 002 compares two CNNs layer by layer).
+"""Two networks (or two layers of one) side by side (Yu et al. 2014 compares two CNNs layer by layer).
 
 - `layers`: each model's per-layer summary (the gallery's: neurons, dead, sparsity, colour and
   selective share, mean class index and CSI, field size), rows aligned by relative depth (a layer's rank

@@ -1,4 +1,4 @@
-"""Directions (seed 001): latent units of a layer beside its channels, indexed like neurons.
+"""Directions (Zhang (CS231n)): latent units of a layer beside its channels, indexed like neurons.
 
 A *direction* of a layer is a vector over its channels; its map is the projection of the
 layer's map on it, and from there on it is a unit like any neuron: top and bottom images with
@@ -6,19 +6,19 @@ locations, a Neuron Feature, colour and class indexes, embeddings, a page.
 
   pooled     per image, one value per channel: the spatial maximum (the neurons' activation;
              default) or the spatial mean of the channel's map
-  standard   each channel standardised over the images (seed 001's normalised matrix);
+  standard   each channel standardised over the images (Zhang (CS231n)'s normalised matrix);
              mu_c, sigma_c: the pooled mean and standard deviation of channel c
   svd        right singular vectors of the standardised image x channel matrix: eigenvectors
              of its correlation matrix R (C x C), accumulated in pass 1 by Chan's merge of
              per-batch means and co-moments, so memory is O(C^2), never O(images), and shards
              merge exactly. Rank: `kaiser` (default: eigenvalues > 1, i.e. components carrying
              more than one standardised channel), `var:F` (the fewest reaching a share F of
-             the variance), `sv:S` (seed 001's cut-off: singular values >= S) or a number;
-             always at most `svd_max` (default 8, seed 001 kept 8 for pool5).
+             the variance), `sv:S` (Zhang (CS231n)'s cut-off: singular values >= S) or a number;
+             always at most `svd_max` (default 8, Zhang (CS231n) kept 8 for pool5).
   random     `random_n` unit vectors whose variance u'Ru reaches the `random_quantile` quantile
-             of the variances of 1,000 random unit vectors (seed 001's variance cut-off, as a
+             of the variances of 1,000 random unit vectors (Zhang (CS231n)'s variance cut-off, as a
              quantile because an absolute one depends on the data), plus `random_n`
-             unconstrained ones as seed 001's baseline (filter = 'none')
+             unconstrained ones as Zhang (CS231n)'s baseline (filter = 'none')
   user       a vector over the layer's channels (a concept vector), added to a stored index
              with `neuronindex directions add`
 
@@ -27,7 +27,7 @@ A direction u (unit length in the standardised space) has the map
 whose spatial maximum is its activation (argmax: its location), and whose spatial *minimum*
 gives its bottom images (argmin: their location): the bottom list of a direction is the top
 list of -u. Its variance is u'Ru (an SVD direction's eigenvalue), its explained share
-u'Ru / trace R, its singular value sqrt(n u'Ru) (seed 001's scale).
+u'Ru / trace R, its singular value sqrt(n u'Ru) (Zhang (CS231n)'s scale).
 
 The projection maps are not available in pass 1 (the SVD needs all of pass 1 first), so one
 more pass (`units_pass`) forwards every image to the deepest layer with directions.

@@ -1,4 +1,4 @@
-"""Pass 2: receptive-field crops of each neuron's top images -> Neuron Feature (seed 004, eq. 1).
+"""Pass 2: receptive-field crops of each neuron's top images -> Neuron Feature (Rafegas et al. 2020, eq. 1).
 
 Input is a *crop plan*: for every (neuron, rank) of the top-k lists, the image, the receptive-
 field box of the argmax unit (in the model's input, possibly crossing the border) and the
@@ -13,7 +13,7 @@ m_j is 1 exactly there, so padding never counts as image content.
   std(p)  = the w-weighted standard deviation of I_j(p) over the valid crops, averaged over the
             colour channels (the colour index weights use it)
 
-(Seed 004 writes (1/N) sum w_j I_j; normalising by the weights instead keeps the NF in the
+(Rafegas et al. 2020 writes (1/N) sum w_j I_j; normalising by the weights instead keeps the NF in the
 image's range and lets masked pixels average only what was seen. The ranking of neurons by
 any index is unaffected.)
 """

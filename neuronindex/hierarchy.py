@@ -1,4 +1,4 @@
-"""Category hierarchy (seed 000 section 3.1, Algorithm 1) and filter prediction trees (section 3.2,
+"""Category hierarchy (Dai 2020 section 3.1, Algorithm 1) and filter prediction trees (section 3.2,
 Algorithm 2).
 
 Category hierarchy, per model and layer (default: the deepest stored layer)
@@ -11,7 +11,7 @@ Category hierarchy, per model and layer (default: the deepest stored layer)
                  every other node is the average of its two children's (the seed's rule; WPGMA,
                  scipy's `weighted` linkage); each merge's height is that pair's distance
   MST            the minimum spanning tree of the dense class graph; its centre is the class of
-                 least eccentricity along the tree, its hub the class with most edges (seed 000
+                 least eccentricity along the tree, its hub the class with most edges (Dai 2020
                  reports cat as CIFAR-10's centre)
   WordNet        for classes with WordNet ids (ImageNet), the Spearman correlation between merge
                  heights and WordNet tree distances over all pairs, a shuffled-label baseline, and
@@ -93,7 +93,7 @@ class Hierarchy:
 
 
 def category_hierarchy(distances: np.ndarray) -> Hierarchy:
-    """Algorithm 1 of seed 000 on a symmetric distance matrix, plus its minimum spanning tree."""
+    """Algorithm 1 of Dai 2020 on a symmetric distance matrix, plus its minimum spanning tree."""
     from scipy.cluster.hierarchy import cophenet, leaves_list, linkage
     from scipy.sparse.csgraph import minimum_spanning_tree, shortest_path
     from scipy.spatial.distance import squareform
@@ -180,7 +180,7 @@ def critical_filter(u: np.ndarray, v: np.ndarray, common: np.ndarray) -> tuple[i
 
 
 def prediction_tree(x: np.ndarray) -> list[dict]:
-    """Algorithm 2 of seed 000 on the (n images, C filters) feature vectors of one class.
+    """Algorithm 2 of Dai 2020 on the (n images, C filters) feature vectors of one class.
 
     Returns the nodes: leaves 0..n-1 (the images), then the merges in order ({children, critical,
     distance, change, reachable}), then the root, whose children are the nodes left unmerged."""

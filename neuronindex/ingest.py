@@ -497,7 +497,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     t0 = time.time()
     with staged(index_dir, wait=wait) as con:
         summary = write_ingest(con, run, results, derived, timings=timings, started=started)
-        if derive:  # seed 000's category hierarchy at the deepest layer: cheap, from the class means
+        if derive:  # Dai 2020's category hierarchy at the deepest layer: cheap, from the class means
             from .hierarchy import build_default
 
             build_default(con, summary["model_id"])

@@ -1,4 +1,4 @@
-"""Representation maps (seed 002; Activation-Atlas-like): 2-D layouts of a layer.
+"""Representation maps (Yu et al. 2014; Activation-Atlas-like): 2-D layouts of a layer.
 
   neurons   one point per neuron (and direction) of the layer, from its prototype embedding
             (the w-weighted mean feature vector at its NF crops' centres)

@@ -6,7 +6,7 @@
   (per-neuron field start y0 and size h, the layer's stride s), and every input pixel takes the
   map bilinearly interpolated at its own position. Colour = activation / a_max (the unit's
   maximum over the dataset), so heatmaps of one unit compare across images.
-- `reconstruction` (seed 002: the deconvnet of Zeiler & Fergus 2014): the unit's activation at
+- `reconstruction` (Yu et al. 2014: the deconvnet of Zeiler & Fergus 2014): the unit's activation at
   the stored location projected back to pixel space. Autograd does the layer-by-layer reversal
   the seed describes (transposed convolutions with the flipped filters; max-pooling through the
   switches recorded in the forward); only the ReLUs' backward is replaced:

@@ -1,4 +1,4 @@
-"""Layer report: seed 004's figures (and seeds 001/002's) from an index.
+"""Layer report: Rafegas et al. 2020's figures (and Zhang's and Yu et al.'s) from an index.
 
 Each `figure_*` function returns the numbers behind one plot (tested directly); `render` draws
 them with matplotlib and embeds the PNGs in one self-contained HTML file.
@@ -8,8 +8,8 @@ them with matplotlib and embeds the PNGs in one self-contained HTML file.
   figs. 8-9 (004) share of neurons per colour-index bin and per class-index bin, per layer
   fig. 7 (004)    colour-selective neurons (alpha >= 0.4) placed by hue angle, a ring per layer
   fig. 4 (004)    NF self-response per layer
-  fig. 6 (002)    sparsity per layer;  seed 001: per-layer variance ranking of neurons (probe)
-  seed 001        per layer with directions: the singular-value spectrum, top and bottom image rows
+  fig. 6 (002)    sparsity per layer;  Zhang (CS231n): per-layer variance ranking of neurons (probe)
+  Zhang (CS231n)        per layer with directions: the singular-value spectrum, top and bottom image rows
                   of the leading SVD directions, and redundancy: how much the top (and bottom)
                   image sets of the highest-variance neurons overlap each other, against those of
                   the SVD and random directions
@@ -100,7 +100,7 @@ def figure_per_layer(idx, model: str, column: str) -> dict:
 
 
 def figure_variance(idx, model: str) -> dict:
-    """Seed 001: per layer, neurons' activation variance on the probe sample, ranked, as a share of the total."""
+    """Zhang (CS231n): per layer, neurons' activation variance on the probe sample, ranked, as a share of the total."""
     rows = idx.query("SELECT v.layer, p.activations FROM neuron_view v JOIN probe p ON p.neuron_id = v.id AND v.kind = 'channel' "
                    "WHERE v.model = ? ORDER BY v.id", [model]).rows()
     out = {}
@@ -130,7 +130,7 @@ def galleries(idx, model: str, n: int = 12) -> dict:
 # ---------------------------------------------------------------------------- rendering
 
 def figure_spectrum(idx, model: str) -> dict:
-    """Seed 001, fig. 5: per layer with directions, its singular values (descending) and how many
+    """Zhang (CS231n), fig. 5: per layer with directions, its singular values (descending) and how many
     SVD directions were kept."""
     rows = idx.query("SELECT l.name, l.spectrum, (SELECT count(*) FROM directions d WHERE d.layer_id = l.id "
                      "AND d.kind = 'svd') AS kept FROM layers l JOIN models m ON m.id = l.model_id "
@@ -146,9 +146,9 @@ def _jaccard_pairs(sets: list[set]) -> dict:
 
 
 def figure_redundancy(idx, model: str, units: int = 8, k: int = 20) -> dict:
-    """Seed 001's redundancy finding, measured: per layer with directions, the mean pairwise
+    """Zhang (CS231n)'s redundancy finding, measured: per layer with directions, the mean pairwise
     Jaccard overlap of the top-k (and bottom-k) image sets of its `units` highest-variance
-    neurons (seed 001's naive method: variance of the per-image activation), of its SVD
+    neurons (Zhang (CS231n)'s naive method: variance of the per-image activation), of its SVD
     directions and of its random directions, and how many pairs share at least half their images."""
     layers = idx.query("SELECT DISTINCT l.id, l.name, l.position FROM directions d JOIN layers l ON l.id = d.layer_id "
                        "JOIN models m ON m.id = l.model_id WHERE m.name = ? ORDER BY l.position", [model]).rows()
@@ -253,7 +253,7 @@ def render_figures(idx, model: str) -> dict[str, bytes]:
     ax.set_xscale("log")
     ax.set_title("Share of activation variance by neuron rank (probe)", fontsize=10)
     ax.legend(fontsize=5, ncol=2)
-    figs["seed001_variance"] = _png(fig)
+    figs["variance_by_rank"] = _png(fig)
 
     spectrum = figure_spectrum(idx, model)
     if spectrum:
@@ -268,7 +268,7 @@ def render_figures(idx, model: str) -> dict[str, bytes]:
         ax.set_title("Singular values of each layer's standardised image x channel matrix",
                      fontsize=9)
         ax.legend(fontsize=5, ncol=2)
-        figs["seed001_spectrum"] = _png(fig)
+        figs["svd_spectrum"] = _png(fig)
     return figs
 
 
@@ -280,7 +280,7 @@ def _img(png: bytes | None, width: int = 56) -> str:
 
 
 def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> list[str]:
-    """Seed 001, fig. 6: top and bottom image rows of each layer's leading SVD directions, and the
+    """Zhang (CS231n), fig. 6: top and bottom image rows of each layer's leading SVD directions, and the
     redundancy table."""
     red = figure_redundancy(idx, model)
     if not red:
@@ -330,8 +330,8 @@ FIGURE_TITLES = {
     "fig4_self_response": f"How strongly each neuron responds to its own Neuron Feature ({RAFEGAS}, Fig. 4)",
     "fig6_sparsity": f"Sparsity per layer: share of map positions not firing ({YU}, Fig. 6)",
     "fig1_curves": f"Ranked activation curves per layer ({RAFEGAS}, Fig. 1)",
-    "seed001_variance": f"Share of a layer's activation variance by neuron rank ({ZHANG})",
-    "seed001_spectrum": f"Singular values of each layer's image x channel matrix ({ZHANG}, Fig. 5)",
+    "variance_by_rank": f"Share of a layer's activation variance by neuron rank ({ZHANG})",
+    "svd_spectrum": f"Singular values of each layer's image x channel matrix ({ZHANG}, Fig. 5)",
 }
 
 
@@ -384,7 +384,7 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
     return written
 
 
-# ---------------------------------------------------------------- seed 000 hierarchy, seed 002 maps
+# ---------------------------------------------------------------- Dai 2020 hierarchy, Yu et al. 2014 maps
 SWATCH = {"black": "#222222", "white": "#dddddd", "grey": "#8c8c8c", "red": "#d62728", "orange": "#ff7f0e",
           "yellow": "#e6c700", "green": "#2ca02c", "blue": "#1f77b4", "purple": "#9467bd", "pink": "#e377c2",
           "brown": "#8c564b"}
@@ -473,7 +473,7 @@ def classical_mds(d: np.ndarray) -> np.ndarray:
 
 def hierarchy_pngs(idx, model: str | None = None, layer: str | None = None,
                    pooling: str | None = None) -> dict[str, bytes]:
-    """The stored category hierarchy drawn: {'dendrogram': PNG, 'mst': PNG} (seed 000, fig. 8)."""
+    """The stored category hierarchy drawn: {'dendrogram': PNG, 'mst': PNG} (Dai 2020, fig. 8)."""
     import matplotlib
 
     matplotlib.use("Agg")

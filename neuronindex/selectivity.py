@@ -1,9 +1,9 @@
-"""Selectivity indexes (seed 004, section 3) and the class selectivity index of Morcos et al.
+"""Selectivity indexes (Rafegas et al. 2020, section 3) and the class selectivity index of Morcos et al.
 
-Colour selectivity index alpha (seed 004, eq. 2)
+Colour selectivity index alpha (Rafegas et al. 2020, eq. 2)
     The NF's pixels in the opponent colour space O1 = (R-G)/sqrt2, O2 = (R+G-2B)/sqrt6,
     O3 = (R+G+B)/sqrt3 (RGB in [0, 1]); v = the first principal component of a weighted PCA in
-    the sense of Delchambre (2014), the reference seed 004 gives: per-pixel weights
+    the sense of Delchambre (2014), the reference Rafegas et al. 2020 gives: per-pixel weights
     w = 1 / max(std, 1 grey level), std = that pixel's standard deviation over the NF's crops
     (the floor keeps a pixel every crop agrees on from taking all the weight); the weighted mean
     mu = sum w x / sum w is subtracted and the covariance is sum w^2 (x-mu)(x-mu)^T / sum w^2
@@ -13,7 +13,7 @@ Colour selectivity index alpha (seed 004, eq. 2)
     is removed, so a uniform tint (the brownish average of natural-image crops) is not colour
     selectivity. An NF with no variation at all (weighted variance below (0.5 grey level)^2)
     has no principal component: alpha is NULL.
-Mean chroma (`mean_chroma`, not part of seed 004): the length of the weighted mean colour's
+Mean chroma (`mean_chroma`, not part of Rafegas et al. 2020): the length of the weighted mean colour's
     (O1, O2) part. It sees what eq. 2 cannot: an NF that is one flat saturated colour has little
     variance, so its alpha can be anything. Searched only when asked for (`chroma>0.2`).
 Hue: the angle of v on the (O1, O2) plane, 0 deg = +O1 (towards red), 90 deg = +O2; v is
@@ -29,8 +29,8 @@ Colour names: the 11 basic colour terms with a probability per pixel from `color
     weighs its pixels by w^2. `color_name` is the chromatic term with the largest share.
 Colour response index: 1 - sum a_grey / sum a over the NF's images, a_grey the activation at the
     same unit when the image is shown in greyscale (a response-based measure, not from the NF).
-Class selectivity index gamma (seed 004, eqs. 3-4): over the neuron's top N images (N = nf_max,
-    100 by default, as in seed 004, 4.3), f_c = sum of w_j over the images of class c / sum of
+Class selectivity index gamma (Rafegas et al. 2020, eqs. 3-4): over the neuron's top N images (N = nf_max,
+    100 by default, as in Rafegas et al. 2020, 4.3), f_c = sum of w_j over the images of class c / sum of
     w_j; M = fewest classes whose f_c reach th; gamma = (N - M) / (N - 1). With few classes in
     the data (CIFAR-10) gamma is confined near 1 (M <= 10); M itself is then the clearer figure.
     Rolled up the class hierarchy, the same frequencies give generic classes.
@@ -47,7 +47,7 @@ from .colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES  # noqa: F40
 
 from .settings import default
 
-COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (seed 004, Fig. 7)
+COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (Rafegas et al. 2020, Fig. 7)
 COLOR_PAIR = default("color_pair")  # the second end's least salience, as a share of the first's
 STD_FLOOR = default("std_floor")  # grey levels: guards 1/std where every crop agrees
 FLAT_VARIANCE = (0.5 / 255.0) ** 2  # opponent units^2: below this the NF has no principal component

@@ -22,27 +22,27 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("top_k", 100, "Top images kept per neuron (pass 1)."),
     Setting("batch_size", 64, "Images per forward pass."),
     Setting("probe_size", 2048, "Images in the stored probe sample (signatures, variance ranking)."),
-    Setting("curve_len", 400, "Ranks of the normalised activation curve (seed 004, Fig. 1)."),
-    Setting("nf_max", 100, "Most crops averaged into a Neuron Feature (N of seed 004)."),
+    Setting("curve_len", 400, "Ranks of the normalised activation curve (Rafegas et al. 2020, Fig. 1)."),
+    Setting("nf_max", 100, "Most crops averaged into a Neuron Feature (N of Rafegas et al. 2020)."),
     Setting("nf_memory", 512, "MB of Neuron Feature planes made at once in pass 2 (they grow with neurons x field "
                               "area); more neurons are taken in ranges, each one more decode of the images it needs."),
-    Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (seed 004)."),
+    Setting("nf_threshold", 0.7, "Least relative activation a_j / a_max of an NF crop (Rafegas et al. 2020)."),
     Setting("hist_bins", 32, "Equal bins of the stored activation histograms (edges/counts); the streamed "
                              "logarithmic buckets are kept too."),
-    Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (seed 001)."),
-    # directions (seed 001)
-    Setting("directions", "none", "Directions indexed beside the neurons (seed 001): svd, random, svd,random or "
+    Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (Zhang (CS231n))."),
+    # directions (Zhang (CS231n))
+    Setting("directions", "none", "Directions indexed beside the neurons (Zhang (CS231n)): svd, random, svd,random or "
                                   "none. They cost one more forward pass over the images."),
     Setting("direction_pooling", "max", "Pooling of each channel's map into the image x channel matrix: max "
                                         "(the neurons' activation) or mean."),
     Setting("svd_rank", "kaiser", "SVD directions kept: kaiser (eigenvalues of the correlation matrix > 1), "
-                                  "var:F (variance share F), sv:S (singular values >= S, seed 001) or N."),
-    Setting("svd_max", 8, "Most SVD directions per layer (seed 001 kept 8 for pool5)."),
+                                  "var:F (variance share F), sv:S (singular values >= S, Zhang (CS231n)) or N."),
+    Setting("svd_max", 8, "Most SVD directions per layer (Zhang (CS231n) kept 8 for pool5)."),
     Setting("random_directions", 4, "Random directions per layer past the variance cut-off, and as many "
-                                    "unconstrained ones as the baseline (seed 001)."),
+                                    "unconstrained ones as the baseline (Zhang (CS231n))."),
     Setting("random_quantile", 0.95, "Variance cut-off of filtered random directions: this quantile of the "
                                      "variances of 1,000 random directions."),
-    # activation maximisation (seeds 000/003; neuronindex visualize)
+    # activation maximisation (Dai 2020, Øygard 2016; neuronindex visualize)
     Setting("viz_steps", 256, "Steps of gradient ascent per optimised image."),
     Setting("viz_lr", 0.05, "Adam learning rate of the optimised images."),
     Setting("viz_batch_size", 16, "Neurons of one layer whose images share a forward and backward per step."),
@@ -50,14 +50,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("viz_rotate", 5.0, "Random rotation of an optimised image before each step: +- degrees."),
     Setting("viz_checkpoint_every", 300.0, "Seconds between publishes of finished optimised images (an interrupted "
                                            "run loses at most this much)."),
-    # category hierarchy, prediction trees, maps (seeds 000 and 002)
+    # category hierarchy, prediction trees, maps (Dai 2020 and Yu et al. 2014)
     Setting("tree_max_images", 100, "Most images of a class in a filter prediction tree (a seeded sample above it); "
                                     "the tree costs one forward of them and O(images^2 x filters)."),
     Setting("map_perplexity", 30.0, "t-SNE perplexity of the representation maps (at most a third of the points)."),
     Setting("map_neighbors", 15, "UMAP n_neighbors of the representation maps (map --method umap)."),
     # selectivity
     Setting("class_threshold", 1.0, "th of the class selectivity index: M = fewest classes reaching it."),
-    Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (seed 004, Fig. 7)."),
+    Setting("color_threshold", 0.4, "alpha at or above which a neuron is colour selective (Rafegas et al. 2020, Fig. 7)."),
     Setting("color_pair", 0.15, "A two-colour NF is named by both ends (`blue/orange`) when the second end is a "
                                 "colour of its own (chromatic, >= 90 degrees of hue away) with at least this share of "
                                 "the first end's salience (area x chroma)."),

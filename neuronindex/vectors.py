@@ -4,8 +4,8 @@ Spaces (stored as rows of `embeddings`; FAISS files under DIR/vectors/ are built
   prototype  per layer: for each neuron, the L2-normalised, w-weighted mean of the layer's feature
              vector (all channels at the argmax unit) over its NF images
   signature  per model: each neuron's activations on the probe sample, centred and normalised
-             (finds redundant neurons across layers; seed 001)
-  patch      per layer: the feature vector of every stored top crop (seed 002's representation
+             (finds redundant neurons across layers; Zhang (CS231n))
+  patch      per layer: the feature vector of every stored top crop (Yu et al. 2014's representation
              space); a hit names the crop and the neuron it belongs to
 
 Search is by inner product on L2-normalised vectors (cosine). Up to EXACT_LIMIT vectors a flat

@@ -1,25 +1,25 @@
-"""Activation maximisation (seeds 000 section 2 and 003): the image a unit, a class or a layer
+"""Activation maximisation (Dai 2020, section 2, and Øygard 2016): the image a unit, a class or a layer
 responds to most, found by gradient ascent on the input with the weights fixed.
 
-Objectives (seed 000 eq. 1), each a term  weight * value:
+Objectives (Dai 2020 eq. 1), each a term  weight * value:
   unit      a unit's value at the centre of its map, so the image covers that unit's receptive
             field (the default for neurons: it is what the NF and the crops show, and its input
             is only the field's window, see `features.crop_geometry`)
   channel   the mean of the unit's whole map (a full-size input)
   layer     the mean of a layer's whole map, all channels
   class     a class logit (pre-softmax), or `prob`: its softmax probability
-and sums of these with weights. Directions (seed 001) are units like channels: their map is the
+and sums of these with weights. Directions (Zhang (CS231n)) are units like channels: their map is the
 projection w . a + offset, so every unit is a weight vector over its layer's channels.
 
-Images are made natural by (Olah et al. 2017, "Feature Visualization"; seeds 000/003):
+Images are made natural by (Olah et al. 2017, "Feature Visualization"; Dai 2020, Øygard 2016):
   fourier   the default parameterisation: the image is the inverse FFT of a spectrum whose
             coefficients are scaled by 1/f^decay (so the optimiser moves low frequencies as
             easily as high ones), in decorrelated colour: the three planes are mixed by the square
             root of the RGB covariance of the index's own images (so a step moves natural
             colours, not independent channels), then a sigmoid maps them into [0, 1]
-  pixel     the plain RGB pixels (through a sigmoid), with seed 000's regularisers: L2 decay of
-            the image around mid-grey (seed 000's mean-subtracted image, `l2`), total variation (`tv`, squared differences of
-            neighbours), and a Gaussian blur of the image every `blur_every` steps (seed 003)
+  pixel     the plain RGB pixels (through a sigmoid), with Dai 2020's regularisers: L2 decay of
+            the image around mid-grey (Dai 2020's mean-subtracted image, `l2`), total variation (`tv`, squared differences of
+            neighbours), and a Gaussian blur of the image every `blur_every` steps (Øygard 2016)
   robustness  before every forward each image is randomly translated (`jitter` px), scaled
             (1 +- `scale`) and rotated (+- `rotate` degrees) by one affine resampling (reflected
             at the border), with both parameterisations
@@ -109,7 +109,7 @@ class VizParams:
 
 
 def start_params(params: VizParams) -> VizParams:
-    """The options of a run from a real image (seed 000 section 2.1): the raw pixels (clipped to
+    """The options of a run from a real image (Dai 2020 section 2.1): the raw pixels (clipped to
     [0, 1]), small steps, no transformations and no regularisers, so the difference image is the
     accumulated gradient."""
     return VizParams(**{**asdict(params), "parameterization": "raw", "jitter": 0.0, "scale": 0.0, "rotate": 0.0,
@@ -230,7 +230,7 @@ class PixelImage(_Image):
 
 class RawImage(PixelImage):
     """The pixels themselves in [0, 1], clipped after every step (projected gradient ascent, as
-    seed 000 steps a real image): no sigmoid, whose gradient all but vanishes at the saturated
+    Dai 2020 steps a real image): no sigmoid, whose gradient all but vanishes at the saturated
     pixels a real picture has."""
 
     def __init__(self, b, h, w, sd, gens, start=None):
@@ -335,7 +335,7 @@ class Term:
 
 @dataclass
 class SumObjective:
-    """Sums of weighted terms, one sum per image of the batch (seed 000: composite objectives)."""
+    """Sums of weighted terms, one sum per image of the batch (Dai 2020: composite objectives)."""
 
     sums: list[list[Term]]
     output_node: str | None = None
@@ -833,7 +833,7 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, pa
 
 def from_image(index_dir, image, target: str, model: str | None = None, params: VizParams | None = None,
                objective: str = "class", device: str = "cpu", output=None, wait: bool = True) -> dict:
-    """Push a real image towards a class (seed 000 section 2.1: make a cat look like a dog to the
+    """Push a real image towards a class (Dai 2020 section 2.1: make a cat look like a dog to the
     network) and store the result: the final image, the difference image |final - start| (scaled to
     its maximum), and the first step at which the model predicts the target (`flip_step`). Options
     default to `start_params` (plain pixels, small steps, no transformations). `output`: also write

@@ -9,7 +9,7 @@
     dead layer:conv2
     weak conv3                     neurons below the activity floor (left out of selectivity rankings)
     csi>0.8 model:resnet20
-    svd conv19                     the SVD directions of conv19 (seed 001), by singular value
+    svd conv19                     the SVD directions of conv19 (Zhang (CS231n)), by singular value
     kind:random explained>0.02     random directions; `directions` = every kind; sv>50 on directions
 
 Searches return neurons (channels) unless they name a direction kind (svd, random, user,
@@ -312,7 +312,7 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     elif rank_by:
         col, desc = rank_by[0]
         order = [col.desc().nulls_last() if desc else col.asc().nulls_last()]
-    elif "channel" not in kinds:  # directions: by singular value, as seed 001 ranks them
+    elif "channel" not in kinds:  # directions: by singular value, as Zhang (CS231n) ranks them
         order = [view.c.sv.desc().nulls_last()]
     else:
         order = [view.c.act_max.desc().nulls_last()]

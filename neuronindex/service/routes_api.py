@@ -122,7 +122,7 @@ async def api_context(request: Request, key: str, rank: int, side: str = "top"):
 @router.get("/neurons/{key:path}/deconv/{rank}.png")
 async def api_deconv(request: Request, key: str, rank: int, side: str = "top", rule: str = "deconvnet",
                      whole: bool = False):
-    """The unit's activation on the rank-th image projected back to pixels (seed 002): rule deconvnet
+    """The unit's activation on the rank-th image projected back to pixels (Yu et al. 2014): rule deconvnet
     (Zeiler & Fergus), guided (guided backpropagation) or backprop; the receptive field unless whole."""
     return await answer(request, lambda idx: png_bytes(idx.reconstruction(key, rank, side, rule, whole)), media=PNG,
                         heavy=True)
@@ -159,7 +159,7 @@ def _result(r) -> dict:
 @router.get("/categories")
 async def api_categories(request: Request, model: str | None = None, layer: str | None = None,
                          pooling: str | None = None):
-    """The category hierarchy (seed 000, Algorithm 1): classes in dendrogram order, merges, centre, WordNet scores."""
+    """The category hierarchy (Dai 2020, Algorithm 1): classes in dendrogram order, merges, centre, WordNet scores."""
     return await answer(request, lambda idx: _result(idx.categories(model, layer, pooling)))
 
 @router.get("/categories/nearest")
@@ -184,12 +184,12 @@ async def api_categories_png(request: Request, figure: str, model: str | None = 
 
 @router.get("/trees/{model}/{layer}/{class_name}")
 async def api_tree(request: Request, model: str, layer: str, class_name: str, pooling: str = "max"):
-    """A stored filter prediction tree (seed 000, Algorithm 2; `neuronindex tree` builds it)."""
+    """A stored filter prediction tree (Dai 2020, Algorithm 2; `neuronindex tree` builds it)."""
     return await answer(request, lambda idx: _result(idx.prediction_tree(class_name, layer, model, pooling)))
 
 @router.get("/maps/{model}/{layer}")
 async def api_map(request: Request, model: str, layer: str, space: str = "neurons"):
-    """A stored representation map (seed 002; `neuronindex map` makes it): x, y in [0, 1] per point."""
+    """A stored representation map (Yu et al. 2014; `neuronindex map` makes it): x, y in [0, 1] per point."""
     return await answer(request, lambda idx: _result(idx.map(layer, space, model)))
 
 @router.get("/maps/{model}/{layer}/map.png")
