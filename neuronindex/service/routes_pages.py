@@ -203,6 +203,7 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
         others = [m["name"] for m in idx.models().rows() if m["name"] != n["properties"]["model"]]
         rule = "guided" if view == "guided" else "deconvnet"
         return {"n": n, "similar": safe_similar(idx, key), "fields": NEURON_FIELDS, "selective": SELECTIVE,
+                "color_threshold": default("color_threshold"),
                 "histogram": n["histogram"], "hist": histogram_bars(n["histogram"]),
                 "class_bars": class_bars(n["class_means"]), "views": VIEWS, "view": view, "rule": rule,
                 "rule_label": "guided backpropagation" if rule == "guided" else "deconvnet",
