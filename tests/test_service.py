@@ -83,6 +83,14 @@ def test_nearest_similar_export(client):
     assert_error(client.post("/api/nearest", files={"image": ("p.png", png_bytes(), "image/png")}, data={"box": "1,2"}),
                  400, "x0,y0,x1,y1")
     assert len(client.get("/api/neurons/tiny_cnn/conv2/1/similar", params={"k": 3}).json()["rows"]) == 3
+    alike = client.get("/api/neurons/tiny_cnn/conv2/1/similar", params={"k": 3, "kind": "channel"}).json()["rows"]
+    assert len(alike) == 3 and {r["kind"] for r in alike} == {"channel"}
+    assert_error(client.get("/api/neurons/tiny_cnn/conv2/1/similar", params={"kind": "neuron"}), 400,
+                 "unknown unit kind")
+    r = client.post("/api/nearest", files={"image": ("p.png", png_bytes(), "image/png")},
+                    data={"layer": "conv2", "k": "3", "space": "patch", "kind": "channel"})
+    rows = r.json()["rows"]
+    assert r.status_code == 200 and len({x["key"] for x in rows}) == len(rows) == 3 and all(x["crops"] >= 1 for x in rows)
     for fmt in ("csv", "json", "jsonl", "parquet", "html"):
         r = client.get("/api/export", params={"q": "conv1", "format": fmt})
         assert r.status_code == 200 and len(r.content) > 50
