@@ -73,7 +73,10 @@ def migrate(index_dir):
     """Upgrade the index in INDEX_DIR to this version's schema, in place and atomically."""
     from neuronindex.store import code_version, migrate as run
 
-    applied = run(index_dir)
+    restored: list[str] = []
+    applied = run(index_dir, restored)
+    if restored:
+        click.echo(f"replaced SQL neuronindex did not write: {', '.join(restored)}")
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")

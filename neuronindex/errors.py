@@ -97,6 +97,12 @@ class StaleVectorsError(NeuronIndexError):
     http_status = 409
 
 
+class ForeignSQLError(NeuronIndexError):
+    """The index holds SQL (views, macros) that neuronindex did not write: it is not run."""
+    exit_code = 10
+    http_status = 409
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for the closest choices, or '' when nothing is close."""
     choices = list(dict.fromkeys(choices))

@@ -13,12 +13,13 @@ import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
 import duckdb
 
-from ..errors import IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError
+from ..errors import ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError
 from ..settings import default
 
 INDEX_FILE = "index.duckdb"
@@ -143,8 +144,7 @@ def connect(directory: str | os.PathLike, memory_limit: str | None = None, temp_
         raise UsageError(f"bad reader limit: {str(exc).splitlines()[0]}; give sizes like 2GB or 512MB") from None
     try:
         _attach(con, path)
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        lock_down(con)
     except duckdb.Error as exc:
         con.close()
         raise IndexNotFoundError(f"cannot open the index at {directory}: {str(exc).splitlines()[0]}") from None
@@ -157,7 +157,62 @@ def connect(directory: str | os.PathLike, memory_limit: str | None = None, temp_
             f"the index at {directory} has schema version {version}, older than this neuronindex "
             f"({code_version()}); upgrade it with `neuronindex migrate {directory}`"
         )
+    foreign = foreign_sql(con)
+    if foreign:
+        con.close()
+        raise ForeignSQLError(
+            f"the index at {directory} holds SQL that neuronindex did not write ({', '.join(foreign[:4])}"
+            f"{', ...' if len(foreign) > 4 else ''}); it is not run. `neuronindex migrate {directory}` rewrites "
+            "the views from the schema and drops the macros"
+        )
     return con
+
+
+def lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No file or network access from SQL (read_text, COPY, ATTACH, replacement scans) and no
+    setting changes, for the rest of the connection's life: readers once the index is attached,
+    writers as soon as they open their staged file, before any SQL stored in it can run."""
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+
+
+@lru_cache(maxsize=1)
+def reference_views() -> dict[str, str]:
+    """The views the migrations create, name -> DuckDB's SQL for them (made once per process in an
+    empty in-memory database: 0.3 s). The migrations create no macros."""
+    with duckdb.connect(":memory:") as ref:
+        apply_migrations(ref)
+        return dict(execute(ref, "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
+                                 "AND database_name = current_database()"))
+
+
+def foreign_sql(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """What the open index holds that the migrations did not write: any macro (it could shadow a
+    built-in: `CREATE MACRO lower(x) AS ...`, or wrap a file reader) and any view that is not
+    exactly one of theirs (a view is SQL that runs on every read)."""
+    reference = reference_views()
+    macros = [r[0] for r in execute(con, "SELECT DISTINCT function_name FROM duckdb_functions() WHERE NOT internal "
+                                         "AND database_name = current_database() ORDER BY 1")]
+    views = execute(con, "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal "
+                         "AND database_name = current_database() ORDER BY 1")
+    return [f"macro {m}" for m in macros] + [f"view {v}" for v, sql in views if reference.get(v) != sql]
+
+
+def restore_sql(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """A writer's cure for foreign_sql: drop every macro and every view that is not the
+    migrations', then create the migrations' views as they define them. Returns what it replaced."""
+    foreign = foreign_sql(con)
+    if not foreign:
+        return []
+    _drop_macros(con)
+    for name in (f.split(" ", 1)[1] for f in foreign if f.startswith("view ")):
+        execute(con, 'DROP VIEW IF EXISTS "' + name.replace('"', '""') + '"')
+    present = {r[0] for r in execute(con, "SELECT view_name FROM duckdb_views() WHERE NOT internal "
+                                          "AND database_name = current_database()")}
+    for name, sql in reference_views().items():
+        if name not in present:
+            execute(con, sql)
+    return foreign
 
 
 def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
@@ -234,7 +289,11 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         shutil.copyfile(target, stage)
     con = duckdb.connect(str(stage), config=writer_config(stage))
     try:
+        # nothing stored in the file runs with file access, and no stored macro shadows a built-in
+        lock_down(con)
+        _drop_macros(con)
         apply_migrations(con)
+        restore_sql(con)
         yield con
         refresh_search(con)
         execute(con, "CHECKPOINT")
@@ -249,6 +308,18 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         raise
     finally:
         shutil.rmtree(stage.with_name(stage.name + ".spill"), ignore_errors=True)
+
+
+def _drop_macros(con: duckdb.DuckDBPyConnection) -> None:
+    """Before the migrations run any SQL on a writer: the migrations create no macros."""
+    for (name,) in execute(con, "SELECT DISTINCT function_name FROM duckdb_functions() WHERE NOT internal "
+                                "AND database_name = current_database()"):
+        quoted = '"' + name.replace('"', '""') + '"'
+        for statement in (f"DROP MACRO TABLE IF EXISTS {quoted}", f"DROP MACRO IF EXISTS {quoted}"):
+            try:
+                execute(con, statement)
+            except duckdb.Error:
+                pass
 
 
 def refresh_search(con: duckdb.DuckDBPyConnection) -> None:
@@ -270,15 +341,20 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
-def migrate(directory: str | os.PathLike) -> list[Migration]:
-    """Upgrade an existing index in place (atomically); returns the migrations applied."""
+def migrate(directory: str | os.PathLike, restored: list | None = None) -> list[Migration]:
+    """Upgrade an existing index in place (atomically); returns the migrations applied. SQL the
+    migrations did not write (foreign_sql) is replaced by theirs; `restored` receives what was."""
     if not index_file(directory).is_file():
         raise IndexNotFoundError(f"no index at {directory} ({INDEX_FILE} is missing); nothing to migrate")
     with duckdb.connect(":memory:", config=reader_config()) as probe:
         _attach(probe, index_file(directory))
+        lock_down(probe)
         before = schema_version(probe)
+        foreign = foreign_sql(probe) if before == code_version() else []
     _refuse_newer(before)
-    if before == code_version():
+    if restored is not None:
+        restored.extend(foreign)
+    if before == code_version() and not foreign:
         return []
     with staged(directory):
         pass

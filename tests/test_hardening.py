@@ -1,0 +1,120 @@
+"""Attacks that the earlier rounds did not cover: a hostile index file, every DuckDB type in answers,
+unvalidated names, login guessing, cheap requests that cost minutes, disk full, leftovers."""
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import pytest
+from fastapi.testclient import TestClient
+
+import neuronindex
+from neuronindex import store
+from neuronindex.errors import ForeignSQLError
+from neuronindex.service import create_app
+from neuronindex_cli.main import cli
+
+
+@pytest.fixture
+def copy_of(hierarchy_index, tmp_path):
+    def make(name="idx"):
+        target = tmp_path / name
+        shutil.copytree(hierarchy_index, target)
+        return target
+    return make
+
+
+def _tamper(index_dir, *statements):
+    """What an attacker who hands out an index file can do: any DDL inside it."""
+    con = duckdb.connect(str(store.index_file(index_dir)))
+    try:
+        for sql in statements:
+            con.execute(sql)
+    finally:
+        con.close()
+
+
+def _view_body(index_dir, name="neuron_view") -> str:
+    con = duckdb.connect(str(store.index_file(index_dir)), read_only=True)
+    try:
+        sql = con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0]
+    finally:
+        con.close()
+    return sql.split(" AS ", 1)[1].rstrip(";")
+
+
+def _leaking_view(index_dir, secret) -> str:
+    body = _view_body(index_dir)
+    return (f"CREATE OR REPLACE VIEW neuron_view AS SELECT * REPLACE ((SELECT content FROM read_text('{secret}')) "
+            f"AS color_name) FROM ({body})")
+
+
+HOSTILE = {
+    "view reading a local file": lambda d, secret: [_leaking_view(d, secret)],
+    "macro shadowing a built-in": lambda d, secret: ["CREATE MACRO lower(x) AS 'pwned'"],
+    "macro reading the index's own file": lambda d, secret: [
+        f"CREATE MACRO leak() AS TABLE SELECT * FROM read_blob('{store.index_file(d)}')"],
+    "extra view": lambda d, secret: ["CREATE VIEW innocent AS SELECT 1 AS x"],
+}
+
+
+@pytest.mark.parametrize("attack", list(HOSTILE))
+def test_readers_refuse_sql_they_did_not_write(attack, copy_of, tmp_path, cli_runner):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    index_dir = copy_of()
+    _tamper(index_dir, *HOSTILE[attack](index_dir, secret))
+    with pytest.raises(ForeignSQLError, match="did not write"):
+        neuronindex.open(index_dir)
+    result = cli_runner.invoke(cli, ["search", str(index_dir), "red"])
+    assert result.exit_code == 10 and "neuronindex migrate" in result.output and "Traceback" not in result.output
+    with pytest.raises(ForeignSQLError):
+        create_app(index_dir)  # `neuronindex serve` stops with the one-line error
+    # a hostile file published under a running service: every answer is a 409, nothing runs
+    served = copy_of("served")
+    client = TestClient(create_app(served))
+    assert client.get("/api/search", params={"q": "red"}).status_code == 200
+    shutil.copyfile(store.index_file(index_dir), served / "staged.tmp")
+    (served / "staged.tmp").replace(store.index_file(served))
+    response = client.get("/api/search", params={"q": "red conv2"})
+    assert response.status_code == 409 and "did not write" in response.json()["error"]
+    assert "TOP-SECRET" not in response.text
+    # a writer puts the migrations' SQL back; then nothing foreign runs and the secret never lands
+    restored = []
+    store.migrate(index_dir, restored)
+    assert restored
+    with neuronindex.open(index_dir) as idx:
+        assert idx.sql("SELECT lower('ABC') AS l").rows() == [{"l": "abc"}]
+        names = {r["color_name"] for r in idx.sql("SELECT color_name FROM neuron_search").rows()}
+        assert not any("TOP-SECRET" in (n or "") for n in names)
+        assert idx.search("conv1").rows()
+
+
+def test_a_writer_never_runs_stored_sql_with_file_access(copy_of, tmp_path):
+    """Every writer goes through store.staged: locked down before the file's SQL can run, macros
+    dropped before the migrations, views rewritten before the block; the publish materialises the
+    migrations' neuron_view, not the attacker's."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET-CONTENT")
+    index_dir = copy_of()
+    _tamper(index_dir, _leaking_view(index_dir, secret), "CREATE MACRO lower(x) AS 'pwned'")
+    with store.staged(index_dir) as con:
+        assert store.foreign_sql(con) == []
+        assert store.execute(con, "SELECT lower('ABC')") == [("abc",)]
+        with pytest.raises(duckdb.PermissionException):
+            store.execute(con, f"SELECT content FROM read_text('{secret}')")
+    raw = duckdb.connect(str(store.index_file(index_dir)), read_only=True)
+    try:
+        leaked = raw.execute("SELECT count(*) FROM neuron_search WHERE color_name LIKE '%TOP-SECRET%'").fetchone()[0]
+    finally:
+        raw.close()
+    assert leaked == 0
+    with neuronindex.open(index_dir) as idx:
+        assert idx.search("conv1").rows()
+
+
+def test_the_reference_views_are_the_migrations_own():
+    """The check compares with what the migrations create, not with a copy kept by hand."""
+    views = store.reference_views()
+    assert set(views) == {"neuron_view", "class_distance_view"}
+    assert "color_label" in views["neuron_view"]
