@@ -270,7 +270,7 @@ def show(index_dir, neuron_key, output, view, rank, side, whole):
 def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk, with_distribution):
     """Print one neuron's (or direction's) properties, with --topk / --bottomk its top / bottom images."""
     import neuronindex
-    from neuronindex.formats import _plain, to_table
+    from neuronindex.formats import plain, to_table
 
     with neuronindex.open(index_dir) as idx:
         n = idx.neuron(neuron_key)
@@ -285,10 +285,10 @@ def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk, with_distributio
         row.update({f"hist_{k}": v for k, v in h.items() if k not in ("bucket_values", "bucket_counts")})
         lists["classes"] = dist["classes"]
     if fmt == "json":
-        out = {k: _plain(v) for k, v in row.items()}
+        out = {k: plain(v) for k, v in row.items()}
         for name, rows in lists.items():
             if rows is not None:
-                out[name] = [{k: _plain(v) for k, v in r.items()} for r in rows]
+                out[name] = [{k: plain(v) for k, v in r.items()} for r in rows]
         click.echo(json.dumps(out, indent=2))
     else:
         click.echo(to_table([{"property": k, "value": v} for k, v in row.items()]), nl=False)

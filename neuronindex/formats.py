@@ -5,6 +5,8 @@ import csv
 import io
 import json
 import math
+from datetime import timedelta
+from decimal import Decimal
 from collections.abc import Sequence
 
 from .errors import UsageError
@@ -13,26 +15,41 @@ TEXT_FORMATS = ("table", "csv", "json", "jsonl")
 FORMATS = TEXT_FORMATS + ("parquet",)
 
 
-def _plain(value):
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None
+def plain(value):
+    """A value of any DuckDB type as JSON-able Python: numbers stay numbers (DECIMAL as a float,
+    HUGEINT as an exact int; NaN and infinities as null), UUID, ENUM and BIT as text, INTERVAL as
+    an ISO 8601 duration, dates and times in ISO 8601, BLOB as its size, LIST / ARRAY / STRUCT /
+    MAP / UNION element by element."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) or math.isinf(value) else value
+    if isinstance(value, Decimal):
+        return plain(float(value))
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"<{len(bytes(value))} bytes>"
+    if isinstance(value, timedelta):
+        seconds = value.seconds + value.microseconds / 1e6
+        return f"P{value.days}DT{seconds:g}S"
     if hasattr(value, "isoformat"):
         return value.isoformat()
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v) for v in value]
     if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
+        return plain(value.tolist())
+    return str(value)  # UUID, and whatever a later DuckDB adds
 
 
 def to_json(rows: Sequence[dict], **extra) -> str:
     if extra:
-        return json.dumps({**extra, "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]}, indent=2)
-    return json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows], indent=2)
+        return json.dumps({**extra, "rows": [{k: plain(v) for k, v in r.items()} for r in rows]}, indent=2)
+    return json.dumps([{k: plain(v) for k, v in r.items()} for r in rows], indent=2)
 
 
 def to_jsonl(rows: Sequence[dict]) -> str:
-    return "".join(json.dumps({k: _plain(v) for k, v in r.items()}) + "\n" for r in rows)
+    return "".join(json.dumps({k: plain(v) for k, v in r.items()}) + "\n" for r in rows)
 
 
 def to_csv(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
@@ -41,7 +58,7 @@ def to_csv(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
-        writer.writerow(["" if r.get(c) is None else _cell(_plain(r.get(c))) for c in columns])
+        writer.writerow(["" if r.get(c) is None else _cell(plain(r.get(c))) for c in columns])
     return buf.getvalue()
 
 
@@ -57,7 +74,7 @@ def to_table(rows: Sequence[dict], columns: Sequence[str] | None = None, max_wid
     columns = list(columns or (rows[0].keys() if rows else []))
     if not columns:
         return "(no rows)\n"
-    cells = [[_short(_cell(_plain(r.get(c))), max_width) for c in columns] for r in rows]
+    cells = [[_short(_cell(plain(r.get(c))), max_width) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip(),
              "  ".join("-" * w for w in widths)]
@@ -76,7 +93,7 @@ def to_parquet_bytes(rows: Sequence[dict]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pa.Table.from_pylist([{k: _plain(v) for k, v in r.items()} for r in rows])
+    table = pa.Table.from_pylist([{k: plain(v) for k, v in r.items()} for r in rows])
     buf = io.BytesIO()
     pq.write_table(table, buf)
     return buf.getvalue()

@@ -118,3 +118,51 @@ def test_the_reference_views_are_the_migrations_own():
     views = store.reference_views()
     assert set(views) == {"neuron_view", "class_distance_view"}
     assert "color_label" in views["neuron_view"]
+
+
+# one query per DuckDB type family, with what its JSON must say (None: only that it serialises)
+TYPES = {
+    "decimal": ("SELECT 1.5 AS x", 1.5),
+    "decimal wide": ("SELECT 12345678901234.5678::DECIMAL(18, 4) AS x", 12345678901234.5678),
+    "hugeint": ("SELECT (2::HUGEINT ** 100)::HUGEINT AS x", 2 ** 100),
+    "uhugeint": ("SELECT 340282366920938463463374607431768211455::UHUGEINT AS x", 2 ** 128 - 1),
+    "interval": ("SELECT INTERVAL 1 DAY + INTERVAL 90 SECOND AS x", "P1DT90S"),
+    "uuid": ("SELECT '6f1c1f6e-2d6e-4a8e-9b52-0b8a3c2d1e4f'::UUID AS x", "6f1c1f6e-2d6e-4a8e-9b52-0b8a3c2d1e4f"),
+    "blob": ("SELECT '\\xAA\\xBB'::BLOB AS x", "<2 bytes>"),
+    "nan": ("SELECT 'NaN'::DOUBLE AS x", None),
+    "infinity": ("SELECT 'inf'::FLOAT AS x", None),
+    "date": ("SELECT DATE '2026-12-07' AS x", "2026-12-07"),
+    "timestamptz": ("SELECT TIMESTAMPTZ '2026-12-07 10:00:00+00' AS x", None),
+    "time": ("SELECT TIME '12:34:56' AS x", "12:34:56"),
+    "list of decimals": ("SELECT [1.5, 2.25] AS x", [1.5, 2.25]),
+    "array": ("SELECT ['1.0'::DOUBLE, 'NaN'::DOUBLE]::DOUBLE[2] AS x", [1.0, None]),
+    "struct": ("SELECT {'id': '6f1c1f6e-2d6e-4a8e-9b52-0b8a3c2d1e4f'::UUID, 'd': 0.5} AS x",
+               {"id": "6f1c1f6e-2d6e-4a8e-9b52-0b8a3c2d1e4f", "d": 0.5}),
+    "map": ("SELECT MAP {'a': 1.5} AS x", {"a": 1.5}),
+    "enum": ("SELECT 'b'::ENUM('a', 'b') AS x", "b"),
+    "bit": ("SELECT '1010'::BIT AS x", "1010"),
+    "union": ("SELECT union_value(n := 2.5) AS x", 2.5),
+    "summarize": ("SUMMARIZE models", None),
+}
+
+
+@pytest.mark.parametrize("name", list(TYPES))
+def test_every_duckdb_type_serialises_on_every_surface(name, hierarchy_index, cli_runner):
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    query, expected = TYPES[name]
+    response = TestClient(create_app(hierarchy_index)).post("/api/sql", json={"sql": query})
+    assert response.status_code == 200, response.text
+    rows = response.json()["rows"]
+    if expected is not None or name in ("nan", "infinity"):
+        assert rows[0]["x"] == expected
+    for fmt in ("table", "csv", "json", "jsonl"):
+        result = cli_runner.invoke(cli, ["sql", str(hierarchy_index), query, "--format", fmt])
+        assert result.exit_code == 0 and "Traceback" not in result.output, (fmt, result.output)
+        if fmt == "json" and expected is not None:
+            assert json.loads(result.output)[0]["x"] == expected
+    parquet = TestClient(create_app(hierarchy_index)).get("/api/export", params={"q": "conv1", "format": "parquet"})
+    assert parquet.status_code == 200 and pq.read_table(io.BytesIO(parquet.content)).num_rows > 0

@@ -29,7 +29,7 @@ from .. import store
 from ..api import Index
 from ..cache import LRU
 from ..errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
-from ..formats import _plain
+from ..formats import plain
 from ..settings import default
 
 
@@ -139,7 +139,7 @@ def encode_json(value, deadline: float | None = None) -> bytes:
     """JSON bytes of a payload (NaN as null); with a deadline, a long list of rows is encoded in
     slices and stops with a QueryTimeout once the deadline has passed."""
     def dumps(v):
-        return json.dumps(v, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_plain)
+        return json.dumps(v, ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=plain)
 
     if deadline is None or not isinstance(value, dict) or not isinstance(value.get("rows"), list):
         return dumps(value).encode()
@@ -215,7 +215,7 @@ async def _coalesced(version: Version, key, compute) -> bytes:
 
 
 def json_rows(rows):
-    return [{k: _plain(v) for k, v in r.items()} for r in rows]
+    return [{k: plain(v) for k, v in r.items()} for r in rows]
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -248,10 +248,10 @@ def neuron_payload(idx, key: str) -> dict:
     hist = dist["histogram"]
     if hist is not None:
         hist = {k: v for k, v in hist.items() if k not in ("bucket_values", "bucket_counts")}
-    return {"ok": True, "key": n.key, "properties": {k: _plain(v) for k, v in props.items()},
+    return {"ok": True, "key": n.key, "properties": {k: plain(v) for k, v in props.items()},
             "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(top),
             "bottomk": json_rows(bottom), "direction": direction_payload(idx, n), "visualizations": json_rows(viz),
-            "histogram": _plain(hist) if hist is not None else None, "class_means": json_rows(dist["classes"])}
+            "histogram": plain(hist) if hist is not None else None, "class_means": json_rows(dist["classes"])}
 
 
 def direction_payload(idx, n) -> dict | None:
@@ -268,7 +268,7 @@ def direction_payload(idx, n) -> dict | None:
     order = np.argsort(-np.abs(u))[:12]
     prefix = n.key.rsplit("/", 1)[0]
     d["channels"] = [{"key": f"{prefix}/{int(c)}", "channel": int(c), "weight": float(u[c])} for c in order]
-    return {k: _plain(v) for k, v in d.items()}
+    return {k: plain(v) for k, v in d.items()}
 
 
 def png_bytes(img) -> bytes:

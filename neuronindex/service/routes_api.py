@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
 from ..api import parse_box
 from ..errors import NotFoundError, UsageError
-from ..formats import _plain
+from ..formats import plain
 from ..settings import default
 from .common import answer, answer_key, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes
 
@@ -59,7 +59,7 @@ async def api_search(request: Request, q: str = Query(..., description="property
 async def api_explain(request: Request, q: str):
     def make(idx):
         sql, params = idx.explain(q)
-        return {"ok": True, "sql": sql, "params": _plain(params)}
+        return {"ok": True, "sql": sql, "params": plain(params)}
     return await answer(request, make)
 
 @router.get("/report/{model}/{figure}.png")
@@ -130,7 +130,7 @@ async def api_deconv(request: Request, key: str, rank: int, side: str = "top", r
 @router.get("/neurons/{key:path}/distribution")
 async def api_distribution(request: Request, key: str):
     """The unit's activation histogram over the dataset, its activation density and per-class means."""
-    return await answer(request, lambda idx: {"ok": True, **{k: _plain(v) if k != "classes" else json_rows(v)
+    return await answer(request, lambda idx: {"ok": True, **{k: plain(v) if k != "classes" else json_rows(v)
                                                             for k, v in idx.distribution(key).items()}})
 
 @router.get("/neurons/{key:path}/viz.png")
@@ -152,7 +152,7 @@ async def api_visualization_png(request: Request, viz_id: int, diff: bool = Fals
 
 def _result(r) -> dict:
     """A Result as JSON: its meta beside its rows."""
-    meta = {k: (json_rows(v) if isinstance(v, list) and v and isinstance(v[0], dict) else _plain(v))
+    meta = {k: (json_rows(v) if isinstance(v, list) and v and isinstance(v[0], dict) else plain(v))
             for k, v in r.meta.items()}
     return {"ok": True, **meta, "rows": json_rows(r.rows())}
 
