@@ -166,3 +166,23 @@ def test_every_duckdb_type_serialises_on_every_surface(name, hierarchy_index, cl
             assert json.loads(result.output)[0]["x"] == expected
     parquet = TestClient(create_app(hierarchy_index)).get("/api/export", params={"q": "conv1", "format": "parquet"})
     assert parquet.status_code == 200 and pq.read_table(io.BytesIO(parquet.content)).num_rows > 0
+
+
+def test_pages_with_missing_scores_render_and_failing_pages_are_html(copy_of, monkeypatch):
+    """A hierarchy without WordNet scores (or with only some) and classes without an eccentricity
+    render with dashes; a page that fails anyway is an HTML page with a 500, not raw JSON."""
+    index_dir = copy_of()
+    _tamper(index_dir, "UPDATE hierarchies SET wordnet_correlation = 0.5, wordnet_baseline = NULL, "
+                       "wordnet_sibling_auc = NULL", "UPDATE hierarchy_nodes SET eccentricity = NULL")
+    client = TestClient(create_app(index_dir))
+    page = client.get("/categories/tiny_cnn")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"] and "\u2014" in page.text
+    from neuronindex.service import routes_pages
+
+    def broken(*args, **kwargs):
+        raise TypeError("must be real number, not NoneType")
+
+    monkeypatch.setitem(routes_pages.TEMPLATES.env.filters, "fixed", broken)
+    failed = client.get("/categories/tiny_cnn?layer=conv2")
+    assert failed.status_code == 500 and "text/html" in failed.headers["content-type"]
+    assert "could not be made" in failed.text and "Traceback" not in failed.text

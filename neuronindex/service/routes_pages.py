@@ -36,7 +36,18 @@ def num(value) -> str:
     return str(value)
 
 
+def fixed(value, digits: int = 3, sign: bool = False) -> str:
+    """A number with a fixed number of decimals; an empty value (an index built without WordNet,
+    an isolated class) as a dash instead of a failed page."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "\u2014"
+    return f"{value:{'+' if sign else ''}.{digits}f}"
+
+
 TEMPLATES.env.filters["num"] = num
+TEMPLATES.env.filters["fixed"] = fixed
 # the neuron page's property rows: (column, label in plain words)
 NEURON_FIELDS = [
     ("act_max", "highest activation (a_max)"), ("act_mean", "mean activation"), ("act_std", "standard deviation"),
@@ -91,6 +102,14 @@ async def page(request: Request, name: str, make) -> object:
     except NeuronIndexError as exc:
         body = TEMPLATES.get_template("error.html").render({"message": exc.message, "status": exc.http_status})
         return HTMLResponse(body, status_code=exc.http_status)
+    except Exception as exc:  # a page that fails to render is still a page, with no stack trace
+        import logging
+
+        logging.getLogger("neuronindex.service").exception("page %s failed", name)
+        body = TEMPLATES.get_template("error.html").render(
+            {"message": f"this page could not be made (internal error: {type(exc).__name__}); see the server log",
+             "status": 500})
+        return HTMLResponse(body, status_code=500)
 
 @router.get("/login")
 async def login_form(request: Request, next: str = "/"):
