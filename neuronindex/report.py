@@ -335,6 +335,12 @@ FIGURE_TITLES = {
 }
 
 
+def figure_names(idx, model: str) -> list[str]:
+    """The figures render_figures makes for a model, known without drawing any (a request for
+    another name is answered before anything is rendered)."""
+    return [n for n in FIGURE_TITLES if n != "svd_spectrum"] + (["svd_spectrum"] if figure_spectrum(idx, model) else [])
+
+
 def figure_title(name: str) -> str:
     return FIGURE_TITLES.get(name, name.replace("_", " "))
 

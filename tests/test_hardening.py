@@ -186,3 +186,20 @@ def test_pages_with_missing_scores_render_and_failing_pages_are_html(copy_of, mo
     failed = client.get("/categories/tiny_cnn?layer=conv2")
     assert failed.status_code == 500 and "text/html" in failed.headers["content-type"]
     assert "could not be made" in failed.text and "Traceback" not in failed.text
+
+
+def test_unknown_figure_names_are_refused_before_drawing(hierarchy_index, monkeypatch):
+    from neuronindex import report
+
+    drawn = []
+    real = report.render_figures
+    monkeypatch.setattr(report, "render_figures", lambda idx, model: drawn.append(model) or real(idx, model))
+    client = TestClient(create_app(hierarchy_index))
+    for name in ("nope", "svd_spectrum"):  # the tiny index has no directions: no spectrum
+        response = client.get(f"/api/report/tiny_cnn/{name}.png")
+        assert response.status_code == 404 and "no figure" in response.json()["error"]
+    assert client.get("/api/report/tiny_cnn/..%2Ffig1_curves.png").status_code == 404
+    assert client.get("/api/report/nomodel/fig1_curves.png").status_code == 404
+    assert drawn == []
+    assert client.get("/api/report/tiny_cnn/fig1_curves.png").status_code == 200 and drawn == ["tiny_cnn"]
+    assert client.get("/api/report/tiny_cnn/fig7_hue.png").status_code == 200 and drawn == ["tiny_cnn"]  # cached

@@ -64,9 +64,13 @@ async def api_explain(request: Request, q: str):
 
 @router.get("/report/{model}/{figure}.png")
 async def api_figure(request: Request, model: str, figure: str):
-    from ..report import render_figures
+    from ..report import figure_names, render_figures
 
     def draw(idx):  # every figure of the model is drawn at once; each is cached under its own URL
+        idx.model_row(model)
+        names = figure_names(idx, model)  # cheap: an unknown name is a 404 before anything is drawn
+        if figure not in names:
+            raise NotFoundError(f"no figure {figure!r} for model {model!r}; figures: {', '.join(names)}")
         figures = render_figures(idx, model) if idx.layers(model).rows() else {}
         for name, data in figures.items():
             idx.version.answers.put(answer_key(f"/api/report/{model}/{name}.png"), data)
