@@ -347,7 +347,8 @@ def schema(index_dir, fmt, output):
 @click.argument("query")
 @output_options(("table", "csv", "json", "jsonl"))
 @click.option("--explain", is_flag=True, help="Print the SQL the query compiles to, and its parameters.")
-def search(index_dir, query, fmt, output, explain):
+@setting_option("--time-limit", "search_time_limit")
+def search(index_dir, query, fmt, output, explain, time_limit):
     """Find neurons by property: `red conv4`, `dog layer3 gamma>=0.6`, `csi>0.8 sort:-csi limit:10`."""
     with _open(index_dir) as idx:
         if explain:
@@ -355,7 +356,7 @@ def search(index_dir, query, fmt, output, explain):
             click.echo(sql)
             click.echo(f"-- parameters: {params}")
             return
-        rows = idx.search(query).rows()
+        rows = idx.search(query, time_limit).rows()
     columns = ["key", "color_index", "color_label", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
     emit(rows, fmt, output, columns if fmt == "table" else None)
 
@@ -367,10 +368,11 @@ def search(index_dir, query, fmt, output, explain):
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True)
 @click.option("--context/--no-context", default=True, show_default=True,
               help="html: also the first top images whole with the heatmap, behind a toggle (loads the model).")
-def export(index_dir, query, fmt, output, context):
+@setting_option("--time-limit", "export_time_limit")
+def export(index_dir, query, fmt, output, context, time_limit):
     """Export the ranked result of a search (html: a standalone contact sheet of NFs and crops)."""
     with _open(index_dir) as idx:
-        n = idx.export(query, fmt, output, context=context)
+        n = idx.export(query, fmt, output, context=context, time_limit=time_limit)
     click.echo(f"wrote {n} neurons to {'standard output' if str(output) == '-' else output}", err=str(output) == "-")
 
 

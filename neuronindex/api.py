@@ -332,11 +332,12 @@ class Index:
                             max_rows or guarded.DEFAULT_MAX_ROWS)
         return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed, **r.extra)
 
-    def search(self, text: str) -> Result:
-        """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`."""
+    def search(self, text: str, time_limit: float | None = None) -> Result:
+        """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`; stopped with a
+        QueryTimeout past `time_limit` seconds (default: the search_time_limit setting)."""
         from .query.search import search
 
-        rows, sql, params = search(self.con, text, self._vocabulary())
+        rows, sql, params = search(self.con, text, self._vocabulary(), time_limit)
         return Result(rows, list(rows[0]) if rows else None, sql=sql, params=params, index=self)
 
     def explain(self, text: str) -> tuple[str, list]:
@@ -347,16 +348,26 @@ class Index:
         sql, params, _ = compile_query(parse(text, vocab), vocab)
         return sql, params
 
-    def export(self, text: str, fmt: str, path, context: bool = True) -> int:
+    def export(self, text: str, fmt: str, path, context: bool = True, time_limit: float | None = None) -> int:
         """Write the ranked result of a search as csv, json, jsonl, parquet or an html contact sheet
         (with context: each neuron's first top images whole with its heatmap, behind a toggle;
-        left out, with a note on stderr, when the model cannot be loaded here)."""
-        from .errors import DataError, ModelError
-        from .query.export import export
+        left out, with a note on stderr, when the model cannot be loaded here). The whole export
+        stops with a QueryTimeout past `time_limit` seconds (default: export_time_limit)."""
+        import time
 
+        from .errors import DataError, ModelError, QueryTimeout
+        from .query.export import export
+        from .settings import default
+
+        limit = default("export_time_limit") if time_limit is None else time_limit
+        deadline = time.perf_counter() + limit
+        rows = self.search(text, min(limit, default("search_time_limit"))).rows()
         make = None
         if context and fmt == "html":
             def make(key, rank):
+                if time.perf_counter() > deadline:
+                    raise QueryTimeout(f"the export took longer than its {limit:g} s time limit; narrow the search "
+                                       "(limit:N) or leave out the whole images (--no-context, &context=false)")
                 try:
                     buf = io.BytesIO()
                     self.context(key, rank).save(buf, "PNG")
@@ -364,14 +375,14 @@ class Index:
                 except (NotFoundError, DataError):  # fewer top images than the sheet shows; an image moved
                     return None
         try:
-            return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}", make)
+            return export(self.con, rows, fmt, path, f"neuronindex: {text}", make)
         except (OSError, ModelError) as exc:
             if make is None:
                 raise
             import sys
 
             print(f"note: the contact sheet has no context view: the model could not be loaded ({exc})", file=sys.stderr)
-            return export(self.con, self.search(text).rows(), fmt, path, f"neuronindex: {text}")
+            return export(self.con, rows, fmt, path, f"neuronindex: {text}")
 
     def dump(self, folder) -> list[str]:
         from .query.export import dump

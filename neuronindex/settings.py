@@ -74,6 +74,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("search_limit", 50, "Rows a search returns without limit:N."),
     Setting("search_max_limit", 100_000, "Largest limit:N."),
     Setting("sql_time_limit", 5.0, "Seconds before a user's SQL query is interrupted."),
+    Setting("search_time_limit", 10.0, "Seconds a search may take, parse and query together, on every surface "
+                                       "(Python, CLI, HTTP) before it stops with a time-out."),
+    Setting("search_max_length", 4000, "Characters of a search's text at most."),
+    Setting("export_time_limit", 120.0, "Seconds an export may take (its search, and the whole images with "
+                                        "heatmaps of an HTML sheet) before it stops with a time-out."),
     Setting("sql_max_rows", 10_000, "Rows a user's SQL query returns at most (with a truncation notice)."),
     Setting("sql_max_length", 100_000, "Characters of a user's SQL text at most."),
     Setting("reader_memory_limit", "2GB", "DuckDB memory limit of every read-only connection (queries, service)."),

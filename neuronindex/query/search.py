@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
+import time
 from dataclasses import dataclass, field
+
+import duckdb
 
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
-from ..errors import QueryError, did_you_mean
+from ..errors import QueryError, QueryTimeout, did_you_mean
 from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
 from ..settings import default
 
@@ -61,6 +65,7 @@ CLASS_SHARE = default("class_share")  # an ancestor class counts when its rolled
 ACHROMATIC_SHARE = default("achromatic_share")
 DEFAULT_LIMIT = default("search_limit")
 MAX_LIMIT = default("search_max_limit")
+MAX_LENGTH = default("search_max_length")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
 OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_label", "color_name",
           "color_second", "hue_name", "class_index",
@@ -330,9 +335,28 @@ def _dialect():
     return Dialect(paramstyle="qmark")
 
 
-def search(con, text: str, vocab: Vocabulary | None = None) -> tuple[list[dict], str, list]:
-    """Run a search; returns (rows, sql, params)."""
+def search(con, text: str, vocab: Vocabulary | None = None,
+           time_limit: float | None = None) -> tuple[list[dict], str, list]:
+    """Run a search; returns (rows, sql, params). The text's length is capped and the time limit
+    (default: the search_time_limit setting) covers the parse and the query: past it the query is
+    interrupted with a QueryTimeout."""
+    started = time.perf_counter()
+    limit = default("search_time_limit") if time_limit is None else time_limit
+    if len(text) > MAX_LENGTH:
+        raise QueryError(f"the search is {len(text):,} characters long; at most {MAX_LENGTH:,} (settings: "
+                         "search_max_length): use fewer words, or SQL")
     vocab = vocab or Vocabulary.load(con)
     sql, params, columns = compile_query(parse(text, vocab), vocab)
-    rows = con.execute(sql, params).fetchall()
+    left = limit - (time.perf_counter() - started)
+    timeout = QueryTimeout(f"the search took longer than its {limit:g} s time limit; use fewer words or add a layer")
+    if left <= 0:
+        raise timeout
+    timer = threading.Timer(left, con.interrupt)
+    timer.start()
+    try:
+        rows = con.execute(sql, params).fetchall()
+    except duckdb.InterruptException:
+        raise timeout from None
+    finally:
+        timer.cancel()
     return [dict(zip(columns, r)) for r in rows], sql, params

@@ -251,5 +251,7 @@ async def api_export(request: Request, q: str, format: str = "csv", context: boo
             out = Path(tmp) / f"export.{format}"
             idx.export(q, format, out, context=context)
             return out.read_bytes()
-    return await answer(request, make, media=EXPORT_MEDIA[format],
+    # an HTML sheet with whole images runs the model: the heavy pool, so exports never hold the
+    # threads that answer searches and pages (a full pool answers 503; the export_time_limit, 408)
+    return await answer(request, make, media=EXPORT_MEDIA[format], heavy=format == "html" and context,
                         headers={"Content-Disposition": f'attachment; filename="neurons.{format}"'})
