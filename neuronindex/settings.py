@@ -87,6 +87,11 @@ SETTINGS: tuple[Setting, ...] = (
                                           "blocks go to the staged file instead of staying cached in memory."),
     Setting("max_pixels", 89_478_485, "Pixels an image may have (checked from its header before decoding), in "
                                       "ingest and uploads alike: larger ones are recorded or refused."),
+    Setting("upload_max_pixels", 25_000_000, "Pixels an uploaded image other than a JPEG may have (POST /api/nearest): "
+                                             "it is decoded whole before it is reduced, so this bounds the memory "
+                                             "one upload takes (a JPEG is decoded at a reduced scale, up to max_pixels)."),
+    Setting("upload_max_side", 2048, "Longest side an upload is reduced to when decoded (the box is scaled with it): "
+                                     "enough for any model input, and what bounds the memory afterwards."),
     Setting("max_url", 8192, "Characters of a request URL at most (a longer one gets a JSON 414)."),
     # vectors and service
     Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),

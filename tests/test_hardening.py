@@ -240,3 +240,44 @@ def test_searches_and_exports_are_bounded_on_every_surface(hierarchy_index, cli_
     monkeypatch.setitem(BY_NAME, "export_time_limit", Setting("export_time_limit", 0.5, "test"))
     response = client.get("/api/export", params={"q": "conv1", "format": "html"})
     assert response.status_code == 408 and "export took longer" in response.json()["error"]
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height (IHDR with a valid CRC) and holds one tiny IDAT: enough for
+    the header check, nothing to decode."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 4)) + chunk(b"IEND", b"")
+
+
+def test_uploads_are_bounded_before_decoding_and_reduced(hierarchy_index):
+    """An 81 Mpx PNG is refused from its header (bench/uploads.py: 1 MB instead of a 928 MB peak);
+    a large JPEG is decoded at a reduced scale; every upload is reduced to upload_max_side with
+    its box scaled, and a box is checked against the upload's own size."""
+    import io
+
+    from PIL import Image
+
+    from neuronindex.errors import UsageError
+    from neuronindex.service.common import decode_upload
+
+    with pytest.raises(UsageError, match="81 Mpx, more than the 25 Mpx"):
+        decode_upload(_png_header_only(9000, 9000))
+    buf = io.BytesIO()
+    Image.new("RGB", (4400, 2200), (200, 30, 40)).save(buf, "JPEG")
+    image, (sx, sy) = decode_upload(buf.getvalue())
+    assert max(image.size) == 2048 and image.size[0] / image.size[1] == pytest.approx(2.0, abs=0.01)
+    assert (sx, sy) == pytest.approx((image.size[0] / 4400, image.size[1] / 2200))
+    client = TestClient(create_app(hierarchy_index))
+    big = client.post("/api/nearest", files={"image": ("big.jpg", buf.getvalue(), "image/jpeg")},
+                      data={"box": "4000,100,4300,400", "layer": "conv1", "k": "3"})
+    assert big.status_code == 200, big.text
+    outside = client.post("/api/nearest", files={"image": ("big.jpg", buf.getvalue(), "image/jpeg")},
+                          data={"box": "5000,100,5100,200", "layer": "conv1"})
+    assert outside.status_code == 400 and "outside the 4400x2200 image" in outside.json()["error"]
+    bomb = client.post("/api/nearest", files={"image": ("bomb.png", _png_header_only(9000, 9000), "image/png")})
+    assert bomb.status_code == 400 and "upload_max_pixels" in bomb.json()["error"]

@@ -278,20 +278,63 @@ def png_bytes(img) -> bytes:
 
 
 def decode_upload(data: bytes):
+    """An uploaded image as RGB, reduced so its longest side is at most `upload_max_side`, and
+    the scale (sx, sy) from its pixels to the reduced ones. Memory is bounded before decoding: a
+    JPEG is decoded at a reduced scale (DCT scaling), any other format is refused from its header
+    above `upload_max_pixels`; the freed decode buffers are handed back to the system."""
     from PIL import Image
 
-    from ..data import _to_rgb
-
-    from ..data import check_pixels
+    from ..data import _to_rgb, check_pixels
     from ..errors import DataError
+    from ..settings import default
 
-    Image.MAX_IMAGE_PIXELS = None  # check_pixels decides, from the header, before anything is decoded
+    side = default("upload_max_side")
+    Image.MAX_IMAGE_PIXELS = None  # the checks below decide, from the header, before anything is decoded
     try:
         with Image.open(io.BytesIO(data)) as im:
             check_pixels(im, "the upload")
+            w, h = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (side, side))  # decodes at 1/2, 1/4 or 1/8 scale when that is enough
+            elif w * h > default("upload_max_pixels"):
+                raise UsageError(f"the upload has {w}x{h} = {w * h / 1e6:.0f} Mpx, more than the "
+                                 f"{default('upload_max_pixels') / 1e6:.0f} Mpx an upload other than a JPEG may have "
+                                 "(settings: upload_max_pixels); send a smaller image or a JPEG")
             im.load()
-            return _to_rgb(im)
+            rgb = _to_rgb(_reduced(im, side))
+        _give_back_memory()
+        return rgb, (rgb.size[0] / w, rgb.size[1] / h)
     except DataError as exc:
         raise UsageError(exc.message) from None
     except (OSError, SyntaxError, ValueError):
         raise UsageError("the upload is not a readable image (PNG, JPEG, ...)") from None
+
+
+def _reduced(im, side: int):
+    """The image with its longest side at most `side`: a box filter by a whole factor, then a resize."""
+    from PIL import Image
+
+    if max(im.size) <= side:
+        return im
+    if im.mode not in ("L", "RGB", "RGBA", "I", "F", "LA", "La", "RGBa", "CMYK"):
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    factor = max(1, max(im.size) // side)
+    if factor > 1:
+        im = im.reduce(factor)
+    if max(im.size) > side:
+        scale = side / max(im.size)
+        im = im.resize((max(1, round(im.size[0] * scale)), max(1, round(im.size[1] * scale))), Image.BILINEAR)
+    return im
+
+
+def _give_back_memory() -> None:
+    """glibc keeps freed heap pages for reuse; hand them back so one large upload does not leave
+    the server hundreds of MB larger (no-op elsewhere)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

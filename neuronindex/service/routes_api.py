@@ -231,8 +231,16 @@ async def api_nearest(request: Request, image: UploadFile = File(...), box: str 
     parsed = parse_box(box)
 
     def make(idx):  # decoding and the model's forward run on a heavy worker, not the event loop
-        pil = decode_upload(data)
-        rows = idx.nearest(pil, parsed, layer, k, mode, space, model, kind=kind, per_unit=not all_crops).rows()
+        pil, (sx, sy) = decode_upload(data)
+        box = None
+        if parsed is not None:  # in the upload's own pixels, checked against its own size
+            x0, y0, x1, y1 = parsed
+            w, h = round(pil.size[0] / sx), round(pil.size[1] / sy)
+            if x1 <= 0 or y1 <= 0 or x0 >= w or y0 >= h:
+                raise UsageError(f"the box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {w}x{h} image; "
+                                 "give x0,y0,x1,y1 in the image's pixels")
+            box = [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+        rows = idx.nearest(pil, box, layer, k, mode, space, model, kind=kind, per_unit=not all_crops).rows()
         return {"ok": True, "rows": json_rows(rows)}
     return await answer(request, make, heavy=True, cache=False)
 
