@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import IngestError, UsageError
+from .names import valid_name
 from .settings import default
 
 
@@ -124,17 +125,19 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
 
     params = params or IngestParams()
     params.validate()
+    name = valid_name(name, "model name") if name else None  # before the model is loaded
     loaded = model if isinstance(model, LoadedModel) else load_model(model, weights, preprocessing, name)
     if preprocessing is not None:
         loaded.preprocessing = preprocessing
-    if name:
-        loaded.name = name
+    loaded.name = valid_name(name or loaded.name, "model name")
     image_set = images if isinstance(images, ImageSet) else open_source(images, download=download, labels=labels,
                                                                         class_list=class_list)
     if params.limit is not None:
         image_set = image_set.subset(0, params.limit)
     graph = trace(loaded)
     selections = graph.select(layers)
+    for s in selections:
+        valid_name(s.name, "layer name")
     meta = {
         "model_spec": loaded.spec, "weights": loaded.weights, "name": loaded.name,
         "preprocessing": loaded.preprocessing.to_json(), "source": image_set.source,

@@ -92,6 +92,9 @@ SETTINGS: tuple[Setting, ...] = (
                                              "one upload takes (a JPEG is decoded at a reduced scale, up to max_pixels)."),
     Setting("upload_max_side", 2048, "Longest side an upload is reduced to when decoded (the box is scaled with it): "
                                      "enough for any model input, and what bounds the memory afterwards."),
+    Setting("login_attempts", 5, "Failed logins (form, bearer token or cookie) a client address may make within "
+                                 "login_window seconds before it is refused (429) for the rest of the window."),
+    Setting("login_window", 60.0, "Seconds over which failed logins are counted per client address."),
     Setting("max_url", 8192, "Characters of a request URL at most (a longer one gets a JSON 414)."),
     # vectors and service
     Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),

@@ -281,3 +281,77 @@ def test_uploads_are_bounded_before_decoding_and_reduced(hierarchy_index):
     assert outside.status_code == 400 and "outside the 4400x2200 image" in outside.json()["error"]
     bomb = client.post("/api/nearest", files={"image": ("bomb.png", _png_header_only(9000, 9000), "image/png")})
     assert bomb.status_code == 400 and "upload_max_pixels" in bomb.json()["error"]
+
+
+def test_login_guessing_is_throttled_and_session_forms_are_same_origin(hierarchy_index):
+    from neuronindex.service.auth import COOKIE
+    from neuronindex.settings import default
+
+    app = create_app(hierarchy_index, token="s3cret")
+    site = TestClient(app, follow_redirects=False, headers={"Origin": "http://testserver"})
+    attempts = default("login_attempts")
+    for _ in range(attempts):
+        assert site.post("/login", data={"token": "guess"}).status_code == 401
+    refused = site.post("/login", data={"token": "s3cret"})  # even the right token, until the window passes
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
+    assert site.get("/api/models", headers={"Authorization": "Bearer guess"}).status_code == 429
+    # the throttle counts per client address: time passing (a fake clock) lets it try again
+    app.state.throttle.clock = lambda: 1e12
+    assert site.post("/login", data={"token": "s3cret"}).status_code == 303
+    # bearer-token guessing counts the same way (a client without the session cookie)
+    api = TestClient(app)
+    for _ in range(attempts):
+        assert api.get("/api/models", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert api.get("/api/models", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert api.get("/api/models", headers={"Authorization": "Bearer nope"}).status_code == 429
+    # a login or logout posted from another site, or with no origin at all, is refused
+    app = create_app(hierarchy_index, token="s3cret")
+    site = TestClient(app, follow_redirects=False, headers={"Origin": "http://testserver"})
+    for headers in ({"Origin": "https://evil.example"}, {"Referer": "https://evil.example/page"}, {}):
+        cross = TestClient(app, follow_redirects=False, cookies={COOKIE: "x"})
+        assert cross.post("/logout", headers=headers).status_code == 403
+        assert cross.post("/login", headers=headers, data={"token": "s3cret"}).status_code == 403
+    assert site.get("/logout").status_code in (303, 405)  # a GET never logs out
+    assert "set-cookie" not in site.get("/logout").headers
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("a/b", "'/'"), ("../../etc", "'/'"), ("x\ny", "U+000A"), (" ", "U+0020"), ("r\u200besnet", "U+200B"),
+    ("evil\u202eexe", "U+202E"), ("n" * 3000, "3,000 characters"), ("-x", "must start"), ("", "empty"),
+])
+def test_model_names_are_validated_before_the_model_loads(name, problem, image_folder, tmp_path, monkeypatch):
+    from neuronindex import models
+    from neuronindex.errors import UsageError
+    from neuronindex.ingest import ingest
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the name was checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    import re
+
+    with pytest.raises(UsageError, match=re.escape(problem)):
+        ingest("python:tinymodels:tiny_cnn", str(image_folder), "conv1", tmp_path / "idx", name=name or None,
+               progress=False) if name else __import__("neuronindex.names").names.valid_name(name, "model name")
+    assert not (tmp_path / "idx" / "index.duckdb").exists()
+
+
+def test_names_are_stored_composed(tiny_loaded, image_folder, tmp_path, cli_runner):
+    """The decomposed spelling is stored as the composed one, so both spell the same model in
+    URLs, searches and SQL."""
+    import unicodedata
+
+    from neuronindex.ingest import IngestParams, ingest
+
+    composed, decomposed = unicodedata.normalize("NFC", "résnet"), unicodedata.normalize("NFD", "résnet")
+    assert composed != decomposed
+    ingest(tiny_loaded, str(image_folder), "conv1", tmp_path / "idx", name=decomposed, params=IngestParams(top_k=4),
+           progress=False)
+    with neuronindex.open(tmp_path / "idx") as idx:
+        assert [r["name"] for r in idx.sql("SELECT name FROM models")] == [composed]
+        assert idx.search(f"model:{composed} conv1").rows()
+        client = TestClient(create_app(tmp_path / "idx"))
+        assert client.get(f"/api/neurons/{composed}/conv1/0").status_code == 200
+    result = cli_runner.invoke(cli, ["ingest", "--model", "python:tinymodels:tiny_cnn", "--images", str(image_folder),
+                                     "--layers", "conv1", "--index", str(tmp_path / "other"), "--name", "a/b"])
+    assert result.exit_code == 2 and "use letters, digits" in result.output and "Traceback" not in result.output

@@ -312,9 +312,12 @@ def test_show_views_and_distribution_on_the_cli(edge_index, cli_runner, tmp_path
 def test_login_form_sets_an_httponly_cookie(edge_index):
     from fastapi.testclient import TestClient
 
-    from neuronindex.service.app import COOKIE, create_app
+    from neuronindex.service.app import create_app
+    from neuronindex.service.auth import COOKIE
 
-    client = TestClient(create_app(edge_index, token="s3cret"), follow_redirects=False)
+    # the forms post from the site itself, as a browser says in Origin
+    client = TestClient(create_app(edge_index, token="s3cret"), follow_redirects=False,
+                        headers={"Origin": "http://testserver"})
     r = client.get("/layer/tiny_cnn/conv1?sort=color_index")
     assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Flayer%2Ftiny_cnn%2Fconv1%3Fsort%3Dcolor_index"
     assert client.get("/api/models").status_code == 401  # the API still answers JSON

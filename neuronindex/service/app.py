@@ -1,11 +1,8 @@
 """The FastAPI app factory: state, guards, one JSON error shape, and the two routers."""
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-from http.cookies import SimpleCookie
 from urllib.parse import quote
 
 from fastapi import FastAPI
@@ -13,42 +10,20 @@ from fastapi import FastAPI
 from ..errors import NeuronIndexError, UsageError
 from ..settings import default
 from . import routes_api, routes_pages
+from .auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
 from .common import LiveIndex, Pool, error
 
 MAX_UPLOAD = default("max_upload")
-COOKIE = "neuronindex_session"
-LOGIN = "/login"
-
-
-def session_value(token: str) -> str:
-    """The gallery's session cookie for a token: an HMAC of a fixed text under it (the cookie never
-    holds the token itself)."""
-    return hmac.new(token.encode(), b"neuronindex gallery session", hashlib.sha256).hexdigest()
-
-
-def authorised(token: str | None, headers: dict) -> bool:
-    """A bearer token or the login cookie, compared in constant time."""
-    if token is None:
-        return True
-    bearer = headers.get(b"authorization", b"")
-    if hmac.compare_digest(bearer, f"Bearer {token}".encode()):
-        return True
-    cookies = SimpleCookie()
-    try:
-        cookies.load(headers.get(b"cookie", b"").decode("latin-1"))
-    except Exception:  # a malformed Cookie header is no session
-        return False
-    got = cookies.get(COOKIE)
-    return got is not None and hmac.compare_digest(got.value.encode(), session_value(token).encode())
 
 
 class Guard:
     """Checks that need no index, before any routing (plain ASGI: no per-request task or copy):
-    URL length (414), bearer token or login cookie (401; a browser asking for a page is sent to
-    the login form instead), declared upload size (413)."""
+    URL length (414), a client with too many failed logins (429), bearer token or login cookie
+    (401; a browser asking for a page is sent to the login form instead), a session form posted
+    from another site (403), declared upload size (413)."""
 
-    def __init__(self, app, token: str | None, max_upload: int):
-        self.app, self.token, self.max_upload = app, token, max_upload
+    def __init__(self, app, token: str | None, max_upload: int, throttle: Throttle):
+        self.app, self.token, self.max_upload, self.throttle = app, token, max_upload, throttle
         self.max_url = default("max_url")
 
     async def __call__(self, scope, receive, send):
@@ -59,7 +34,18 @@ class Guard:
             problem = error(414, f"the URL is longer than {self.max_url} characters; send the query in a POST body")
         else:
             headers = dict(scope["headers"])
-            if scope["path"] != LOGIN and not authorised(self.token, headers):
+            client = (scope.get("client") or ("?",))[0]
+            wait = self.throttle.wait(client) if self.token is not None else 0.0
+            if wait > 0 and (scope["path"] == LOGIN and scope["method"] == "POST" or presented_credentials(headers)
+                             and not authorised(self.token, headers)):
+                problem = error(429, f"too many failed logins from this address; try again in {wait:.0f} s",
+                                {"Retry-After": str(max(1, round(wait)))})
+            elif scope["method"] == "POST" and scope["path"] in (LOGIN, "/logout") and \
+                    not same_origin(headers, scope.get("scheme", "http")):
+                problem = error(403, "a login or logout must be posted from this site's own form")
+            elif scope["path"] != LOGIN and not authorised(self.token, headers):
+                if presented_credentials(headers):
+                    self.throttle.failed(client)
                 if scope["method"] == "GET" and not scope["path"].startswith(("/api/", "/openapi")):
                     from starlette.responses import RedirectResponse
 
@@ -92,7 +78,8 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     app.state.max_upload = max_upload
     app.state.light = Pool("query", threads, queue)
     app.state.heavy = Pool("image and model", heavy, queue)
-    app.add_middleware(Guard, token=token, max_upload=max_upload)
+    app.state.throttle = Throttle()
+    app.add_middleware(Guard, token=token, max_upload=max_upload, throttle=app.state.throttle)
 
     @app.exception_handler(NeuronIndexError)
     async def library_error(_request, exc: NeuronIndexError):

@@ -9,6 +9,7 @@ from fastapi.templating import Jinja2Templates
 
 from ..settings import default
 from ..errors import NeuronIndexError
+from .auth import COOKIE, session_value
 from .common import answer, neuron_payload, safe_similar
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -127,16 +128,17 @@ async def login(request: Request):
 
     from fastapi.responses import HTMLResponse, RedirectResponse
 
-    from .app import COOKIE, session_value
-
     form = await request.form()
     token, target = str(form.get("token", "")), _local(str(form.get("next", "/")))
     expected = request.app.state.token
     if expected is None:
         return RedirectResponse(target, status_code=303)
+    client = request.client.host if request.client else "?"
     if not hmac.compare_digest(token.encode(), expected.encode()):
+        request.app.state.throttle.failed(client)
         body = TEMPLATES.get_template("login.html").render({"next": target, "problem": "wrong token; try again"})
         return HTMLResponse(body, status_code=401)
+    request.app.state.throttle.succeeded(client)
     out = RedirectResponse(target, status_code=303)
     out.set_cookie(COOKIE, session_value(expected), httponly=True, samesite="strict",
                    secure=request.url.scheme == "https", path="/")
@@ -144,9 +146,8 @@ async def login(request: Request):
 
 @router.post("/logout")
 async def logout(request: Request):
+    """Only by POST from this site's own pages (the guard checks the origin)."""
     from fastapi.responses import RedirectResponse
-
-    from .app import COOKIE
 
     out = RedirectResponse("/login", status_code=303)
     out.delete_cookie(COOKIE, path="/")
