@@ -542,12 +542,20 @@ def demo(out, per_class, epochs, serve, port, quiet):
 @setting_option("--memory-limit", "reader_memory_limit")
 @setting_option("--temp-limit", "reader_temp_limit")
 @setting_option("--duckdb-threads", "serve_duckdb_threads")
-def serve(index_dir, host, port, token, workers, threads, cache_mb, memory_limit, temp_limit, duckdb_threads):
+@setting_option("--header-timeout")
+@setting_option("--body-timeout")
+@setting_option("--max-connections")
+@setting_option("--max-client-connections")
+def serve(index_dir, host, port, token, workers, threads, cache_mb, memory_limit, temp_limit, duckdb_threads,
+          header_timeout, body_timeout, max_connections, max_client_connections):
     """Serve the JSON API (/docs) and the web gallery for INDEX_DIR."""
     from neuronindex.service import serve as run
 
+    if min(header_timeout, body_timeout) <= 0 or min(max_connections, max_client_connections) < 1:
+        raise click.UsageError("--header-timeout and --body-timeout must be positive, the connection caps at least 1")
     run(index_dir, host, port, token, workers=workers, threads=threads, cache_mb=cache_mb, memory_limit=memory_limit,
-        temp_limit=temp_limit, duckdb_threads=duckdb_threads)
+        temp_limit=temp_limit, duckdb_threads=duckdb_threads, header_timeout=header_timeout, body_timeout=body_timeout,
+        max_connections=max_connections, max_client_connections=max_client_connections)
 
 
 @cli.command()

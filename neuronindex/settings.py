@@ -99,6 +99,13 @@ SETTINGS: tuple[Setting, ...] = (
     # vectors and service
     Setting("exact_limit", 100_000, "Vectors up to which FAISS searches exactly (IVF above)."),
     Setting("max_upload", 10 * 1024 * 1024, "Bytes an uploaded image may have (POST /api/nearest)."),
+    Setting("header_timeout", 10.0, "Seconds a client has to send a request's headers (from its first byte; a new "
+                                    "connection that sends nothing is closed at the same deadline): then a 408."),
+    Setting("body_timeout", 30.0, "Seconds a client has to send a request's body once its headers are in: then a 408."),
+    Setting("max_connections", 1000, "Open connections the service holds at most (lowered to fit the process's "
+                                     "open-file limit); one beyond gets a 503 at once."),
+    Setting("max_client_connections", 64, "Open connections one client address may hold; one beyond gets a 503 at "
+                                          "once, so one client's idle sockets cannot starve the others."),
     Setting("serve_threads", 8, "Threads of the service answering queries at once (each with its own DuckDB cursor)."),
     Setting("serve_heavy", 4, "Threads of the service running model forwards, image decodes and figure rendering."),
     Setting("serve_queue", 64, "Requests of either kind waiting beyond those threads before the service answers "

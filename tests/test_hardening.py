@@ -355,3 +355,98 @@ def test_names_are_stored_composed(tiny_loaded, image_folder, tmp_path, cli_runn
     result = cli_runner.invoke(cli, ["ingest", "--model", "python:tinymodels:tiny_cnn", "--images", str(image_folder),
                                      "--layers", "conv1", "--index", str(tmp_path / "other"), "--name", "a/b"])
     assert result.exit_code == 2 and "use letters, digits" in result.output and "Traceback" not in result.output
+
+
+def _serve(index_dir, port, *options, nofile=None):
+    import resource
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    def limit():
+        if nofile:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    log = open(index_dir.parent / f"serve-{port}.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "neuronindex_cli.main", "serve", str(index_dir), "--port", str(port),
+                               *options], stdout=log, stderr=subprocess.STDOUT, preexec_fn=limit)
+    deadline = time.time() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=2):
+                return server, log
+        except OSError:
+            assert server.poll() is None and time.time() < deadline, "the server did not start"
+            time.sleep(0.3)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_idle_and_slow_connections_cannot_take_the_service(hierarchy_index, tmp_path):
+    """4,000 idle sockets from one address against a server limited to 512 open files: the
+    others are still answered, the idle ones are refused or timed out, slow headers are cut off,
+    and the log stays small."""
+    import resource
+    import socket
+    import time
+    import urllib.request
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    index_dir = tmp_path / "index"
+    shutil.copytree(hierarchy_index, index_dir)
+    port = _free_port()
+    server, log = _serve(index_dir, port, "--header-timeout", "2", nofile=512)
+    idle = []
+    try:
+        for _ in range(4000):
+            s = socket.socket()
+            s.bind(("127.0.0.2", 0))
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            idle.append(s)
+        answered = []
+        for _ in range(5):
+            started = time.time()
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=10) as r:
+                answered.append((r.status, time.time() - started))
+            time.sleep(0.2)
+        assert all(status == 200 and took < 5 for status, took in answered), answered
+        time.sleep(3)  # past the header timeout: every idle socket has been refused or cut off
+        still_open = 0
+        for s in idle:
+            s.setblocking(True)
+            s.settimeout(0.05)
+            try:
+                data = s.recv(100)
+                still_open += data == b"x"  # never
+            except socket.timeout:
+                still_open += 1
+            except OSError:
+                pass
+        assert still_open == 0, f"{still_open} idle sockets are still held"
+        slow = socket.create_connection(("127.0.0.1", port))
+        started = time.time()
+        with pytest.raises(OSError):
+            for byte in b"GET /api/models HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100:
+                slow.send(bytes([byte]))
+                time.sleep(0.1)
+        assert time.time() - started < 6
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        for s in idle:
+            s.close()
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert (index_dir.parent / f"serve-{port}.log").stat().st_size < 100_000

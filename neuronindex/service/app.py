@@ -12,6 +12,7 @@ from ..settings import default
 from . import routes_api, routes_pages
 from .auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
 from .common import LiveIndex, Pool, error
+from .connections import GuardedH11, quiet_floods, set_limits
 
 MAX_UPLOAD = default("max_upload")
 
@@ -118,9 +119,12 @@ def app_from_env() -> FastAPI:
 def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, workers: int = 1,
           threads: int = default("serve_threads"), cache_mb: int = default("response_cache"),
           memory_limit: str | None = None, temp_limit: str | None = None,
-          duckdb_threads: int = default("serve_duckdb_threads")) -> None:
+          duckdb_threads: int = default("serve_duckdb_threads"), **connection_limits) -> None:
+    """Run the service (uvicorn). `connection_limits`: header_timeout, body_timeout,
+    max_connections, max_client_connections (default: the settings)."""
     import uvicorn
 
+    set_limits(**connection_limits)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         raise UsageError(f"binding to {host} exposes the index beyond this machine; pass --token SECRET (bearer auth)")
     if min(workers, threads, duckdb_threads) < 1 or cache_mb < 0:
@@ -139,5 +143,8 @@ def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | Non
 def server_options(host: str, port: int) -> dict:
     """uvicorn's options for the service. The HTTP parser is h11 with a 1 MB buffer: h11 (and
     httptools) drop an over-long request line by resetting the connection or with a plain-text 400;
-    with room for 1 MB, a URL beyond the max_url setting gets the service's JSON 414 instead."""
-    return dict(host=host, port=port, log_level="warning", http="h11", h11_max_incomplete_event_size=1024 * 1024)
+    with room for 1 MB, a URL beyond the max_url setting gets the service's JSON 414 instead. The
+    protocol is GuardedH11: read deadlines and connection caps (connections.py)."""
+    quiet_floods()
+    return dict(host=host, port=port, log_level="warning", http=GuardedH11, h11_max_incomplete_event_size=1024 * 1024,
+                backlog=2048)
