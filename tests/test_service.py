@@ -129,7 +129,7 @@ def test_report_figures(client):
     r = client.get("/api/report/tiny_cnn/fig8_alpha_bins.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert_error(client.get("/api/report/tiny_cnn/fig99.png"), 404, "no figure")
-    assert_error(client.get("/api/report/nope/fig8_alpha_bins.png"), 404, "no figure")
+    assert_error(client.get("/api/report/nope/fig8_alpha_bins.png"), 404, "no model")
 
 
 def test_pages_render(client):
