@@ -336,7 +336,7 @@ def test_model_names_are_validated_before_the_model_loads(name, problem, image_f
     assert not (tmp_path / "idx" / "index.duckdb").exists()
 
 
-def test_names_are_stored_composed(tiny_loaded, image_folder, tmp_path, cli_runner):
+def test_names_are_stored_composed(image_folder, tmp_path, cli_runner):
     """The decomposed spelling is stored as the composed one, so both spell the same model in
     URLs, searches and SQL."""
     import unicodedata
@@ -345,8 +345,8 @@ def test_names_are_stored_composed(tiny_loaded, image_folder, tmp_path, cli_runn
 
     composed, decomposed = unicodedata.normalize("NFC", "résnet"), unicodedata.normalize("NFD", "résnet")
     assert composed != decomposed
-    ingest(tiny_loaded, str(image_folder), "conv1", tmp_path / "idx", name=decomposed, params=IngestParams(top_k=4),
-           progress=False)
+    ingest("python:tinymodels:tiny_cnn", str(image_folder), "conv1", tmp_path / "idx", name=decomposed,
+           params=IngestParams(top_k=4), progress=False)
     with neuronindex.open(tmp_path / "idx") as idx:
         assert [r["name"] for r in idx.sql("SELECT name FROM models")] == [composed]
         assert idx.search(f"model:{composed} conv1").rows()

@@ -464,7 +464,7 @@ ATTACKS = [  # (method, path, body, status, words in the error)
     ("get", "/api/neurons/tiny_cnn/conv9/0/nf.png", None, 404, "no neuron"),
     ("get", "/api/neurons/tiny_cnn/conv9/0/crops/1.png", None, 404, "no neuron"),
     ("get", "/api/export?q=red&format=exe", None, 400, "unknown export format"),
-    ("get", "/api/report/nomodel/hue.png", None, 404, "no figure"),
+    ("get", "/api/report/nomodel/hue.png", None, 404, "no model"),
 ]
 
 
