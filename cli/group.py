@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from neuronindex import __version__
-from neuronindex.errors import NeuronIndexError
+from neuronindex.errors import DiskFullError, NeuronIndexError, disk_full
 
 
 class Group(click.Group):
@@ -22,6 +22,12 @@ class Group(click.Group):
         except NeuronIndexError as exc:
             click.echo(f"Error: {exc.message}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:  # a full disk at any write: one line, not a traceback
+            if not disk_full(exc):
+                raise
+            click.echo(f"Error: no space left on the disk: {str(exc).splitlines()[0]}; free space and run again "
+                       "(an ingest continues with --resume)", err=True)
+            sys.exit(DiskFullError.exit_code)
         except KeyboardInterrupt:
             click.echo("Error: interrupted", err=True)
             sys.exit(130)

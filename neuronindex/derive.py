@@ -6,6 +6,7 @@ nothing. `neuronindex.recompute` runs the same steps again on a stored ingest.
 """
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -179,6 +180,28 @@ class Reforward:
             self.take(e, vectors[self.nodes[li]].cpu().numpy(), li)
 
 
+def remove_stale_spills(spill: Path) -> list[Path]:
+    """Remove the patch-vector folders of runs that died (their process is gone): a killed pass 2,
+    self-response or publish leaves them, and the --resume that follows must not keep them."""
+    removed = []
+    for folder in spill.glob("patches-*"):
+        parts = folder.name.split("-")
+        pid = int(parts[1]) if len(parts) > 2 and parts[1].isdigit() else None
+        if pid is not None and pid != os.getpid():
+            try:
+                os.kill(pid, 0)
+                continue  # still running: another writer's
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        elif pid == os.getpid():
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
 class PatchVectors(Reforward):
     """The layer's feature vector (all channels) at each top crop's unit.
 
@@ -195,7 +218,9 @@ class PatchVectors(Reforward):
         self.channels = list(channels)  # the layer's own channels (directions follow in its vectors)
         if spill is not None:
             Path(spill).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="patches-", dir=spill))
+        if spill is not None:
+            remove_stale_spills(Path(spill))
+        self.dir = Path(tempfile.mkdtemp(prefix=f"patches-{os.getpid()}-", dir=spill))
         self._spill = spill
         self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.dir), True)
         self._files: dict = {}

@@ -103,6 +103,34 @@ class ForeignSQLError(NeuronIndexError):
     http_status = 409
 
 
+class DiskFullError(NeuronIndexError):
+    """No space left where a write went; what was published before is intact."""
+    exit_code = 11
+    http_status = 507
+
+
+def disk_full(exc: BaseException, where=None) -> bool:
+    """An error that says the disk (or a quota) is full: OSError ENOSPC / EDQUOT, DuckDB's IO error
+    wrapping it, or DuckDB failing to spill to a temp folder on a disk with (almost) no room left
+    (`where`: a path on that disk)."""
+    import errno
+    import shutil
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "duckdb" not in type(exc).__module__:
+        return False
+    text = str(exc).lower()
+    if "no space left" in text or "disk quota" in text or "disk is full" in text:
+        return True
+    if where is not None and "failed to offload" in text:
+        try:
+            return shutil.disk_usage(where).free < 64 * 2**20
+        except OSError:
+            return False
+    return False
+
+
 def did_you_mean(word: str, choices: Iterable[str], n: int = 3) -> str:
     """' (did you mean a, b?)' for the closest choices, or '' when nothing is close."""
     choices = list(dict.fromkeys(choices))

@@ -450,3 +450,102 @@ def test_idle_and_slow_connections_cannot_take_the_service(hierarchy_index, tmp_
         log.close()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert (index_dir.parent / f"serve-{port}.log").stat().st_size < 100_000
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs of its own (root only: skipped where it cannot be mounted)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40M", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk, leave_bytes: int):
+    """Fill the disk but `leave_bytes`."""
+    import os
+
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    with open(disk / "filler", "wb") as f:
+        f.truncate(0)
+        chunk = b"\0" * 2**20
+        left = free - leave_bytes
+        while left > 0:
+            f.write(chunk[: min(len(chunk), left)])
+            left -= len(chunk)
+    return disk / "filler"
+
+
+def _digest(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_disk_full_is_one_line_and_leaves_the_index_as_it_was(hierarchy_index, small_disk, cli_runner):
+    from neuronindex.errors import DiskFullError
+
+    index_dir = small_disk / "index"
+    shutil.copytree(hierarchy_index, index_dir)
+    before = _digest(store.index_file(index_dir))
+    # no room for the staged copy: the copy itself fails
+    filler = _fill(small_disk, 2 * 2**20)
+    result = cli_runner.invoke(cli, ["indexes", str(index_dir), "-q"])
+    assert result.exit_code == 11 and "no space left" in result.output and "Traceback" not in result.output
+    assert [p.name for p in index_dir.iterdir() if p.name.startswith(".staging")] == []
+    assert _digest(store.index_file(index_dir)) == before
+    filler.unlink()
+    # room for the copy, not for what the writer adds: DuckDB's write fails
+    size = store.index_file(index_dir).stat().st_size
+    filler = _fill(small_disk, size + 3 * 2**20)
+    with pytest.raises(DiskFullError, match="the published index is unchanged"):
+        with store.staged(index_dir) as con:
+            store.execute(con, "CREATE TABLE bulk AS SELECT repeat(md5(i::VARCHAR), 64) AS x FROM range(200000) t(i)")
+            store.execute(con, "CHECKPOINT")
+    assert [p.name for p in index_dir.iterdir() if p.name.startswith(".staging")] == []
+    assert _digest(store.index_file(index_dir)) == before
+    with neuronindex.open(index_dir) as idx:
+        assert idx.search("conv1").rows()
+    filler.unlink()
+    # space freed: the same writer succeeds
+    result = cli_runner.invoke(cli, ["indexes", str(index_dir), "-q"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_dead_runs_spilled_vectors_are_removed(tmp_path):
+    import os
+
+    from neuronindex.derive import remove_stale_spills
+
+    spill = tmp_path / ".work"
+    dead, alive, legacy = spill / "patches-999999999-abc", spill / f"patches-{os.getpid()}-def", spill / "patches-x1y2"
+    for folder in (dead, alive, legacy):
+        folder.mkdir(parents=True)
+        (folder / "0.npy").write_bytes(b"x" * 1000)
+    assert sorted(remove_stale_spills(spill)) == sorted([dead, legacy])
+    assert alive.exists() and not dead.exists()
+
+
+def test_a_recompute_does_not_grow_the_file(hierarchy_index, tmp_path, cli_runner, monkeypatch):
+    """An `indexes` recompute rewrites most rows; the publish compacts a file whose free blocks
+    pass COMPACT_SHARE, so the file does not grow with every recompute."""
+    import duckdb as db
+
+    index_dir = tmp_path / "index"
+    shutil.copytree(hierarchy_index, index_dir)
+    monkeypatch.setattr(store, "COMPACT_MIN_BYTES", 0)
+
+    def blocks():
+        with db.connect(str(store.index_file(index_dir)), read_only=True) as con:
+            return con.execute("SELECT total_blocks, free_blocks FROM pragma_database_size()").fetchone()
+    start = blocks()
+    for _ in range(3):
+        assert cli_runner.invoke(cli, ["indexes", str(index_dir), "-q"]).exit_code == 0
+    total, free = blocks()
+    assert total <= start[0] * 1.12 and free <= store.COMPACT_SHARE * total

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError
+from ..errors import (DiskFullError, ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError,
+                      UsageError, disk_full)
 from ..settings import default
 
 INDEX_FILE = "index.duckdb"
@@ -285,10 +286,11 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     stage = directory / f".staging-{os.getpid()}-{INDEX_FILE}"
     for leftover in directory.glob(f".staging-*-{INDEX_FILE}*"):  # we hold the lock: these writers are gone
         shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
-    if target.exists():
-        shutil.copyfile(target, stage)
-    con = duckdb.connect(str(stage), config=writer_config(stage))
+    con = None
     try:
+        if target.exists():
+            shutil.copyfile(target, stage)
+        con = duckdb.connect(str(stage), config=writer_config(stage))
         # nothing stored in the file runs with file access, and no stored macro shadows a built-in
         lock_down(con)
         _drop_macros(con)
@@ -297,17 +299,56 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
         refresh_search(con)
         execute(con, "CHECKPOINT")
+        total, free = execute(con, "SELECT total_blocks, free_blocks FROM pragma_database_size() "
+                                   "WHERE database_name = current_database()")[0]
         con.close()
+        if free > COMPACT_SHARE * total and free * BLOCK_BYTES > COMPACT_MIN_BYTES:
+            _compact(stage)
         os.replace(stage, target)
         _fsync_dir(directory)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            con.close()
-        stage.unlink(missing_ok=True)
-        stage.with_name(stage.name + ".wal").unlink(missing_ok=True)
+    except BaseException as exc:
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.close()
+        for leftover in directory.glob(f"{stage.name}*"):  # the stage, its log, a half-made compact copy
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        if disk_full(exc, directory):
+            raise DiskFullError(f"no space left on the disk holding {directory}: a publish needs room for a copy "
+                                f"of the index ({_mb(target)}) and what it adds; free space and run again (an ingest "
+                                "continues with --resume); the published index is unchanged") from None
         raise
     finally:
         shutil.rmtree(stage.with_name(stage.name + ".spill"), ignore_errors=True)
+
+
+COMPACT_SHARE = 0.1  # free blocks above this share of the file (and above COMPACT_MIN_BYTES): compact it
+COMPACT_MIN_BYTES = 4 * 2**20
+BLOCK_BYTES = 262_144  # DuckDB's default block size
+
+
+def _compact(stage: Path) -> None:
+    """Rewrite the staged file without its free blocks (a recompute replaces most rows; DuckDB
+    reuses freed blocks but never gives them back): the schema, comments and rows copied into a
+    fresh file, which takes the stage's place. The stage holds only the migrations' SQL by now
+    (restore_sql), and the copy runs locked down once both files are attached."""
+    fresh = stage.with_name(stage.name + ".compact")
+    fresh.unlink(missing_ok=True)
+    with duckdb.connect(str(fresh), config=writer_config(fresh)) as con:
+        execute(con, f"ATTACH '{str(stage).replace(chr(39), chr(39) * 2)}' AS staged (READ_ONLY)")
+        lock_down(con)
+        name = execute(con, "SELECT current_database()")[0][0]
+        execute(con, "COPY FROM DATABASE staged TO \"" + name.replace('"', '""') + "\"")
+        execute(con, "DETACH staged")
+        execute(con, "CHECKPOINT")
+    shutil.rmtree(fresh.with_name(fresh.name + ".spill"), ignore_errors=True)
+    os.replace(fresh, stage)
+
+
+def _mb(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size / 2**20:,.0f} MB"
+    except OSError:
+        return "a new index"
 
 
 def _drop_macros(con: duckdb.DuckDBPyConnection) -> None:
