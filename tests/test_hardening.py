@@ -549,3 +549,21 @@ def test_a_recompute_does_not_grow_the_file(hierarchy_index, tmp_path, cli_runne
         assert cli_runner.invoke(cli, ["indexes", str(index_dir), "-q"]).exit_code == 0
     total, free = blocks()
     assert total <= start[0] * 1.12 and free <= store.COMPACT_SHARE * total
+
+
+def test_the_security_page_lists_every_limit_with_its_default():
+    from conftest import REPO
+    from neuronindex.settings import BY_NAME
+
+    page = (REPO / "docs" / "security.md").read_text(encoding="utf-8")
+    limits = ["max_upload", "max_pixels", "upload_max_pixels", "upload_max_side", "max_url", "sql_max_length",
+              "sql_time_limit", "sql_max_rows", "search_max_length", "search_time_limit", "export_time_limit",
+              "reader_memory_limit", "reader_temp_limit", "serve_threads", "serve_heavy", "serve_queue",
+              "header_timeout", "body_timeout", "max_client_connections", "max_connections", "login_attempts",
+              "login_window"]
+    for name in limits:
+        assert f"`{name}`" in page, name
+        value = BY_NAME[name].default
+        shown = {int: lambda v: [f"{v:,}", str(v), f"{v / 1e6:.1f} Mpx", f"{v / 1e6:g} Mpx", f"{v // 2**20} MB"],
+                 float: lambda v: [f"{v:g} s"], str: lambda v: [v.replace("GB", " GB")]}[type(value)](value)
+        assert any(s in page for s in shown), (name, shown)
