@@ -67,7 +67,8 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
     checked = 0
     for command in cli.commands.values():
         for p in command.params:
-            name = {"time_limit": "sql_time_limit", "max_rows": "sql_max_rows"}.get(p.name, p.name)
+            limit = {"search": "search_time_limit", "export": "export_time_limit"}.get(command.name, "sql_time_limit")
+            name = {"time_limit": limit, "max_rows": "sql_max_rows"}.get(p.name, p.name)
             if name in settings.BY_NAME and not p.is_flag and p.default is not None:  # None: keep the stored value
                 assert p.default == settings.default(name), (command.name, p.name)
                 checked += 1
