@@ -37,18 +37,22 @@ def test_large_spaces_get_a_tuned_ivf_index():
     assert 1 <= params["nprobe"] <= params["nlist"]
 
 
-@pytest.fixture(scope="module")
-def wide_index(tmp_path_factory):
+def _wide(root, layers: str, **params):
+    """The wide CNN over coloured squares, ingested into ROOT/idx; returns (index, loaded model)."""
     from conftest import write_folder
     from neuronindex.ingest import IngestParams, ingest
     from neuronindex.models import Preprocessing, load_model
 
-    root = tmp_path_factory.mktemp("vec")
     loaded = load_model("python:tinymodels:wide_cnn", preprocessing=Preprocessing(
         input_size=(16, 16), geometry="resize", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3))
     write_folder(root / "img", per_class=10, kinds=("red", "green", "blue", "white"))
-    ingest(loaded, str(root / "img"), "conv1,conv2", root / "idx", params=IngestParams(top_k=10), progress=False)
+    ingest(loaded, str(root / "img"), layers, root / "idx", params=IngestParams(top_k=10, **params), progress=False)
     return root / "idx", loaded
+
+
+@pytest.fixture(scope="module")
+def wide_index(tmp_path_factory):
+    return _wide(tmp_path_factory.mktemp("vec"), "conv1,conv2")
 
 
 def test_embeddings_rows_and_files(wide_index):
@@ -206,17 +210,7 @@ def test_bad_k_and_boxes_are_usage_errors(wide_index, k):
 
 @pytest.fixture(scope="module")
 def with_directions(tmp_path_factory):
-    from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
-    from neuronindex.models import Preprocessing, load_model
-
-    root = tmp_path_factory.mktemp("vecdir")
-    loaded = load_model("python:tinymodels:wide_cnn", preprocessing=Preprocessing(
-        input_size=(16, 16), geometry="resize", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3))
-    write_folder(root / "img", per_class=10, kinds=("red", "green", "blue", "white"))
-    ingest(loaded, str(root / "img"), "conv2", root / "idx", params=IngestParams(top_k=10, directions="svd,random"),
-           progress=False)
-    return root / "idx"
+    return _wide(tmp_path_factory.mktemp("vecdir"), "conv2", directions="svd,random")[0]
 
 
 def test_nearest_and_similar_say_the_kind_and_filter_by_it(with_directions):
