@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .derive import remove_stale_spills
 from .errors import IngestError, UsageError
 from .names import valid_name
 from .settings import default
@@ -335,8 +336,11 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
 
 
 def remove_work(work: Path) -> None:
-    """Remove a run's work folder (and .work when it is left empty)."""
+    """Remove a run's work folder, the spilled patch vectors of runs that died (a kill in pass 2,
+    self-response or publish leaves them), and .work when it is left empty."""
     shutil.rmtree(work, ignore_errors=True)
+    if work.parent.is_dir():
+        remove_stale_spills(work.parent)
     if work.parent.is_dir() and not any(work.parent.iterdir()):
         work.parent.rmdir()
 

@@ -532,6 +532,19 @@ def test_a_dead_runs_spilled_vectors_are_removed(tmp_path):
     assert alive.exists() and not dead.exists()
 
 
+def test_a_finished_ingest_leaves_no_dead_runs_files(tiny_loaded, image_folder, tmp_path):
+    """What a run killed in pass 2 or the publish left under .work/ is gone once the next run
+    (its --resume, or any other) has finished."""
+    from neuronindex.ingest import IngestParams, ingest
+
+    index_dir = tmp_path / "idx"
+    dead = index_dir / ".work" / "patches-999999999-abc"
+    dead.mkdir(parents=True)
+    (dead / "layer0.npy").write_bytes(b"x" * 10_000)
+    ingest(tiny_loaded, str(image_folder), "conv1", index_dir, params=IngestParams(top_k=4), progress=False)
+    assert not (index_dir / ".work").exists()
+
+
 def test_a_recompute_does_not_grow_the_file(hierarchy_index, tmp_path, cli_runner, monkeypatch):
     """An `indexes` recompute rewrites most rows; the publish compacts a file whose free blocks
     pass COMPACT_SHARE, so the file does not grow with every recompute."""
