@@ -464,6 +464,8 @@ class Index:
             cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         else:
             cx, cy = w / 2, h / 2
+        grouped = space == "patch" and per_unit and mode == "embedding"
+        wanted = k if kinds is None and not grouped else CANDIDATES * k  # room for what filtering drops
         batch = torch.from_numpy(np.asarray(pre.geometric(pil), dtype=np.uint8).copy())[None]
         with forward_lock:  # one forward at a time per extractor: it keeps the maps it returns
             maps = extractor(batch)
@@ -480,11 +482,8 @@ class Index:
                 score = vector / amax
                 hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
             else:
-                grouped = space == "patch" and per_unit
-                wanted = k if kinds is None and not grouped else CANDIDATES * k
                 hits += self._shared.vectors.search(space, lay["id"], vector, wanted, self.con)
         hits.sort(key=lambda t: -t[2])
-        grouped = space == "patch" and per_unit and mode == "embedding"
         return self._with_neurons(self._keep(hits, k, kinds, grouped), space if mode == "embedding" else "response")
 
     def _keep(self, hits, k: int, kinds: tuple[str, ...] | None, per_unit: bool = False) -> list[tuple]:

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UsageError
+from .names import valid_name as checked_name
 
 KINDS = ("svd", "random", "user")
 RANDOM_POOL = 1000
@@ -360,8 +361,11 @@ def compute(cov: Covariance, spec: DirectionSpec, channels: list[int]) -> list[L
 
 
 def valid_name(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,63}", name or "") or name.isdigit():
-        raise UsageError(f"direction name {name!r} must start with a letter and hold only letters, digits, _ . -")
+    """A user direction's name: a name as models and layers have (names.valid_name) that starts
+    with a letter (a digit would read as a channel) and is not a computed direction's."""
+    name = checked_name(name, "direction name")
+    if not name[0].isalpha():
+        raise UsageError(f"direction name {name!r} must start with a letter")
     if re.fullmatch(r"(svd|random)\d+", name):
         raise UsageError(f"direction name {name!r} is reserved for computed directions; choose another")
     return name

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ import duckdb
 
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
+from .. import store
 from ..errors import QueryError, QueryTimeout, did_you_mean
 from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
 from ..settings import default
@@ -351,12 +351,9 @@ def search(con, text: str, vocab: Vocabulary | None = None,
     timeout = QueryTimeout(f"the search took longer than its {limit:g} s time limit; use fewer words or add a layer")
     if left <= 0:
         raise timeout
-    timer = threading.Timer(left, con.interrupt)
-    timer.start()
     try:
-        rows = con.execute(sql, params).fetchall()
+        with store.interrupted_after(con, left):
+            rows = con.execute(sql, params).fetchall()
     except duckdb.InterruptException:
         raise timeout from None
-    finally:
-        timer.cancel()
     return [dict(zip(columns, r)) for r in rows], sql, params

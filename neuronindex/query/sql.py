@@ -8,7 +8,6 @@ EXPLAIN before it runs, and interrupts a query that outlives its time limit.
 from __future__ import annotations
 
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -66,12 +65,11 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: f
     started = time.perf_counter()  # the time limit covers the parse too (and, in the service, the JSON)
     check(con, sql)
     cursor = store.cursor(con)
-    timer = threading.Timer(max(0.0, time_limit - (time.perf_counter() - started)), cursor.interrupt)
-    timer.start()
     try:
-        result = cursor.execute(sql, params or [])
-        columns = [d[0] for d in result.description] if result.description else []
-        rows = result.fetchmany(max_rows + 1)
+        with store.interrupted_after(cursor, time_limit - (time.perf_counter() - started)):
+            result = cursor.execute(sql, params or [])
+            columns = [d[0] for d in result.description] if result.description else []
+            rows = result.fetchmany(max_rows + 1)
     except duckdb.InterruptException:
         raise QueryTimeout(f"query interrupted after the {time_limit:g} s time limit; add filters or a LIMIT") from None
     except duckdb.Error as exc:
@@ -79,7 +77,6 @@ def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: f
             raise QueryTimeout(f"query interrupted after the {time_limit:g} s time limit; add filters or a LIMIT") from None
         raise QueryError(f"SQL error: {_first_line(exc)}") from None
     finally:
-        timer.cancel()
         cursor.close()
     truncated = len(rows) > max_rows
     rows = rows[:max_rows]

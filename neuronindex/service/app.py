@@ -36,16 +36,18 @@ class Guard:
         else:
             headers = dict(scope["headers"])
             client = (scope.get("client") or ("?",))[0]
+            allowed = authorised(self.token, headers)
+            guessing = not allowed and presented_credentials(headers)
+            login = scope["method"] == "POST" and scope["path"] == LOGIN
             wait = self.throttle.wait(client) if self.token is not None else 0.0
-            if wait > 0 and (scope["path"] == LOGIN and scope["method"] == "POST" or presented_credentials(headers)
-                             and not authorised(self.token, headers)):
+            if wait > 0 and (login or guessing):
                 problem = error(429, f"too many failed logins from this address; try again in {wait:.0f} s",
                                 {"Retry-After": str(max(1, round(wait)))})
             elif scope["method"] == "POST" and scope["path"] in (LOGIN, "/logout") and \
                     not same_origin(headers, scope.get("scheme", "http")):
                 problem = error(403, "a login or logout must be posted from this site's own form")
-            elif scope["path"] != LOGIN and not authorised(self.token, headers):
-                if presented_credentials(headers):
+            elif scope["path"] != LOGIN and not allowed:
+                if guessing:
                     self.throttle.failed(client)
                 if scope["method"] == "GET" and not scope["path"].startswith(("/api/", "/openapi")):
                     from starlette.responses import RedirectResponse

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -224,10 +225,11 @@ def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return cur
 
 
-def _attach(con: duckdb.DuckDBPyConnection, path: Path) -> None:
-    """The index file, read-only, as the connection's default catalog."""
-    con.execute(f"ATTACH '{str(path.resolve()).replace(chr(39), chr(39) * 2)}' AS {CATALOG} (READ_ONLY)")
-    con.execute(f"USE {CATALOG}")
+def _attach(con: duckdb.DuckDBPyConnection, path: Path, name: str = CATALOG, use: bool = True) -> None:
+    """A database file, read-only, as catalog `name` (by default the connection's default catalog)."""
+    con.execute(f"ATTACH '{str(path.resolve()).replace(chr(39), chr(39) * 2)}' AS {name} (READ_ONLY)")
+    if use:
+        con.execute(f"USE {name}")
 
 
 LOCK_FILE = ".write.lock"
@@ -284,8 +286,7 @@ def staged(directory: str | os.PathLike, wait: bool = True) -> Iterator[duckdb.D
 def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
     target = index_file(directory)
     stage = directory / f".staging-{os.getpid()}-{INDEX_FILE}"
-    for leftover in directory.glob(f".staging-*-{INDEX_FILE}*"):  # we hold the lock: these writers are gone
-        shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    _remove(directory.glob(f".staging-*-{INDEX_FILE}*"))  # we hold the lock: these writers are gone
     con = None
     try:
         if target.exists():
@@ -299,10 +300,10 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         yield con
         refresh_search(con)
         execute(con, "CHECKPOINT")
-        total, free = execute(con, "SELECT total_blocks, free_blocks FROM pragma_database_size() "
-                                   "WHERE database_name = current_database()")[0]
+        total, free, block = execute(con, "SELECT total_blocks, free_blocks, block_size FROM pragma_database_size() "
+                                          "WHERE database_name = current_database()")[0]
         con.close()
-        if free > COMPACT_SHARE * total and free * BLOCK_BYTES > COMPACT_MIN_BYTES:
+        if free > COMPACT_SHARE * total and free * block > COMPACT_MIN_BYTES:
             _compact(stage)
         os.replace(stage, target)
         _fsync_dir(directory)
@@ -310,8 +311,7 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         if con is not None:
             with contextlib.suppress(Exception):
                 con.close()
-        for leftover in directory.glob(f"{stage.name}*"):  # the stage, its log, a half-made compact copy
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        _remove(directory.glob(f"{stage.name}*"))  # the stage, its log, a half-made compact copy
         if disk_full(exc, directory):
             raise DiskFullError(f"no space left on the disk holding {directory}: a publish needs room for a copy "
                                 f"of the index ({_mb(target)}) and what it adds; free space and run again (an ingest "
@@ -323,7 +323,24 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 
 COMPACT_SHARE = 0.1  # free blocks above this share of the file (and above COMPACT_MIN_BYTES): compact it
 COMPACT_MIN_BYTES = 4 * 2**20
-BLOCK_BYTES = 262_144  # DuckDB's default block size
+
+
+def _remove(paths) -> None:
+    """Delete files and folders, whatever is already gone."""
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def interrupted_after(con: duckdb.DuckDBPyConnection, seconds: float) -> Iterator[None]:
+    """Interrupt what `con` runs once `seconds` have passed (DuckDB then raises InterruptException);
+    the time limits of user SQL and of searches."""
+    timer = threading.Timer(max(0.0, seconds), con.interrupt)
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 def _compact(stage: Path) -> None:
@@ -334,7 +351,7 @@ def _compact(stage: Path) -> None:
     fresh = stage.with_name(stage.name + ".compact")
     fresh.unlink(missing_ok=True)
     with duckdb.connect(str(fresh), config=writer_config(fresh)) as con:
-        execute(con, f"ATTACH '{str(stage).replace(chr(39), chr(39) * 2)}' AS staged (READ_ONLY)")
+        _attach(con, stage, "staged", use=False)
         lock_down(con)
         name = execute(con, "SELECT current_database()")[0][0]
         execute(con, "COPY FROM DATABASE staged TO \"" + name.replace('"', '""') + "\"")
