@@ -5,7 +5,12 @@ JPEG. For each: the service's decode (neuronindex.service.common.decode_upload) 
 decode as the service did it before (load, EXIF transpose, RGB), the process's peak RSS above
 what it held before decoding, and what it still holds afterwards.
 
-    python bench/uploads.py
+    python bench/uploads.py                      # the decode alone, each case in a fresh process
+    python bench/uploads.py --index DIR --layer L  # the whole POST /api/nearest on a running service
+
+With --index the service is started on DIR (`neuronindex serve`), warmed with a small upload (the
+model, FAISS spaces and imports loaded), and each case is posted whole; the figures are the
+server's peak RSS (VmHWM) above its warm RSS and what it holds after the answer.
 """
 from __future__ import annotations
 
@@ -68,7 +73,61 @@ def run(path: Path, how: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def service(index: str, layer: str) -> None:
+    """Each case on a server of its own (VmHWM only rises), warmed by a small upload first."""
+    folder = Path(tempfile.mkdtemp())
+    small = folder / "small.png"
+    subprocess.run([sys.executable, "-c", f"from PIL import Image; Image.new('RGB', (64, 64)).save({str(small)!r})"],
+                   check=True)
+    print(f"{'case':<11} {'status':>6}  {'warm RSS':>9}  {'peak above warm':>15}  {'kept after':>10}")
+    for case in CASES:
+        path = make(case, folder)
+        code, warm, peak, after = _one_upload(index, layer, small, path)
+        print(f"{case:<11} {code:>6}  {warm:>6.0f} MB  {peak - warm:>12.0f} MB  {after - warm:>7.0f} MB")
+
+
+def _one_upload(index: str, layer: str, warm_up: Path, path: Path) -> tuple:
+    import socket
+    import time
+    import urllib.request
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "neuronindex_cli.main", "serve", index, "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def status(field: str) -> float:
+        with open(f"/proc/{server.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field)) / 1024
+
+    def post(image: Path) -> int:
+        return httpx.post(f"{base}/api/nearest", files={"image": (image.name, image.read_bytes())},
+                          data={"layer": layer, "k": "5"}, timeout=300).status_code
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{base}/api/models", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.5)
+        post(warm_up)
+        warm = max(status("VmRSS"), status("VmHWM"))
+        code = post(path)
+        return code, warm, status("VmHWM"), status("VmRSS")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> None:
+    if "--index" in sys.argv:
+        args = sys.argv[1:]
+        service(args[args.index("--index") + 1], args[args.index("--layer") + 1] if "--layer" in args else "all")
+        return
     print(f"{'case':<11} {'file':>8}  {'whole decode: peak / kept':>27}  {'service: peak / kept':>22}  outcome")
     folder = Path(tempfile.mkdtemp())
     for case in CASES:
