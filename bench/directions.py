@@ -25,7 +25,7 @@ SQUEEZE_LAYERS = "features.1,features.3,features.4,features.5,features.7,feature
 
 
 def cases():
-    from neuronindex.models import Preprocessing
+    from neuronindex.nets.models import Preprocessing
 
     caffe = Preprocessing(input_size=(227, 227), geometry="resize-crop", resize=256, mean=(104, 117, 123),
                           std=(1, 1, 1), channel_order="bgr", pixel_scale=255)
@@ -41,7 +41,7 @@ def cases():
 
 
 def run(case: dict, directions: str, folder: Path) -> tuple[dict, float]:
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     t0 = time.time()
     summary = ingest(case["model"], str(case["images"]), case["layers"], folder, weights=str(case["weights"]),

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex import features
-from neuronindex.extract import image_batches
-from neuronindex.ingest import IngestParams, pass1, prepare
+from neuronindex.science import features
+from neuronindex.nets.extract import image_batches
+from neuronindex.jobs.ingest import IngestParams, pass1, prepare
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,8 +45,8 @@ def photos(folder: Path, n: int = 400) -> Path:
 
 
 def measure(name, run, repeats, workers=0):
-    from neuronindex.derive import run_all
-    from neuronindex.ingest import layer_results
+    from neuronindex.jobs.derive import run_all
+    from neuronindex.jobs.ingest import layer_results
 
     t0 = time.perf_counter()
     stats = pass1(run, progress=False)

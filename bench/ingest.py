@@ -20,10 +20,10 @@ import time
 
 import torch
 
-from neuronindex.extract import Extractor
-from neuronindex.layers import trace
-from neuronindex.models import Preprocessing, load_model
-from neuronindex.stats import LayerStats
+from neuronindex.nets.extract import Extractor
+from neuronindex.nets.layers import trace
+from neuronindex.nets.models import Preprocessing, load_model
+from neuronindex.science.stats import LayerStats
 
 CASES = {
     "cifar-resnet56 all-conv": ("cifar-resnet56", "all-conv", (32, 32), 128),

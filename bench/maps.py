@@ -26,7 +26,7 @@ from directions import SHARED, cases  # bench/ is the script's directory, first 
 
 
 def build(kind: str, out: Path) -> Path:
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     c = cases()["squeezenet"] if kind == "squeezenet" else {
         "model": "cifar-resnet56", "weights": SHARED / "cifar10-resnet" / "resnet56-4bfd9763.th",
@@ -42,7 +42,7 @@ def build(kind: str, out: Path) -> Path:
 
 def categories(index: Path) -> None:
     import neuronindex
-    from neuronindex import hierarchy
+    from neuronindex.science import hierarchy
 
     with neuronindex.open(index) as idx:
         layers = [r["name"] for r in idx.layers().rows()]
@@ -67,7 +67,8 @@ def main() -> None:
     ap.add_argument("--resnet56", type=Path, default=None, help="an index of ResNet-56 over lossless-train (else built)")
     ap.add_argument("--skip-crops", action="store_true", help="leave out the 51,200-crop maps (about 10 minutes)")
     args = ap.parse_args()
-    from neuronindex import hierarchy, maps
+    from neuronindex.science import hierarchy
+    from neuronindex.jobs import maps
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-maps-"))
     try:

@@ -18,8 +18,8 @@ import numpy as np
 import neuronindex
 from neuronindex import store
 from neuronindex.store import execute
-from neuronindex.selectivity import COLOR_NAMES
-from neuronindex.writer import insert
+from neuronindex.science.selectivity import COLOR_NAMES
+from neuronindex.store.writer import insert
 
 QUERIES = ["red conv4", "red-selective conv4 neurons", "dog layer3", "class:beagle gamma>=0.6",
            "color:blue alpha>0.5 sort:-alpha limit:20", "dead layer:conv2", "csi>0.8 model:synthetic"]

@@ -40,10 +40,10 @@ R50_LAYERS = "layer1,layer2,layer3,layer4"
 
 def worker(spec, weights, images, layers, size=None, shard=(0, 8), batch=32) -> dict:
     """One pass-1 shard task, timed whole, and the decode of its images alone."""
-    from neuronindex.distributed import pass1_shard
-    from neuronindex.extract import image_batches
-    from neuronindex.ingest import IngestParams, prepare
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.jobs.distributed import pass1_shard
+    from neuronindex.nets.extract import image_batches
+    from neuronindex.jobs.ingest import IngestParams, prepare
+    from neuronindex.nets.models import Preprocessing, load_model
 
     import torch
 
@@ -68,8 +68,8 @@ def worker(spec, weights, images, layers, size=None, shard=(0, 8), batch=32) -> 
 
 def resnet50_fields() -> tuple[int, float]:
     """(channels, NF canvas bytes) of ResNet-50 layer1-4: 45 bytes per receptive-field pixel."""
-    from neuronindex.layers import trace
-    from neuronindex.models import load_model
+    from neuronindex.nets.layers import trace
+    from neuronindex.nets.models import load_model
 
     sel = trace(load_model("torchvision:resnet50")).select(R50_LAYERS)
     channels = sum(s.layer.channels for s in sel)
@@ -81,8 +81,8 @@ def merge_cost(counts, channels: int) -> list[dict]:
     """Seconds for the driver to load and fold in N states of `channels` channels."""
     import torch
 
-    from neuronindex.ingest import load_state
-    from neuronindex.stats import LayerStats
+    from neuronindex.jobs.ingest import load_state
+    from neuronindex.science.stats import LayerStats
 
     torch.manual_seed(0)
     stats = LayerStats(channels, 100, 400, 1000, 2048, bottom_k=20)
@@ -108,7 +108,7 @@ def merge_cost(counts, channels: int) -> list[dict]:
 
 def canvas_merge_rate(megabytes: int = 256) -> float:
     """GB of NF canvas sums per second that the driver folds in (Canvases.merge, Chan's update)."""
-    from neuronindex.features import Canvases
+    from neuronindex.science.features import Canvases
 
     side = int(np.sqrt(megabytes * 2 ** 20 / 28 / 64))  # 64 neurons of side x side fields, 28 bytes a pixel
     a, b = Canvases(np.full((64, 2), side)), Canvases(np.full((64, 2), side))

@@ -14,7 +14,7 @@ import time
 import faiss
 import numpy as np
 
-from neuronindex import vectors
+from neuronindex.store import vectors
 
 
 def clustered(n: int, d: int, rng, centres: int = 1000) -> np.ndarray:

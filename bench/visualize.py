@@ -71,7 +71,7 @@ def quality(idx, first: str) -> dict:
 def batching(index: Path, layer: str, device: str) -> tuple[float, float]:
     """Seconds for 16 neurons of `layer` in one batch, and one at a time (64 steps each)."""
     import neuronindex
-    from neuronindex import visualize as viz
+    from neuronindex.jobs import visualize as viz
 
     with neuronindex.open(index) as idx:
         name, rows = next(iter(viz._models(idx, None).items()))
@@ -103,8 +103,8 @@ def main() -> None:
     import torch
 
     import neuronindex
-    from neuronindex import visualize as viz
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs import visualize as viz
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     print(f"torch threads: {torch.get_num_threads()}, device {args.device}")
     for name in args.case or ["resnet20", "squeezenet"]:

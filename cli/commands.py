@@ -21,7 +21,7 @@ def layers(model_spec, fmt, output, show_all, **model_kw):
 
     MODEL_SPEC: torchvision:NAME, cifar-resnet20|32|44|56, torchscript:PATH or python:pkg.mod:fn.
     """
-    from neuronindex.layers import trace
+    from neuronindex.nets.layers import trace
 
     graph = trace(load_model_from_options(model_spec, **model_kw))
     rows = [l.row() for l in graph.layers if show_all or fmt != "table" or l.alias or l.modules]
@@ -145,7 +145,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
            ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
-    from neuronindex.ingest import IngestParams, ingest as run
+    from neuronindex.jobs.ingest import IngestParams, ingest as run
 
     loaded = load_model_from_options(model_spec, name=name, **model_kw)
     if loaded.random_weights:
@@ -161,7 +161,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     viz = None
     if visualize_steps is not None:
-        from neuronindex.visualize import VizParams
+        from neuronindex.jobs.visualize import VizParams
 
         viz = VizParams(steps=visualize_steps)
         viz.validate()
@@ -170,7 +170,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
             raise click.UsageError("--ray makes and merges its own shards; leave out --shard and --state-out")
         if params.device.startswith("cuda") and ray_gpus_per_worker <= 0:
             ray_gpus_per_worker = 1.0
-        from neuronindex.distributed import ingest_on_ray
+        from neuronindex.jobs.distributed import ingest_on_ray
 
         summary = ingest_on_ray(loaded, source, layer_spec, index_dir, params=params, resume=resume,
                                 progress=not quiet, download=download, labels=labels, class_list=class_list,
@@ -207,7 +207,7 @@ def _print_summary(summary, index_dir):
 @click.option("-q", "--quiet", is_flag=True)
 def merge(index_dir, states, quiet):
     """Merge pass-1 STATES of disjoint shards (from `ingest --shard I/N --state-out F`) and publish."""
-    from neuronindex.ingest import merge_states
+    from neuronindex.jobs.ingest import merge_states
 
     _print_summary(merge_states(list(states), index_dir, progress=not quiet), index_dir)
 
@@ -221,7 +221,7 @@ def merge(index_dir, states, quiet):
 @click.option("-q", "--quiet", is_flag=True)
 def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
     """Recompute Neuron Features (pass 2) and what derives from them, e.g. with another threshold."""
-    from neuronindex.recompute import recompute
+    from neuronindex.jobs.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, nf_max=nf_max, nf_threshold=nf_threshold,
                           workers=workers):
@@ -394,7 +394,7 @@ def dump(index_dir, folder):
 def indexes(index_dir, model, class_threshold, quiet):
     """Recompute the selectivity indexes (with pass 2, which they derive from), and bring class names and the
     WordNet hierarchy up to date (after installing WordNet, or for an index written before the bundled one)."""
-    from neuronindex.recompute import recompute
+    from neuronindex.jobs.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
         classes = f"; {done['classes_changed']} classes added or renamed" if done.get("classes_changed") else ""
@@ -481,7 +481,7 @@ def compare(index_dir, model_a, model_b, neuron_key, layer, k, similarity, fmt, 
 def vectors(index_dir):
     """(Re)build the FAISS files under INDEX_DIR/vectors from the index's embeddings."""
     from neuronindex.formats import to_table
-    from neuronindex.ingest import build_vectors
+    from neuronindex.jobs.ingest import build_vectors
 
     click.echo(to_table(build_vectors(index_dir)), nl=False)
 
@@ -496,7 +496,7 @@ def vectors(index_dir):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out, per_class, epochs, serve, port, quiet):
     """Run the whole job offline: make images, train a small CNN, index it, tour the results."""
-    from neuronindex.demo import run_demo
+    from neuronindex.jobs.demo import run_demo
     from neuronindex.formats import to_table
 
     result = run_demo(out, per_class, epochs, progress=not quiet)
@@ -610,7 +610,7 @@ def directions():
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
     """Index user directions (e.g. concept vectors) of a stored layer: top and bottom images, NF, indexes."""
-    from neuronindex import directions as dirs
+    from neuronindex.science import directions as dirs
 
     done = dirs.add(index_dir, layer, dirs.load_vectors(vector_file), list(names) or None, model,
                     progress=not quiet, wait=not no_wait)
@@ -632,7 +632,7 @@ def directions_list(index_dir, layer, fmt, output):
 
 def viz_options(f):
     """Options of an activation-maximisation run (defaults: visualize.VizParams)."""
-    from neuronindex.visualize import VizParams
+    from neuronindex.jobs.visualize import VizParams
 
     d = VizParams()
     for flag, kw in reversed([
@@ -657,7 +657,7 @@ def viz_options(f):
 
 
 def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, batch_size):
-    from neuronindex.visualize import VizParams
+    from neuronindex.jobs.visualize import VizParams
 
     return VizParams(objective=objective, steps=steps, seed=seed, lr=lr, parameterization=param,
                      decorrelate=not no_decorrelate, jitter=jitter, scale=scale, rotate=rotate, l2=l2, tv=tv,
@@ -693,7 +693,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
     """Activation maximisation (Dai 2020, Øygard 2016): optimise an image for every neuron of stored layers.
 
     Resumable and idempotent: a second run with the same options skips what is stored."""
-    from neuronindex import visualize as viz
+    from neuronindex.jobs import visualize as viz
 
     if start_image is not None:
         if not classes or "," in classes or classes == "dataset":
@@ -732,7 +732,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
 
     Ingest builds it for the deepest layer; this builds it for another layer or pooling, and
     prints the top split, the tree's centre and, for WordNet classes, the agreement with WordNet."""
-    from neuronindex import hierarchy
+    from neuronindex.science import hierarchy
 
     done = hierarchy.run(index_dir, model, layer, pooling, not no_wait)
     click.echo(f"{done['model']} {done['layer']} ({done['pooling']} pooling): {done['classes']} classes")
@@ -759,7 +759,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no_wait):
     """Filter prediction tree of a class at a layer (Dai 2020, Algorithm 2), built and stored."""
-    from neuronindex import hierarchy
+    from neuronindex.science import hierarchy
 
     done = hierarchy.tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, not no_wait)
     sample = f" (a sample of {done['class_images']})" if done["images"] < done["class_images"] else ""
@@ -789,7 +789,7 @@ def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map
     """Representation maps (Yu et al. 2014): 2-D t-SNE / UMAP layouts of a layer's neurons or crops.
 
     Maps up to date with the same options are kept; stale ones (re-ingested embeddings) remade."""
-    from neuronindex import maps
+    from neuronindex.jobs import maps
 
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
     spaces = ("neurons", "crops") if space == "both" else (space,)

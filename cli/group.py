@@ -95,7 +95,7 @@ def load_model_from_options(spec, weights=None, input_size=None, resize_policy=N
                             std=None, channel_order=None, pixel_scale=None, name=None):
     from dataclasses import asdict
 
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     loaded = load_model(spec, weights, name=name)
     changes = {k: v for k, v in {

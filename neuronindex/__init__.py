@@ -7,13 +7,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .errors import NeuronIndexError  # noqa: E402
+from neuronindex.errors import NeuronIndexError  # noqa: E402
 
 __all__ = ["__version__", "NeuronIndexError", "open"]
 
 
 def open(path, **kwargs):  # noqa: A001 - the natural name: neuronindex.open(DIR)
     """Open an index directory for querying; see :class:`neuronindex.api.Index`."""
-    from .api import Index
+    from neuronindex.api import Index
 
     return Index(path, **kwargs)

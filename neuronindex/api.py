@@ -13,8 +13,8 @@ import os
 import threading
 from pathlib import Path
 
-from . import store
-from .errors import NotFoundError, did_you_mean
+from neuronindex import store
+from neuronindex.errors import NotFoundError, did_you_mean
 
 # a neuron's row: every column of neuron_view (statistics and every selectivity index) and its field
 NEURON_COLUMNS = "v.*, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0"
@@ -60,7 +60,7 @@ class Result:
         return pa.Table.from_pylist(self._rows)
 
     def __repr__(self):
-        from .formats import to_table
+        from neuronindex.formats import to_table
 
         return to_table(self._rows[:20], self.columns) + (f"... {len(self)} rows\n" if len(self) > 20 else "")
 
@@ -208,9 +208,9 @@ class _Shared:
     stale while it is open."""
 
     def __init__(self, path: Path):
-        from .cache import LRU
-        from .settings import default
-        from .vectors import VectorStore
+        from neuronindex.cache import LRU
+        from neuronindex.settings import default
+        from neuronindex.store.vectors import VectorStore
 
         self.lock = threading.Lock()
         self.model_lock = threading.Lock()  # loading a model takes seconds: not under `lock`
@@ -309,7 +309,7 @@ class Index:
         color_threshold, of the neurons with an alpha), mean gamma, share class selective (gamma >=
         class_selective), mean M, mean CSI, sparsity, mean AUC. The one summary the CLI, the
         report, the gallery and the demo show."""
-        from .settings import default
+        from neuronindex.settings import default
 
         where = "AND v.model = ?" if model else ""
         return self.query(
@@ -326,7 +326,7 @@ class Index:
     # ------------------------------------------------------------------ queries
     def sql(self, query: str, params=None, time_limit: float | None = None, max_rows: int | None = None) -> Result:
         """Guarded read-only SQL (see neuronindex.query.sql); `.meta['truncated']` flags the row cap."""
-        from .query import sql as guarded
+        from neuronindex.query import sql as guarded
 
         r = guarded.run_sql(self.con, query, params, time_limit or guarded.DEFAULT_TIME_LIMIT,
                             max_rows or guarded.DEFAULT_MAX_ROWS)
@@ -335,14 +335,14 @@ class Index:
     def search(self, text: str, time_limit: float | None = None) -> Result:
         """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`; stopped with a
         QueryTimeout past `time_limit` seconds (default: the search_time_limit setting)."""
-        from .query.search import search
+        from neuronindex.query.search import search
 
         rows, sql, params = search(self.con, text, self._vocabulary(), time_limit)
         return Result(rows, list(rows[0]) if rows else None, sql=sql, params=params, index=self)
 
     def explain(self, text: str) -> tuple[str, list]:
         """The parameterised SQL a search compiles to, and its parameters."""
-        from .query.search import compile_query, parse
+        from neuronindex.query.search import compile_query, parse
 
         vocab = self._vocabulary()
         sql, params, _ = compile_query(parse(text, vocab), vocab)
@@ -355,9 +355,9 @@ class Index:
         stops with a QueryTimeout past `time_limit` seconds (default: export_time_limit)."""
         import time
 
-        from .errors import DataError, ModelError, QueryTimeout
-        from .query.export import export
-        from .settings import default
+        from neuronindex.errors import DataError, ModelError, QueryTimeout
+        from neuronindex.query.export import export
+        from neuronindex.settings import default
 
         limit = default("export_time_limit") if time_limit is None else time_limit
         deadline = time.perf_counter() + limit
@@ -385,12 +385,12 @@ class Index:
             return export(self.con, rows, fmt, path, f"neuronindex: {text}")
 
     def dump(self, folder) -> list[str]:
-        from .query.export import dump
+        from neuronindex.query.export import dump
 
         return dump(self.con, folder)
 
     def schema(self) -> Result:
-        from .query.sql import schema
+        from neuronindex.query.sql import schema
 
         return Result(schema(self.con))
 
@@ -399,7 +399,7 @@ class Index:
         """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model).
         Each row says its unit `kind` (channel, or a direction: svd, random, user); `kind` keeps one
         (`channel`, `direction` for every direction kind)."""
-        from .errors import UsageError
+        from neuronindex.errors import UsageError
 
         if space not in ("prototype", "signature"):
             raise UsageError(f"unknown space {space!r}; use prototype or signature")
@@ -434,8 +434,8 @@ class Index:
         import numpy as np
         import torch
 
-        from .data import load_image
-        from .errors import UsageError
+        from neuronindex.data import load_image
+        from neuronindex.errors import UsageError
 
         if mode not in ("embedding", "response"):
             raise UsageError(f"unknown mode {mode!r}; use embedding or response")
@@ -514,8 +514,8 @@ class Index:
     def layer_rows(self, model: str, layer: str) -> list[dict]:
         """The stored layers of `model` that answer to `layer` (name, node or alias: layers.stored_names);
         none: LayerError with suggestions."""
-        from .errors import LayerError
-        from .layers import stored_names
+        from neuronindex.errors import LayerError
+        from neuronindex.nets.layers import stored_names
 
         rows = self.layers(model).rows()
         chosen = [r for r in rows if layer in stored_names(r)]
@@ -525,9 +525,9 @@ class Index:
 
     def _model(self, model: str | None, layer: str | None):
         """(LoadedModel, Extractor over the chosen layers, layer rows) for queries that forward images."""
-        from .errors import UsageError
-        from .extract import Extractor
-        from .models import Preprocessing, load_model
+        from neuronindex.errors import UsageError
+        from neuronindex.nets.extract import Extractor
+        from neuronindex.nets.models import Preprocessing, load_model
 
         if model is None:
             models = self.models().rows()
@@ -572,7 +572,7 @@ class Index:
     def load_image(self, path: str, source: str):
         """An image of the index as a PIL RGB image: files directly by their stored path; torchvision
         datasets through the dataset object, opened once per Index."""
-        from .data import load_image, open_source
+        from neuronindex.data import load_image, open_source
 
         if not path.startswith("torchvision:"):
             return load_image(path)
@@ -583,7 +583,7 @@ class Index:
         return images.load(images.images[int(path.rsplit("/", 1)[1])])
 
     def _vocabulary(self):
-        from .query.search import Vocabulary
+        from neuronindex.query.search import Vocabulary
 
         if self._shared.vocab is None:
             self._shared.vocab = Vocabulary.load(self.con)
@@ -596,7 +596,7 @@ class Index:
         import numpy as np
         from PIL import Image
 
-        from .models import Preprocessing
+        from neuronindex.nets.models import Preprocessing
 
         table = {"top": "topk", "bottom": "bottomk"}[side]
         row = self.con.execute(
@@ -624,7 +624,7 @@ class Index:
         """The rank-th top (or bottom) image of a unit whole, as the model saw it, with the unit's
         activation map over it as a heatmap (aligned by the receptive field; colour = activation /
         a_max) and its field at the stored location boxed: a PIL RGB image (pictures.context)."""
-        from .pictures import context
+        from neuronindex.query.pictures import context
 
         return context(self, key, rank, side)
 
@@ -632,7 +632,7 @@ class Index:
         """The unit's activation on its rank-th image projected back to pixels (Yu et al. 2014; Zeiler &
         Fergus's deconvnet, or rule='guided' / 'backprop'), cropped to the receptive field unless
         whole: a PIL RGB image, grey = 0 (pictures.reconstruction)."""
-        from .pictures import reconstruction
+        from neuronindex.query.pictures import reconstruction
 
         return reconstruction(self, key, rank, side, rule, whole)
 
@@ -704,7 +704,7 @@ class Index:
         """The stored category hierarchy (Dai 2020, Algorithm 1): its classes in dendrogram order with
         their minimum-spanning-tree degree and eccentricity. Meta: layer, pooling, centre, hub, the
         WordNet scores, and `nodes` (every merge: node, parent, height, size)."""
-        from . import hierarchy
+        from neuronindex.science import hierarchy
 
         h = hierarchy.stored(self.con, model, layer, pooling)
         keep = ("model", "layer", "pooling", "n_classes", "centre", "hub", "wordnet_correlation", "wordnet_baseline",
@@ -715,7 +715,7 @@ class Index:
     def nearest_classes(self, name: str, k: int = 5, model: str | None = None, layer: str | None = None,
                         pooling: str | None = None) -> Result:
         """The k classes nearest to a class by category distance (1 - cosine of the class means)."""
-        from . import hierarchy
+        from neuronindex.science import hierarchy
 
         h = hierarchy.stored(self.con, model, layer, pooling)
         return Result(hierarchy.nearest_classes(self.con, h, name, k), index=self, layer=h["layer"],
@@ -724,7 +724,7 @@ class Index:
     def subtree(self, name: str, up: int = 1, model: str | None = None, layer: str | None = None,
                 pooling: str | None = None) -> Result:
         """The classes under the node `up` merges above a class (up=1: its sibling branch)."""
-        from . import hierarchy
+        from neuronindex.science import hierarchy
 
         h = hierarchy.stored(self.con, model, layer, pooling)
         node, under = hierarchy.subtree(self.con, h, name, up)
@@ -735,7 +735,7 @@ class Index:
                         pooling: str = "max") -> Result:
         """A stored filter prediction tree (Dai 2020, Algorithm 2; `neuronindex tree`): its nodes,
         leaves (images) first, each merge with its critical filter's neuron key, the root last."""
-        from . import hierarchy
+        from neuronindex.science import hierarchy
 
         t, nodes = hierarchy.stored_tree(self.con, class_name, layer, model, pooling)
         return Result(nodes, index=self, **{k: t[k] for k in ("model", "layer", "class", "pooling", "n_images",
@@ -744,7 +744,7 @@ class Index:
     def map(self, layer: str, space: str = "neurons", model: str | None = None) -> Result:
         """A stored representation map (`neuronindex map`): one row per point with x, y in [0, 1] and
         its neuron (and crop); meta: method, parameters, seed, and `stale` when the embeddings changed."""
-        from . import maps
+        from neuronindex.jobs import maps
 
         if model is None:
             model = self._only_model()
@@ -758,8 +758,8 @@ class Index:
         depth, a, b), and in meta the layer-by-layer similarity over their shared probe images
         (`similarity`: matrix of mean best correlations; None when they share too few images, with
         `problem` saying why). See neuronindex.compare."""
-        from . import compare
-        from .errors import UsageError
+        from neuronindex.query import compare
+        from neuronindex.errors import UsageError
 
         rows = compare.layers(self, a, b)
         try:
@@ -771,14 +771,14 @@ class Index:
     def matches(self, key: str, other: str, k: int = 10, layer: str | None = None) -> Result:
         """The neurons of model `other` (one layer, or all) whose activations over the probe images
         both models saw correlate best with neuron `key`'s (Pearson; see neuronindex.compare)."""
-        from . import compare
+        from neuronindex.query import compare
 
         m = compare.matches(self, key, other, k, layer)
         rows = m.pop("rows")
         return Result(rows, ["key", "layer", "channel", "correlation", "dead"], index=self, **m)
 
     def _only_model(self) -> str:
-        from .errors import UsageError
+        from neuronindex.errors import UsageError
 
         names = [m["name"] for m in self.models().rows()]
         if len(names) != 1:
@@ -798,7 +798,7 @@ UNIT_KIND_NAMES = {"channel": ("channel",), "svd": ("svd",), "random": ("random"
 
 def _unit_kinds(kind: str | None) -> tuple[str, ...] | None:
     """None (every kind) or the unit kinds a --kind value keeps."""
-    from .errors import UsageError
+    from neuronindex.errors import UsageError
 
     if kind is None or kind == "all":
         return None
@@ -808,7 +808,7 @@ def _unit_kinds(kind: str | None) -> tuple[str, ...] | None:
 
 
 def _check_k(k) -> None:
-    from .errors import UsageError
+    from neuronindex.errors import UsageError
 
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
         raise UsageError(f"k must be a whole number from 1 to 10000, not {k!r}")
@@ -816,7 +816,7 @@ def _check_k(k) -> None:
 
 def parse_box(text: str | None) -> list[float] | None:
     """'x0,y0,x1,y1' (image pixels) -> four floats; None for no box."""
-    from .errors import UsageError
+    from neuronindex.errors import UsageError
 
     if not text:
         return None

@@ -9,7 +9,7 @@ from datetime import timedelta
 from decimal import Decimal
 from collections.abc import Sequence
 
-from .errors import UsageError
+from neuronindex.errors import UsageError
 
 TEXT_FORMATS = ("table", "csv", "json", "jsonl")
 FORMATS = TEXT_FORMATS + ("parquet",)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from .errors import UsageError
+from neuronindex.errors import UsageError
 
 MAX_LENGTH = 64
 PUNCTUATION = "_.-+"

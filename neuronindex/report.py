@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NotFoundError
-from .selectivity import COLOR_THRESHOLD
+from neuronindex.errors import NotFoundError
+from neuronindex.science.selectivity import COLOR_THRESHOLD
 
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
 GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
@@ -35,7 +35,7 @@ GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
 def _models(idx, model):
     names = [m["name"] for m in idx.models().rows()]
     if model is not None:
-        from .errors import NotFoundError, did_you_mean
+        from neuronindex.errors import NotFoundError, did_you_mean
 
         if model not in names:
             raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, names)}")
@@ -347,7 +347,7 @@ def figure_title(name: str) -> str:
 
 def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path | None = None) -> list[str]:
     """Write the report (one HTML file, images inline); optionally every figure as a PNG."""
-    from .formats import to_table
+    from neuronindex.formats import to_table
 
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>neuronindex report</title><style>"
              "body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse} "
@@ -433,7 +433,7 @@ def class_distance_matrix(idx, h_id: int, names: list[str]) -> tuple[np.ndarray,
 
 def _hierarchy_and_maps(idx, model: str) -> list[tuple[str, bytes, str]]:
     """(title, PNG, caption) of the model's stored category hierarchy and representation maps."""
-    from . import hierarchy
+    from neuronindex.science import hierarchy
 
     out = []
     try:
@@ -485,7 +485,7 @@ def hierarchy_pngs(idx, model: str | None = None, layer: str | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.cluster.hierarchy import dendrogram
-    from . import hierarchy
+    from neuronindex.science import hierarchy
 
     h = hierarchy.stored(idx.con, model, layer, pooling)
     z, labels = linkage_of(hierarchy.nodes_of(idx.con, h))
@@ -568,7 +568,7 @@ def point_colours(rows: list[dict], space: str, color: str = "colour") -> tuple[
     import matplotlib
 
     if color not in ("colour", "class"):
-        from .errors import UsageError
+        from neuronindex.errors import UsageError
 
         raise UsageError(f"unknown colouring {color!r}; use colour or class")
     if color == "colour":

@@ -45,7 +45,7 @@ def image_folder(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_loaded():
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     return load_model("python:tinymodels:tiny_cnn",
                       preprocessing=Preprocessing(input_size=(16, 16), geometry="resize", resize=None,
@@ -78,7 +78,7 @@ def cli_runner():
 @pytest.fixture(scope="session")
 def hierarchy_index(tmp_path_factory, tiny_loaded) -> Path:
     """The tiny model over coloured squares filed under a hierarchy: warm/red, cool/green, cool/blue."""
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     root = tmp_path_factory.mktemp("hierarchy")
     write_folder(root / "images" / "warm", per_class=10, kinds=("red",), seed=1)

@@ -59,9 +59,9 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
     """Every setting has help; every CLI option named after a setting defaults to it; the library's
     defaults are the table's."""
     from neuronindex import settings
-    from neuronindex.ingest import IngestParams
+    from neuronindex.jobs.ingest import IngestParams
     from neuronindex.query import search, sql
-    from neuronindex.selectivity import COLOR_THRESHOLD
+    from neuronindex.science.selectivity import COLOR_THRESHOLD
 
     assert all(s.help and len(s.help) > 15 for s in settings.SETTINGS)
     checked = 0
@@ -78,7 +78,7 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
         settings.default(n) for n in ("top_k", "nf_threshold", "class_threshold", "spatial_means"))
     assert (COLOR_THRESHOLD, search.DEFAULT_LIMIT, sql.DEFAULT_MAX_ROWS) == tuple(
         settings.default(n) for n in ("color_threshold", "search_limit", "sql_max_rows"))
-    from neuronindex.visualize import VizParams
+    from neuronindex.jobs.visualize import VizParams
 
     v = VizParams()
     assert (v.steps, v.lr, v.batch_size, v.scale, v.rotate) == tuple(

@@ -96,7 +96,7 @@ def test_bad_names_links_and_16_bit_images_are_recorded_or_read(tmp_path, tiny_l
     reason (never a traceback), and counted; a 16-bit PNG is scaled to 8 bits, not clipped white."""
     import duckdb
 
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     root = tmp_path / "imgs"
     root.mkdir()

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from neuronindex_cli.main import cli
-from neuronindex.directions import Covariance, random_directions, rank_rule, svd_directions
+from neuronindex.science.directions import Covariance, random_directions, rank_rule, svd_directions
 from neuronindex.errors import UsageError
-from neuronindex.ingest import IngestParams, ingest, merge_states
-from neuronindex.stats import LayerStats
+from neuronindex.jobs.ingest import IngestParams, ingest, merge_states
+from neuronindex.science.stats import LayerStats
 
 
 def _con(path):
@@ -143,7 +143,7 @@ def flat_colours(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def planted_loaded():
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     return load_model("python:tinymodels:planted",
                       preprocessing=Preprocessing(input_size=(8, 8), geometry="resize", resize=None,
@@ -153,7 +153,7 @@ def planted_loaded():
 def _maps(loaded, source):
     """Brute force: every image's conv1 map, straight from the module (B, C, H, W), in position order."""
     from neuronindex.data import open_source
-    from neuronindex.extract import image_batches
+    from neuronindex.nets.extract import image_batches
 
     images = open_source(str(source))
     out = []
@@ -349,7 +349,7 @@ def test_mean_pooling_directions_are_the_svd_of_spatial_means(tmp_path, image_fo
         maps.append(out.detach())  # `conv2` names the module: its output, before the ReLU
 
     from neuronindex.data import open_source
-    from neuronindex.extract import image_batches
+    from neuronindex.nets.extract import image_batches
 
     hook = tiny_loaded.module.conv2.register_forward_hook(keep)
     try:

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from neuronindex import features
+from neuronindex.science import features
 from neuronindex.data import open_source
-from neuronindex.ingest import IngestParams, ingest
-from neuronindex.models import Preprocessing
+from neuronindex.jobs.ingest import IngestParams, ingest
+from neuronindex.nets.models import Preprocessing
 from neuronindex_cli.main import cli
 
 NONE = Preprocessing(input_size=(4, 4), geometry="none", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3)
@@ -270,9 +270,9 @@ class _RandomNF:
 def test_self_response_on_a_field_sized_window_equals_the_full_input(spec, size, aliases):
     """NF self-response runs each layer on a window just holding its central unit's field (stride-
     aligned); it must give the activation of the full-size input with the NF at the same place."""
-    from neuronindex.extract import Extractor
-    from neuronindex.layers import Selection, trace
-    from neuronindex.models import load_model
+    from neuronindex.nets.extract import Extractor
+    from neuronindex.nets.layers import Selection, trace
+    from neuronindex.nets.models import load_model
 
     loaded = load_model(spec)
     loaded.preprocessing = Preprocessing(input_size=(size, size), geometry="resize", resize=None)

@@ -320,9 +320,9 @@ def test_login_guessing_is_throttled_and_session_forms_are_same_origin(hierarchy
     ("evil\u202eexe", "U+202E"), ("n" * 3000, "3,000 characters"), ("-x", "must start"), ("", "empty"),
 ])
 def test_model_names_are_validated_before_the_model_loads(name, problem, image_folder, tmp_path, monkeypatch):
-    from neuronindex import models
+    from neuronindex.nets import models
     from neuronindex.errors import UsageError
-    from neuronindex.ingest import ingest
+    from neuronindex.jobs.ingest import ingest
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the name was checked")
@@ -341,7 +341,7 @@ def test_names_are_stored_composed(image_folder, tmp_path, cli_runner):
     URLs, searches and SQL."""
     import unicodedata
 
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     composed, decomposed = unicodedata.normalize("NFC", "résnet"), unicodedata.normalize("NFD", "résnet")
     assert composed != decomposed
@@ -521,7 +521,7 @@ def test_disk_full_is_one_line_and_leaves_the_index_as_it_was(hierarchy_index, s
 def test_a_dead_runs_spilled_vectors_are_removed(tmp_path):
     import os
 
-    from neuronindex.derive import remove_stale_spills
+    from neuronindex.jobs.derive import remove_stale_spills
 
     spill = tmp_path / ".work"
     dead, alive, legacy = spill / "patches-999999999-abc", spill / f"patches-{os.getpid()}-def", spill / "patches-x1y2"
@@ -535,7 +535,7 @@ def test_a_dead_runs_spilled_vectors_are_removed(tmp_path):
 def test_a_finished_ingest_leaves_no_dead_runs_files(tiny_loaded, image_folder, tmp_path):
     """What a run killed in pass 2 or the publish left under .work/ is gone once the next run
     (its --resume, or any other) has finished."""
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     index_dir = tmp_path / "idx"
     dead = index_dir / ".work" / "patches-999999999-abc"

@@ -8,7 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from neuronindex import hierarchy, maps
+from neuronindex.science import hierarchy
+from neuronindex.jobs import maps
 
 
 # ------------------------------------------------------------------ Algorithm 1 by hand
@@ -152,7 +153,7 @@ def test_prediction_tree_equals_a_plain_loop_implementation(seed):
 @pytest.fixture(scope="module")
 def tree_index(tmp_path_factory, tiny_loaded):
     from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     root = tmp_path_factory.mktemp("trees")
     write_folder(root / "images", per_class=6, kinds=("red", "green", "blue", "white"))
@@ -348,7 +349,7 @@ def test_http_and_pages_of_hierarchy_trees_and_maps(tree_index, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from neuronindex import hierarchy as h
+    from neuronindex.science import hierarchy as h
     from neuronindex.service.app import create_app
 
     index = tmp_path / "copy"
@@ -392,7 +393,7 @@ def test_hierarchy_tree_and_map_pages_in_a_real_browser(tree_index, tmp_path):
     neuron map an NF per live neuron and the crop atlas its crops; none is broken."""
     import shutil
 
-    from neuronindex import hierarchy as h
+    from neuronindex.science import hierarchy as h
     from neuronindex.service.app import create_app
     from test_service import CHROMIUM, RealServer
 

@@ -25,8 +25,8 @@ HUES = {"red": [(315, 360), (0, 60)], "green": [(75, 210)], "blue": [(180, 300)]
 
 @pytest.fixture(scope="module")
 def index(tmp_path_factory):
-    from neuronindex.ingest import IngestParams, ingest
-    from neuronindex.models import Preprocessing
+    from neuronindex.jobs.ingest import IngestParams, ingest
+    from neuronindex.nets.models import Preprocessing
 
     weights = shared("imagenet-squeezenet", "squeezenet1_0-deepcompression.pth")
     images = shared("imagenet-sample")
@@ -185,7 +185,7 @@ def test_activation_maximisation_fills_the_first_layer(index):
     image that drives it at least as hard as its best dataset image (a linear 7x7 unit's optimum
     saturates its field, so this must hold for nearly all), and for the colour-selective ones
     (NF alpha >= 0.4) the image's colour axis is the NF's far more often than for the others."""
-    from neuronindex import visualize as viz
+    from neuronindex.jobs import visualize as viz
 
     done = viz.run(index.path, ["features.1"], params=viz.VizParams(steps=256), progress=False)
     assert done["optimised"] >= 96
@@ -249,7 +249,7 @@ def test_category_hierarchy_follows_wordnet_and_more_so_with_depth(index):
     shuffled labels, and more at the last Fire module than at the first convolution."""
     from scipy.stats import spearmanr
 
-    from neuronindex import hierarchy
+    from neuronindex.science import hierarchy
 
     h = index.categories()
     assert h.meta["layer"] == "features.12" and h.meta["n_classes"] == 500 and h.meta["pooling"] == "mean"
@@ -276,7 +276,8 @@ def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
     512 neurons (and directions) of features.12. All land in the index and on the gallery's pages."""
     from fastapi.testclient import TestClient
 
-    from neuronindex import hierarchy, maps
+    from neuronindex.science import hierarchy
+    from neuronindex.jobs import maps
     from neuronindex.service.app import create_app
 
     dogs = index.query("WITH RECURSIVE under(id) AS (SELECT id FROM classes WHERE name = 'dog' UNION SELECT c.id "
@@ -310,7 +311,7 @@ def test_first_layer_deconvnet_is_the_filter_in_pixel_space(index):
     """Zeiler & Fergus's reconstruction of a first-layer unit (conv 7x7 + ReLU) on its top image is
     its filter laid over the receptive field: d a / d pixel = 255 w (Caffe's 0-255 scale, BGR order,
     std 1), wherever the field lies inside the image; for every rule, since no ReLU lies below."""
-    from neuronindex.pictures import reconstruction_array
+    from neuronindex.query.pictures import reconstruction_array
 
     idx = index
     loaded, _, _, _ = idx._model("squeezenet", "features.1")

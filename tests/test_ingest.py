@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from conftest import HERE, write_folder
-from neuronindex.ingest import IngestParams, ingest
+from neuronindex.jobs.ingest import IngestParams, ingest
 from neuronindex_cli.main import cli
 
 TINY = ["--model", "python:tinymodels:tiny_cnn", "--input-size", "16", "16", "--resize-policy", "resize",
@@ -83,7 +83,7 @@ def test_stored_activations_are_the_models_eval_mode_forward(tmp_path):
     eval mode (a train-mode forward normalises with each batch's own statistics instead)."""
     import torch
 
-    from neuronindex.models import load_model
+    from neuronindex.nets.models import load_model
 
     loaded = load_model("cifar-resnet20")
     gen = torch.Generator().manual_seed(1)
@@ -142,7 +142,7 @@ def test_failed_ingest_keeps_the_existing_index(tmp_path, image_folder, tiny_loa
     index = tmp_path / "keep"
     ingest(tiny_loaded, str(image_folder), "conv1", index, params=IngestParams(top_k=3), progress=False, derive=False)
     before = (index / "index.duckdb").read_bytes()
-    import neuronindex.writer as writer
+    import neuronindex.store.writer as writer
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
@@ -231,8 +231,8 @@ def test_cli_shards_merge_into_one_run(tmp_path, image_folder, cli_runner, monke
 def test_relative_paths_are_recorded_absolute(tmp_path, monkeypatch, tiny_loaded):
     import torch
 
-    from neuronindex.recompute import recompute
-    from neuronindex.models import load_model
+    from neuronindex.jobs.recompute import recompute
+    from neuronindex.nets.models import load_model
     from tinymodels import TinyCNN
 
     folder = write_folder(tmp_path / "work" / "imgs", per_class=3)
@@ -279,7 +279,7 @@ def test_a_busy_index_and_stale_staging_files(tmp_path, image_folder, tiny_loade
 
 def test_resume_after_a_kill_between_publish_and_clean_up_publishes_once(tmp_path, image_folder, tiny_loaded,
                                                                         monkeypatch):
-    from neuronindex import ingest as ingest_mod
+    from neuronindex.jobs import ingest as ingest_mod
 
     index = tmp_path / "index"
     params = IngestParams(top_k=3)
@@ -297,7 +297,7 @@ def test_resume_after_a_kill_between_publish_and_clean_up_publishes_once(tmp_pat
 def test_nf_ranges_split_by_memory_by_hand():
     """groups() packs consecutive neurons into ranges whose NF memory stays within the budget: with
     3x3 fields a neuron holds 9 (28 + 16 + 1) + 12 x 3^2 x 3 = 729 bytes, with 5x5 ones 2,025."""
-    from neuronindex.features import CropPlan, groups, neuron_bytes
+    from neuronindex.science.features import CropPlan, groups, neuron_bytes
 
     plan = CropPlan(*(np.zeros(0, dtype=np.int64) for _ in range(3)), np.zeros((0, 4), np.int64), np.zeros(0),
                     np.array([[3, 3], [3, 3], [5, 5], [3, 3], [5, 5]]))
@@ -327,7 +327,7 @@ def test_nf_memory_does_not_change_results(tmp_path, image_folder, tiny_loaded):
         found[memory] = ({k: rows(index, q) for k, q in tables.items()}, summary["timings"]["nf_ranges"])
     assert found[512][1] == 1 and found[1][1] == 1  # 10 small neurons fit in 1 MB: force ranges below
     with pytest.MonkeyPatch.context() as mp:
-        import neuronindex.features as features
+        import neuronindex.science.features as features
 
         mp.setattr(features, "groups", lambda plan, budget: [(n, n + 1) for n in range(plan.n_neurons)])
         index = tmp_path / "each"
@@ -352,7 +352,8 @@ def test_a_publish_leaves_no_free_blocks_in_the_file(tmp_path, monkeypatch, auto
     case shows the test sees it); SqueezeNet's index was 633 MB for 480 MB of data."""
     import pyarrow as pa
 
-    from neuronindex import store, writer
+    from neuronindex import store
+    from neuronindex.store import writer
 
     config = store.writer_config
     if automatic:  # the publish's compaction would hide them (tests/test_hardening.py tests it): off here
@@ -389,7 +390,7 @@ def test_cli_nf_memory_must_be_positive(tmp_path, image_folder, cli_runner):
 
 def test_ray_is_optional_and_its_absence_names_the_extra(monkeypatch, tmp_path, cli_runner):
     """Without Ray installed, `--ray` is a one-line error naming the extra; nothing else needs it."""
-    from neuronindex.distributed import _ray
+    from neuronindex.jobs.distributed import _ray
     from neuronindex.errors import UsageError
 
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError

@@ -102,7 +102,7 @@ def test_labels_only_for_folders(tmp_path):
 @needs_wordnet
 def test_class_names_are_searchable_by_lemma_phrase_and_id(tmp_path, tiny_loaded):
     from conftest import make_image
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     rng = np.random.default_rng(0)
     root = tmp_path / "val"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from neuronindex.errors import LayerError
-from neuronindex.layers import trace
-from neuronindex.models import load_model
+from neuronindex.nets.layers import trace
+from neuronindex.nets.models import load_model
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from neuronindex.errors import ModelError, UsageError
-from neuronindex.models import Preprocessing, load_model, read_state_dict
+from neuronindex.nets.models import Preprocessing, load_model, read_state_dict
 from tinymodels import TinyCNN
 
 

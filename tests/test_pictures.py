@@ -15,7 +15,7 @@ def edge_index(tmp_path_factory, tiny_loaded):
     (dark left, bright right) at known columns: conv1 channel 1 is a vertical edge detector."""
     from PIL import Image
 
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     root = tmp_path_factory.mktemp("edges")
     write_folder(root / "images", per_class=4)
@@ -32,7 +32,7 @@ def edge_index(tmp_path_factory, tiny_loaded):
 def _brute(index_dir, node: str) -> tuple[np.ndarray, list[str]]:
     """(images, channels) spatial maxima of `node` over every image of the index, by a plain forward."""
     import neuronindex
-    from neuronindex.models import Preprocessing
+    from neuronindex.nets.models import Preprocessing
 
     with neuronindex.open(index_dir) as idx:
         loaded, extractor, _, _ = idx._model(None, node)
@@ -44,7 +44,7 @@ def _brute(index_dir, node: str) -> tuple[np.ndarray, list[str]]:
 
 
 def test_histogram_buckets_match_a_hand_computation():
-    from neuronindex.stats import HIST_BUCKETS, HIST_ZERO, bucket_edges, bucket_values, hist_buckets
+    from neuronindex.science.stats import HIST_BUCKETS, HIST_ZERO, bucket_edges, bucket_values, hist_buckets
 
     v = np.array([0.0, 1.0, 1.05, 1.124, 1.125, 1.2, -1.0, -3.0, 1e-40, 1e40, 2.0 ** -20, 0.75])
     b = hist_buckets(torch.tensor(v)).numpy()
@@ -68,7 +68,7 @@ def test_histogram_buckets_match_a_hand_computation():
 
 
 def test_histograms_merge_exactly_across_image_partitions():
-    from neuronindex.stats import LayerStats
+    from neuronindex.science.stats import LayerStats
 
     rng = np.random.default_rng(1)
     acts = torch.from_numpy(np.maximum(rng.normal(0, 1, (40, 5, 3, 3)), 0).astype(np.float32))
@@ -113,7 +113,7 @@ def test_stored_histograms_agree_with_brute_force(edge_index):
 
 def test_context_heatmap_is_the_unit_map_aligned_by_its_field(edge_index):
     import neuronindex
-    from neuronindex.pictures import unit_map, upsample
+    from neuronindex.query.pictures import unit_map, upsample
 
     with neuronindex.open(edge_index) as idx:
         key = "tiny_cnn/conv1/1"
@@ -148,7 +148,7 @@ def test_deconvnet_of_an_edge_detector_shows_the_edge(edge_index):
     image is that filter in pixel space: left column negative (dark), middle zero (grey), right
     column positive (bright), the same in the three colours."""
     import neuronindex
-    from neuronindex.pictures import reconstruction_array
+    from neuronindex.query.pictures import reconstruction_array
 
     with neuronindex.open(edge_index) as idx:
         key = "tiny_cnn/conv1/1"
@@ -170,7 +170,7 @@ def test_rules_differ_where_the_forward_mask_matters(edge_index):
     """Through conv1's ReLU and max-pool to conv2: the deconvnet rule ignores the forward mask,
     guided backpropagation keeps it, so guided is zero wherever no conv1 unit under the field fired."""
     import neuronindex
-    from neuronindex.pictures import deconvnet_relu, guided_relu, reconstruction_array
+    from neuronindex.query.pictures import deconvnet_relu, guided_relu, reconstruction_array
 
     x = torch.tensor([-1.0, 2.0, -3.0, 4.0], requires_grad=True)
     g = torch.tensor([1.0, 1.0, -1.0, -1.0])
@@ -214,13 +214,13 @@ def two_models(tmp_path_factory, edge_index):
     """The edge index with a second model (the same tiny CNN under another name) over the same images."""
     import shutil
 
-    from neuronindex.ingest import ingest
+    from neuronindex.jobs.ingest import ingest
 
     root = tmp_path_factory.mktemp("two")
     shutil.copytree(edge_index, root / "index")
     images = edge_index.parent / "images"
     ingest("python:tinymodels:wide_cnn", str(images), "all-conv", root / "index", name="wide",
-           preprocessing=__import__("neuronindex.models", fromlist=["Preprocessing"]).Preprocessing(
+           preprocessing=__import__("neuronindex.nets.models", fromlist=["Preprocessing"]).Preprocessing(
                input_size=(16, 16), geometry="resize", resize=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
            progress=False)
     return root / "index"

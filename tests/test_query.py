@@ -44,7 +44,7 @@ def test_search_tables_follow_every_write(index_dir, tmp_path):
     """Searches scan materialised copies (neuron_search, class_search); every write refreshes them."""
     import shutil
 
-    from neuronindex.recompute import recompute
+    from neuronindex.jobs.recompute import recompute
 
     _search_tables_in_sync(index_dir)
     copy = tmp_path / "copy"

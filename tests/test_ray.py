@@ -86,8 +86,8 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
-    from neuronindex.ingest import IngestParams, ingest
-    from neuronindex.models import load_model
+    from neuronindex.jobs.ingest import IngestParams, ingest
+    from neuronindex.nets.models import load_model
 
     index = tmp_path_factory.mktemp("single")
     ingest(load_model("cifar-resnet20", str(WEIGHTS)), str(IMAGES), LAYERS, index, progress=False,
@@ -116,9 +116,9 @@ def _kill_once(killed: list, stop: threading.Event) -> None:
 
 
 def test_ray_ingest_equals_a_single_process_run(tmp_path, local_ray, single, monkeypatch, capsys):
-    from neuronindex import distributed
-    from neuronindex.ingest import IngestParams
-    from neuronindex.models import load_model
+    from neuronindex.jobs import distributed
+    from neuronindex.jobs.ingest import IngestParams
+    from neuronindex.nets.models import load_model
 
     index = tmp_path / "ray"
     loaded = load_model("cifar-resnet20", str(WEIGHTS))

@@ -7,9 +7,9 @@ import pytest
 
 from conftest import shared
 from neuronindex.data import open_source
-from neuronindex.extract import predict
-from neuronindex.ingest import IngestParams, ingest
-from neuronindex.models import load_model
+from neuronindex.nets.extract import predict
+from neuronindex.jobs.ingest import IngestParams, ingest
+from neuronindex.nets.models import load_model
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
     import torch
 
     from neuronindex.data import open_source
-    from neuronindex.extract import image_batches
+    from neuronindex.nets.extract import image_batches
 
     weights = shared("cifar10-resnet", "resnet20-12fca82f.th")
     source = shared("cifar10", "lossless-test")
@@ -173,7 +173,8 @@ def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
     animals and vehicles at the top of the hierarchy, cat and dog merge first (the seed: "cat and dog
     are in the lowest clustering level"); a horse prediction tree and the maps are stored."""
     import neuronindex
-    from neuronindex import hierarchy, maps
+    from neuronindex.science import hierarchy
+    from neuronindex.jobs import maps
 
     weights = shared("cifar10-resnet", "resnet56-4bfd9763.th")
     ingest("cifar-resnet56", str(shared("cifar10", "lossless-train")), "layer3.8", tmp_path, weights=str(weights),

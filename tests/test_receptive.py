@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from neuronindex.layers import trace
-from neuronindex.models import LoadedModel, Preprocessing, load_model
-from neuronindex.receptive import Field
+from neuronindex.nets.layers import trace
+from neuronindex.nets.models import LoadedModel, Preprocessing, load_model
+from neuronindex.nets.receptive import Field
 
 
 def _loaded(module, size):

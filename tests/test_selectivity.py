@@ -5,7 +5,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from neuronindex import selectivity as sel
+from neuronindex.science import selectivity as sel
 
 
 def uniform(rgb, size=5):
@@ -113,7 +113,7 @@ def test_a_lone_pixel_names_the_nf_by_its_share_of_the_component():
     """One red pixel among 35 grey ones: the first component runs from grey to red whatever the
     weights (two colours), and each pixel's naming weight is (w t)^2 with t its projection: by hand
     t_red = 35 w_g d / W, t_grey = w_r d / W, so the red pixel carries 35^2 / (35^2 + 35) = 35/36."""
-    from neuronindex.colornames import TERMS, probabilities
+    from neuronindex.science.colornames import TERMS, probabilities
 
     nf, valid, std = uniform((128, 128, 128), 6)
     nf[0, 0] = (250, 0, 0)
@@ -142,7 +142,7 @@ def test_a_ring_detector_is_named_after_its_ring_not_its_background():
     ("blue", (0, 170, 230)), ("blue", (40, 120, 200)),  # the sky blues the keyword prototypes called grey
 ])
 def test_swatches_of_all_eleven_names(name, rgb):
-    from neuronindex import colornames
+    from neuronindex.science import colornames
 
     assert colornames.name(np.array(rgb) / 255.0) == name
     shares = sel.color_selectivity(*uniform(rgb)).shares
@@ -151,7 +151,7 @@ def test_swatches_of_all_eleven_names(name, rgb):
 
 
 def test_colour_naming_model_agrees_with_held_out_survey_names():
-    from neuronindex import colornames
+    from neuronindex.science import colornames
 
     rgb, term, names = colornames.survey_samples()
     assert len(term) == 569 and set(term) == set(range(11))
@@ -259,7 +259,7 @@ def test_csi_by_hand():
 def index(tmp_path_factory, tiny_loaded):
     """Coloured squares, plus white ones whose borders are the strongest achromatic edges."""
     from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     path = tmp_path_factory.mktemp("sel")
     folder = write_folder(path / "images", per_class=8, kinds=("red", "green", "blue", "white"))
@@ -305,8 +305,8 @@ def test_morcos_csi_from_spatial_means_equals_brute_force(tmp_path, image_folder
     import torch
 
     from neuronindex.data import open_source
-    from neuronindex.extract import Extractor
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.nets.extract import Extractor
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     ingest(tiny_loaded, str(image_folder), "conv1,conv2", tmp_path / "a",
            params=IngestParams(top_k=8, batch_size=5, spatial_means=True), progress=False)

@@ -376,12 +376,12 @@ def test_views_share_loaded_vectors_models_and_images(index_dir, monkeypatch):
     its own cursor."""
     import neuronindex
     from neuronindex import api as api_module
-    from neuronindex import vectors as vectors_module
+    from neuronindex.store import vectors as vectors_module
 
     reads, loads, decodes = [], [], []
     rows = vectors_module.rows
     monkeypatch.setattr(vectors_module, "rows", lambda con, *a: reads.append(a[:2]) or rows(con, *a))
-    from neuronindex import models as models_module
+    from neuronindex.nets import models as models_module
 
     real_load = models_module.load_model  # api imports it at call time, so the patch is seen
     monkeypatch.setattr(models_module, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))

@@ -7,9 +7,9 @@ import torch
 from conftest import native_expected
 
 from neuronindex.data import open_source
-from neuronindex.extract import Extractor, image_batches
-from neuronindex.layers import trace
-from neuronindex.stats import LayerStats
+from neuronindex.nets.extract import Extractor, image_batches
+from neuronindex.nets.layers import trace
+from neuronindex.science.stats import LayerStats
 
 K = 5
 
@@ -54,7 +54,8 @@ KERNELS = ["native", "numba", "torch"]
 
 
 def use_kernels(kernels: str, monkeypatch) -> None:
-    from neuronindex import kernels as compiled, stats, summaries
+    from neuronindex.nets import kernels as compiled, summaries
+    from neuronindex.science import stats
 
     if kernels == "native" and compiled.native() is None:
         pytest.skip("the native kernels are not built (see test_native_kernels_are_built)")
@@ -68,7 +69,7 @@ def use_kernels(kernels: str, monkeypatch) -> None:
 def test_native_kernels_are_built():
     """Where a C++ compiler is at hand the install builds them; a silent fallback to numba would
     leave the native tests skipped and pass 1 slower."""
-    from neuronindex import kernels
+    from neuronindex.nets import kernels
 
     if not native_expected():
         pytest.skip("no C++ compiler on this machine")
@@ -153,8 +154,8 @@ def test_shards_merge_into_one_run(activations, shards):
 
 
 def test_combined_layers_equal_separate_stats(activations):
-    from neuronindex.stats import split
-    from neuronindex.summaries import combine, summarize
+    from neuronindex.science.stats import split
+    from neuronindex.nets.summaries import combine, summarize
 
     images, nodes, acts, pos, labels = activations
     separate = [LayerStats(acts[n].shape[1], top_k=K, curve_len=10, n_classes=3, probe_size=5) for n in nodes]
@@ -183,7 +184,7 @@ def test_compiled_reduction_on_ties_and_odd_shapes(shape, layout, kernels, monke
     of 16; channels-first rows in chunks of 16-64 with a tail): small integers make ties
     everywhere, and the location must still be the first maximum, the count exactly the
     positives."""
-    from neuronindex.summaries import summarize
+    from neuronindex.nets.summaries import summarize
 
     use_kernels(kernels, monkeypatch)
 
@@ -245,7 +246,7 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
 
 def tapped_calls(ext, channels) -> list[str]:
     """The modules the tapped graph calls, in order."""
-    from neuronindex.summaries import Summaries
+    from neuronindex.nets.summaries import Summaries
 
     return [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
 
@@ -253,7 +254,7 @@ def tapped_calls(ext, channels) -> list[str]:
 def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of):
     """Over all images, the taps' one shared summary gives exactly the statistics of feeding
     each layer's map (`maps_of(batch)`, in layer order) to its own LayerStats."""
-    from neuronindex.stats import split
+    from neuronindex.science.stats import split
 
     both = LayerStats(sum(channels), top_k=K, curve_len=10, n_classes=0, probe_size=6)
     separate = [LayerStats(c, top_k=K, curve_len=10, n_classes=0, probe_size=6) for c in channels]
@@ -274,7 +275,7 @@ def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of
 def test_summaries_refuse_maps_and_thresholds_of_another_width(kernels, monkeypatch):
     """The compiled kernels write layer i's columns of one shared summary: a map or threshold of
     another width must be refused, not written over its neighbours' columns."""
-    from neuronindex.summaries import Summaries
+    from neuronindex.nets.summaries import Summaries
 
     use_kernels(kernels, monkeypatch)
     sink = Summaries([4, 8])
@@ -297,7 +298,7 @@ def test_fused_relu_equals_relu_then_summary(shape, layout, inplace, monkeypatch
     """A tapped ReLU is rectified and summarised in one read (`Summaries.add_relu`): its output
     must be torch.relu's bit for bit (-0.0 and NaN included), the input untouched (or, in place,
     the input itself rectified), and the summary that of the rectified map."""
-    from neuronindex.summaries import Summaries
+    from neuronindex.nets.summaries import Summaries
 
     use_kernels("native", monkeypatch)
     rng = np.random.default_rng(sum(shape))
@@ -329,7 +330,7 @@ def test_taps_keep_the_models_in_place_semantics(image_folder, kernels, monkeypa
     """The tapped graph keeps the model's in-place ReLUs (no out-of-place copies), and the fused
     taps that replace them rectify in place too: the sum reads relu2's input again, rectified.
     Every layer's statistics equal those of the model's own forward."""
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     if kernels != "torch":
         use_kernels(kernels, monkeypatch)
@@ -359,7 +360,7 @@ def test_native_kernels_refuse_a_second_openmp_runtime(monkeypatch, capsys):
     """Two OpenMP runtimes in one process would run two thread pools on the same cores: the native
     kernels then stand aside for the numba ones, saying so once. Other packages' vendored
     runtimes (scikit-learn's libgomp-<hash>.so) do not count."""
-    from neuronindex import kernels
+    from neuronindex.nets import kernels
 
     torch_dir = "/site/torch"
     shared = ["/site/torch/lib/libgomp.so.1", "/site/sklearn/.libs/libgomp-a34b3233.so.1.0.0"]
@@ -381,7 +382,7 @@ def test_gather_takes_each_points_vector_as_the_models_own_forward():
     """Extractor.gather (pass 2's re-forwards) takes the vector over the channels at given units by
     taps in the graph: on a model whose ReLUs run in place, each equals the output of the model's
     own forward copied the moment it was produced, and only the asked nodes come back."""
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     loaded = load_model("python:tinymodels:inplace_cnn",
                         preprocessing=Preprocessing(input_size=(16, 16), geometry="resize", resize=None,

@@ -66,7 +66,7 @@ def test_float_lists_match_the_general_arrow_path():
     import numpy as np
     import pyarrow as pa
 
-    from neuronindex.writer import _float_lists
+    from neuronindex.store.writer import _float_lists
 
     vectors = [np.array([1.5, np.nan, -2], np.float32), np.array([], np.float32), np.arange(4, dtype=np.float64)]
     fast = _float_lists(vectors)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import neuronindex
-from neuronindex import vectors
+from neuronindex.store import vectors
 from neuronindex.errors import LayerError, StaleVectorsError, UsageError
 from neuronindex_cli.main import cli
 
@@ -40,8 +40,8 @@ def test_large_spaces_get_a_tuned_ivf_index():
 def _wide(root, layers: str, **params):
     """The wide CNN over coloured squares, ingested into ROOT/idx; returns (index, loaded model)."""
     from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.jobs.ingest import IngestParams, ingest
+    from neuronindex.nets.models import Preprocessing, load_model
 
     loaded = load_model("python:tinymodels:wide_cnn", preprocessing=Preprocessing(
         input_size=(16, 16), geometry="resize", resize=None, mean=(0.5,) * 3, std=(0.25,) * 3))

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from neuronindex import visualize as viz
+from neuronindex.jobs import visualize as viz
 
 
 def _unit(loaded, layer_name: str, channels: list[int], params: viz.VizParams, window: bool = True):
     """Optimise `channels` of a layer of the tiny CNN for the unit objective, as a stored run does."""
     import torch
 
-    from neuronindex.features import crop_geometry
-    from neuronindex.layers import trace
+    from neuronindex.science.features import crop_geometry
+    from neuronindex.nets.layers import trace
 
     layer = trace(loaded).lookup(layer_name)
     geo = crop_geometry(layer, loaded.preprocessing.input_size, full=not window)
@@ -114,7 +114,7 @@ def test_colour_matrix_is_the_square_root_of_the_covariance():
 
 @pytest.fixture(scope="module")
 def colour_classifier():
-    from neuronindex.models import Preprocessing, load_model
+    from neuronindex.nets.models import Preprocessing, load_model
 
     return load_model("python:tinymodels:colour_classifier",
                       preprocessing=Preprocessing(input_size=(12, 12), geometry="resize", resize=None,
@@ -185,7 +185,7 @@ def test_a_start_image_flips_to_the_target_class_and_keeps_its_difference(colour
 @pytest.fixture(scope="module")
 def viz_index(tmp_path_factory, tiny_loaded):
     from conftest import write_folder
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     root = tmp_path_factory.mktemp("viz")
     write_folder(root / "images", per_class=6)
@@ -320,8 +320,8 @@ def test_an_image_does_not_depend_on_the_batch_it_was_made_in(tiny_loaded):
     was optimised alone or beside others, which is what lets a resumed run skip stored images."""
     import torch
 
-    from neuronindex.features import crop_geometry
-    from neuronindex.layers import trace
+    from neuronindex.science.features import crop_geometry
+    from neuronindex.nets.layers import trace
 
     layer = trace(tiny_loaded).lookup("relu2")
     geo = crop_geometry(layer, tiny_loaded.preprocessing.input_size)
@@ -344,7 +344,7 @@ def test_redirected_relu_keeps_values_and_lets_a_dead_start_move():
     input, and otherwise passes except where it would push a negative unit further down."""
     import torch
 
-    from neuronindex.extract import redirected_relu
+    from neuronindex.nets.extract import redirected_relu
 
     x = torch.tensor([[-1.0, 2.0, -3.0]], requires_grad=True)
     y = redirected_relu(x)
@@ -436,8 +436,8 @@ def test_the_differentiable_forward_is_the_model_in_eval_mode():
     in-place ReLUs, every selected map equals the inference forward's, image by image."""
     import torch
 
-    from neuronindex.extract import Extractor
-    from neuronindex.models import load_model
+    from neuronindex.nets.extract import Extractor
+    from neuronindex.nets.models import load_model
 
     loaded = load_model("cifar-resnet20")
     g = torch.Generator().manual_seed(0)

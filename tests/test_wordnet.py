@@ -44,7 +44,7 @@ def test_folder_classes_get_wordnet_ancestors(breeds):
 
 @needs_debian
 def test_dog_finds_the_red_detector(breeds, tiny_loaded, tmp_path):
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     ingest(tiny_loaded, str(breeds), "conv1", tmp_path, params=IngestParams(top_k=8), progress=False)
     with neuronindex.open(tmp_path) as idx:
@@ -89,7 +89,7 @@ def test_indexes_adds_the_hierarchy_to_an_index_written_without_it(breeds, tiny_
     `dog` works; the class ids the images point at are kept."""
     from click.testing import CliRunner
 
-    from neuronindex.ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
     from neuronindex_cli.main import cli
 
     monkeypatch.setenv("NEURONINDEX_WORDNET", str(tmp_path / "absent"))

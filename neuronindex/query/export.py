@@ -6,8 +6,8 @@ import base64
 import html
 from pathlib import Path
 
-from ..errors import UsageError
-from ..formats import FORMATS, render
+from neuronindex.errors import UsageError
+from neuronindex.formats import FORMATS, render
 
 EXPORT_FORMATS = FORMATS[1:] + ("html",)  # no plain table in files
 

@@ -32,10 +32,10 @@ import duckdb
 
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
-from .. import store
-from ..errors import QueryError, QueryTimeout, did_you_mean
-from ..selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
-from ..settings import default
+from neuronindex import store
+from neuronindex.errors import QueryError, QueryTimeout, did_you_mean
+from neuronindex.science.selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
+from neuronindex.settings import default
 
 FIELDS = {
     "alpha": "color_index", "color_index": "color_index", "colour_index": "color_index",

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from .. import store
-from ..errors import QueryError, QueryTimeout
-from ..settings import default
+from neuronindex import store
+from neuronindex.errors import QueryError, QueryTimeout
+from neuronindex.settings import default
 
 ALLOWED = {"SELECT", "EXPLAIN"}
 DEFAULT_TIME_LIMIT = default("sql_time_limit")

@@ -7,6 +7,6 @@ when an ingest publishes a new index.duckdb, the next request opens it.
 """
 from __future__ import annotations
 
-from .app import create_app, serve
+from neuronindex.service.app import create_app, serve
 
 __all__ = ["create_app", "serve"]

@@ -7,12 +7,12 @@ from urllib.parse import quote
 
 from fastapi import FastAPI
 
-from ..errors import NeuronIndexError, UsageError
-from ..settings import default
-from . import routes_api, routes_pages
-from .auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
-from .common import LiveIndex, Pool, error
-from .connections import GuardedH11, quiet_floods, set_limits
+from neuronindex.errors import NeuronIndexError, UsageError
+from neuronindex.settings import default
+from neuronindex.service import routes_api, routes_pages
+from neuronindex.service.auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
+from neuronindex.service.common import LiveIndex, Pool, error
+from neuronindex.service.connections import GuardedH11, quiet_floods, set_limits
 
 MAX_UPLOAD = default("max_upload")
 

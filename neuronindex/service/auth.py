@@ -10,7 +10,7 @@ from collections import OrderedDict, deque
 from http.cookies import SimpleCookie
 from urllib.parse import urlsplit
 
-from ..settings import default
+from neuronindex.settings import default
 
 COOKIE = "neuronindex_session"
 LOGIN = "/login"

@@ -27,7 +27,7 @@ from collections import Counter
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..settings import default
+from neuronindex.settings import default
 
 FD_RESERVE = 128  # descriptors kept for the index, models, logs and threads
 LOG_EVERY = 10.0

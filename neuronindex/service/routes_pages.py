@@ -7,10 +7,10 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
 
-from ..settings import default
-from ..errors import NeuronIndexError
-from .auth import COOKIE, session_value
-from .common import answer, neuron_payload, safe_similar
+from neuronindex.settings import default
+from neuronindex.errors import NeuronIndexError
+from neuronindex.service.auth import COOKIE, session_value
+from neuronindex.service.common import answer, neuron_payload, safe_similar
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter()
@@ -161,7 +161,7 @@ def _local(target: str) -> str:
 
 @router.get("/")
 async def home(request: Request):
-    from ..report import FIGURE_TITLES
+    from neuronindex.report import FIGURE_TITLES
 
     return await page(request, "home.html", lambda idx: {"models": idx.models().rows(), "summary": idx.summary().rows(),
                                                          "titles": FIGURE_TITLES})
@@ -171,10 +171,10 @@ async def model_page(request: Request, model: str):
     def make(idx):
         found = [m for m in idx.models().rows() if m["name"] == model]
         if not found:
-            from ..errors import NotFoundError, did_you_mean
+            from neuronindex.errors import NotFoundError, did_you_mean
 
             raise NotFoundError(f"no model {model!r}{did_you_mean(model, [m['name'] for m in idx.models().rows()])}")
-        from .. import hierarchy
+        from neuronindex.science import hierarchy
 
         maps = idx.query("SELECT l.name, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON "
                          "m.id = p.model_id WHERE m.name = ?", [model]).rows()
@@ -214,7 +214,7 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
 @router.get("/neuron/{key:path}")
 async def neuron_page(request: Request, key: str, view: str = "crops"):
     if view not in dict(VIEWS):
-        from ..errors import UsageError
+        from neuronindex.errors import UsageError
 
         raise UsageError(f"unknown view {view!r}; use crops, guided or context")
 
@@ -233,7 +233,7 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
 @router.get("/categories/{model}")
 async def categories_page(request: Request, model: str, layer: str | None = None, pooling: str | None = None):
     def make(idx):
-        from .. import hierarchy
+        from neuronindex.science import hierarchy
 
         r = idx.categories(model, layer, pooling)
         near = {row["class"]: row["near"] for row in idx.query(
@@ -262,7 +262,7 @@ async def tree_page(request: Request, model: str, layer: str, class_name: str, p
 @router.get("/map/{model}/{layer}")
 async def map_page(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
     def make(idx):
-        from ..report import point_colours
+        from neuronindex.report import point_colours
 
         m = idx.map(layer, space, model)
         rows = m.rows()

@@ -20,9 +20,8 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import (DiskFullError, ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError,
-                      UsageError, disk_full)
-from ..settings import default
+from neuronindex.errors import (DiskFullError, ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError, disk_full)
+from neuronindex.settings import default
 
 INDEX_FILE = "index.duckdb"
 # the catalog name a reader attaches the index under (queries see its tables unqualified)

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .derive import remove_stale_spills
-from .errors import IngestError, UsageError
-from .names import valid_name
-from .settings import default
+from neuronindex.jobs.derive import remove_stale_spills
+from neuronindex.errors import IngestError, UsageError
+from neuronindex.names import valid_name
+from neuronindex.settings import default
 
 
 @dataclass
@@ -53,7 +53,7 @@ class IngestParams:
     random_quantile: float = default("random_quantile")
 
     def direction_spec(self):
-        from .directions import DirectionSpec
+        from neuronindex.science.directions import DirectionSpec
 
         return DirectionSpec.parse(self.directions, pooling=self.direction_pooling, svd_rank=self.svd_rank,
                                    svd_max=self.svd_max, random_n=self.random_directions,
@@ -120,9 +120,9 @@ class Run:
 
 def prepare(model, images, layers, *, weights=None, name=None, preprocessing=None, params=None,
             download=False, labels: str = "auto", class_list: str | None = None) -> Run:
-    from .data import ImageSet, open_source
-    from .layers import trace
-    from .models import LoadedModel, load_model
+    from neuronindex.data import ImageSet, open_source
+    from neuronindex.nets.layers import trace
+    from neuronindex.nets.models import LoadedModel, load_model
 
     params = params or IngestParams()
     params.validate()
@@ -150,7 +150,7 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
 
 
 def run_from_meta(meta: dict, **overrides) -> Run:
-    from .models import Preprocessing
+    from neuronindex.nets.models import Preprocessing
 
     params = IngestParams(**{**meta["params"], **overrides})
     if params.shard is not None:
@@ -170,9 +170,9 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 def new_stats(run: Run):
     """One LayerStats over the channels of every selected layer side by side (see
     summaries.Summaries): each batch costs one top-k merge whatever the number of layers."""
-    from .stats import LayerStats
+    from neuronindex.science.stats import LayerStats
 
-    from .directions import Covariance
+    from neuronindex.science.directions import Covariance
 
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
@@ -189,7 +189,7 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     import torch
     from tqdm import tqdm
 
-    from .extract import Extractor, image_batches
+    from neuronindex.nets.extract import Extractor, image_batches
 
     stats = stats if stats is not None else new_stats(run)
     positions = run.positions()
@@ -263,7 +263,7 @@ def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
 
 
 def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
-    from .stats import LayerStats
+    from neuronindex.science.stats import LayerStats
 
     if not Path(path).is_file():
         raise IngestError(f"state file {path} does not exist")
@@ -277,7 +277,7 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
             stats = LayerStats.from_state({k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("0/")},
                                           device)
             cov = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("cov/")}
-            from .directions import Covariance
+            from neuronindex.science.directions import Covariance
 
             stats.cov = Covariance.from_state(cov) if cov else None
     except (OSError, ValueError, KeyError) as exc:
@@ -357,7 +357,7 @@ def already_published(run: Run, work: Path, model: str, progress: bool) -> dict:
 
 def visualize_after(summary: dict, run: Run, index_dir, visualize, progress: bool, wait: bool) -> None:
     """`ingest --visualize`: optimise an image for every neuron of the run's layers, then note it in summary."""
-    from . import visualize as viz
+    from neuronindex.jobs import visualize as viz
 
     t0 = time.time()
     done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
@@ -443,7 +443,7 @@ def check_shards(shards: list[tuple[int, int] | None]) -> None:
 def published_as(index_dir, run_key: str) -> str | None:
     """The model name under which this exact run (same model, name, images, layers, parameters)
     was published into the index, or None."""
-    from . import store
+    from neuronindex import store
 
     if not store.index_file(index_dir).is_file():
         return None
@@ -458,8 +458,8 @@ def published_as(index_dir, run_key: str) -> str | None:
 
 def layer_results(run: Run, stats) -> list[dict]:
     """Pass 1's results per selected layer, with each channel's dead / weak flags, kind and unit name."""
-    from .selectivity import dead_neurons, weak_neurons
-    from .stats import split
+    from neuronindex.science.selectivity import dead_neurons, weak_neurons
+    from neuronindex.science.stats import split
 
     results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
@@ -473,10 +473,10 @@ def layer_results(run: Run, stats) -> list[dict]:
 def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
            derive: bool = True, wait: bool = True, pass2=None) -> dict:
     """Pass 2 and derived properties, then publish (`pass2`: see derive.run_all)."""
-    from . import directions as dirs
-    from .selectivity import dead_neurons
-    from .store import staged
-    from .writer import write_ingest
+    from neuronindex.science import directions as dirs
+    from neuronindex.science.selectivity import dead_neurons
+    from neuronindex.store import staged
+    from neuronindex.store.writer import write_ingest
 
     results = layer_results(run, stats)
     t0 = time.time()
@@ -495,7 +495,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
         timings["directions"] = time.time() - t0
     derived = None
     if derive:
-        from . import derive as derive_mod
+        from neuronindex.jobs import derive as derive_mod
 
         t0 = time.time()
         derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work",
@@ -505,7 +505,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     with staged(index_dir, wait=wait) as con:
         summary = write_ingest(con, run, results, derived, timings=timings, started=started)
         if derive:  # Dai 2020's category hierarchy at the deepest layer: cheap, from the class means
-            from .hierarchy import build_default
+            from neuronindex.science.hierarchy import build_default
 
             build_default(con, summary["model_id"])
     timings["publish"] = time.time() - t0
@@ -519,8 +519,8 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
 
 def build_vectors(index_dir) -> list[dict]:
     """(Re)build the FAISS files of an index from its `embeddings` rows."""
-    from . import store
-    from .vectors import VectorStore
+    from neuronindex import store
+    from neuronindex.store.vectors import VectorStore
 
     con = store.connect(index_dir)
     try:

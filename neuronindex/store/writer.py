@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from .store import execute, next_id
+from neuronindex.store import execute, next_id
 
 
 INSERT_BYTES = 32 * 2**20
@@ -238,8 +238,8 @@ def write_histograms(con, ids, res) -> None:
     bins from the exact extremes where known (a_max; the lowest bottom value), else the buckets'."""
     import pyarrow as pa
 
-    from .settings import default
-    from .stats import bucket_values, histogram
+    from neuronindex.settings import default
+    from neuronindex.science.stats import bucket_values, histogram
 
     hist = res.get("hist")
     if hist is None:
@@ -311,7 +311,7 @@ def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
 
 
 def write_ingest(con, run, results: list[dict], derived, timings: dict, started: float) -> dict:
-    from . import __version__
+    from neuronindex import __version__
 
     loaded = run.loaded
     dataset_id, first_image, class_ids = write_dataset(con, run.images)
@@ -341,7 +341,7 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
     nid = neuron_base
     neuron_ids_by_layer = []
     probe_written = False
-    from .directions import extended_field
+    from neuronindex.science.directions import extended_field
 
     directions = run.directions or [None] * len(run.selections)
     for li, (sel, res) in enumerate(zip(run.selections, results)):
@@ -373,7 +373,7 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
                                          "image_id": first_image + res["probe_ids"]})
             probe_written = True
     if derived is not None:
-        from .derive import StoredIngest
+        from neuronindex.jobs.derive import StoredIngest
 
         derived.write(con, StoredIngest(ingest_id, neuron_ids_by_layer))
     return {

@@ -90,13 +90,13 @@ def demo_cnn():
 
 
 def preprocessing():
-    from .models import Preprocessing
+    from neuronindex.nets.models import Preprocessing
 
     return Preprocessing(input_size=(SIZE, SIZE), geometry="resize", resize=None)
 
 
 def _arrays(root: Path):
-    from .data import load_image, open_source
+    from neuronindex.data import load_image, open_source
 
     images = open_source(str(root))
     names = sorted(CLASSES)
@@ -142,7 +142,7 @@ def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: i
 
 def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs: int = 12, seed: int = 0,
              progress: bool = True) -> dict:
-    from .ingest import IngestParams, ingest
+    from neuronindex.jobs.ingest import IngestParams, ingest
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

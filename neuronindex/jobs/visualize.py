@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError, did_you_mean
-from .settings import default
+from neuronindex.errors import NotFoundError, UsageError, did_you_mean
+from neuronindex.settings import default
 
 TRACE_EVERY = 32
 MAX_UNNAMED_CLASSES = 32  # --classes dataset takes every output of a model this small when no class matches
@@ -469,7 +469,7 @@ def optimise(forward, objective, b: int, size, params: VizParams, color, start=N
 def grad_forward(loaded, nodes: list[str], device: str = "cpu"):
     """x01 (B, 3, h, w) in [0, 1] -> {node: map} with autograd, through the network truncated after
     the deepest of `nodes` (see extract.Extractor.differentiable)."""
-    from .extract import Extractor
+    from neuronindex.nets.extract import Extractor
 
     ex = Extractor(loaded, nodes, device)
     return lambda x: ex.differentiable(x)
@@ -496,7 +496,7 @@ def output_names(loaded, n: int) -> list[str]:
 def color_stats(image: np.ndarray, box=None) -> tuple:
     """(alpha, hue) of an image's field (x0, y0, x1, y1, clipped), by the NF's colour index with
     uniform weights (every pixel of one optimised image counts the same)."""
-    from .selectivity import color_selectivity
+    from neuronindex.science.selectivity import color_selectivity
 
     if box is not None:
         x0, y0, x1, y1 = box
@@ -550,8 +550,8 @@ class _Model:
 
 
 def _open_model(idx, name: str, rows) -> _Model:
-    from .layers import trace
-    from .models import Preprocessing, load_model
+    from neuronindex.nets.layers import trace
+    from neuronindex.nets.models import Preprocessing, load_model
 
     spec, weights, pre, model_id = rows
     loaded = load_model(spec, weights, Preprocessing.from_json(pre), name)
@@ -577,7 +577,7 @@ def _models(idx, model: str | None) -> dict:
 
 def _layer_targets(idx, model: str, layers: list[str] | None, objective: str) -> list[tuple]:
     """[(layer row, [targets])] of a model's stored layers (all, or those named), dead units left out."""
-    from .layers import stored_names
+    from neuronindex.nets.layers import stored_names
 
     rows = idx.layers(model).rows()
     if layers:
@@ -585,7 +585,7 @@ def _layer_targets(idx, model: str, layers: list[str] | None, objective: str) ->
         for name in layers:
             found = [r for r in rows if name in stored_names(r)]
             if not found:
-                from .errors import LayerError
+                from neuronindex.errors import LayerError
 
                 raise LayerError(f"model {model} has no stored layer {name!r}"
                                  f"{did_you_mean(name, [r['name'] for r in rows])}; its layers: "
@@ -660,7 +660,7 @@ def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, devi
     """One batch of one layer's units: optimised, measured, as rows for `visualizations`."""
     import torch
 
-    from .features import crop_geometry
+    from neuronindex.science.features import crop_geometry
 
     C = layer.channels
     rectify = all(t.vector is None for t in targets) and layer.pre_activation is not None
@@ -739,9 +739,9 @@ def _done(idx, model_id: int, wanted: dict) -> set:
 def _publish(index_dir, rows: list[dict], wait: bool = True) -> None:
     import pyarrow as pa
 
-    from . import store
-    from .store import execute, next_id
-    from .writer import insert
+    from neuronindex import store
+    from neuronindex.store import execute, next_id
+    from neuronindex.store.writer import insert
 
     if not rows:
         return
@@ -772,7 +772,7 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, pa
     most that much. Returns counts and the time taken."""
     from tqdm import tqdm
 
-    from . import api
+    from neuronindex import api
 
     params = params or VizParams()
     params.validate()
@@ -840,8 +840,8 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     the image and OUTPUT-diff.png."""
     import torch
 
-    from . import api
-    from .data import load_image
+    from neuronindex import api
+    from neuronindex.data import load_image
 
     if objective not in ("class", "prob"):
         raise UsageError(f"a start image is pushed towards a class: objective class (logit) or prob, not {objective!r}")

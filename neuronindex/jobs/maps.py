@@ -20,8 +20,8 @@ import warnings
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError
-from .settings import default
+from neuronindex.errors import NotFoundError, UsageError
+from neuronindex.settings import default
 
 SPACES = {"neurons": "prototype", "crops": "patch"}
 METHODS = ("tsne", "umap")
@@ -85,8 +85,8 @@ def run(index_dir, layers: list[str] | None = None, model: str | None = None, sp
     or those named) in the given spaces, publishing each as it is made. Returns one row per map."""
     from tqdm import tqdm
 
-    from . import api
-    from .vectors import fingerprint, rows
+    from neuronindex import api
+    from neuronindex.store.vectors import fingerprint, rows
 
     for s in spaces:
         if s not in SPACES:
@@ -137,10 +137,10 @@ def _asked(stored: dict, perplexity, neighbors) -> bool:
 def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
     models = idx.models().rows()
     if model is not None and model not in {m["name"] for m in models}:
-        from .errors import did_you_mean
+        from neuronindex.errors import did_you_mean
 
         raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, [m['name'] for m in models])}")
-    from .layers import stored_names
+    from neuronindex.nets.layers import stored_names
 
     out, seen, every = [], set(), []
     for m in models:
@@ -155,7 +155,7 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
                 seen |= names
     missing = [name for name in layers or [] if name not in seen]
     if missing:
-        from .errors import LayerError, did_you_mean
+        from neuronindex.errors import LayerError, did_you_mean
 
         raise LayerError(f"no stored layer {missing[0]!r}{did_you_mean(missing[0], every)}; stored layers: "
                          f"{', '.join(every) or 'none'}")
@@ -163,9 +163,9 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
 
 
 def _publish(index_dir, made, method: str, seed: int, wait: bool) -> None:
-    from . import store
-    from .store import execute, next_id
-    from .writer import insert
+    from neuronindex import store
+    from neuronindex.store import execute, next_id
+    from neuronindex.store.writer import insert
 
     with store.staged(index_dir, wait=wait) as con:
         for model_id, lay, space, ids, xy, params, fp, seconds in made:
@@ -186,15 +186,15 @@ def _publish(index_dir, made, method: str, seed: int, wait: bool) -> None:
 def points(idx, model: str, layer: str, space: str = "neurons") -> dict:
     """A stored map with its points joined to their neurons (and crops' images): the gallery's and
     the API's map. Says whether it is stale."""
-    from .vectors import fingerprint, rows
+    from neuronindex.store.vectors import fingerprint, rows
 
     if space not in SPACES:
         raise UsageError(f"unknown map space {space!r}; use neurons or crops")
-    from .layers import stored_names
+    from neuronindex.nets.layers import stored_names
 
     lay = [r for r in idx.layers(model).rows() if layer in stored_names(r)]
     if not lay:
-        from .errors import LayerError
+        from neuronindex.errors import LayerError
 
         raise LayerError(f"model {model} has no stored layer {layer!r}")
     lay = lay[0]

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .layers import _without_inplace
+from neuronindex.nets.layers import _without_inplace
 
 
 class Extractor:
@@ -29,7 +29,7 @@ class Extractor:
         self.nodes = list(nodes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            from .errors import UsageError
+            from neuronindex.errors import UsageError
 
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         self.amp = amp and self.device.type == "cuda"
@@ -38,7 +38,7 @@ class Extractor:
         self._gather = None
         self._redirected = None
         if loaded.scripted:
-            from .layers import ScriptTaps
+            from neuronindex.nets.layers import ScriptTaps
 
             self.module = ScriptTaps(loaded.module.to(self.device).eval())
         else:
@@ -62,7 +62,7 @@ class Extractor:
         import torch
 
         if self._taps is None:
-            from .summaries import Summaries
+            from neuronindex.nets.summaries import Summaries
 
             self._sink = Summaries(channels, spatial_means=spatial_means)
             self._taps = self._tapped_module(self._sink)
@@ -330,7 +330,7 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
     from torch.utils.data import DataLoader, Subset
 
-    from .data import GeometricDataset
+    from neuronindex.data import GeometricDataset
 
     dataset = GeometricDataset(images, preprocessing)
     if positions is not None:

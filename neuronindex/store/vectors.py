@@ -16,7 +16,7 @@ built from; a stale file is rebuilt on use.
 """
 from __future__ import annotations
 
-from .settings import default
+from neuronindex.settings import default
 import hashlib
 import json
 import math
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import StaleVectorsError
+from neuronindex.errors import StaleVectorsError
 
 EXACT_LIMIT = default("exact_limit")
 TARGET_RECALL = 0.95

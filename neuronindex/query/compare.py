@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError
+from neuronindex.errors import NotFoundError, UsageError
 
 MIN_SHARED = 10
 
@@ -98,7 +98,7 @@ def matches(idx, key: str, other: str, k: int = 10, layer: str | None = None) ->
     with neuron `key`'s over the probe images both saw: {key, model, other, shared, rows:
     [{key, layer, channel, correlation, dead}] best first}. `other` may be the neuron's own model
     (then the neuron itself is left out)."""
-    from .api import _check_k
+    from neuronindex.api import _check_k
 
     _check_k(k)
     n = idx.neuron(key)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels, summaries
+from neuronindex.nets import kernels, summaries
 
 NO_IMAGE = np.iinfo(np.int64).max
 # activation histogram (see hist_buckets): 2^HIST_SUB buckets per octave from 2^HIST_LOW to 2^-HIST_LOW

@@ -24,7 +24,7 @@ def native():
         _native = None
         if os.environ.get("NEURONINDEX_NATIVE", "1") != "0":
             try:
-                from . import _pass1 as module
+                from neuronindex import _pass1 as module
             except ImportError:
                 module = None
             runtimes = openmp_runtimes()

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
-from .names import valid_name as checked_name
+from neuronindex.errors import UsageError
+from neuronindex.names import valid_name as checked_name
 
 KINDS = ("svd", "random", "user")
 RANDOM_POOL = 1000
@@ -232,7 +232,7 @@ class StoredDirections:
 
     @classmethod
     def load(cls, con, layer_id: int) -> "StoredDirections | None":
-        from .store import execute
+        from neuronindex.store import execute
 
         rows = execute(con, 'SELECT d.name, d.kind, d.weights, d."offset" FROM directions d JOIN neurons n '
                             'ON n.id = d.neuron_id WHERE d.layer_id = ? ORDER BY n.channel', [layer_id])
@@ -413,7 +413,7 @@ class Projector:
 
 def extended_field(f, d: int):
     """The layer's field with d direction units appended: each sees the union of all channels'."""
-    from .receptive import Field
+    from neuronindex.nets.receptive import Field
 
     if f is None or d == 0:
         return f
@@ -446,9 +446,9 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
     import torch
     from tqdm import tqdm
 
-    from .extract import Extractor, image_batches
-    from .stats import LayerStats, split
-    from .summaries import combine, summarize
+    from neuronindex.nets.extract import Extractor, image_batches
+    from neuronindex.science.stats import LayerStats, split
+    from neuronindex.nets.summaries import combine, summarize
 
     p = run.params
     nodes = [s.layer.name for s in run.selections]
@@ -515,7 +515,7 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
 
 def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
     """Each layer's results with its direction units appended after its channels."""
-    from .stats import PER_CLASS_KEYS, WHOLE_KEYS
+    from neuronindex.science.stats import PER_CLASS_KEYS, WHOLE_KEYS
 
     out = []
     for res, u in zip(results, units):
@@ -576,14 +576,14 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     lists, then pass 2 and the indexes for the new units only; published atomically."""
     import json
 
-    from . import store
-    from .derive import StoredIngest, run_all
-    from .errors import IngestError, NotFoundError, did_you_mean
-    from .ingest import IngestParams, build_vectors, prepare
-    from .models import Preprocessing
-    from .store import execute
-    from .stats import units_of
-    from .writer import write_directions, write_units
+    from neuronindex import store
+    from neuronindex.jobs.derive import StoredIngest, run_all
+    from neuronindex.errors import IngestError, NotFoundError, did_you_mean
+    from neuronindex.jobs.ingest import IngestParams, build_vectors, prepare
+    from neuronindex.nets.models import Preprocessing
+    from neuronindex.store import execute
+    from neuronindex.science.stats import units_of
+    from neuronindex.store.writer import write_directions, write_units
 
     con = store.connect(index_dir)
     try:
@@ -655,7 +655,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     units = units_pass(run, [d], progress=progress)[0]
     if units is None:
         raise IngestError("no image of the ingest could be read again; check that its images are still there")
-    from .selectivity import dead_neurons
+    from neuronindex.science.selectivity import dead_neurons
 
     units["dead"] = dead_neurons(units["act_max"], units["act_std"])
     units["weak"] = np.zeros(len(d), dtype=bool)
@@ -671,7 +671,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
     derived.only = np.arange(C, C + len(d))
     with store.staged(index_dir, wait=wait) as wcon:
-        from .store import next_id
+        from neuronindex.store import next_id
 
         base = next_id(wcon, "neurons")
         new_ids = np.arange(base, base + len(d))

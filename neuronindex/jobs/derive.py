@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import features as features_mod
-from .store import execute
-from .writer import insert
+from neuronindex.science import features as features_mod
+from neuronindex.store import execute
+from neuronindex.store.writer import insert
 
 
 @dataclass
@@ -58,8 +58,8 @@ def unit_extractor(run):
     """(the run's selections with its directions as units after the channels, an Extractor over
     them). Directions' maps come from the projector, their fields are the union of the channels';
     the precision is pass 1's (--amp: float16 on CUDA), so that a / a_max compares like with like."""
-    from .directions import Projector, extended_selections
-    from .extract import Extractor
+    from neuronindex.science.directions import Projector, extended_selections
+    from neuronindex.nets.extract import Extractor
 
     directions = run.directions or [None] * len(run.selections)
     nodes = [s.layer.name for s in run.selections]
@@ -240,7 +240,7 @@ class PatchVectors(Reforward):
         self._entries[li].append(e)
 
     def finish(self) -> None:
-        from . import vectors as vec
+        from neuronindex.store import vectors as vec
 
         for li, f in self._files.items():
             f.close()
@@ -309,7 +309,7 @@ def compute_indexes(run, plan, owners, feats, grey, act_max, dead, neurons=None)
     grey: per plan entry, the activation on the greyscale image; act_max, dead: per neuron.
     Dead neurons (selectivity.dead_neurons) make no colour or class claims.
     """
-    from . import selectivity as sel
+    from neuronindex.science import selectivity as sel
 
     label_of = {r.position: r.label for r in run.images.images}
     order = np.argsort(plan.neuron, kind="stable")
@@ -391,7 +391,7 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, 
 
 def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, keep=None) -> None:
     """Selectivity columns of `neurons`, `neuron_colors`, `neuron_classes`, and CSI."""
-    from . import selectivity as sel
+    from neuronindex.science import selectivity as sel
 
     keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)[keep]
@@ -473,7 +473,7 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, k
 
 def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections, keep=None) -> None:
     """Prototype, patch and signature vectors into `embeddings`."""
-    from . import vectors as vec
+    from neuronindex.store import vectors as vec
 
     keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)

@@ -16,8 +16,8 @@ import copy
 import operator
 from dataclasses import dataclass, field
 
-from .errors import LayerError, did_you_mean
-from .receptive import Field, propagate
+from neuronindex.errors import LayerError, did_you_mean
+from neuronindex.nets.receptive import Field, propagate
 
 RELU_NAMES = {"ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Hardswish", "PReLU", "relu", "relu_", "gelu", "silu"}
 NORM_NAMES = {"BatchNorm2d", "GroupNorm", "InstanceNorm2d", "LocalResponseNorm"}

@@ -168,7 +168,7 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     """
     from tqdm import tqdm
 
-    from .extract import image_batches
+    from neuronindex.nets.extract import image_batches
 
     lo, hi = neurons if neurons is not None else (0, plan.n_neurons)
     mine = (plan.neuron >= lo) & (plan.neuron < hi)
@@ -353,7 +353,7 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     """
     from tqdm import tqdm
 
-    from .extract import Extractor
+    from neuronindex.nets.extract import Extractor
 
     out = np.full(len(owners), np.nan)
     todo = [n for n, f in enumerate(features) if f is not None and f.n_used > 0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import kernels
+from neuronindex.nets import kernels
 
 
 def summarize(acts, threshold):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError
+from neuronindex.errors import NotFoundError, UsageError
 
 RULES = ("deconvnet", "guided", "backprop")
 SIDES = ("top", "bottom")
@@ -61,7 +61,7 @@ def _entry(idx, key: str, rank: int, side: str) -> dict:
 
 def _seen(idx, e: dict) -> np.ndarray:
     """The image as the model saw it, (H, W, 3) uint8, decoded once per opened index."""
-    from .models import Preprocessing
+    from neuronindex.nets.models import Preprocessing
 
     pre = idx.con.execute("SELECT preprocessing FROM models WHERE name = ?", [e["model"]]).fetchone()[0]
     return idx._shared.images.get_or_make(
@@ -151,7 +151,7 @@ _BACKWARD = {"deconvnet": _deconvnet_backward, "guided": _guided_backward, "back
 
 def _rule_function(rule: str):
     """The ReLU of a backward rule as an autograd Function (values: ReLU's)."""
-    from .extract import relu_function
+    from neuronindex.nets.extract import relu_function
 
     return relu_function(f"{rule.capitalize()}ReLU", _BACKWARD[rule])
 
@@ -174,7 +174,7 @@ RULE_RELU = {"deconvnet": deconvnet_relu, "guided": guided_relu, "backprop": bac
 def _rule_module(idx, e: dict, rule: str):
     """(the layer's extractor graph with every ReLU following `rule`, its forward lock), made once
     per opened index, model, layer and rule."""
-    from .extract import _redirect_relus
+    from neuronindex.nets.extract import _redirect_relus
 
     loaded, extractor, _, lock = idx._model(e["model"], e["layer"])
     if loaded.scripted:

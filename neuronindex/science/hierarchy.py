@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import NotFoundError, UsageError, did_you_mean
+from neuronindex.errors import NotFoundError, UsageError, did_you_mean
 
 POOLINGS = ("max", "mean")
 WORDNET_SHUFFLES = 20
@@ -256,11 +256,11 @@ def _layer(con, model: str | None, layer: str | None):
         raise NotFoundError(f"model {model} has no stored layers")
     if layer is None:
         return model_id, model, rows[-1]
-    from .layers import stored_names
+    from neuronindex.nets.layers import stored_names
 
     found = [r for r in rows if layer in stored_names(r)]
     if not found:
-        from .errors import LayerError
+        from neuronindex.errors import LayerError
 
         raise LayerError(f"model {model} has no stored layer {layer!r}{did_you_mean(layer, [r['name'] for r in rows])}; "
                          f"its layers: {', '.join(r['name'] for r in rows)}")
@@ -325,8 +325,8 @@ def resolve_pooling(con, layer_id: int, pooling: str | None) -> str:
 def build(con, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> dict:
     """Compute and store the category hierarchy of a model at a layer in a writable connection
     (pooling None: mean when spatial means are stored, else max)."""
-    from .store import execute, next_id
-    from .writer import insert
+    from neuronindex.store import execute, next_id
+    from neuronindex.store.writer import insert
 
     model_id, model, lay = _layer(con, model, layer)
     pooling = resolve_pooling(con, lay["id"], pooling)
@@ -390,10 +390,10 @@ def build_default(con, model_id: int) -> dict | None:
 def run(index_dir, model: str | None = None, layer: str | None = None, pooling: str | None = None,
         wait: bool = True) -> dict:
     """Build and publish the category hierarchy (the CLI's `neuronindex categories`)."""
-    from . import store
+    from neuronindex import store
 
     if not store.index_file(index_dir).is_file():
-        from .errors import IndexNotFoundError
+        from neuronindex.errors import IndexNotFoundError
 
         raise IndexNotFoundError(f"no index at {index_dir}; create one with `neuronindex ingest --index {index_dir} ...`")
     with store.staged(index_dir, wait=wait) as con:
@@ -439,10 +439,10 @@ def image_vectors(idx, model: str, layer_row: dict, images: list[tuple[int, str,
 def tree(index_dir, class_name: str, layer: str | None = None, model: str | None = None, pooling: str = "max",
          max_images: int | None = None, seed: int = 0, wait: bool = True) -> dict:
     """Build, store and return the filter prediction tree of a class at a layer (`neuronindex tree`)."""
-    from . import api, store
-    from .settings import default
-    from .store import execute, next_id
-    from .writer import insert
+    from neuronindex import api, store
+    from neuronindex.settings import default
+    from neuronindex.store import execute, next_id
+    from neuronindex.store.writer import insert
 
     max_images = default("tree_max_images") if max_images is None else max_images
     if not isinstance(max_images, int) or max_images < 2:
