@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from directions import SHARED, cases  # bench/ is the script's directory, first on sys.path
+from neuronindex.jobs import categories as categories_job
 
 
 def build(kind: str, out: Path) -> Path:
@@ -42,14 +43,13 @@ def build(kind: str, out: Path) -> Path:
 
 def categories(index: Path) -> None:
     import neuronindex
-    from neuronindex.science import hierarchy
 
     with neuronindex.open(index) as idx:
         layers = [r["name"] for r in idx.layers().rows()]
     for layer in layers:
         for pooling in ("mean", "max"):
             t0 = time.perf_counter()
-            h = hierarchy.run(index, layer=layer, pooling=pooling)
+            h = categories_job.run(index, layer=layer, pooling=pooling)
             took = time.perf_counter() - t0
             split = " | ".join(", ".join(s[:6]) + (f" (+{len(s) - 6})" if len(s) > 6 else "") for s in h["top_split"])
             line = f"  {layer:12s} {pooling:4s} {took:5.1f} s  centre {h['centre']}, hub {h['hub']}; top: {split}"
@@ -67,7 +67,6 @@ def main() -> None:
     ap.add_argument("--resnet56", type=Path, default=None, help="an index of ResNet-56 over lossless-train (else built)")
     ap.add_argument("--skip-crops", action="store_true", help="leave out the 51,200-crop maps (about 10 minutes)")
     args = ap.parse_args()
-    from neuronindex.science import hierarchy
     from neuronindex.jobs import maps
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-maps-"))
@@ -78,7 +77,7 @@ def main() -> None:
             print(f"categories, {name} (each layer, both poolings):")
             categories(index)
         for index, cls, layer in ((r56, "horse", "layer3.8"), (sq, "dog", "features.12")):
-            done = hierarchy.tree(index, cls, layer)
+            done = categories_job.tree(index, cls, layer)
             print(f"tree --class {cls} --layer {layer}: {done['images']} images of {done['class_images']}, "
                   f"{done['filters']} filters, {done['merges']} merges, root children {done['root_children']} "
                   f"reaching {done['reachable_at_top']}: {done['seconds']:.1f} s")

@@ -31,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from directions import SHARED  # noqa: E402 - the real networks and images, as bench/directions.py ingests them
 from directions import cases as ingest_cases  # noqa: E402
+from neuronindex.science.optvis import render
 
 
 def cases():
@@ -78,7 +79,7 @@ def batching(index: Path, layer: str, device: str) -> tuple[float, float]:
         m = viz._open_model(idx, name, rows)
         row, targets = viz._layer_targets(idx, name, [layer], "unit")[0]
     layer_ = m.graph.lookup(row["node"])
-    p = viz.VizParams(steps=64).resolved(m.loaded.preprocessing.input_size)
+    p = render.VizParams(steps=64).resolved(m.loaded.preprocessing.input_size)
     targets = targets[:16]
     viz._run_units(m, layer_, targets[:2], p, device)  # warm-up
     t0 = time.perf_counter()
@@ -115,10 +116,10 @@ def main() -> None:
                    name=case["name"], preprocessing=case["preprocessing"], progress=False,
                    params=IngestParams(batch_size=32, workers=2, limit=args.images))
             t0 = time.perf_counter()  # the first layer whole (cheap, and its colour figures need every neuron)
-            first = viz.run(index, [case["first"]], params=viz.VizParams(steps=args.steps), device=args.device,
+            first = viz.run(index, [case["first"]], params=render.VizParams(steps=args.steps), device=args.device,
                             progress=False)
             t1 = time.perf_counter()
-            done = viz.run(index, None, params=viz.VizParams(steps=args.steps), device=args.device, progress=False,
+            done = viz.run(index, None, params=render.VizParams(steps=args.steps), device=args.device, progress=False,
                            per_layer=args.per_layer)
             seconds = time.perf_counter() - t1
             print(f"\n{name}: `neuronindex visualize --layers {case['first']} --steps {args.steps}`: "

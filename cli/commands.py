@@ -6,6 +6,26 @@ from pathlib import Path
 
 import click
 
+import neuronindex
+from neuronindex import report as reporting
+from neuronindex import settings as settings_table
+from neuronindex import store
+from neuronindex.checks import parse_box
+from neuronindex.data import open_source, survey
+from neuronindex.errors import UsageError
+from neuronindex.formats import plain, to_table
+from neuronindex.jobs import categories as categories_job
+from neuronindex.jobs import directions as directions_job
+from neuronindex.jobs import ingest as ingest_job
+from neuronindex.jobs import maps as maps_job
+from neuronindex.jobs import visualize as visualize_job
+from neuronindex.jobs.demo import run_demo
+from neuronindex.jobs.distributed import ingest_on_ray
+from neuronindex.jobs.ingest import IngestParams, build_vectors, merge_states
+from neuronindex.jobs.recompute import recompute
+from neuronindex.nets.layers import trace
+from neuronindex.science.optvis.render import VizParams
+from neuronindex.service import serve as run_service
 from neuronindex.settings import BY_NAME
 
 from .group import cli, emit, load_model_from_options, model_options, output_options, setting_option
@@ -21,7 +41,6 @@ def layers(model_spec, fmt, output, show_all, **model_kw):
 
     MODEL_SPEC: torchvision:NAME, cifar-resnet20|32|44|56, torchscript:PATH or python:pkg.mod:fn.
     """
-    from neuronindex.nets.layers import trace
 
     graph = trace(load_model_from_options(model_spec, **model_kw))
     rows = [l.row() for l in graph.layers if show_all or fmt != "table" or l.alias or l.modules]
@@ -48,7 +67,6 @@ def images(source, download, no_check, labels, class_list, fmt):
 
     SOURCE: an image folder (class sub-folders), a flat folder, a manifest CSV, or torchvision:NAME[:split].
     """
-    from neuronindex.data import open_source, survey
 
     report = survey(open_source(source, download=download, labels=labels, class_list=class_list), check=not no_check,
                     progress=fmt == "table")
@@ -71,16 +89,14 @@ def images(source, download, no_check, labels, class_list, fmt):
 @click.argument("index_dir", type=click.Path(path_type=Path))
 def migrate(index_dir):
     """Upgrade the index in INDEX_DIR to this version's schema, in place and atomically."""
-    from neuronindex.store import code_version, migrate as run
-
     restored: list[str] = []
-    applied = run(index_dir, restored)
+    applied = store.migrate(index_dir, restored)
     if restored:
         click.echo(f"replaced SQL neuronindex did not write: {', '.join(restored)}")
     if applied:
         for m in applied:
             click.echo(f"applied {m.version:04d}_{m.name}")
-    click.echo(f"index at schema version {code_version()}")
+    click.echo(f"index at schema version {store.code_version()}")
 
 
 def _shard(value):
@@ -145,8 +161,6 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
            ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
-    from neuronindex.jobs.ingest import IngestParams, ingest as run
-
     loaded = load_model_from_options(model_spec, name=name, **model_kw)
     if loaded.random_weights:
         click.echo(f"warning: no --weights: {model_spec} is randomly initialised (seed 0), so the index describes an "
@@ -159,28 +173,26 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
     params.validate()
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
-    viz = None
+    viz_params = None
     if visualize_steps is not None:
-        from neuronindex.jobs.visualize import VizParams
 
-        viz = VizParams(steps=visualize_steps)
-        viz.validate()
+        viz_params = VizParams(steps=visualize_steps)
+        viz_params.validate()
     if ray_address is not None:
         if state_out or params.shard is not None:
             raise click.UsageError("--ray makes and merges its own shards; leave out --shard and --state-out")
         if params.device.startswith("cuda") and ray_gpus_per_worker <= 0:
             ray_gpus_per_worker = 1.0
-        from neuronindex.jobs.distributed import ingest_on_ray
 
         summary = ingest_on_ray(loaded, source, layer_spec, index_dir, params=params, resume=resume,
                                 progress=not quiet, download=download, labels=labels, class_list=class_list,
-                                wait=not no_wait, visualize=viz, address=None if ray_address == "local" else ray_address,
+                                wait=not no_wait, visualize=viz_params, address=None if ray_address == "local" else ray_address,
                                 shards=ray_shards, cpus_per_worker=ray_cpus_per_worker,
                                 gpus_per_worker=ray_gpus_per_worker)
     else:
-        summary = run(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
+        summary = ingest_job.ingest(loaded, source, layer_spec, index_dir, params=params, resume=resume, progress=not quiet,
                       checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
-                      class_list=class_list, wait=not no_wait, visualize=viz)
+                      class_list=class_list, wait=not no_wait, visualize=viz_params)
     _print_summary(summary, index_dir)
 
 
@@ -207,8 +219,6 @@ def _print_summary(summary, index_dir):
 @click.option("-q", "--quiet", is_flag=True)
 def merge(index_dir, states, quiet):
     """Merge pass-1 STATES of disjoint shards (from `ingest --shard I/N --state-out F`) and publish."""
-    from neuronindex.jobs.ingest import merge_states
-
     _print_summary(merge_states(list(states), index_dir, progress=not quiet), index_dir)
 
 
@@ -221,8 +231,6 @@ def merge(index_dir, states, quiet):
 @click.option("-q", "--quiet", is_flag=True)
 def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
     """Recompute Neuron Features (pass 2) and what derives from them, e.g. with another threshold."""
-    from neuronindex.jobs.recompute import recompute
-
     for done in recompute(index_dir, model, progress=not quiet, nf_max=nf_max, nf_threshold=nf_threshold,
                           workers=workers):
         click.echo(f"recomputed {done['neurons']} neurons of {done['model']}")
@@ -243,7 +251,6 @@ def features(index_dir, model, nf_max, nf_threshold, workers, quiet):
 def show(index_dir, neuron_key, output, view, rank, side, whole):
     """Write a picture of a neuron: its Neuron Feature above its top crops, or one image in context
     or reconstructed (--view)."""
-    import neuronindex
 
     with neuronindex.open(index_dir) as idx:
         n = idx.neuron(neuron_key)
@@ -269,9 +276,6 @@ def show(index_dir, neuron_key, output, view, rank, side, whole):
               help="Include the activation histogram, density and per-class mean activations.")
 def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk, with_distribution):
     """Print one neuron's (or direction's) properties, with --topk / --bottomk its top / bottom images."""
-    import neuronindex
-    from neuronindex.formats import plain, to_table
-
     with neuronindex.open(index_dir) as idx:
         n = idx.neuron(neuron_key)
         row = dict(n.row)
@@ -298,7 +302,6 @@ def neuron(index_dir, neuron_key, fmt, with_topk, with_bottomk, with_distributio
 
 
 def _open(index_dir):
-    import neuronindex
 
     return neuronindex.open(index_dir)
 
@@ -394,7 +397,6 @@ def dump(index_dir, folder):
 def indexes(index_dir, model, class_threshold, quiet):
     """Recompute the selectivity indexes (with pass 2, which they derive from), and bring class names and the
     WordNet hierarchy up to date (after installing WordNet, or for an index written before the bundled one)."""
-    from neuronindex.jobs.recompute import recompute
 
     for done in recompute(index_dir, model, progress=not quiet, class_threshold=class_threshold):
         classes = f"; {done['classes_changed']} classes added or renamed" if done.get("classes_changed") else ""
@@ -417,8 +419,6 @@ def indexes(index_dir, model, class_threshold, quiet):
 @output_options(("table", "csv", "json", "jsonl"))
 def nearest(index_dir, image, box, layer, model, k, mode, space, kind, all_crops, fmt, output):
     """Neurons (or stored crops) nearest to an image patch."""
-    from neuronindex.api import parse_box
-
     with _open(index_dir) as idx:
         rows = idx.nearest(image, parse_box(box), layer, k, mode, space, model, kind=kind, per_unit=not all_crops).rows()
     emit(rows, fmt, output)
@@ -463,7 +463,6 @@ def compare(index_dir, model_a, model_b, neuron_key, layer, k, similarity, fmt, 
             if similarity:
                 sim = r.meta["similarity"]
                 if sim is None:
-                    from neuronindex.errors import UsageError
 
                     raise UsageError(r.meta["problem"])
                 rows = [{"layer": x, **{y: v for y, v in zip(sim["layers_b"], line)}}
@@ -480,9 +479,6 @@ def compare(index_dir, model_a, model_b, neuron_key, layer, k, similarity, fmt, 
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 def vectors(index_dir):
     """(Re)build the FAISS files under INDEX_DIR/vectors from the index's embeddings."""
-    from neuronindex.formats import to_table
-    from neuronindex.jobs.ingest import build_vectors
-
     click.echo(to_table(build_vectors(index_dir)), nl=False)
 
 
@@ -496,9 +492,6 @@ def vectors(index_dir):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def demo(out, per_class, epochs, serve, port, quiet):
     """Run the whole job offline: make images, train a small CNN, index it, tour the results."""
-    from neuronindex.jobs.demo import run_demo
-    from neuronindex.formats import to_table
-
     result = run_demo(out, per_class, epochs, progress=not quiet)
     t = result["tour"]
     click.echo(f"\ndemo CNN trained on {per_class} images per class: held-out accuracy {result['accuracy']:.1%}")
@@ -523,9 +516,8 @@ def demo(out, per_class, epochs, serve, port, quiet):
         click.echo(f"  [{'ok' if ok else 'FAILED'}] {name}")
     click.echo(f"\ndone in {result['seconds']:.0f} s. Try: neuronindex search {result['index']} \"red conv1_1\"")
     if serve:
-        from neuronindex.service import serve as run_server
-
-        run_server(result["index"], port=port)
+    
+        run_service(result["index"], port=port)
     if not all(checks.values()):
         raise SystemExit(1)
 
@@ -549,11 +541,9 @@ def demo(out, per_class, epochs, serve, port, quiet):
 def serve(index_dir, host, port, token, workers, threads, cache_mb, memory_limit, temp_limit, duckdb_threads,
           header_timeout, body_timeout, max_connections, max_client_connections):
     """Serve the JSON API (/docs) and the web gallery for INDEX_DIR."""
-    from neuronindex.service import serve as run
-
     if min(header_timeout, body_timeout) <= 0 or min(max_connections, max_client_connections) < 1:
         raise click.UsageError("--header-timeout and --body-timeout must be positive, the connection caps at least 1")
-    run(index_dir, host, port, token, workers=workers, threads=threads, cache_mb=cache_mb, memory_limit=memory_limit,
+    run_service(index_dir, host, port, token, workers=workers, threads=threads, cache_mb=cache_mb, memory_limit=memory_limit,
         temp_limit=temp_limit, duckdb_threads=duckdb_threads, header_timeout=header_timeout, body_timeout=body_timeout,
         max_connections=max_connections, max_client_connections=max_client_connections)
 
@@ -564,10 +554,8 @@ def serve(index_dir, host, port, token, workers, threads, cache_mb, memory_limit
 @output_options(("table", "csv", "json", "jsonl", "parquet"))
 def summary(index_dir, model, fmt, output):
     """Per layer: neurons, dead, mean alpha, share alpha>=0.4, mean gamma, share gamma>=0.6, CSI, sparsity, AUC."""
-    from neuronindex.report import summary as layer_summary
-
     with _open(index_dir) as idx:
-        rows = layer_summary(idx, model)
+        rows = reporting.summary(idx, model)
     emit(rows, fmt, output)
 
 
@@ -578,10 +566,8 @@ def summary(index_dir, model, fmt, output):
 @click.option("--png-dir", type=click.Path(file_okay=False, path_type=Path), default=None, help="Also write each figure.")
 def report(index_dir, model, output, png_dir):
     """Write Rafegas et al. 2020's figures for the index as one self-contained HTML report."""
-    from neuronindex.report import render
-
     with _open(index_dir) as idx:
-        written = render(idx, output, model, png_dir)
+        written = reporting.render(idx, output, model, png_dir)
     click.echo(f"wrote {output}" + (f" and {len(written)} figures to {png_dir}" if png_dir else ""))
 
 
@@ -589,9 +575,7 @@ def report(index_dir, model, output, png_dir):
 @output_options(("table", "csv", "json", "jsonl"))
 def settings(fmt, output):
     """Every threshold and default neuronindex uses, with what it means."""
-    from neuronindex.settings import rows
-
-    emit(rows(), fmt, output)
+    emit(settings_table.rows(), fmt, output)
 
 
 @cli.group()
@@ -610,9 +594,7 @@ def directions():
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
     """Index user directions (e.g. concept vectors) of a stored layer: top and bottom images, NF, indexes."""
-    from neuronindex.science import directions as dirs
-
-    done = dirs.add(index_dir, layer, dirs.load_vectors(vector_file), list(names) or None, model,
+    done = directions_job.add(index_dir, layer, directions_job.load_vectors(vector_file), list(names) or None, model,
                     progress=not quiet, wait=not no_wait)
     click.echo(f"indexed {len(done['directions'])} directions of {done['model']}/{done['layer']} over "
                f"{done['images']} images: {', '.join(done['directions'])}")
@@ -624,16 +606,12 @@ def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
 @output_options()
 def directions_list(index_dir, layer, fmt, output):
     """The directions of an index with their singular values and explained variance."""
-    import neuronindex
-
     with neuronindex.open(index_dir) as idx:
         emit(idx.directions(layer).rows(), fmt, output)
 
 
 def viz_options(f):
     """Options of an activation-maximisation run (defaults: visualize.VizParams)."""
-    from neuronindex.jobs.visualize import VizParams
-
     d = VizParams()
     for flag, kw in reversed([
         ("--steps", dict(default=d.steps, show_default=True, help="Steps of gradient ascent per optimised image.")),
@@ -657,7 +635,6 @@ def viz_options(f):
 
 
 def viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, batch_size):
-    from neuronindex.jobs.visualize import VizParams
 
     return VizParams(objective=objective, steps=steps, seed=seed, lr=lr, parameterization=param,
                      decorrelate=not no_decorrelate, jitter=jitter, scale=scale, rotate=rotate, l2=l2, tv=tv,
@@ -693,13 +670,12 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
     """Activation maximisation (Dai 2020, Øygard 2016): optimise an image for every neuron of stored layers.
 
     Resumable and idempotent: a second run with the same options skips what is stored."""
-    from neuronindex.jobs import visualize as viz
 
     if start_image is not None:
         if not classes or "," in classes or classes == "dataset":
             raise click.UsageError("--start needs one class: --classes NAME")
         params = viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every, 1)
-        done = viz.from_image(index_dir, start_image, classes, model, params, "prob" if prob else "class", device,
+        done = visualize_job.from_image(index_dir, start_image, classes, model, params, "prob" if prob else "class", device,
                               output, not no_wait)
         flip = f"flips at step {done['flip_step']}" if done["flip_step"] is not None else "does not flip"
         click.echo(f"{done['start']}: {done['before']} -> {done['after']} (p({done['target'][6:]}) = "
@@ -713,7 +689,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
     params = viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every,
                         viz_batch_size)
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
-    done = viz.run(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
+    done = visualize_job.run(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
                    not no_wait, per_layer, "prob" if prob else "class")
     click.echo(f"optimised {done['optimised']} images in {done['seconds']:.1f} s"
                + (f"; {done['skipped']} already stored with these options" if done["skipped"] else ""))
@@ -732,9 +708,8 @@ def categories(index_dir, model, layer, pooling, no_wait):
 
     Ingest builds it for the deepest layer; this builds it for another layer or pooling, and
     prints the top split, the tree's centre and, for WordNet classes, the agreement with WordNet."""
-    from neuronindex.science import hierarchy
 
-    done = hierarchy.run(index_dir, model, layer, pooling, not no_wait)
+    done = categories_job.run(index_dir, model, layer, pooling, not no_wait)
     click.echo(f"{done['model']} {done['layer']} ({done['pooling']} pooling): {done['classes']} classes")
     for side in done["top_split"]:
         shown = ", ".join(side[:12]) + (f", ... ({len(side)})" if len(side) > 12 else "")
@@ -759,9 +734,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
 @click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
 def tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, no_wait):
     """Filter prediction tree of a class at a layer (Dai 2020, Algorithm 2), built and stored."""
-    from neuronindex.science import hierarchy
-
-    done = hierarchy.tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, not no_wait)
+    done = categories_job.tree(index_dir, class_name, layer, model, pooling, tree_max_images, seed, not no_wait)
     sample = f" (a sample of {done['class_images']})" if done["images"] < done["class_images"] else ""
     click.echo(f"{done['model']} {done['layer']}, class {done['class']}: {done['images']} images{sample}, "
                f"{done['filters']} filters, {done['merges']} merges in {done['seconds']:.1f} s")
@@ -789,11 +762,10 @@ def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map
     """Representation maps (Yu et al. 2014): 2-D t-SNE / UMAP layouts of a layer's neurons or crops.
 
     Maps up to date with the same options are kept; stale ones (re-ingested embeddings) remade."""
-    from neuronindex.jobs import maps
 
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
     spaces = ("neurons", "crops") if space == "both" else (space,)
-    for r in maps.run(index_dir, layers, model, spaces, method, seed, map_perplexity, map_neighbors, force,
+    for r in maps_job.run(index_dir, layers, model, spaces, method, seed, map_perplexity, map_neighbors, force,
                       not quiet, not no_wait):
         took = f" in {r['seconds']:.1f} s" if "seconds" in r else ""
         click.echo(f"{r['model']} {r['layer']} {r['space']}: {r['points']} points, {r['status']}{took}")

@@ -13,6 +13,9 @@ import click
 
 from neuronindex import __version__
 from neuronindex.errors import DiskFullError, NeuronIndexError, disk_full
+from neuronindex.formats import render
+from neuronindex.nets.models import load_model, Preprocessing
+from neuronindex.settings import BY_NAME
 
 
 class Group(click.Group):
@@ -53,7 +56,6 @@ def output_options(formats=("table", "csv", "json", "jsonl")):
 
 
 def emit(rows, fmt: str, output: Path | None = None, columns=None) -> None:
-    from neuronindex.formats import render
 
     data = render(rows, fmt, columns)
     if output is not None:
@@ -68,7 +70,6 @@ def emit(rows, fmt: str, output: Path | None = None, columns=None) -> None:
 def setting_option(flag: str, name: str | None = None, dest: str | None = None, **kw):
     """A click option whose default and help come from the settings table (`dest`: the parameter's
     name, when the flag's own would be another setting's)."""
-    from neuronindex.settings import BY_NAME
 
     s = BY_NAME[name or flag.lstrip("-").replace("-", "_")]
     decls = (flag, dest) if dest else (flag,)
@@ -95,7 +96,6 @@ def load_model_from_options(spec, weights=None, input_size=None, resize_policy=N
                             std=None, channel_order=None, pixel_scale=None, name=None):
     from dataclasses import asdict
 
-    from neuronindex.nets.models import Preprocessing, load_model
 
     loaded = load_model(spec, weights, name=name)
     changes = {k: v for k, v in {

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import base64
 import io
-import math
-import os
-import threading
-from pathlib import Path
 
-from neuronindex import store
-from neuronindex.errors import NotFoundError, did_you_mean
+from neuronindex.errors import NotFoundError
+from neuronindex.data import load_image
+from neuronindex.errors import DataError, ModelError, QueryTimeout, UsageError
+from neuronindex.formats import to_table
+from neuronindex.query import maps
+from neuronindex.query import compare
+from neuronindex.query import sql as guarded
+from neuronindex.query.reader import SUMMARY_COLUMNS, Reader
+from neuronindex.query.export import dump, export
+from neuronindex.query.pictures import context, reconstruction
+from neuronindex.query.search import compile_query, parse, search, Vocabulary
+from neuronindex.query.sql import schema
+from neuronindex.query import categories
+from neuronindex.settings import default
+from neuronindex.checks import check_k
+from neuronindex.checks import unit_kinds
 
-# a neuron's row: every column of neuron_view (statistics and every selectivity index) and its field
-NEURON_COLUMNS = "v.*, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0"
 # a neuron's top and bottom lists (bottom entries have no NF weight)
 _LIST_SQL = ("SELECT t.rank, t.activation, {extra}i.path AS image, c.name AS class, t.y, t.x, t.box_x0, t.box_y0, "
              "t.box_x1, t.box_y1 FROM {table} t JOIN images i ON i.id = t.image_id "
@@ -28,7 +36,6 @@ BOTTOMK_SQL = _LIST_SQL.format(table="bottomk", extra="")
 
 class Result:
     """Rows of a query, with conversions."""
-
     def __init__(self, rows: list[dict], columns: list[str] | None = None, **meta):
         self._rows = rows
         self.columns = columns or (list(rows[0]) if rows else [])
@@ -60,7 +67,6 @@ class Result:
         return pa.Table.from_pylist(self._rows)
 
     def __repr__(self):
-        from neuronindex.formats import to_table
 
         return to_table(self._rows[:20], self.columns) + (f"... {len(self)} rows\n" if len(self) > 20 else "")
 
@@ -119,10 +125,7 @@ class Neuron:
 
     def direction(self) -> dict | None:
         """A direction's vector and spectrum figures (None for a neuron)."""
-        rows = self.index.query("SELECT kind, name, ordinal, filter, pooling, variance, explained, singular_value, "
-                                "n_images, pooled_var, vector, weights, \"offset\" FROM directions WHERE neuron_id = ?",
-                                [self.id]).rows()
-        return rows[0] if rows else None
+        return self.index.direction_row(self.id)
 
     def nf_png(self) -> bytes | None:
         return self.index.nf_png(self.key)
@@ -202,57 +205,13 @@ class Neuron:
         return canvas
 
 
-class _Shared:
-    """What every thread's view of one opened index shares: loaded models, datasets, the search
-    vocabulary, the FAISS indexes and decoded images. The index is read-only, so nothing here goes
-    stale while it is open."""
-
-    def __init__(self, path: Path):
-        from neuronindex.cache import LRU
-        from neuronindex.settings import default
-        from neuronindex.store.vectors import VectorStore
-
-        self.lock = threading.Lock()
-        self.model_lock = threading.Lock()  # loading a model takes seconds: not under `lock`
-        self.models: dict = {}
-        self.datasets: dict = {}
-        self.vocab = None
-        self.vectors = VectorStore(path)  # reads nothing until a space is searched
-        self.images = LRU(default("image_cache") * 1024 * 1024)
-
-
-class Index:
-    """An opened index directory (read-only).
+class Index(Reader):
+    """An opened index directory (read-only): the facade. Every answer is a `Result` or a `Neuron`.
 
     One Index holds one DuckDB connection; a thread that is not the opener's takes its own with
-    `view()` (the service gives every request one), sharing the loaded models, vectors and caches.
+    `view()` (the service gives every request one), sharing the loaded models, vectors and caches
+    (see `neuronindex.query.reader.Reader`, what the jobs open).
     """
-
-    def __init__(self, path: str | os.PathLike, memory_limit: str | None = None, temp_limit: str | None = None,
-                 threads: int | None = None):
-        """memory_limit / temp_limit: DuckDB's memory and spill limits for this reader (sizes like
-        '2GB'; defaults: the reader_memory_limit and reader_temp_limit settings); threads: DuckDB
-        threads per query (default: every core)."""
-        self.path = Path(path)
-        self.con = store.connect(self.path, memory_limit, temp_limit, threads)
-        self._shared = _Shared(self.path)
-
-    def view(self) -> "Index":
-        """This index on a new DuckDB cursor, for another thread; close it when done (the
-        opener's connection stays open)."""
-        other = object.__new__(Index)
-        other.path, other._shared = self.path, self._shared
-        other.con = store.cursor(self.con)
-        return other
-
-    def close(self):
-        self.con.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def query(self, sql: str, params=None) -> Result:
         """The library's own queries: no guard, no row cap, no time limit. User SQL goes through `sql`."""
@@ -262,32 +221,15 @@ class Index:
         return Result(rows, columns)
 
     def models(self) -> Result:
-        return self.query("SELECT m.id, m.name, m.spec, m.weights, m.num_parameters, d.source AS images, "
-                           "d.n_images, i.finished_at FROM models m LEFT JOIN ingests i ON i.model_id = m.id "
-                           "LEFT JOIN datasets d ON d.id = i.dataset_id ORDER BY m.id")
+        return Result(self.model_list(), ["id", "name", "spec", "weights", "num_parameters", "images", "n_images",
+                                          "finished_at"])
 
     def layers(self, model: str | None = None) -> Result:
-        sql = ("SELECT l.id, m.name AS model, l.name, l.node, l.alias, l.aliases, l.kind, l.channels, l.map_h, l.map_w, "
-               "l.rf_size, l.rf_stride, l.rf_offset, l.sparsity FROM layers l JOIN models m ON m.id = l.model_id")
-        if model:
-            return self.query(sql + " WHERE m.name = ? ORDER BY l.model_id, l.position", [model])
-        return self.query(sql + " ORDER BY l.model_id, l.position")
+        return Result(self.layer_list(model), ["id", "model", "name", "node", "alias", "aliases", "kind", "channels",
+                                               "map_h", "map_w", "rf_size", "rf_stride", "rf_offset", "sparsity"])
 
     def neuron(self, key: str) -> Neuron:
-        rows = self.query(f"SELECT {NEURON_COLUMNS} FROM neuron_search v JOIN neurons n ON n.id = v.id WHERE v.key = ?",
-                           [key]).rows()
-        if not rows:
-            raise NotFoundError(f"no neuron {key!r} in this index{self._suggest_key(key)}; keys are model/layer/channel")
-        return Neuron(self, rows[0])
-
-    def _suggest_key(self, key: str) -> str:
-        prefix = key.rsplit("/", 1)[0]
-        keys = [r[0] for r in self.con.execute("SELECT key FROM neurons WHERE starts_with(key, ?) LIMIT 5000",
-                                               [prefix]).fetchall()]
-        if not keys:
-            keys = [r[0] for r in self.con.execute("SELECT DISTINCT m.name || '/' || l.name || '/0' FROM layers l "
-                                                   "JOIN models m ON m.id = l.model_id").fetchall()]
-        return did_you_mean(key, keys)
+        return Neuron(self, self.neuron_row(key))
 
     def directions(self, layer: str | None = None) -> Result:
         """The directions (Zhang (CS231n)) of every layer, or of one (its name, or MODEL/LAYER), in layer
@@ -309,25 +251,11 @@ class Index:
         color_threshold, of the neurons with an alpha), mean gamma, share class selective (gamma >=
         class_selective), mean M, mean CSI, sparsity, mean AUC. The one summary the CLI, the
         report, the gallery and the demo show."""
-        from neuronindex.settings import default
-
-        where = "AND v.model = ?" if model else ""
-        return self.query(
-            "SELECT v.model, v.layer, any_value(l.alias) AS alias, count(*) AS neurons, sum(v.dead::INT) AS dead, "
-            "sum(v.weak::INT) AS weak, avg(v.color_index) AS mean_alpha, "
-            "avg((v.color_index >= ?)::INT) AS colour_selective, avg(v.class_index) AS mean_gamma, "
-            "avg((v.class_index >= ?)::INT) AS class_selective, avg(v.class_m) AS mean_m, avg(v.csi) AS mean_csi, "
-            "any_value(l.sparsity) AS sparsity, avg(v.auc) AS mean_auc, "
-            "any_value((SELECT count(*) FROM directions d WHERE d.layer_id = l.id)) AS directions "
-            "FROM neuron_search v JOIN models m ON m.name = v.model JOIN layers l ON l.name = v.layer AND l.model_id = m.id "
-            f"WHERE v.kind = 'channel' {where} GROUP BY v.model, v.layer, m.id, l.position ORDER BY m.id, l.position",
-            [default("color_threshold"), default("class_selective"), *([model] if model else [])])
+        return Result(self.summary_rows(model), SUMMARY_COLUMNS)
 
     # ------------------------------------------------------------------ queries
     def sql(self, query: str, params=None, time_limit: float | None = None, max_rows: int | None = None) -> Result:
         """Guarded read-only SQL (see neuronindex.query.sql); `.meta['truncated']` flags the row cap."""
-        from neuronindex.query import sql as guarded
-
         r = guarded.run_sql(self.con, query, params, time_limit or guarded.DEFAULT_TIME_LIMIT,
                             max_rows or guarded.DEFAULT_MAX_ROWS)
         return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed, **r.extra)
@@ -335,15 +263,12 @@ class Index:
     def search(self, text: str, time_limit: float | None = None) -> Result:
         """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`; stopped with a
         QueryTimeout past `time_limit` seconds (default: the search_time_limit setting)."""
-        from neuronindex.query.search import search
 
         rows, sql, params = search(self.con, text, self._vocabulary(), time_limit)
         return Result(rows, list(rows[0]) if rows else None, sql=sql, params=params, index=self)
 
     def explain(self, text: str) -> tuple[str, list]:
         """The parameterised SQL a search compiles to, and its parameters."""
-        from neuronindex.query.search import compile_query, parse
-
         vocab = self._vocabulary()
         sql, params, _ = compile_query(parse(text, vocab), vocab)
         return sql, params
@@ -355,9 +280,6 @@ class Index:
         stops with a QueryTimeout past `time_limit` seconds (default: export_time_limit)."""
         import time
 
-        from neuronindex.errors import DataError, ModelError, QueryTimeout
-        from neuronindex.query.export import export
-        from neuronindex.settings import default
 
         limit = default("export_time_limit") if time_limit is None else time_limit
         deadline = time.perf_counter() + limit
@@ -385,12 +307,10 @@ class Index:
             return export(self.con, rows, fmt, path, f"neuronindex: {text}")
 
     def dump(self, folder) -> list[str]:
-        from neuronindex.query.export import dump
 
         return dump(self.con, folder)
 
     def schema(self) -> Result:
-        from neuronindex.query.sql import schema
 
         return Result(schema(self.con))
 
@@ -399,12 +319,11 @@ class Index:
         """Neurons nearest to a neuron: `prototype` (same layer) or `signature` (any layer of its model).
         Each row says its unit `kind` (channel, or a direction: svd, random, user); `kind` keeps one
         (`channel`, `direction` for every direction kind)."""
-        from neuronindex.errors import UsageError
 
         if space not in ("prototype", "signature"):
             raise UsageError(f"unknown space {space!r}; use prototype or signature")
-        _check_k(k)
-        kinds = _unit_kinds(kind)
+        check_k(k)
+        kinds = unit_kinds(kind)
         n = self.neuron(key)
         group_col = "model_id" if space == "signature" else "layer_id"
         row = self.con.execute(f"SELECT vector, {group_col} FROM embeddings WHERE space = ? AND neuron_id = ?",
@@ -414,7 +333,7 @@ class Index:
         import numpy as np
 
         wanted = k + 1 if kinds is None else CANDIDATES * (k + 1)
-        hits = [h for h in self._shared.vectors.search(space, row[1], np.array(row[0]), wanted, self.con)
+        hits = [h for h in self.vectors.search(space, row[1], np.array(row[0]), wanted, self.con)
                 if h[0] != n.id]
         return self._with_neurons(self._keep(hits, k, kinds), space)
 
@@ -434,15 +353,13 @@ class Index:
         import numpy as np
         import torch
 
-        from neuronindex.data import load_image
-        from neuronindex.errors import UsageError
 
         if mode not in ("embedding", "response"):
             raise UsageError(f"unknown mode {mode!r}; use embedding or response")
         if space not in ("prototype", "patch"):
             raise UsageError(f"unknown space {space!r}; use prototype or patch")
-        _check_k(k)
-        kinds = _unit_kinds(kind)
+        check_k(k)
+        kinds = unit_kinds(kind)
         if box is not None and not all(np.isfinite(float(v)) for v in box):
             raise UsageError("the box needs four finite numbers x0,y0,x1,y1 in image pixels")
         # the cheap checks first: a missing image or a box outside it is told before the model loads
@@ -456,7 +373,8 @@ class Index:
             if x1 <= 0 or y1 <= 0 or x0 >= iw or y0 >= ih:
                 raise UsageError(f"the box {x0:g},{y0:g},{x1:g},{y1:g} lies outside the {iw}x{ih} image; "
                                  "give x0,y0,x1,y1 in the image's pixels")
-        loaded, extractor, layers, forward_lock = self._model(model, layer)
+        net = self.network(model, layer)
+        loaded, extractor, layers, forward_lock = net.loaded, net.extractor, net.layers, net.lock
         pre = loaded.preprocessing
         h, w = pre.input_size
         if box is not None:
@@ -482,7 +400,7 @@ class Index:
                 score = vector / amax
                 hits += [(int(i), 0, float(s)) for i, s in zip(ids, score) if np.isfinite(s)]
             else:
-                hits += self._shared.vectors.search(space, lay["id"], vector, wanted, self.con)
+                hits += self.vectors.search(space, lay["id"], vector, wanted, self.con)
         hits.sort(key=lambda t: -t[2])
         return self._with_neurons(self._keep(hits, k, kinds, grouped), space if mode == "embedding" else "response")
 
@@ -502,50 +420,6 @@ class Index:
             else:
                 first[h[0]] = [h[0], h[1], h[2], 1]
         return [tuple(v) for v in list(first.values())[:k]]
-
-    def model_row(self, name: str) -> dict:
-        """The `models` row of a model of this index (an unknown name: NotFoundError with suggestions)."""
-        models = self.models().rows()
-        found = [m for m in models if m["name"] == name]
-        if not found:
-            raise NotFoundError(f"no model {name!r} in this index{did_you_mean(name, [m['name'] for m in models])}")
-        return found[0]
-
-    def layer_rows(self, model: str, layer: str) -> list[dict]:
-        """The stored layers of `model` that answer to `layer` (name, node or alias: layers.stored_names);
-        none: LayerError with suggestions."""
-        from neuronindex.errors import LayerError
-        from neuronindex.nets.layers import stored_names
-
-        rows = self.layers(model).rows()
-        chosen = [r for r in rows if layer in stored_names(r)]
-        if not chosen:
-            raise LayerError(f"unknown layer {layer!r} of {model}{did_you_mean(layer, [r['name'] for r in rows])}")
-        return chosen
-
-    def _model(self, model: str | None, layer: str | None):
-        """(LoadedModel, Extractor over the chosen layers, layer rows) for queries that forward images."""
-        from neuronindex.errors import UsageError
-        from neuronindex.nets.extract import Extractor
-        from neuronindex.nets.models import Preprocessing, load_model
-
-        if model is None:
-            models = self.models().rows()
-            if len({m["name"] for m in models}) != 1:
-                raise UsageError(f"this index has several models; choose one with --model ({', '.join(m['name'] for m in models)})")
-            model = models[0]["name"]
-        self.model_row(model)
-        rows = self.layers(model).rows() if layer in (None, "all") else self.layer_rows(model, layer)
-        shared = self._shared
-        key = (model, tuple(r["node"] for r in rows))
-        with shared.model_lock:  # loaded once per opened index, whichever thread asks first
-            if key not in shared.models:
-                spec, weights, pre = self.con.execute("SELECT spec, weights, preprocessing FROM models WHERE name = ?",
-                                                      [model]).fetchone()
-                loaded = load_model(spec, weights, Preprocessing.from_json(pre), model)
-                shared.models[key] = (loaded, Extractor(loaded, [r["node"] for r in rows]), threading.Lock())
-        loaded, extractor, forward_lock = shared.models[key]
-        return loaded, extractor, rows, forward_lock
 
     def _with_neurons(self, hits, space: str) -> Result:
         """Join (neuron_id, rank, score) hits back to neuron rows (and the crop, for patches), in one query."""
@@ -569,21 +443,7 @@ class Index:
             rows.append(out)
         return Result(rows, list(rows[0]), index=self)
 
-    def load_image(self, path: str, source: str):
-        """An image of the index as a PIL RGB image: files directly by their stored path; torchvision
-        datasets through the dataset object, opened once per Index."""
-        from neuronindex.data import load_image, open_source
-
-        if not path.startswith("torchvision:"):
-            return load_image(path)
-        with self._shared.lock:
-            if source not in self._shared.datasets:
-                self._shared.datasets[source] = open_source(source)
-            images = self._shared.datasets[source]
-        return images.load(images.images[int(path.rsplit("/", 1)[1])])
-
     def _vocabulary(self):
-        from neuronindex.query.search import Vocabulary
 
         if self._shared.vocab is None:
             self._shared.vocab = Vocabulary.load(self.con)
@@ -596,7 +456,6 @@ class Index:
         import numpy as np
         from PIL import Image
 
-        from neuronindex.nets.models import Preprocessing
 
         table = {"top": "topk", "bottom": "bottomk"}[side]
         row = self.con.execute(
@@ -609,8 +468,7 @@ class Index:
             raise NotFoundError(f"neuron {key} has no rank {rank} {side} image")
         path, source, x0, y0, x1, y1, pre = row
         # the image as the model saw it, decoded once per opened index (top lists share images)
-        seen = self._shared.images.get_or_make(
-            (path, source, pre), lambda: np.asarray(Preprocessing.from_json(pre).geometric(self.load_image(path, source))))
+        seen = self.seen(path, source, pre)
         if x0 is None:
             return Image.fromarray(seen)
         h, w = seen.shape[:2]
@@ -624,7 +482,6 @@ class Index:
         """The rank-th top (or bottom) image of a unit whole, as the model saw it, with the unit's
         activation map over it as a heatmap (aligned by the receptive field; colour = activation /
         a_max) and its field at the stored location boxed: a PIL RGB image (pictures.context)."""
-        from neuronindex.query.pictures import context
 
         return context(self, key, rank, side)
 
@@ -632,7 +489,6 @@ class Index:
         """The unit's activation on its rank-th image projected back to pixels (Yu et al. 2014; Zeiler &
         Fergus's deconvnet, or rule='guided' / 'backprop'), cropped to the receptive field unless
         whole: a PIL RGB image, grey = 0 (pictures.reconstruction)."""
-        from neuronindex.query.pictures import reconstruction
 
         return reconstruction(self, key, rank, side, rule, whole)
 
@@ -704,30 +560,25 @@ class Index:
         """The stored category hierarchy (Dai 2020, Algorithm 1): its classes in dendrogram order with
         their minimum-spanning-tree degree and eccentricity. Meta: layer, pooling, centre, hub, the
         WordNet scores, and `nodes` (every merge: node, parent, height, size)."""
-        from neuronindex.science import hierarchy
 
-        h = hierarchy.stored(self.con, model, layer, pooling)
+        h = categories.stored(self.con, model, layer, pooling)
         keep = ("model", "layer", "pooling", "n_classes", "centre", "hub", "wordnet_correlation", "wordnet_baseline",
                 "wordnet_sibling_auc", "wordnet_classes", "created")
-        return Result(hierarchy.classes_of(self.con, h), index=self, nodes=hierarchy.nodes_of(self.con, h),
+        return Result(categories.classes_of(self.con, h), index=self, nodes=categories.nodes_of(self.con, h),
                       **{k: h[k] for k in keep})
 
     def nearest_classes(self, name: str, k: int = 5, model: str | None = None, layer: str | None = None,
                         pooling: str | None = None) -> Result:
         """The k classes nearest to a class by category distance (1 - cosine of the class means)."""
-        from neuronindex.science import hierarchy
-
-        h = hierarchy.stored(self.con, model, layer, pooling)
-        return Result(hierarchy.nearest_classes(self.con, h, name, k), index=self, layer=h["layer"],
+        h = categories.stored(self.con, model, layer, pooling)
+        return Result(categories.nearest_classes(self.con, h, name, k), index=self, layer=h["layer"],
                       pooling=h["pooling"])
 
     def subtree(self, name: str, up: int = 1, model: str | None = None, layer: str | None = None,
                 pooling: str | None = None) -> Result:
         """The classes under the node `up` merges above a class (up=1: its sibling branch)."""
-        from neuronindex.science import hierarchy
-
-        h = hierarchy.stored(self.con, model, layer, pooling)
-        node, under = hierarchy.subtree(self.con, h, name, up)
+        h = categories.stored(self.con, model, layer, pooling)
+        node, under = categories.subtree(self.con, h, name, up)
         return Result([{"class": r["class"], "leaf_order": r["leaf_order"]} for r in under], index=self,
                       height=node["height"], node=node["node"], layer=h["layer"], pooling=h["pooling"])
 
@@ -735,19 +586,17 @@ class Index:
                         pooling: str = "max") -> Result:
         """A stored filter prediction tree (Dai 2020, Algorithm 2; `neuronindex tree`): its nodes,
         leaves (images) first, each merge with its critical filter's neuron key, the root last."""
-        from neuronindex.science import hierarchy
 
-        t, nodes = hierarchy.stored_tree(self.con, class_name, layer, model, pooling)
+        t, nodes = categories.stored_tree(self.con, class_name, layer, model, pooling)
         return Result(nodes, index=self, **{k: t[k] for k in ("model", "layer", "class", "pooling", "n_images",
                                                                "class_images", "n_filters", "root", "created")})
 
     def map(self, layer: str, space: str = "neurons", model: str | None = None) -> Result:
         """A stored representation map (`neuronindex map`): one row per point with x, y in [0, 1] and
         its neuron (and crop); meta: method, parameters, seed, and `stale` when the embeddings changed."""
-        from neuronindex.jobs import maps
 
         if model is None:
-            model = self._only_model()
+            model = self.only_model()
         m = maps.points(self, model, layer, space)
         rows = [dict(zip(m["columns"], r)) for r in m.pop("rows")]
         m.pop("columns")
@@ -758,8 +607,6 @@ class Index:
         depth, a, b), and in meta the layer-by-layer similarity over their shared probe images
         (`similarity`: matrix of mean best correlations; None when they share too few images, with
         `problem` saying why). See neuronindex.compare."""
-        from neuronindex.query import compare
-        from neuronindex.errors import UsageError
 
         rows = compare.layers(self, a, b)
         try:
@@ -771,19 +618,10 @@ class Index:
     def matches(self, key: str, other: str, k: int = 10, layer: str | None = None) -> Result:
         """The neurons of model `other` (one layer, or all) whose activations over the probe images
         both models saw correlate best with neuron `key`'s (Pearson; see neuronindex.compare)."""
-        from neuronindex.query import compare
 
         m = compare.matches(self, key, other, k, layer)
         rows = m.pop("rows")
         return Result(rows, ["key", "layer", "channel", "correlation", "dead"], index=self, **m)
-
-    def _only_model(self) -> str:
-        from neuronindex.errors import UsageError
-
-        names = [m["name"] for m in self.models().rows()]
-        if len(names) != 1:
-            raise UsageError(f"this index holds {len(names)} models; name one ({', '.join(names)})")
-        return names[0]
 
     def nf_png(self, key: str) -> bytes | None:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "
@@ -792,41 +630,6 @@ class Index:
 
 
 CANDIDATES = 20  # nearest neighbours fetched per result when results are filtered by kind or grouped by unit
-UNIT_KIND_NAMES = {"channel": ("channel",), "svd": ("svd",), "random": ("random",), "user": ("user",),
-                   "direction": ("svd", "random", "user")}
-
-
-def _unit_kinds(kind: str | None) -> tuple[str, ...] | None:
-    """None (every kind) or the unit kinds a --kind value keeps."""
-    from neuronindex.errors import UsageError
-
-    if kind is None or kind == "all":
-        return None
-    if kind not in UNIT_KIND_NAMES:
-        raise UsageError(f"unknown unit kind {kind!r}; use all, {', '.join(UNIT_KIND_NAMES)}")
-    return UNIT_KIND_NAMES[kind]
-
-
-def _check_k(k) -> None:
-    from neuronindex.errors import UsageError
-
-    if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
-        raise UsageError(f"k must be a whole number from 1 to 10000, not {k!r}")
-
-
-def parse_box(text: str | None) -> list[float] | None:
-    """'x0,y0,x1,y1' (image pixels) -> four floats; None for no box."""
-    from neuronindex.errors import UsageError
-
-    if not text:
-        return None
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 4 or not all(math.isfinite(v) for v in values):
-        raise UsageError(f"box {text!r} must be four finite numbers x0,y0,x1,y1 in image pixels")
-    return values
 
 
 def _unit(centre: float, offset, size, stride, length: int) -> int:

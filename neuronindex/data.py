@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from neuronindex.errors import DataError
+from neuronindex import wordnet
+from neuronindex.errors import did_you_mean
+from neuronindex.settings import default
 
 LABEL_PRESETS = {"imagenet": r"^(?P<label>n\d{8})(?:[_.-](?P<name>[^.]*))?"}
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".jfif"}
@@ -130,8 +133,6 @@ def _to_8bit(image):
 
 def check_pixels(image, what: str) -> None:
     """Refuse an opened (not yet decoded) image above the `max_pixels` setting, from its header."""
-    from neuronindex.settings import default
-
     w, h = image.size
     if w * h > default("max_pixels"):
         raise DataError(f"{what} has {w}x{h} = {w * h / 1e6:.0f} Mpx, more than the {default('max_pixels') / 1e6:.0f} Mpx "
@@ -332,7 +333,6 @@ def name_classes(images: ImageSet) -> ImageSet:
     two classes with one lemma (ImageNet's two `crane`s) become `crane (n02012849)` and
     `crane (n03126707)`. The id stays in `wnid` and is accepted by searches.
     """
-    from neuronindex import wordnet
 
     ids = [c for c in images.classes.values() if c.wnid and c.name == c.wnid]
     if not ids:
@@ -371,7 +371,6 @@ def with_wordnet(images: ImageSet) -> ImageSet:
     Ancestors are named by their first lemma (`dog`), so a search for "dog" finds every breed;
     a lemma already used by another class keeps its WordNet id as its name.
     """
-    from neuronindex import wordnet
 
     orphans = [c for c in images.classes.values() if c.wnid and c.parent is None]
     if not orphans:
@@ -482,7 +481,6 @@ def _torchvision_source(source: str, download: bool, root: str | None) -> ImageS
     split = parts[2] if len(parts) > 2 else "test"
     cls = getattr(tvd, name, None)
     if cls is None or not isinstance(cls, type):
-        from neuronindex.errors import did_you_mean
 
         raise DataError(f"torchvision has no dataset {name!r}{did_you_mean(name, [n for n in dir(tvd) if n[0].isupper()])}")
     root = root or os.path.join(os.path.expanduser("~"), ".cache", "neuronindex", "datasets")
@@ -531,7 +529,6 @@ def survey(images: ImageSet, check: bool = True, progress: bool = False) -> dict
 
 class GeometricDataset:
     """torch Dataset: record -> (uint8 HxWx3 array as the model sees it, position, ok flag)."""
-
     def __init__(self, images: ImageSet, preprocessing):
         self.images = images
         self.pre = preprocessing

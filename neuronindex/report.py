@@ -27,6 +27,9 @@ import numpy as np
 
 from neuronindex.errors import NotFoundError
 from neuronindex.science.selectivity import COLOR_THRESHOLD
+from neuronindex.errors import did_you_mean, UsageError
+from neuronindex.formats import to_table
+from neuronindex.query import categories
 
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
 GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
@@ -35,7 +38,6 @@ GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]
 def _models(idx, model):
     names = [m["name"] for m in idx.models().rows()]
     if model is not None:
-        from neuronindex.errors import NotFoundError, did_you_mean
 
         if model not in names:
             raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, names)}")
@@ -347,8 +349,6 @@ def figure_title(name: str) -> str:
 
 def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path | None = None) -> list[str]:
     """Write the report (one HTML file, images inline); optionally every figure as a PNG."""
-    from neuronindex.formats import to_table
-
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>neuronindex report</title><style>"
              "body{font-family:system-ui,sans-serif;margin:2em;color:#222} table{border-collapse:collapse} "
              "td,th{padding:3px 8px;border-bottom:1px solid #ddd;font-size:12px} .g{display:inline-block;margin:4px;"
@@ -433,11 +433,9 @@ def class_distance_matrix(idx, h_id: int, names: list[str]) -> tuple[np.ndarray,
 
 def _hierarchy_and_maps(idx, model: str) -> list[tuple[str, bytes, str]]:
     """(title, PNG, caption) of the model's stored category hierarchy and representation maps."""
-    from neuronindex.science import hierarchy
-
     out = []
     try:
-        h = hierarchy.stored(idx.con, model)
+        h = categories.stored(idx.con, model)
     except NotFoundError:
         h = None
     if h is not None:
@@ -485,10 +483,9 @@ def hierarchy_pngs(idx, model: str | None = None, layer: str | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.cluster.hierarchy import dendrogram
-    from neuronindex.science import hierarchy
 
-    h = hierarchy.stored(idx.con, model, layer, pooling)
-    z, labels = linkage_of(hierarchy.nodes_of(idx.con, h))
+    h = categories.stored(idx.con, model, layer, pooling)
+    z, labels = linkage_of(categories.nodes_of(idx.con, h))
     n = len(labels)
     title = f"{h['model']} {h['layer']} ({h['pooling']} pooling): {n} classes"
     tall = min(n, TRUNCATE if n <= TRUNCATE else 80)
@@ -568,7 +565,6 @@ def point_colours(rows: list[dict], space: str, color: str = "colour") -> tuple[
     import matplotlib
 
     if color not in ("colour", "class"):
-        from neuronindex.errors import UsageError
 
         raise UsageError(f"unknown colouring {color!r}; use colour or class")
     if color == "colour":

@@ -127,3 +127,34 @@ def default(name: str) -> Any:
 
 def rows() -> list[dict]:
     return [{"name": s.name, "default": s.default, "help": s.help} for s in SETTINGS]
+
+
+class Settings:
+    """The values a reader, a job or the service runs with: every setting of the table, each its
+    default unless given, read as attributes (`Settings(search_time_limit=2).search_time_limit`).
+    Made once and passed down (to `Index`, `create_app`) instead of module constants frozen at
+    import, so two indexes or apps in one process can run with different limits."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values: Any):
+        unknown = sorted(set(values) - set(BY_NAME))
+        if unknown:
+            raise KeyError(f"unknown setting(s) {', '.join(unknown)}")
+        object.__setattr__(self, "_values", {s.name: values.get(s.name, s.default) for s in SETTINGS})
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"no setting {name!r}") from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("Settings are fixed once made; make another with replace()")
+
+    def replace(self, **values: Any) -> "Settings":
+        return Settings(**{**self._values, **values})
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._values.items() if v != BY_NAME[k].default}
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in changed.items())})"

@@ -189,11 +189,11 @@ def test_pages_with_missing_scores_render_and_failing_pages_are_html(copy_of, mo
 
 
 def test_unknown_figure_names_are_refused_before_drawing(hierarchy_index, monkeypatch):
-    from neuronindex import report
+    from neuronindex.service import routes_api
 
     drawn = []
-    real = report.render_figures
-    monkeypatch.setattr(report, "render_figures", lambda idx, model: drawn.append(model) or real(idx, model))
+    real = routes_api.render_figures
+    monkeypatch.setattr(routes_api, "render_figures", lambda idx, model: drawn.append(model) or real(idx, model))
     client = TestClient(create_app(hierarchy_index))
     for name in ("nope", "svd_spectrum"):  # the tiny index has no directions: no spectrum
         response = client.get(f"/api/report/tiny_cnn/{name}.png")
@@ -320,14 +320,14 @@ def test_login_guessing_is_throttled_and_session_forms_are_same_origin(hierarchy
     ("evil\u202eexe", "U+202E"), ("n" * 3000, "3,000 characters"), ("-x", "must start"), ("", "empty"),
 ])
 def test_model_names_are_validated_before_the_model_loads(name, problem, image_folder, tmp_path, monkeypatch):
-    from neuronindex.nets import models
     from neuronindex.errors import UsageError
+    from neuronindex.jobs import ingest as ingest_job
     from neuronindex.jobs.ingest import ingest
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the name was checked")
 
-    monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(ingest_job, "load_model", no_model)
     import re
 
     with pytest.raises(UsageError, match=re.escape(problem)):

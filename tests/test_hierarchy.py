@@ -10,6 +10,8 @@ import pytest
 
 from neuronindex.science import hierarchy
 from neuronindex.jobs import maps
+from neuronindex.jobs import categories as categories_job
+from neuronindex.science import layout as layout_mod
 
 
 # ------------------------------------------------------------------ Algorithm 1 by hand
@@ -293,12 +295,12 @@ def test_tsne_and_umap_maps_keep_clusters_apart():
     for method in ("tsne", "umap"):
         if method == "umap":
             pytest.importorskip("umap")
-        xy, params = maps.layout(x, method, seed=0)
+        xy, params = layout_mod.layout(x, method, seed=0)
         assert xy.shape == (60, 2) and xy.min() >= -1e-9 and xy.max() <= 1 + 1e-9
         assert max(xy[:, 0].max() - xy[:, 0].min(), xy[:, 1].max() - xy[:, 1].min()) == pytest.approx(1)
         d = np.linalg.norm(xy[:, None] - xy[None], axis=-1) + np.eye(60) * 9
         assert (label[d.argmin(1)] == label).all(), method
-    assert maps.layout(x[:3])[0].shape == (3, 2)  # too few for a neighbourhood: a line
+    assert layout_mod.layout(x[:3])[0].shape == (3, 2)  # too few for a neighbourhood: a line
 
 
 def test_map_command_stores_keeps_and_remakes_stale_maps(tree_index, cli_runner, tmp_path):
@@ -349,12 +351,11 @@ def test_http_and_pages_of_hierarchy_trees_and_maps(tree_index, tmp_path):
 
     from fastapi.testclient import TestClient
 
-    from neuronindex.science import hierarchy as h
     from neuronindex.service.app import create_app
 
     index = tmp_path / "copy"
     shutil.copytree(tree_index, index)
-    h.tree(index, "red", "conv2")
+    categories_job.tree(index, "red", "conv2")
     maps.run(index, spaces=("neurons", "crops"), progress=False)
     client = TestClient(create_app(index))
     r = client.get("/api/categories")
@@ -393,7 +394,6 @@ def test_hierarchy_tree_and_map_pages_in_a_real_browser(tree_index, tmp_path):
     neuron map an NF per live neuron and the crop atlas its crops; none is broken."""
     import shutil
 
-    from neuronindex.science import hierarchy as h
     from neuronindex.service.app import create_app
     from test_service import CHROMIUM, RealServer
 
@@ -407,7 +407,7 @@ def test_hierarchy_tree_and_map_pages_in_a_real_browser(tree_index, tmp_path):
 
     index = tmp_path / "copy"
     shutil.copytree(tree_index, index)
-    h.tree(index, "red", "conv2")
+    categories_job.tree(index, "red", "conv2")
     maps.run(index, spaces=("neurons", "crops"), progress=False)
 
     def widths(page, selector):

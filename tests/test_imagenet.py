@@ -14,6 +14,9 @@ import pytest
 import neuronindex
 from conftest import shared
 from neuronindex import wordnet
+from neuronindex.jobs import categories as categories_job
+from neuronindex.query import categories as categories_query
+from neuronindex.science.optvis import render
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -187,7 +190,7 @@ def test_activation_maximisation_fills_the_first_layer(index):
     (NF alpha >= 0.4) the image's colour axis is the NF's far more often than for the others."""
     from neuronindex.jobs import visualize as viz
 
-    done = viz.run(index.path, ["features.1"], params=viz.VizParams(steps=256), progress=False)
+    done = viz.run(index.path, ["features.1"], params=render.VizParams(steps=256), progress=False)
     assert done["optimised"] >= 96
     with neuronindex.open(index.path) as idx:
         rows = idx.sql("SELECT n.id, n.color_index, n.viz_activation_ratio AS ratio, f.nf_png, f.std, v.image_png, "
@@ -265,9 +268,9 @@ def test_category_hierarchy_follows_wordnet_and_more_so_with_depth(index):
     assert corr == pytest.approx(h.meta["wordnet_correlation"], abs=1e-6)
     assert corr > h.meta["wordnet_baseline"] + 0.1 and abs(h.meta["wordnet_baseline"]) < 0.05
     lid = index.query("SELECT id FROM layers WHERE name = 'features.1'").rows()[0]["id"]
-    classes, x = hierarchy.class_vectors(index.con, lid, "mean")
+    classes, x = categories_query.class_vectors(index.con, lid, "mean")
     first = hierarchy.wordnet_agreement(hierarchy.category_hierarchy(hierarchy.cosine_distances(x)),
-                                        hierarchy._chains(index.con, classes))
+                                        categories_query._chains(index.con, classes))
     assert corr > first["correlation"] + 0.1
 
 
@@ -276,7 +279,6 @@ def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
     512 neurons (and directions) of features.12. All land in the index and on the gallery's pages."""
     from fastapi.testclient import TestClient
 
-    from neuronindex.science import hierarchy
     from neuronindex.jobs import maps
     from neuronindex.service.app import create_app
 
@@ -284,7 +286,7 @@ def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
                        "FROM classes c JOIN under u ON c.parent_id = u.id) SELECT count(*) AS n FROM images "
                        "WHERE class_id IN (SELECT id FROM under)").rows()[0]["n"]
     assert dogs >= 40  # ImageNet's 118 dog breeds, one photo each in the sample
-    done = hierarchy.tree(index.path, "dog", "features.12", max_images=40)
+    done = categories_job.tree(index.path, "dog", "features.12", max_images=40)
     assert done["images"] == 40 and done["class_images"] == dogs and done["filters"] == 512
     assert done["merges"] == 39  # 40 images, 512 filters: the images run out first
     units = index.query("SELECT count(*) AS n FROM embeddings e JOIN layers l ON l.id = e.layer_id "
@@ -314,7 +316,7 @@ def test_first_layer_deconvnet_is_the_filter_in_pixel_space(index):
     from neuronindex.query.pictures import reconstruction_array
 
     idx = index
-    loaded, _, _, _ = idx._model("squeezenet", "features.1")
+    loaded = idx.network("squeezenet", "features.1").loaded
     w = loaded.module.features[0].weight.detach().numpy().astype(np.float64)  # (96, 3 BGR, 7, 7)
     for channel in (0, 17, 60):
         key = f"squeezenet/features.1/{channel}"

@@ -142,11 +142,11 @@ def test_failed_ingest_keeps_the_existing_index(tmp_path, image_folder, tiny_loa
     index = tmp_path / "keep"
     ingest(tiny_loaded, str(image_folder), "conv1", index, params=IngestParams(top_k=3), progress=False, derive=False)
     before = (index / "index.duckdb").read_bytes()
-    import neuronindex.store.writer as writer
+    import neuronindex.jobs.ingest as ingest_job
 
     def boom(*a, **k):
         raise RuntimeError("disk full")
-    monkeypatch.setattr(writer, "write_ingest", boom)
+    monkeypatch.setattr(ingest_job, "write_ingest", boom)
     with pytest.raises(RuntimeError):
         ingest(tiny_loaded, str(image_folder), "conv2", index, params=IngestParams(top_k=3), progress=False, derive=False)
     assert (index / "index.duckdb").read_bytes() == before

@@ -35,7 +35,8 @@ def _brute(index_dir, node: str) -> tuple[np.ndarray, list[str]]:
     from neuronindex.nets.models import Preprocessing
 
     with neuronindex.open(index_dir) as idx:
-        loaded, extractor, _, _ = idx._model(None, node)
+        net = idx.network(None, node)
+        loaded, extractor = net.loaded, net.extractor
         paths = [r["path"] for r in idx.query("SELECT path FROM images ORDER BY position").rows()]
         pre = Preprocessing.from_json(idx.query("SELECT preprocessing FROM models").rows()[0]["preprocessing"])
         batch = torch.from_numpy(np.stack([np.asarray(pre.geometric(idx.load_image(p, ""))) for p in paths]))

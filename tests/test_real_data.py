@@ -10,6 +10,7 @@ from neuronindex.data import open_source
 from neuronindex.nets.extract import predict
 from neuronindex.jobs.ingest import IngestParams, ingest
 from neuronindex.nets.models import load_model
+from neuronindex.jobs import categories as categories_job
 
 pytestmark = [pytest.mark.shared_data, pytest.mark.slow]
 
@@ -173,7 +174,6 @@ def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
     animals and vehicles at the top of the hierarchy, cat and dog merge first (the seed: "cat and dog
     are in the lowest clustering level"); a horse prediction tree and the maps are stored."""
     import neuronindex
-    from neuronindex.science import hierarchy
     from neuronindex.jobs import maps
 
     weights = shared("cifar10-resnet", "resnet56-4bfd9763.th")
@@ -197,7 +197,7 @@ def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
         assert sorted(n["class"] for n in nodes if n["parent"] == first["node"]) == ["cat", "dog"]
         assert idx.nearest_classes("cat", 1).rows()[0]["class"] == "dog"
         assert h.meta["centre"] in {r["class"] for r in h.rows()}
-    done = hierarchy.tree(tmp_path, "horse", "layer3.8", max_images=60)
+    done = categories_job.tree(tmp_path, "horse", "layer3.8", max_images=60)
     assert done["images"] == 60 and done["filters"] == 64 and done["merges"] == 59
     made = maps.run(tmp_path, spaces=("neurons", "crops"), progress=False)
     assert [(m["space"], m["points"]) for m in made] == [("neurons", 64), ("crops", 6400)]

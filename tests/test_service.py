@@ -381,10 +381,10 @@ def test_views_share_loaded_vectors_models_and_images(index_dir, monkeypatch):
     reads, loads, decodes = [], [], []
     rows = vectors_module.rows
     monkeypatch.setattr(vectors_module, "rows", lambda con, *a: reads.append(a[:2]) or rows(con, *a))
-    from neuronindex.nets import models as models_module
+    from neuronindex.query import reader as reader_module
 
-    real_load = models_module.load_model  # api imports it at call time, so the patch is seen
-    monkeypatch.setattr(models_module, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    real_load = reader_module.load_model  # the reader loads the models the index's views share
+    monkeypatch.setattr(reader_module, "load_model", lambda *a, **k: loads.append(a) or real_load(*a, **k))
     real_image = api_module.Index.load_image
     monkeypatch.setattr(api_module.Index, "load_image", lambda self, *a: decodes.append(a) or real_image(self, *a))
     with neuronindex.open(index_dir) as idx:

@@ -202,7 +202,7 @@ def test_bad_k_and_boxes_are_usage_errors(wide_index, k):
             idx.nearest(image, None, "conv2", k=k)
         with pytest.raises(UsageError, match="finite"):
             idx.nearest(image, [0, 0, float("inf"), 4], "conv2")
-    from neuronindex.api import parse_box
+    from neuronindex.checks import parse_box
 
     with pytest.raises(UsageError, match="finite"):
         parse_box("0,0,1e400,4")
@@ -261,7 +261,7 @@ def test_nearest_checks_its_inputs_before_loading_the_model(wide_index, monkeypa
         raise AssertionError("the model was loaded before the inputs were checked")
 
     path, _ = wide_index
-    monkeypatch.setattr(Index, "_model", no_model)
+    monkeypatch.setattr(Index, "network", no_model)
     with neuronindex.open(path) as idx:
         image = idx.sql("SELECT path FROM images ORDER BY id LIMIT 1")[0]["path"]
         with pytest.raises(DataError, match="does not exist"):

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from neuronindex.jobs import visualize as viz
+from neuronindex.science.optvis import objectives
+from neuronindex.science.optvis import param
+from neuronindex.science.optvis import render
 
 
-def _unit(loaded, layer_name: str, channels: list[int], params: viz.VizParams, window: bool = True):
+def _unit(loaded, layer_name: str, channels: list[int], params: render.VizParams, window: bool = True):
     """Optimise `channels` of a layer of the tiny CNN for the unit objective, as a stored run does."""
     import torch
 
@@ -21,10 +24,10 @@ def _unit(loaded, layer_name: str, channels: list[int], params: viz.VizParams, w
     geo = crop_geometry(layer, loaded.preprocessing.input_size, full=not window)
     node = layer.pre_activation or layer.name
     W = torch.eye(layer.channels)[channels]
-    obj = viz.UnitObjective(node, W, torch.zeros(len(channels)), params.objective, geo["at"], torch.ones(len(channels)),
+    obj = objectives.UnitObjective(node, W, torch.zeros(len(channels)), params.objective, geo["at"], torch.ones(len(channels)),
                             layer.pre_activation is not None)
     p = params.resolved(loaded.preprocessing.input_size)
-    res = viz.optimise(viz.grad_forward(loaded, [node]), obj, len(channels), geo["size"], p, np.eye(3))
+    res = render.optimise(render.grad_forward(loaded, [node]), obj, len(channels), geo["size"], p, np.eye(3))
     boxes = []
     for c in channels:
         x0, y0, x1, y1 = layer.field.box(c, *geo["unit"])
@@ -42,7 +45,7 @@ def _field(image, box):
 def test_the_optimised_field_of_an_edge_detector_shows_the_edge(tiny_loaded, param):
     """conv1 channel 1 of the tiny CNN is -1/3 on its left column and +1/3 on its right (a
     vertical dark-to-bright edge): the optimised 3x3 field must be dark left, bright right."""
-    res, boxes = _unit(tiny_loaded, "relu1", [1], viz.VizParams(parameterization=param, steps=64))
+    res, boxes = _unit(tiny_loaded, "relu1", [1], render.VizParams(parameterization=param, steps=64))
     f = _field(res.images[0], boxes[0])
     assert f.shape[:2] == (3, 3)
     left, right = f[:, 0].mean(), f[:, 2].mean()
@@ -54,10 +57,10 @@ def test_the_optimised_field_of_an_edge_detector_shows_the_edge(tiny_loaded, par
 def test_the_optimised_field_of_a_red_detector_is_red(tiny_loaded, param):
     """conv1 channel 0 is R - (G + B) / 2 over a 3x3 field: its field must turn red (R well above
     G and B), although a grey start gives it a negative value (the pre-activation carries it)."""
-    res, boxes = _unit(tiny_loaded, "relu1", [0], viz.VizParams(parameterization=param, steps=64))
+    res, boxes = _unit(tiny_loaded, "relu1", [0], render.VizParams(parameterization=param, steps=64))
     r, g, b = _field(res.images[0], boxes[0]).reshape(-1, 3).mean(0)
     assert r - max(g, b) > 60, (r, g, b)
-    alpha, hue = viz.color_stats(res.images[0], boxes[0])
+    alpha, hue = render.color_stats(res.images[0], boxes[0])
     assert hue is None or min(hue, 360 - hue) < 45  # towards +O1 (red), when the field is not flat
 
 
@@ -70,21 +73,21 @@ def test_total_variation_regulariser_lowers_total_variation(tiny_loaded):
         x = img.astype(float) / 255
         return ((x[1:] - x[:-1]) ** 2).mean() + ((x[:, 1:] - x[:, :-1]) ** 2).mean()
 
-    plain, _ = _unit(tiny_loaded, "relu2", [0, 3], viz.VizParams(tv=0.0, **base), window=False)
-    smooth, _ = _unit(tiny_loaded, "relu2", [0, 3], viz.VizParams(tv=20.0, **base), window=False)
+    plain, _ = _unit(tiny_loaded, "relu2", [0, 3], render.VizParams(tv=0.0, **base), window=False)
+    smooth, _ = _unit(tiny_loaded, "relu2", [0, 3], render.VizParams(tv=20.0, **base), window=False)
     for i in range(2):
         assert tv(smooth.images[i]) < 0.5 * tv(plain.images[i]), (tv(smooth.images[i]), tv(plain.images[i]))
-    decayed, _ = _unit(tiny_loaded, "relu2", [0, 3], viz.VizParams(**{**base, "tv": 0.0, "l2": 50.0}), window=False)
+    decayed, _ = _unit(tiny_loaded, "relu2", [0, 3], render.VizParams(**{**base, "tv": 0.0, "l2": 50.0}), window=False)
     for i in range(2):
         spread = lambda im: np.abs(im.astype(float) / 255 - 0.5).mean()  # noqa: E731
         assert spread(decayed.images[i]) < spread(plain.images[i])
 
 
 def test_runs_are_reproducible_with_a_seed(tiny_loaded):
-    p = viz.VizParams(steps=16, seed=3)
+    p = render.VizParams(steps=16, seed=3)
     a, _ = _unit(tiny_loaded, "relu2", [0, 1, 4], p)
     b, _ = _unit(tiny_loaded, "relu2", [0, 1, 4], p)
-    c, _ = _unit(tiny_loaded, "relu2", [0, 1, 4], viz.VizParams(steps=16, seed=4))
+    c, _ = _unit(tiny_loaded, "relu2", [0, 1, 4], render.VizParams(steps=16, seed=4))
     assert np.array_equal(a.images, b.images) and np.array_equal(a.trace, b.trace)
     assert not np.array_equal(a.images, c.images)
 
@@ -95,8 +98,8 @@ def test_fourier_image_started_from_a_picture_is_that_picture():
 
     rng = np.random.default_rng(0)
     start = torch.as_tensor(rng.uniform(0.05, 0.95, (2, 3, 9, 12)), dtype=torch.float32)
-    color = viz.color_sqrt(rng.normal(0.5, 0.2, (500, 3)) @ np.array([[1, 0.8, 0.6], [0, 0.5, 0.3], [0, 0, 0.2]]))
-    img = viz.FourierImage(2, 9, 12, color, 1.0, 0.01, torch.Generator().manual_seed(0), start)
+    color = param.color_sqrt(rng.normal(0.5, 0.2, (500, 3)) @ np.array([[1, 0.8, 0.6], [0, 0.5, 0.3], [0, 0, 0.2]]))
+    img = param.FourierImage(2, 9, 12, color, 1.0, 0.01, torch.Generator().manual_seed(0), start)
     assert torch.allclose(img.rgb(), start, atol=1e-4)
 
 
@@ -104,7 +107,7 @@ def test_colour_matrix_is_the_square_root_of_the_covariance():
     rng = np.random.default_rng(1)
     mix = np.array([[0.3, 0.1, 0.0], [0.2, 0.2, 0.05], [0.1, 0.1, 0.3]])
     pixels = rng.normal(size=(20000, 3)) @ mix.T + 0.5
-    root = viz.color_sqrt(pixels)
+    root = param.color_sqrt(pixels)
     cov = np.cov(pixels.T)
     k = np.linalg.norm(root, axis=0).max()  # the scale color_sqrt divides by
     restored = (root * 1.0) @ (root * 1.0).T
@@ -125,10 +128,10 @@ def colour_classifier():
 def test_class_objective_paints_the_class_colour(colour_classifier, kind):
     """A hand-set classifier whose class k is the excess of colour channel k: the image optimised
     for each class logit (or probability) is that colour, and the model predicts that class."""
-    out = viz.output_node(colour_classifier)
-    obj = viz.SumObjective([[viz.Term(1.0, kind, output=k)] for k in range(3)], out)
-    p = viz.VizParams(steps=96).resolved((12, 12))
-    res = viz.optimise(viz.grad_forward(colour_classifier, [out]), obj, 3, (12, 12), p, np.eye(3), output_node=out)
+    out = render.output_node(colour_classifier)
+    obj = objectives.SumObjective([[objectives.Term(1.0, kind, output=k)] for k in range(3)], out)
+    p = render.VizParams(steps=96).resolved((12, 12))
+    res = render.optimise(render.grad_forward(colour_classifier, [out]), obj, 3, (12, 12), p, np.eye(3), output_node=out)
     assert list(res.predicted[-1]) == [0, 1, 2]
     assert (res.trace[:, -1] > res.trace[:, 0]).all()
     for k in range(3):
@@ -141,13 +144,13 @@ def test_a_weighted_sum_of_objectives_is_the_sum_of_its_terms(colour_classifier)
     on an image, equals the same sum computed by hand from one forward."""
     import torch
 
-    out = viz.output_node(colour_classifier)
+    out = render.output_node(colour_classifier)
     node = "relu"
-    terms = [viz.Term(2.0, "class", output=0), viz.Term(-1.0, "class", output=2), viz.Term(0.5, "layer", node=node),
-             viz.Term(1.0, "unit", node=node, vector=np.array([0.0, 1.0, 0.0]), at=(3, 4))]
-    obj = viz.SumObjective([terms], out)
+    terms = [objectives.Term(2.0, "class", output=0), objectives.Term(-1.0, "class", output=2), objectives.Term(0.5, "layer", node=node),
+             objectives.Term(1.0, "unit", node=node, vector=np.array([0.0, 1.0, 0.0]), at=(3, 4))]
+    obj = objectives.SumObjective([terms], out)
     x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
-    maps = viz.grad_forward(colour_classifier, obj.nodes)(x)
+    maps = render.grad_forward(colour_classifier, obj.nodes)(x)
     m = colour_classifier.module
     z = m.relu(m.conv(colour_classifier.preprocessing.normalize_float(x)))
     logits = m(colour_classifier.preprocessing.normalize_float(x))[0]
@@ -163,17 +166,17 @@ def test_a_start_image_flips_to_the_target_class_and_keeps_its_difference(colour
     rng = np.random.default_rng(0)
     start = torch.as_tensor(rng.uniform(0.3, 0.5, (1, 3, 12, 12)), dtype=torch.float32)
     start[:, 0] += 0.15  # a reddish picture: class 0
-    out = viz.output_node(colour_classifier)
+    out = render.output_node(colour_classifier)
     module = colour_classifier.module
     before = int(module(colour_classifier.preprocessing.normalize_float(start)).argmax())
     assert before == 0
     target = 2
     # the probability: raising the blue logit alone leaves red ahead (seed 000 had two classes)
-    obj = viz.SumObjective([[viz.Term(1.0, "prob", output=target)]], out)
-    p = viz.start_params(viz.VizParams(steps=128)).resolved((12, 12))
-    res = viz.optimise(viz.grad_forward(colour_classifier, [out]), obj, 1, (12, 12), p, np.eye(3), start=start,
+    obj = objectives.SumObjective([[objectives.Term(1.0, "prob", output=target)]], out)
+    p = render.start_params(render.VizParams(steps=128)).resolved((12, 12))
+    res = render.optimise(render.grad_forward(colour_classifier, [out]), obj, 1, (12, 12), p, np.eye(3), start=start,
                        output_node=out)
-    flips = viz.flip_step(res.predicted[:, 0], target)
+    flips = render.flip_step(res.predicted[:, 0], target)
     assert flips is not None and res.predicted[flips, 0] == target and (res.predicted[:flips, 0] != target).all()
     assert res.predicted[0, 0] == before
     change = res.images[0].astype(float) / 255 - start[0].permute(1, 2, 0).numpy()
@@ -200,7 +203,7 @@ def test_visualize_fills_every_live_neuron_and_the_ratio_is_a_direct_forward(viz
 
     import neuronindex
 
-    done = viz.run(viz_index, ["conv1"], params=viz.VizParams(steps=24), progress=False)
+    done = viz.run(viz_index, ["conv1"], params=render.VizParams(steps=24), progress=False)
     with neuronindex.open(viz_index) as idx:
         live = idx.sql("SELECT key, act_max FROM neuron_view WHERE layer = 'conv1' AND NOT dead ORDER BY channel").rows()
         dead = idx.sql("SELECT key FROM neuron_view WHERE layer = 'conv1' AND dead").rows()
@@ -230,7 +233,7 @@ def test_visualize_fills_every_live_neuron_and_the_ratio_is_a_direct_forward(viz
 def test_visualize_is_idempotent_and_resumable(viz_index, monkeypatch):
     import neuronindex
 
-    p = viz.VizParams(steps=8, seed=7, batch_size=2)
+    p = render.VizParams(steps=8, seed=7, batch_size=2)
     first = viz.run(viz_index, ["conv2"], params=p, progress=False)
     with neuronindex.open(viz_index) as idx:
         before = {r["target"]: (r["id"], r["trace"]) for r in idx.visualizations(kind="neurons").rows()
@@ -251,7 +254,7 @@ def test_visualize_is_idempotent_and_resumable(viz_index, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    q = viz.VizParams(steps=8, seed=8, batch_size=2)
+    q = render.VizParams(steps=8, seed=8, batch_size=2)
     monkeypatch.setattr(viz, "_run_units", failing)
     with pytest.raises(KeyboardInterrupt):
         viz.run(viz_index, ["conv2"], params=q, progress=False, checkpoint_every=0)
@@ -325,14 +328,14 @@ def test_an_image_does_not_depend_on_the_batch_it_was_made_in(tiny_loaded):
 
     layer = trace(tiny_loaded).lookup("relu2")
     geo = crop_geometry(layer, tiny_loaded.preprocessing.input_size)
-    p = viz.VizParams(steps=12).resolved(tiny_loaded.preprocessing.input_size)
-    fwd = viz.grad_forward(tiny_loaded, [layer.pre_activation])
+    p = render.VizParams(steps=12).resolved(tiny_loaded.preprocessing.input_size)
+    fwd = render.grad_forward(tiny_loaded, [layer.pre_activation])
 
     def images(channels):
-        obj = viz.UnitObjective(layer.pre_activation, torch.eye(6)[channels], torch.zeros(len(channels)), "unit",
+        obj = objectives.UnitObjective(layer.pre_activation, torch.eye(6)[channels], torch.zeros(len(channels)), "unit",
                                 geo["at"], torch.ones(len(channels)), True)
-        seeds = [viz.image_seed(0, f"key/{c}") for c in channels]
-        return viz.optimise(fwd, obj, len(channels), geo["size"], p, np.eye(3), seeds=seeds).images
+        seeds = [render.image_seed(0, f"key/{c}") for c in channels]
+        return render.optimise(fwd, obj, len(channels), geo["size"], p, np.eye(3), seeds=seeds).images
 
     together = images([0, 1, 3, 4])
     alone = np.concatenate([images([c]) for c in (0, 1, 3, 4)])
@@ -384,7 +387,7 @@ def test_optimised_images_in_a_real_browser(viz_index, tmp_path):
         if os.environ.get("CI"):
             raise AssertionError("CI needs Debian's chromium")
         pytest.skip("Debian chromium is not installed")
-    viz.run(viz_index, ["conv1"], params=viz.VizParams(steps=8), classes="dataset", progress=False)
+    viz.run(viz_index, ["conv1"], params=render.VizParams(steps=8), classes="dataset", progress=False)
     from playwright.sync_api import sync_playwright
 
     def loaded(page, selector):
@@ -421,7 +424,7 @@ def test_a_direction_objective_is_its_projection_by_hand():
     off = np.array([0.3, -1.2])
     maps = np.einsum("bchw,bc->bhw", a.numpy(), w) + off[:, None, None]
     for kind in ("unit", "channel"):
-        obj = viz.UnitObjective("n", torch.as_tensor(w, dtype=torch.float32), torch.as_tensor(off, dtype=torch.float32),
+        obj = objectives.UnitObjective("n", torch.as_tensor(w, dtype=torch.float32), torch.as_tensor(off, dtype=torch.float32),
                                 kind, (2, 3), torch.ones(2))
         value = obj.value({"n": a}).numpy()
         expected = maps[:, 2, 3] if kind == "unit" else maps.reshape(2, -1).mean(1)

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from neuronindex.data import load_image, open_source
+from neuronindex.jobs.ingest import ingest, IngestParams
+from neuronindex.nets.models import Preprocessing
+import neuronindex
 
 CLASSES = {
     "red_disc": "round", "yellow_ring": "round", "blue_square": "angular", "purple_triangle": "angular",
@@ -90,13 +94,11 @@ def demo_cnn():
 
 
 def preprocessing():
-    from neuronindex.nets.models import Preprocessing
 
     return Preprocessing(input_size=(SIZE, SIZE), geometry="resize", resize=None)
 
 
 def _arrays(root: Path):
-    from neuronindex.data import load_image, open_source
 
     images = open_source(str(root))
     names = sorted(CLASSES)
@@ -142,7 +144,6 @@ def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: i
 
 def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs: int = 12, seed: int = 0,
              progress: bool = True) -> dict:
-    from neuronindex.jobs.ingest import IngestParams, ingest
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -174,8 +175,6 @@ def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs:
 
 def tour(index: Path, test_root: Path, out: Path) -> dict:
     """The numbers the demo prints, and its own checks."""
-    import neuronindex
-
     with neuronindex.open(index) as idx:
         shown = ("layer", "neurons", "dead", "mean_alpha", "colour_selective", "mean_gamma", "mean_m", "mean_csi", "sparsity")
         summary = [{k: round(r[k], 4) if isinstance(r[k], float) else r[k] for k in shown} for r in idx.summary().rows()]

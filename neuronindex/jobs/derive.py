@@ -17,20 +17,16 @@ import numpy as np
 from neuronindex.science import features as features_mod
 from neuronindex.store import execute
 from neuronindex.store.writer import insert
-
-
-@dataclass
-class StoredIngest:
-    """Where an ingest's rows live in the index: its id and, per selected layer, its neuron ids."""
-
-    ingest_id: int
-    neuron_ids: list  # per layer: array of neurons.id, by channel
+from neuronindex.nets.extract import Extractor
+from neuronindex.science import selectivity as sel
+from neuronindex.science.directions import extended_selections, Projector
+from neuronindex.store import vectors as vec
+from neuronindex.jobs.publish import StoredIngest
 
 
 @dataclass
 class Derived:
     """The output of pass 2 and the indexes for one ingest, ready to be written."""
-
     owners: list  # per neuron: (layer position in the selection, channel)
     plan: object = None  # features.Plan: the top-k entries pass 2 used
     features: list = field(default_factory=list)  # per neuron: NeuronFeature or None
@@ -58,8 +54,6 @@ def unit_extractor(run):
     """(the run's selections with its directions as units after the channels, an Extractor over
     them). Directions' maps come from the projector, their fields are the union of the channels';
     the precision is pass 1's (--amp: float16 on CUDA), so that a / a_max compares like with like."""
-    from neuronindex.science.directions import Projector, extended_selections
-    from neuronindex.nets.extract import Extractor
 
     directions = run.directions or [None] * len(run.selections)
     nodes = [s.layer.name for s in run.selections]
@@ -240,7 +234,6 @@ class PatchVectors(Reforward):
         self._entries[li].append(e)
 
     def finish(self) -> None:
-        from neuronindex.store import vectors as vec
 
         for li, f in self._files.items():
             f.close()
@@ -281,7 +274,6 @@ class PatchVectors(Reforward):
 
 class GreyResponses(Reforward):
     """Activations at each NF crop's unit when its image is shown in greyscale."""
-
     def __init__(self, *args):
         super().__init__(*args)
         self.values = np.full(len(self.plan.neuron), np.nan)
@@ -309,7 +301,6 @@ def compute_indexes(run, plan, owners, feats, grey, act_max, dead, neurons=None)
     grey: per plan entry, the activation on the greyscale image; act_max, dead: per neuron.
     Dead neurons (selectivity.dead_neurons) make no colour or class claims.
     """
-    from neuronindex.science import selectivity as sel
 
     label_of = {r.position: r.label for r in run.images.images}
     order = np.argsort(plan.neuron, kind="stable")
@@ -391,8 +382,6 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, 
 
 def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, keep=None) -> None:
     """Selectivity columns of `neurons`, `neuron_colors`, `neuron_classes`, and CSI."""
-    from neuronindex.science import selectivity as sel
-
     keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)[keep]
     indexes = [ix for ix, k in zip(indexes, keep) if k]
@@ -473,8 +462,6 @@ def write_indexes(con, stored: StoredIngest, owners, indexes: list[dict], run, k
 
 def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, selections, keep=None) -> None:
     """Prototype, patch and signature vectors into `embeddings`."""
-    from neuronindex.store import vectors as vec
-
     keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)
     ingest_id = stored.ingest_id

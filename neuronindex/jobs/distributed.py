@@ -30,6 +30,9 @@ import numpy as np
 
 from neuronindex.errors import NeuronIndexError, UsageError
 from neuronindex.jobs.ingest import write_atomically
+from neuronindex.jobs.derive import GreyResponses, PatchVectors, Reforward, unit_extractor
+from neuronindex.jobs.ingest import _work_dir, already_published, merge_states, pass1, prepare, published_as, remove_work, run_from_meta, state_bytes, visualize_after
+from neuronindex.science import features
 
 SHARDS_PER_SLOT = 4  # default shards per worker slot: balance, finer progress, less lost to a failure
 MAX_RETRIES = 3
@@ -47,7 +50,6 @@ def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     """Pass 1 over shard `shard` of `shards` of the run described by `meta`: its state as .npz bytes."""
     import torch
 
-    from neuronindex.jobs.ingest import pass1, run_from_meta, state_bytes
 
     torch.set_num_threads(max(1, threads))
     run = run_from_meta(meta, shard=(shard, shards))
@@ -62,9 +64,6 @@ def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], s
     vectors [(entries, vectors, layer)] of its top crops."""
     import torch
 
-    from neuronindex.science import features
-    from neuronindex.jobs.derive import GreyResponses, PatchVectors, Reforward, unit_extractor
-    from neuronindex.jobs.ingest import run_from_meta
 
     class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver
         entries = PatchVectors.entries
@@ -97,7 +96,6 @@ def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
     def pass2(run, plan, neurons, reforwards, progress, desc):
         from tqdm import tqdm
 
-        from neuronindex.science import features
 
         ray = _ray()
         keep = features.needed_entries(plan, neurons, bool(reforwards))
@@ -184,7 +182,6 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
     """`ingest.ingest` with pass 1 spread over Ray tasks (see the module notes); same summary."""
     from tqdm import tqdm
 
-    from neuronindex.jobs.ingest import (_work_dir, already_published, merge_states, prepare, published_as, remove_work, visualize_after)
 
     ray = _ray()
     if params is not None and params.shard is not None:

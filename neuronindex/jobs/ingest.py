@@ -26,6 +26,21 @@ from neuronindex.jobs.derive import remove_stale_spills
 from neuronindex.errors import IngestError, UsageError
 from neuronindex.names import valid_name
 from neuronindex.settings import default
+from neuronindex import store
+from neuronindex.data import ImageSet, open_source
+from neuronindex.jobs import derive as derive_mod, visualize as viz
+from neuronindex.nets.extract import Extractor, image_batches
+from neuronindex.nets.layers import trace
+from neuronindex.nets.models import load_model, LoadedModel, Preprocessing
+from neuronindex.jobs.units import extend_results, units_pass
+from neuronindex.science import directions as dirs
+from neuronindex.science.directions import Covariance, DirectionSpec
+from neuronindex.jobs.categories import build_default
+from neuronindex.science.selectivity import dead_neurons, weak_neurons
+from neuronindex.science.stats import LayerStats, split
+from neuronindex.store import staged
+from neuronindex.store.vectors import VectorStore
+from neuronindex.jobs.publish import write_ingest
 
 
 @dataclass
@@ -53,7 +68,6 @@ class IngestParams:
     random_quantile: float = default("random_quantile")
 
     def direction_spec(self):
-        from neuronindex.science.directions import DirectionSpec
 
         return DirectionSpec.parse(self.directions, pooling=self.direction_pooling, svd_rank=self.svd_rank,
                                    svd_max=self.svd_max, random_n=self.random_directions,
@@ -80,7 +94,6 @@ class IngestParams:
 @dataclass
 class Run:
     """Everything an ingest needs, rebuilt identically from `meta` (for resume and merge)."""
-
     meta: dict
     loaded: object
     graph: object
@@ -120,9 +133,6 @@ class Run:
 
 def prepare(model, images, layers, *, weights=None, name=None, preprocessing=None, params=None,
             download=False, labels: str = "auto", class_list: str | None = None) -> Run:
-    from neuronindex.data import ImageSet, open_source
-    from neuronindex.nets.layers import trace
-    from neuronindex.nets.models import LoadedModel, load_model
 
     params = params or IngestParams()
     params.validate()
@@ -150,7 +160,6 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
 
 
 def run_from_meta(meta: dict, **overrides) -> Run:
-    from neuronindex.nets.models import Preprocessing
 
     params = IngestParams(**{**meta["params"], **overrides})
     if params.shard is not None:
@@ -170,9 +179,7 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 def new_stats(run: Run):
     """One LayerStats over the channels of every selected layer side by side (see
     summaries.Summaries): each batch costs one top-k merge whatever the number of layers."""
-    from neuronindex.science.stats import LayerStats
 
-    from neuronindex.science.directions import Covariance
 
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
@@ -189,7 +196,6 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     import torch
     from tqdm import tqdm
 
-    from neuronindex.nets.extract import Extractor, image_batches
 
     stats = stats if stats is not None else new_stats(run)
     positions = run.positions()
@@ -263,7 +269,6 @@ def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
 
 
 def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
-    from neuronindex.science.stats import LayerStats
 
     if not Path(path).is_file():
         raise IngestError(f"state file {path} does not exist")
@@ -277,7 +282,6 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
             stats = LayerStats.from_state({k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("0/")},
                                           device)
             cov = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("cov/")}
-            from neuronindex.science.directions import Covariance
 
             stats.cov = Covariance.from_state(cov) if cov else None
     except (OSError, ValueError, KeyError) as exc:
@@ -357,8 +361,6 @@ def already_published(run: Run, work: Path, model: str, progress: bool) -> dict:
 
 def visualize_after(summary: dict, run: Run, index_dir, visualize, progress: bool, wait: bool) -> None:
     """`ingest --visualize`: optimise an image for every neuron of the run's layers, then note it in summary."""
-    from neuronindex.jobs import visualize as viz
-
     t0 = time.time()
     done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
                    device=run.params.device, progress=progress, wait=wait)
@@ -443,7 +445,6 @@ def check_shards(shards: list[tuple[int, int] | None]) -> None:
 def published_as(index_dir, run_key: str) -> str | None:
     """The model name under which this exact run (same model, name, images, layers, parameters)
     was published into the index, or None."""
-    from neuronindex import store
 
     if not store.index_file(index_dir).is_file():
         return None
@@ -458,9 +459,6 @@ def published_as(index_dir, run_key: str) -> str | None:
 
 def layer_results(run: Run, stats) -> list[dict]:
     """Pass 1's results per selected layer, with each channel's dead / weak flags, kind and unit name."""
-    from neuronindex.science.selectivity import dead_neurons, weak_neurons
-    from neuronindex.science.stats import split
-
     results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
         res["dead"] = dead_neurons(res["act_max"], res["act_std"])
@@ -473,11 +471,6 @@ def layer_results(run: Run, stats) -> list[dict]:
 def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
            derive: bool = True, wait: bool = True, pass2=None) -> dict:
     """Pass 2 and derived properties, then publish (`pass2`: see derive.run_all)."""
-    from neuronindex.science import directions as dirs
-    from neuronindex.science.selectivity import dead_neurons
-    from neuronindex.store import staged
-    from neuronindex.store.writer import write_ingest
-
     results = layer_results(run, stats)
     t0 = time.time()
     spec = run.params.direction_spec()
@@ -485,17 +478,16 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     run.directions = dirs.compute(cov, spec, [s.layer.channels for s in run.selections]) \
         if cov is not None else [None] * len(run.selections)
     if any(d is not None for d in run.directions):
-        units = dirs.units_pass(run, run.directions, progress=progress)
+        units = units_pass(run, run.directions, progress=progress)
         for u, d in zip(units, run.directions):
             if u is not None:
                 u["dead"] = dead_neurons(u["act_max"], u["act_std"])
                 u["weak"] = np.zeros(len(d), dtype=bool)
                 u["kind"], u["unit"] = list(d.kinds), list(d.names)
-        results = dirs.extend_results(results, units)
+        results = extend_results(results, units)
         timings["directions"] = time.time() - t0
     derived = None
     if derive:
-        from neuronindex.jobs import derive as derive_mod
 
         t0 = time.time()
         derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work",
@@ -505,7 +497,6 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     with staged(index_dir, wait=wait) as con:
         summary = write_ingest(con, run, results, derived, timings=timings, started=started)
         if derive:  # Dai 2020's category hierarchy at the deepest layer: cheap, from the class means
-            from neuronindex.science.hierarchy import build_default
 
             build_default(con, summary["model_id"])
     timings["publish"] = time.time() - t0
@@ -519,9 +510,6 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
 
 def build_vectors(index_dir) -> list[dict]:
     """(Re)build the FAISS files of an index from its `embeddings` rows."""
-    from neuronindex import store
-    from neuronindex.store.vectors import VectorStore
-
     con = store.connect(index_dir)
     try:
         return VectorStore(index_dir, con).build_all()

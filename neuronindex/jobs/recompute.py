@@ -11,7 +11,12 @@ import numpy as np
 
 from neuronindex.jobs.derive import StoredIngest, run_all
 from neuronindex.store import execute
-from neuronindex.store.writer import sync_classes
+from neuronindex.jobs.publish import sync_classes
+from neuronindex import store
+from neuronindex.errors import did_you_mean, IngestError, NotFoundError
+from neuronindex.jobs.ingest import build_vectors, IngestParams, prepare
+from neuronindex.nets.models import Preprocessing
+from neuronindex.science.directions import StoredDirections
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:
@@ -20,7 +25,6 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
     Returns (layer names as selected, per-layer results (channels, then directions), per-layer
     neuron ids, per-layer directions.StoredDirections or None).
     """
-    from neuronindex.science.directions import StoredDirections
 
     layers = execute(con, "SELECT l.id, l.name, (SELECT count(*) FROM neurons n WHERE n.layer_id = l.id) FROM layers l "
                           "WHERE l.ingest_id = ? ORDER BY l.position", [ingest_id])
@@ -56,7 +60,6 @@ def same_images(index_dir, dataset_id: int, images) -> bool:
     """The stored dataset holds these files in this order with the same classes, classes taken by
     WordNet id where they have one: a fingerprint that differs only because class names changed
     (n02085620 -> Chihuahua once WordNet is at hand) is the same collection."""
-    from neuronindex import store
 
     con = store.connect(index_dir)
     try:
@@ -75,10 +78,6 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
     """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
     import json
 
-    from neuronindex import store
-    from neuronindex.errors import NotFoundError, did_you_mean
-    from neuronindex.jobs.ingest import IngestParams, prepare
-    from neuronindex.nets.models import Preprocessing
 
     con = store.connect(index_dir)
     try:
@@ -106,7 +105,6 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
         labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
         run = prepare(spec, source, names, weights=weights, name=name, preprocessing=Preprocessing.from_json(pre), params=p,
                       labels=labels, class_list=class_list)
-        from neuronindex.errors import IngestError
 
         if run.meta["model_fingerprint"] != model_fp:
             raise IngestError(f"the weights of {name} ({weights}) changed since it was ingested; ingest it again")
@@ -126,7 +124,6 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
             derived.write(wcon, StoredIngest(ingest_id, ids))
             execute(wcon, "UPDATE ingests SET parameters = ? WHERE id = ?", [json.dumps(params), ingest_id])
         done.append({"model": name, "neurons": int(sum(len(i) for i in ids)), "classes_changed": classes_changed})
-    from neuronindex.jobs.ingest import build_vectors
 
     build_vectors(index_dir)
     return done

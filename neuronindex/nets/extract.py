@@ -15,7 +15,11 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from neuronindex.nets.layers import _without_inplace
+from neuronindex.nets.layers import without_inplace
+from neuronindex.data import GeometricDataset
+from neuronindex.errors import UsageError
+from neuronindex.nets.layers import ScriptTaps
+from neuronindex.nets.summaries import Summaries
 
 
 class Extractor:
@@ -29,7 +33,6 @@ class Extractor:
         self.nodes = list(nodes)
         self.device = torch.device(device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
-            from neuronindex.errors import UsageError
 
             raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
         self.amp = amp and self.device.type == "cuda"
@@ -38,13 +41,12 @@ class Extractor:
         self._gather = None
         self._redirected = None
         if loaded.scripted:
-            from neuronindex.nets.layers import ScriptTaps
 
             self.module = ScriptTaps(loaded.module.to(self.device).eval())
         else:
             from torchvision.models.feature_extraction import create_feature_extractor
 
-            module = _without_inplace(loaded.module)
+            module = without_inplace(loaded.module)
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
 
     def summaries(self, images_uint8, threshold, channels: list[int], spatial_means: bool = False,
@@ -62,7 +64,6 @@ class Extractor:
         import torch
 
         if self._taps is None:
-            from neuronindex.nets.summaries import Summaries
 
             self._sink = Summaries(channels, spatial_means=spatial_means)
             self._taps = self._tapped_module(self._sink)
@@ -217,7 +218,7 @@ class Extractor:
         Every ReLU of the graph passes its gradient by `redirected_relu`: the values are ReLU's, and
         so is the gradient wherever it reaches an image at all."""
         if self._redirected is None:
-            self._redirected = _redirect_relus(self.module) if not self.loaded.scripted else self.module
+            self._redirected = redirect_relus(self.module) if not self.loaded.scripted else self.module
         x = self.loaded.preprocessing.normalize_float(x01.to(self.device))
         out = self._redirected(x)
         return {n: out[n] for n in self.nodes}
@@ -276,7 +277,7 @@ def relu_function(name: str, backward):
     return RuleReLU
 
 
-def _redirect_relus(module, relu=None):
+def redirect_relus(module, relu=None):
     """A copy of an fx GraphModule whose ReLUs (modules, torch.relu, F.relu, Tensor.relu) are
     `relu` (default `redirected_relu`; pictures.py gives the deconvnet rules); values unchanged."""
     import copy
@@ -330,7 +331,6 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
     from torch.utils.data import DataLoader, Subset
 
-    from neuronindex.data import GeometricDataset
 
     dataset = GeometricDataset(images, preprocessing)
     if positions is not None:

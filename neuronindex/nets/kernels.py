@@ -7,6 +7,7 @@ NEURONINDEX_NATIVE=0). In: float32 maps and numpy arrays by address; out: writte
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import numba
@@ -24,7 +25,8 @@ def native():
         _native = None
         if os.environ.get("NEURONINDEX_NATIVE", "1") != "0":
             try:
-                from neuronindex import _pass1 as module
+                # optional compiled extension (absent where it could not be built)
+                module = importlib.import_module("neuronindex._pass1")
             except ImportError:
                 module = None
             runtimes = openmp_runtimes()

@@ -139,7 +139,7 @@ def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
         return _hooked(loaded.module, size)
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
-    module = _without_inplace(loaded.module)
+    module = without_inplace(loaded.module)
     try:
         _, names = get_graph_node_names(module)
         gm = create_feature_extractor(module, return_nodes={n: n for n in names})
@@ -164,7 +164,7 @@ def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
     return ModelGraph(layers, traced=True)
 
 
-def _without_inplace(module):
+def without_inplace(module):
     """A copy whose in-place activations are out-of-place, so recorded tensors keep their values."""
     if not any(getattr(m, "inplace", False) for m in module.modules()):
         return module

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from neuronindex.errors import ModelError, UsageError
+from neuronindex.errors import did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -167,7 +168,6 @@ def _cifar_resnet(depth: int):
 
     class ShortcutA(nn.Module):
         """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""
-
         def __init__(self, planes: int):
             super().__init__()
             self.pad = planes // 4
@@ -315,7 +315,6 @@ def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
 
     arch = spec.split(":", 1)[1]
     if arch not in tvm.list_models():
-        from neuronindex.errors import did_you_mean
 
         raise ModelError(f"torchvision has no model {arch!r}{did_you_mean(arch, tvm.list_models())}")
     torch.manual_seed(0)
@@ -368,7 +367,6 @@ def _load_timm(spec: str, weights: str | None) -> LoadedModel:
         key, _, value = part.partition("=")
         kwargs[key] = int(value) if value.lstrip("-").isdigit() else value
     if arch not in timm.list_models():
-        from neuronindex.errors import did_you_mean
 
         raise ModelError(f"timm has no model {arch!r}{did_you_mean(arch, timm.list_models())}")
     torch.manual_seed(0)

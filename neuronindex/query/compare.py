@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuronindex.errors import NotFoundError, UsageError
+from neuronindex.checks import check_k
 
 MIN_SHARED = 10
 
@@ -32,8 +33,8 @@ def depths(n: int) -> np.ndarray:
 def layers(idx, a: str, b: str) -> list[dict]:
     """Aligned per-layer rows: {depth, a: summary row or None, b: summary row or None}."""
     idx.model_row(a), idx.model_row(b)
-    rows = {m: idx.summary(m).rows() for m in (a, b)}
-    fields = {(r["model"], r["name"]): r for m in (a, b) for r in idx.layers(m).rows()}
+    rows = {m: idx.summary_rows(m) for m in (a, b)}
+    fields = {(r["model"], r["name"]): r for m in (a, b) for r in idx.layer_list(m)}
     for m, rs in rows.items():
         for r, d in zip(rs, depths(len(rs))):
             r["depth"] = float(d)
@@ -54,9 +55,9 @@ def _probe(idx, model: str, layer: str | None = None) -> tuple[list[dict], np.nd
     where, args = "", [m["id"]]
     if layer is not None:
         where, args = " AND n.layer_id = ?", [m["id"], idx.layer_rows(model, layer)[0]["id"]]
-    rows = idx.query("SELECT n.id, n.key, l.name AS layer, n.channel, n.dead, n.ingest_id, p.activations "
+    rows = idx.rows("SELECT n.id, n.key, l.name AS layer, n.channel, n.dead, n.ingest_id, p.activations "
                      "FROM neurons n JOIN layers l ON l.id = n.layer_id JOIN probe p ON p.neuron_id = n.id "
-                     f"WHERE n.model_id = ? AND n.kind = 'channel'{where} ORDER BY l.position, n.channel", args).rows()
+                     f"WHERE n.model_id = ? AND n.kind = 'channel'{where} ORDER BY l.position, n.channel", args)
     if not rows:
         raise NotFoundError(f"model {model} has no probe activations stored (its ingest kept no probe sample)")
     ingests = {r["ingest_id"] for r in rows}
@@ -98,17 +99,16 @@ def matches(idx, key: str, other: str, k: int = 10, layer: str | None = None) ->
     with neuron `key`'s over the probe images both saw: {key, model, other, shared, rows:
     [{key, layer, channel, correlation, dead}] best first}. `other` may be the neuron's own model
     (then the neuron itself is left out)."""
-    from neuronindex.api import _check_k
 
-    _check_k(k)
-    n = idx.neuron(key)
-    model, own_layer = n.row["model"], n.row["layer"]
+    check_k(k)
+    n = idx.neuron_row(key)
+    model, own_layer = n["model"], n["layer"]
     rows_a, za, rows_b, zb, shared = _aligned(idx, model, other, own_layer, layer)
-    i = next((j for j, r in enumerate(rows_a) if r["id"] == n.id), None)
+    i = next((j for j, r in enumerate(rows_a) if r["id"] == n["id"]), None)
     if i is None:
         raise NotFoundError(f"neuron {key} has no probe activations (directions have none)")
     corr = zb @ za[i]
-    order = [j for j in np.argsort(-corr, kind="stable") if rows_b[j]["id"] != n.id][:k]
+    order = [j for j in np.argsort(-corr, kind="stable") if rows_b[j]["id"] != n["id"]][:k]
     out = [{"key": rows_b[j]["key"], "layer": rows_b[j]["layer"], "channel": rows_b[j]["channel"],
             "correlation": float(corr[j]), "dead": bool(rows_b[j]["dead"])} for j in order]
     return {"key": key, "model": model, "other": other, "shared": shared, "rows": out}

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from neuronindex.errors import NotFoundError, UsageError
+from neuronindex.nets.extract import redirect_relus, relu_function
 
 RULES = ("deconvnet", "guided", "backprop")
 SIDES = ("top", "bottom")
@@ -38,7 +39,7 @@ def _entry(idx, key: str, rank: int, side: str) -> dict:
         raise UsageError(f"unknown side {side!r}; use top or bottom")
     if not isinstance(rank, int) or rank < 1:
         raise UsageError(f"rank must be a whole number >= 1, not {rank!r}")
-    n = idx.neuron(key)  # an unknown key: its own message, with suggestions
+    n = idx.neuron_row(key)  # an unknown key: its own message, with suggestions
     table = {"top": "topk", "bottom": "bottomk"}[side]
     cols = ["path", "source", "y", "x", "activation", "box_x0", "box_y0", "box_x1", "box_y1", "model", "node",
             "layer", "channel", "channels", "kind", "rf_h", "rf_w", "rf_y0", "rf_x0", "stride", "act_max"]
@@ -47,26 +48,22 @@ def _entry(idx, key: str, rank: int, side: str) -> dict:
         "l.name, n.channel, l.channels, n.kind, n.rf_h, n.rf_w, n.rf_y0, n.rf_x0, l.rf_stride, n.act_max "
         f"FROM {table} t JOIN images i ON i.id = t.image_id JOIN datasets d ON d.id = i.dataset_id "
         "JOIN neurons n ON n.id = t.neuron_id JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = n.model_id "
-        "WHERE n.id = ? AND t.rank = ?", [n.id, rank]).fetchone()
+        "WHERE n.id = ? AND t.rank = ?", [n["id"], rank]).fetchone()
     if row is None:
-        count = idx.con.execute(f"SELECT count(*) FROM {table} WHERE neuron_id = ?", [n.id]).fetchone()[0]
+        count = idx.con.execute(f"SELECT count(*) FROM {table} WHERE neuron_id = ?", [n["id"]]).fetchone()[0]
         raise NotFoundError(f"neuron {key} has no rank {rank} {side} image (it has {count})")
     e = dict(zip(cols, row))
-    e["id"] = n.id
+    e["id"] = n["id"]
     if e["kind"] != "channel":
-        d = n.direction()
+        d = idx.direction_row(n["id"])
         e["weights"], e["offset"] = np.asarray(d["weights"], dtype=np.float32), float(d["offset"] or 0.0)
     return e
 
 
 def _seen(idx, e: dict) -> np.ndarray:
     """The image as the model saw it, (H, W, 3) uint8, decoded once per opened index."""
-    from neuronindex.nets.models import Preprocessing
-
     pre = idx.con.execute("SELECT preprocessing FROM models WHERE name = ?", [e["model"]]).fetchone()[0]
-    return idx._shared.images.get_or_make(
-        (e["path"], e["source"], pre),
-        lambda: np.asarray(Preprocessing.from_json(pre).geometric(idx.load_image(e["path"], e["source"]))))
+    return idx.seen(e["path"], e["source"], pre)
 
 
 def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, dict]:
@@ -76,14 +73,14 @@ def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, d
 
     e = _entry(idx, key, rank, side)
     seen = _seen(idx, e)
-    loaded, extractor, _, lock = idx._model(e["model"], e["layer"])
+    net = idx.network(e["model"], e["layer"])
 
     def forward():
-        with lock:  # one forward at a time per extractor
-            maps = extractor(torch.from_numpy(seen.copy())[None])
+        with net.lock:  # one forward at a time per extractor
+            maps = net.extractor(torch.from_numpy(seen.copy())[None])
         return maps[e["node"]][0].cpu().numpy().astype(np.float32)
 
-    maps = idx._shared.images.get_or_make(("maps", e["model"], e["node"], e["path"], e["source"]), forward)
+    maps = idx.cached(("maps", e["model"], e["node"], e["path"], e["source"]), forward)
     if e["kind"] == "channel":
         return maps[e["channel"]], e
     return np.einsum("c,chw->hw", e["weights"], maps) + e["offset"], e
@@ -151,8 +148,6 @@ _BACKWARD = {"deconvnet": _deconvnet_backward, "guided": _guided_backward, "back
 
 def _rule_function(rule: str):
     """The ReLU of a backward rule as an autograd Function (values: ReLU's)."""
-    from neuronindex.nets.extract import relu_function
-
     return relu_function(f"{rule.capitalize()}ReLU", _BACKWARD[rule])
 
 
@@ -174,18 +169,14 @@ RULE_RELU = {"deconvnet": deconvnet_relu, "guided": guided_relu, "backprop": bac
 def _rule_module(idx, e: dict, rule: str):
     """(the layer's extractor graph with every ReLU following `rule`, its forward lock), made once
     per opened index, model, layer and rule."""
-    from neuronindex.nets.extract import _redirect_relus
 
-    loaded, extractor, _, lock = idx._model(e["model"], e["layer"])
-    if loaded.scripted:
+    net = idx.network(e["model"], e["layer"])
+    if net.loaded.scripted:
         raise UsageError(f"{e['model']} is a TorchScript model: its ReLUs cannot be given the {rule} rule; "
                          "load it as a Python or torchvision model")
-    shared = idx._shared
-    key = ("rule", e["model"], e["node"], rule)
-    with shared.model_lock:
-        if key not in shared.models:
-            shared.models[key] = _redirect_relus(extractor.module, RULE_RELU[rule])
-    return loaded, shared.models[key], lock
+    module = idx.derived_network(("rule", e["model"], e["node"], rule),
+                                 lambda: redirect_relus(net.extractor.module, RULE_RELU[rule]))
+    return net.loaded, module, net.lock
 
 
 def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet") -> tuple[np.ndarray, dict]:

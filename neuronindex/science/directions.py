@@ -36,12 +36,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
+from neuronindex.nets.receptive import Field
+from neuronindex.store import execute
 
 KINDS = ("svd", "random", "user")
 RANDOM_POOL = 1000
@@ -122,7 +123,6 @@ class Covariance:
 @dataclass
 class DirectionSpec:
     """What directions an ingest computes (parsed from the CLI / IngestParams)."""
-
     kinds: tuple[str, ...] = ()
     pooling: str = "max"
     svd_rank: str = "kaiser"
@@ -177,7 +177,6 @@ def rank_rule(text: str) -> tuple[str, float]:
 @dataclass
 class LayerDirections:
     """The directions of one layer: unit vectors u in the standardised space and what maps use."""
-
     names: list[str]
     kinds: list[str]
     basis: np.ndarray  # (D, C) unit vectors in the standardised space
@@ -221,7 +220,6 @@ class LayerDirections:
 @dataclass
 class StoredDirections:
     """A layer's directions as an index stores them: what their maps need (recompute, directions add)."""
-
     names: list[str]
     kinds: list[str]
     weights: np.ndarray  # (D, C)
@@ -232,7 +230,6 @@ class StoredDirections:
 
     @classmethod
     def load(cls, con, layer_id: int) -> "StoredDirections | None":
-        from neuronindex.store import execute
 
         rows = execute(con, 'SELECT d.name, d.kind, d.weights, d."offset" FROM directions d JOIN neurons n '
                             'ON n.id = d.neuron_id WHERE d.layer_id = ? ORDER BY n.channel', [layer_id])
@@ -375,7 +372,6 @@ def valid_name(name: str) -> str:
 
 class Projector:
     """Appends each layer's direction maps to its map: (B, C, H, W) -> (B, C + D, H, W)."""
-
     def __init__(self, nodes: list[str], directions: list):
         import torch
 
@@ -413,8 +409,6 @@ class Projector:
 
 def extended_field(f, d: int):
     """The layer's field with d direction units appended: each sees the union of all channels'."""
-    from neuronindex.nets.receptive import Field
-
     if f is None or d == 0:
         return f
     u = f.union_all()
@@ -436,271 +430,7 @@ def extended_selections(selections, directions):
 
 # ---------------------------------------------------------------------------- the units pass
 
-def units_pass(run, directions: list, progress: bool = True) -> list[dict | None]:
-    """One more pass over every image for what pass 1 could not know: each direction's top and
-    bottom lists with locations and its statistics, as a neuron's, over its projection map.
-
-    Returns, per layer, the direction units' results (the keys of `LayerStats.result`, with
-    `bottom_*` from the negated maps, `act_min` and `pooled_var`), or None.
-    """
-    import torch
-    from tqdm import tqdm
-
-    from neuronindex.nets.extract import Extractor, image_batches
-    from neuronindex.science.stats import LayerStats, split
-    from neuronindex.nets.summaries import combine, summarize
-
-    p = run.params
-    nodes = [s.layer.name for s in run.selections]
-    sizes = [len(d) if d is not None else 0 for d in directions]
-    positions = [q for q in run.positions() if q not in run.problems]
-    if not sum(sizes) or not positions:
-        return [None] * len(nodes)
-    projector = Projector(nodes, directions)
-    # the forward stops at the deepest layer with directions
-    wanted = [n for n, s in zip(nodes, sizes) if s]
-    extractor = Extractor(run.loaded, wanted, p.device, p.amp)
-    unit_channels = [2 * s for s in sizes if s]
-    stats = LayerStats(sum(unit_channels), p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-    pooled_sum = [np.zeros(s) for s in sizes]
-    pooled_sq = [np.zeros(s) for s in sizes]
-    label_index = {name: i for i, name in enumerate(run.label_names)}
-    labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
-                          dtype=torch.long)
-    bar = tqdm(total=len(positions), unit="img", desc="directions: projection maps", disable=not progress,
-               dynamic_ncols=True)
-    for batch, pos, problems in image_batches(run.images, run.loaded.preprocessing, p.batch_size, p.workers, positions):
-        ok = torch.tensor([not q for q in problems], dtype=torch.bool)
-        bar.update(len(problems))
-        if not bool(ok.any()):
-            continue
-        maps = extractor(batch[ok])
-        pos = pos[ok]
-        parts = []
-        for li, node in enumerate(nodes):
-            if not sizes[li]:
-                continue
-            a = maps[node]
-            proj = projector.project(node, a)
-            pooled = (a.amax(dim=(2, 3)) if directions[li].pooling == "max" else a.mean(dim=(2, 3))).double()
-            w, b0 = projector.by_node[node]
-            pp = (pooled @ w.to(pooled.device).double().T + b0.to(pooled.device).double()).cpu().numpy()
-            pooled_sum[li] += pp.sum(0)
-            pooled_sq[li] += (pp * pp).sum(0)
-            both = torch.cat([proj, -proj], 1).float().cpu().contiguous()
-            # a threshold of -inf: every pair gets its location (a few units per layer)
-            parts.append(summarize(both, torch.full((both.shape[1],), -float("inf"))))
-        stats.add_summary(combine(parts), pos, labels[pos])
-    bar.close()
-    parts = split(stats.result(), unit_channels)
-    out: list[dict | None] = []
-    it = iter(parts)
-    for li, s in enumerate(sizes):
-        if not s:
-            out.append(None)
-            continue
-        res, neg = split(next(it), [s, s])
-        low = neg["top_values"][:, : p.bottom_k]
-        res["bottom_values"] = np.where(np.isfinite(low), -low, np.nan)
-        res["bottom_ids"] = neg["top_ids"][:, : p.bottom_k]
-        res["bottom_y"] = neg["top_y"][:, : p.bottom_k].astype(np.int64)
-        res["bottom_x"] = neg["top_x"][:, : p.bottom_k].astype(np.int64)
-        res["act_min"] = -neg["act_max"]
-        n = max(stats.count, 1)
-        mean = pooled_sum[li] / n
-        res["pooled_var"] = np.maximum(pooled_sq[li] / n - mean ** 2, 0.0)
-        out.append(res)
-    return out
-
-
-def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
-    """Each layer's results with its direction units appended after its channels."""
-    from neuronindex.science.stats import PER_CLASS_KEYS, WHOLE_KEYS
-
-    out = []
-    for res, u in zip(results, units):
-        if u is None:
-            out.append(res)
-            continue
-        merged = {}
-        for key, value in res.items():
-            if key in PER_CLASS_KEYS and value is not None and u.get(key) is None:
-                # what the units pass does not take (spatial means): NaN for the directions
-                merged[key] = np.concatenate([value, np.full((value.shape[0], len(u["act_max"])), np.nan)], axis=1)
-            elif key not in u or value is None or u[key] is None or key in WHOLE_KEYS:
-                merged[key] = value
-            elif key in PER_CLASS_KEYS:
-                merged[key] = np.concatenate([value, u[key]], axis=1)
-            else:
-                a, b = np.asarray(value), np.asarray(u[key])
-                if a.ndim == 2 and a.shape[1] != b.shape[1]:  # lists of different lengths
-                    width = max(a.shape[1], b.shape[1])
-                    a, b = _pad(a, width), _pad(b, width)
-                merged[key] = np.concatenate([a, b], axis=0)
-        C = len(res["act_max"])
-        merged["act_min"] = np.concatenate([np.full(C, np.nan), u["act_min"]])
-        merged["pooled_var"] = u["pooled_var"]  # per direction
-        out.append(merged)
-    return out
-
-
-def _pad(a: np.ndarray, width: int) -> np.ndarray:
-    fill = {"f": -np.inf, "i": -1, "u": 0, "b": False}[a.dtype.kind]
-    return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
-
 
 # ---------------------------------------------------------------------------- user directions
 
-def load_vectors(path: str) -> np.ndarray:
-    """A .npy file (C,) or (D, C), or a text file of numbers (one direction per line)."""
 
-    p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"vector file {path} does not exist")
-    try:
-        v = np.load(p, allow_pickle=False) if p.suffix == ".npy" else np.loadtxt(p, ndmin=1)
-    except (ValueError, OSError) as exc:
-        raise UsageError(f"cannot read {path} as a vector ({exc}); give a .npy array or numbers as text") from None
-    v = np.asarray(v, dtype=np.float64)
-    if v.ndim == 1:
-        v = v[None, :]
-    if v.ndim != 2 or v.size == 0:
-        raise UsageError(f"{path} holds an array of shape {v.shape}; give (channels,) or (directions, channels)")
-    return v
-
-
-def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = None, model: str | None = None,
-        progress: bool = True, wait: bool = True) -> dict:
-    """Index user directions (rows of `vectors`, over the layer's channels) of a stored layer, as
-    an ingest does its directions: one pass over the ingest's images for their top and bottom
-    lists, then pass 2 and the indexes for the new units only; published atomically."""
-    import json
-
-    from neuronindex import store
-    from neuronindex.jobs.derive import StoredIngest, run_all
-    from neuronindex.errors import IngestError, NotFoundError, did_you_mean
-    from neuronindex.jobs.ingest import IngestParams, build_vectors, prepare
-    from neuronindex.nets.models import Preprocessing
-    from neuronindex.store import execute
-    from neuronindex.science.stats import units_of
-    from neuronindex.store.writer import write_directions, write_units
-
-    con = store.connect(index_dir)
-    try:
-        models = [r[0] for r in execute(con, "SELECT name FROM models ORDER BY id")]
-        if model is None and "/" in layer:
-            model, layer = layer.split("/", 1)
-        if model is None:
-            if len(models) != 1:
-                raise UsageError(f"this index holds {len(models)} models; name one with --model or MODEL/LAYER")
-            model = models[0]
-        if model not in models:
-            raise NotFoundError(f"no model {model!r} in this index{did_you_mean(model, models)}")
-        rows = execute(con, "SELECT l.id, l.name, l.channels, i.id, m.spec, m.weights, m.preprocessing, i.parameters, "
-                            "d.source, m.fingerprint, d.fingerprint, d.labels, d.class_list, m.id "
-                            "FROM layers l JOIN models m ON m.id = l.model_id JOIN ingests i ON i.id = l.ingest_id "
-                            "JOIN datasets d ON d.id = i.dataset_id WHERE m.name = ?", [model])
-        by_name = {r[1]: r for r in rows}
-        if layer not in by_name:
-            raise NotFoundError(f"model {model} has no layer {layer!r}{did_you_mean(layer, list(by_name))}; "
-                                f"its layers: {', '.join(by_name)}")
-        (layer_id, layer_name, C, ingest_id, spec, weights, pre, params, source, model_fp, data_fp, labels,
-         class_list, model_id) = by_name[layer]
-        vectors = np.asarray(vectors, dtype=np.float64)
-        if vectors.ndim == 1:
-            vectors = vectors[None]
-        taken = {r[0] for r in execute(con, "SELECT unit FROM neurons WHERE layer_id = ?", [layer_id])}
-        first_user = 1 + int(execute(con, "SELECT count(*) FROM directions WHERE layer_id = ? AND kind = 'user'",
-                                     [layer_id])[0][0])
-        names = list(names) if names else [f"user{first_user + j}" for j in range(len(vectors))]
-        if len(names) != len(vectors):
-            raise UsageError(f"{len(names)} names for {len(vectors)} vectors; give one name per vector")
-        for n in names:
-            if not re.fullmatch(r"user\d+", n):
-                valid_name(n)
-            if n in taken:
-                raise UsageError(f"layer {layer} already has a unit named {n!r}; choose another --name")
-        if len(set(names)) != len(names):
-            raise UsageError("two vectors have the same name; give each its own")
-        stats = execute(con, "SELECT act_mean, act_std FROM neurons WHERE layer_id = ? AND kind = 'channel' "
-                             "ORDER BY channel", [layer_id])
-        next_channel = int(execute(con, "SELECT max(channel) + 1 FROM neurons WHERE layer_id = ?", [layer_id])[0][0])
-        existing = execute(con, "SELECT id FROM neurons WHERE layer_id = ? AND kind = 'channel' ORDER BY channel",
-                           [layer_id])
-        first_image = int(execute(con, "SELECT min(id) - min(position) FROM images WHERE dataset_id = "
-                                       "(SELECT dataset_id FROM ingests WHERE id = ?)", [ingest_id])[0][0])
-        label_rows = dict(execute(con, "SELECT c.name, c.id FROM classes c JOIN ingests i ON i.dataset_id = c.dataset_id "
-                                       "WHERE i.id = ?", [ingest_id]))
-        model_name = model
-    finally:
-        con.close()
-    mean = np.array([r[0] or 0.0 for r in stats])
-    std = np.array([r[1] or 0.0 for r in stats])
-    basis = np.stack([user_direction(v, mean, std, C, n) for v, n in zip(vectors, names)])
-    p = json.loads(params)
-    p = IngestParams(**{k: v for k, v in p.items() if k in IngestParams.__dataclass_fields__})
-    p.shard, p.directions = None, "none"
-    labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
-    run = prepare(spec, source, [layer_name], weights=weights, name=model_name,
-                  preprocessing=Preprocessing.from_json(pre), params=p, labels=labels, class_list=class_list)
-    if run.meta["model_fingerprint"] != model_fp:
-        raise IngestError(f"the weights of {model_name} ({weights}) changed since it was ingested; ingest it again")
-    if run.meta["data_fingerprint"] != data_fp:
-        raise IngestError(f"the images of {source} changed since {model_name} was ingested; ingest it again")
-    n_live = int((std > 0).sum())
-    d = LayerDirections(names, ["user"] * len(names), basis, mean, std, 0, "max", np.zeros(len(names)),
-                        float(n_live), [None] * len(names), list(range(first_user, first_user + len(names))))
-    run.directions = [d]
-    empty = _empty_results(C, p, len(run.label_names))
-    units = units_pass(run, [d], progress=progress)[0]
-    if units is None:
-        raise IngestError("no image of the ingest could be read again; check that its images are still there")
-    from neuronindex.science.selectivity import dead_neurons
-
-    units["dead"] = dead_neurons(units["act_max"], units["act_std"])
-    units["weak"] = np.zeros(len(d), dtype=bool)
-    units["kind"], units["unit"] = ["user"] * len(d), list(names)
-    d.variance = units["pooled_var"].copy()  # w . pooled + b has variance u'Ru for max pooling
-    d.n = int(units["count"])
-    results = extend_results([empty], [units])
-    # the images behind the new units (the channels' part of `results` is empty)
-    results[0]["count"], results[0]["class_count"] = units["count"], units["class_count"]
-    if units.get("probe") is not None:  # the new units' signatures (the channels' rows stay as stored)
-        results[0]["probe"] = np.concatenate([np.zeros((units["probe"].shape[0], C), np.float32), units["probe"]], 1)
-        results[0]["probe_ids"] = units["probe_ids"]
-    derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
-    derived.only = np.arange(C, C + len(d))
-    with store.staged(index_dir, wait=wait) as wcon:
-        from neuronindex.store import next_id
-
-        base = next_id(wcon, "neurons")
-        new_ids = np.arange(base, base + len(d))
-        label_class_ids = np.array([label_rows[n] for n in run.label_names], dtype=np.int64)
-        new = np.arange(C, C + len(d))  # the new units in this run's extended map
-        field_ = extended_field(run.selections[0].layer.field, len(d))
-        channels = np.arange(next_channel, next_channel + len(d))  # where they go in the stored layer
-        write_units(wcon, units_of(results[0], new), new_ids, channels, f"{model_name}/{layer_name}/", model_id,
-                    layer_id, ingest_id,
-                    field_.rows(new) if field_ is not None else None,
-                    first_image, label_class_ids)
-        write_directions(wcon, new_ids, layer_id, d, units["pooled_var"])
-        ids = np.concatenate([np.array([r[0] for r in existing], dtype=np.int64), new_ids])
-        derived.write(wcon, StoredIngest(ingest_id, [ids]))
-    build_vectors(index_dir)
-    return {"model": model_name, "layer": layer_name, "directions": [f"{model_name}/{layer_name}/{n}" for n in names],
-            "images": int(units["count"])}
-
-
-def _empty_results(C: int, p, n_classes: int) -> dict:
-    """Results of C channels with nothing in them (for runs that only add directions)."""
-    k = p.top_k
-    return {"count": 0, "act_max": np.full(C, np.nan), "act_mean": np.full(C, np.nan), "act_std": np.full(C, np.nan),
-            "sparsity": np.full(C, np.nan), "dead": np.ones(C, dtype=bool), "weak": np.zeros(C, dtype=bool),
-            "curve": np.zeros((C, p.curve_len), np.float32), "auc": np.full(C, np.nan),
-            "class_means": np.full((n_classes, C), np.nan), "class_means_spatial": None,
-            "class_count": np.zeros(n_classes, dtype=np.int64),
-            "top_values": np.full((C, k), -np.inf), "top_ids": np.full((C, k), -1, dtype=np.int64),
-            "top_y": np.full((C, k), -1, dtype=np.int64), "top_x": np.full((C, k), -1, dtype=np.int64),
-            "probe": None, "probe_ids": np.zeros(0, dtype=np.int64),
-            "bottom_values": np.full((C, 0), np.nan), "bottom_ids": np.full((C, 0), -1, dtype=np.int64),
-            "kind": ["channel"] * C, "unit": [str(c) for c in range(C)]}

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from neuronindex.nets.extract import Extractor, image_batches
 
 SPRITE_CROPS = 12
 THUMB_MAX = 48
@@ -168,7 +169,6 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     """
     from tqdm import tqdm
 
-    from neuronindex.nets.extract import image_batches
 
     lo, hi = neurons if neurons is not None else (0, plan.n_neurons)
     mine = (plan.neuron >= lo) & (plan.neuron < hi)
@@ -353,7 +353,6 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     """
     from tqdm import tqdm
 
-    from neuronindex.nets.extract import Extractor
 
     out = np.full(len(owners), np.nan)
     todo = [n for n, f in enumerate(features) if f is not None and f.n_used > 0]

@@ -46,6 +46,7 @@ import numpy as np
 from neuronindex.science.colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES  # noqa: F401 - ACHROMATIC is re-exported
 
 from neuronindex.settings import default
+from neuronindex.science.colornames import chromatic_name, probabilities
 
 COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (Rafegas et al. 2020, Fig. 7)
 COLOR_PAIR = default("color_pair")  # the second end's least salience, as a share of the first's
@@ -81,8 +82,6 @@ def weighted_pca(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
 
 def hue_name_of(hue: float) -> str:
     """The colour name of the most saturated in-gamut colour at `hue` degrees from mid-grey."""
-    from neuronindex.science.colornames import chromatic_name
-
     t = np.radians(hue)
     direction = from_opponent(np.array([np.cos(t), np.sin(t), 0.0]))
     grey = np.full(3, 0.5)
@@ -121,8 +120,6 @@ class End:
 
 def _ends(opp: np.ndarray, rgb: np.ndarray, weights: np.ndarray, mean: np.ndarray, v: np.ndarray) -> list[End]:
     """The two ends of the component, most salient (area x chroma) first."""
-    from neuronindex.science.colornames import chromatic_name, probabilities
-
     t = (opp - mean) @ v
     ends = []
     for side in (t > 0, t < 0):
@@ -147,8 +144,6 @@ def _opponent(first: End, other: End) -> bool:
 
 def color_selectivity(nf: np.ndarray, valid: np.ndarray, std: np.ndarray) -> ColorSelectivity:
     """nf (h, w, 3) in [0, 255]; valid (h, w); std (h, w) grey levels (NaN where unseen)."""
-    from neuronindex.science.colornames import probabilities
-
     mask = valid & np.isfinite(std)
     if not mask.any():
         return ColorSelectivity(None, None, None, {}, None, None, None)

@@ -31,6 +31,8 @@ from neuronindex.cache import LRU
 from neuronindex.errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
 from neuronindex.formats import plain
 from neuronindex.settings import default
+from neuronindex.data import _to_rgb, check_pixels
+from neuronindex.errors import DataError, IndexNotFoundError
 
 
 class Version:
@@ -72,7 +74,6 @@ class LiveIndex:
         try:
             st = os.stat(store.index_file(self.directory))
         except FileNotFoundError:
-            from neuronindex.errors import IndexNotFoundError
 
             raise IndexNotFoundError(f"the index at {self.directory} is gone ({store.INDEX_FILE} is missing)") from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
@@ -284,9 +285,6 @@ def decode_upload(data: bytes):
     above `upload_max_pixels`; the freed decode buffers are handed back to the system."""
     from PIL import Image
 
-    from neuronindex.data import _to_rgb, check_pixels
-    from neuronindex.errors import DataError
-    from neuronindex.settings import default
 
     side = default("upload_max_side")
     Image.MAX_IMAGE_PIXELS = None  # the checks below decide, from the header, before anything is decoded

@@ -7,11 +7,14 @@ from pathlib import Path
 
 from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 
-from neuronindex.api import parse_box
+from neuronindex.checks import parse_box
 from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.formats import plain
 from neuronindex.settings import default
 from neuronindex.service.common import (answer, answer_key, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes)
+from neuronindex.query.export import EXPORT_FORMATS
+from neuronindex.report import figure_names, hierarchy_pngs, map_png, render_figures
+from neuronindex.settings import rows
 
 router = APIRouter(prefix="/api")
 PNG = "image/png"
@@ -33,8 +36,6 @@ async def api_summary(request: Request):
 @router.get("/settings")
 def api_settings():
     """Every threshold and default (the settings table)."""
-    from neuronindex.settings import rows
-
     return json_rows(rows())
 
 @router.get("/status")
@@ -64,7 +65,6 @@ async def api_explain(request: Request, q: str):
 
 @router.get("/report/{model}/{figure}.png")
 async def api_figure(request: Request, model: str, figure: str):
-    from neuronindex.report import figure_names, render_figures
 
     def draw(idx):  # every figure of the model is drawn at once; each is cached under its own URL
         idx.model_row(model)
@@ -180,8 +180,6 @@ async def api_subtree(request: Request, class_name: str = Query(..., alias="clas
 async def api_categories_png(request: Request, figure: str, model: str | None = None, layer: str | None = None,
                              pooling: str | None = None):
     """The dendrogram or the minimum spanning tree, drawn."""
-    from neuronindex.report import hierarchy_pngs
-
     if figure not in ("dendrogram", "mst"):
         raise NotFoundError(f"no figure {figure!r}; use dendrogram.png or mst.png")
     return await answer(request, lambda idx: hierarchy_pngs(idx, model, layer, pooling)[figure], media=PNG, heavy=True)
@@ -198,7 +196,6 @@ async def api_map(request: Request, model: str, layer: str, space: str = "neuron
 
 @router.get("/maps/{model}/{layer}/map.png")
 async def api_map_png(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
-    from neuronindex.report import map_png
 
     return await answer(request, lambda idx: map_png(idx, model, layer, space, color), media=PNG, heavy=True)
 
@@ -249,7 +246,6 @@ EXPORT_MEDIA = {"csv": "text/csv", "json": "application/json", "jsonl": "applica
 
 @router.get("/export")
 async def api_export(request: Request, q: str, format: str = "csv", context: bool = True):
-    from neuronindex.query.export import EXPORT_FORMATS
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"unknown export format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")

@@ -11,6 +11,9 @@ from neuronindex.settings import default
 from neuronindex.errors import NeuronIndexError
 from neuronindex.service.auth import COOKIE, session_value
 from neuronindex.service.common import answer, neuron_payload, safe_similar
+from neuronindex.errors import did_you_mean, NotFoundError, UsageError
+from neuronindex.report import FIGURE_TITLES, point_colours
+from neuronindex.query import categories
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter()
@@ -161,7 +164,6 @@ def _local(target: str) -> str:
 
 @router.get("/")
 async def home(request: Request):
-    from neuronindex.report import FIGURE_TITLES
 
     return await page(request, "home.html", lambda idx: {"models": idx.models().rows(), "summary": idx.summary().rows(),
                                                          "titles": FIGURE_TITLES})
@@ -171,10 +173,8 @@ async def model_page(request: Request, model: str):
     def make(idx):
         found = [m for m in idx.models().rows() if m["name"] == model]
         if not found:
-            from neuronindex.errors import NotFoundError, did_you_mean
 
             raise NotFoundError(f"no model {model!r}{did_you_mean(model, [m['name'] for m in idx.models().rows()])}")
-        from neuronindex.science import hierarchy
 
         maps = idx.query("SELECT l.name, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON "
                          "m.id = p.model_id WHERE m.name = ?", [model]).rows()
@@ -184,7 +184,7 @@ async def model_page(request: Request, model: str):
                 "classes": idx.visualizations(model, kind="classes").rows(),
                 "mapped": {r["name"] for r in maps if r["space"] == "neurons"},
                 "mapped_crops": {r["name"] for r in maps if r["space"] == "crops"},
-                "has_hierarchy": has > 0, "trees": hierarchy.trees(idx.con, model)}
+                "has_hierarchy": has > 0, "trees": categories.trees(idx.con, model)}
     return await page(request, "model.html", make)
 
 @router.get("/layer/{model}/{layer}")
@@ -214,7 +214,6 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
 @router.get("/neuron/{key:path}")
 async def neuron_page(request: Request, key: str, view: str = "crops"):
     if view not in dict(VIEWS):
-        from neuronindex.errors import UsageError
 
         raise UsageError(f"unknown view {view!r}; use crops, guided or context")
 
@@ -233,7 +232,6 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
 @router.get("/categories/{model}")
 async def categories_page(request: Request, model: str, layer: str | None = None, pooling: str | None = None):
     def make(idx):
-        from neuronindex.science import hierarchy
 
         r = idx.categories(model, layer, pooling)
         near = {row["class"]: row["near"] for row in idx.query(
@@ -247,9 +245,9 @@ async def categories_page(request: Request, model: str, layer: str | None = None
                            [model]).rows()
         nodes = r.meta["nodes"]
         root = next(n["node"] for n in nodes if n["parent"] is None)
-        sides = [[c["class"] for c in hierarchy.classes_under(nodes, n["node"])] for n in nodes if n["parent"] == root]
+        sides = [[c["class"] for c in categories.classes_under(nodes, n["node"])] for n in nodes if n["parent"] == root]
         return {"model": model, "h": r.meta, "classes": r.rows(), "near": near, "stored": stored, "sides": sides,
-                "trees": hierarchy.trees(idx.con, model)}
+                "trees": categories.trees(idx.con, model)}
     return await page(request, "categories.html", make)
 
 @router.get("/tree/{model}/{layer}/{class_name}")
@@ -262,7 +260,6 @@ async def tree_page(request: Request, model: str, layer: str, class_name: str, p
 @router.get("/map/{model}/{layer}")
 async def map_page(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
     def make(idx):
-        from neuronindex.report import point_colours
 
         m = idx.map(layer, space, model)
         rows = m.rows()

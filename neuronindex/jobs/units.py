@@ -1,0 +1,122 @@
+"""The units pass: after pass 1 (whose covariance gives the SVD), one more pass over the images for
+what pass 1 could not know, each direction's top and bottom lists with locations and its
+statistics over its projection map; and the layer results with those units appended."""
+from __future__ import annotations
+from neuronindex.nets.extract import Extractor
+from neuronindex.science.stats import LayerStats
+from neuronindex.science.stats import PER_CLASS_KEYS
+from neuronindex.science.directions import Projector
+from neuronindex.science.stats import WHOLE_KEYS
+from neuronindex.nets.summaries import combine
+from neuronindex.nets.extract import image_batches
+import numpy as np
+from neuronindex.science.stats import split
+from neuronindex.nets.summaries import summarize
+
+
+def units_pass(run, directions: list, progress: bool = True) -> list[dict | None]:
+    """One more pass over every image for what pass 1 could not know: each direction's top and
+    bottom lists with locations and its statistics, as a neuron's, over its projection map.
+
+    Returns, per layer, the direction units' results (the keys of `LayerStats.result`, with
+    `bottom_*` from the negated maps, `act_min` and `pooled_var`), or None.
+    """
+    import torch
+    from tqdm import tqdm
+
+
+    p = run.params
+    nodes = [s.layer.name for s in run.selections]
+    sizes = [len(d) if d is not None else 0 for d in directions]
+    positions = [q for q in run.positions() if q not in run.problems]
+    if not sum(sizes) or not positions:
+        return [None] * len(nodes)
+    projector = Projector(nodes, directions)
+    # the forward stops at the deepest layer with directions
+    wanted = [n for n, s in zip(nodes, sizes) if s]
+    extractor = Extractor(run.loaded, wanted, p.device, p.amp)
+    unit_channels = [2 * s for s in sizes if s]
+    stats = LayerStats(sum(unit_channels), p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
+    pooled_sum = [np.zeros(s) for s in sizes]
+    pooled_sq = [np.zeros(s) for s in sizes]
+    label_index = {name: i for i, name in enumerate(run.label_names)}
+    labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
+                          dtype=torch.long)
+    bar = tqdm(total=len(positions), unit="img", desc="directions: projection maps", disable=not progress,
+               dynamic_ncols=True)
+    for batch, pos, problems in image_batches(run.images, run.loaded.preprocessing, p.batch_size, p.workers, positions):
+        ok = torch.tensor([not q for q in problems], dtype=torch.bool)
+        bar.update(len(problems))
+        if not bool(ok.any()):
+            continue
+        maps = extractor(batch[ok])
+        pos = pos[ok]
+        parts = []
+        for li, node in enumerate(nodes):
+            if not sizes[li]:
+                continue
+            a = maps[node]
+            proj = projector.project(node, a)
+            pooled = (a.amax(dim=(2, 3)) if directions[li].pooling == "max" else a.mean(dim=(2, 3))).double()
+            w, b0 = projector.by_node[node]
+            pp = (pooled @ w.to(pooled.device).double().T + b0.to(pooled.device).double()).cpu().numpy()
+            pooled_sum[li] += pp.sum(0)
+            pooled_sq[li] += (pp * pp).sum(0)
+            both = torch.cat([proj, -proj], 1).float().cpu().contiguous()
+            # a threshold of -inf: every pair gets its location (a few units per layer)
+            parts.append(summarize(both, torch.full((both.shape[1],), -float("inf"))))
+        stats.add_summary(combine(parts), pos, labels[pos])
+    bar.close()
+    parts = split(stats.result(), unit_channels)
+    out: list[dict | None] = []
+    it = iter(parts)
+    for li, s in enumerate(sizes):
+        if not s:
+            out.append(None)
+            continue
+        res, neg = split(next(it), [s, s])
+        low = neg["top_values"][:, : p.bottom_k]
+        res["bottom_values"] = np.where(np.isfinite(low), -low, np.nan)
+        res["bottom_ids"] = neg["top_ids"][:, : p.bottom_k]
+        res["bottom_y"] = neg["top_y"][:, : p.bottom_k].astype(np.int64)
+        res["bottom_x"] = neg["top_x"][:, : p.bottom_k].astype(np.int64)
+        res["act_min"] = -neg["act_max"]
+        n = max(stats.count, 1)
+        mean = pooled_sum[li] / n
+        res["pooled_var"] = np.maximum(pooled_sq[li] / n - mean ** 2, 0.0)
+        out.append(res)
+    return out
+
+
+def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
+    """Each layer's results with its direction units appended after its channels."""
+    out = []
+    for res, u in zip(results, units):
+        if u is None:
+            out.append(res)
+            continue
+        merged = {}
+        for key, value in res.items():
+            if key in PER_CLASS_KEYS and value is not None and u.get(key) is None:
+                # what the units pass does not take (spatial means): NaN for the directions
+                merged[key] = np.concatenate([value, np.full((value.shape[0], len(u["act_max"])), np.nan)], axis=1)
+            elif key not in u or value is None or u[key] is None or key in WHOLE_KEYS:
+                merged[key] = value
+            elif key in PER_CLASS_KEYS:
+                merged[key] = np.concatenate([value, u[key]], axis=1)
+            else:
+                a, b = np.asarray(value), np.asarray(u[key])
+                if a.ndim == 2 and a.shape[1] != b.shape[1]:  # lists of different lengths
+                    width = max(a.shape[1], b.shape[1])
+                    a, b = _pad(a, width), _pad(b, width)
+                merged[key] = np.concatenate([a, b], axis=0)
+        C = len(res["act_max"])
+        merged["act_min"] = np.concatenate([np.full(C, np.nan), u["act_min"]])
+        merged["pooled_var"] = u["pooled_var"]  # per direction
+        out.append(merged)
+    return out
+
+
+def _pad(a: np.ndarray, width: int) -> np.ndarray:
+    fill = {"f": -np.inf, "i": -1, "u": 0, "b": False}[a.dtype.kind]
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=fill)
