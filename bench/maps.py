@@ -49,7 +49,7 @@ def categories(index: Path) -> None:
     for layer in layers:
         for pooling in ("mean", "max"):
             t0 = time.perf_counter()
-            h = categories_job.run(index, layer=layer, pooling=pooling)
+            h = categories_job.publish_hierarchy(index, layer=layer, pooling=pooling)
             took = time.perf_counter() - t0
             split = " | ".join(", ".join(s[:6]) + (f" (+{len(s) - 6})" if len(s) > 6 else "") for s in h["top_split"])
             line = f"  {layer:12s} {pooling:4s} {took:5.1f} s  centre {h['centre']}, hub {h['hub']}; top: {split}"
@@ -85,7 +85,7 @@ def main() -> None:
         for method in ("tsne", "umap"):
             for space in spaces:
                 t0 = time.perf_counter()
-                made = maps.run(sq, ["features.12"], spaces=(space,), method=method, force=True, progress=False)
+                made = maps.make_maps(sq, ["features.12"], spaces=(space,), method=method, force=True, progress=False)
                 print(f"map --layers features.12 --space {space} --method {method}: {made[0]['points']} points, "
                       f"{time.perf_counter() - t0:.1f} s (layout {made[0]['seconds']:.1f} s)")
     finally:

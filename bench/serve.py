@@ -127,7 +127,7 @@ def main():
     args = parser.parse_args()
     index = args.index
     if index is None:
-        from neuronindex.jobs.demo import run_demo
+        from neuronindex.demo import run_demo
 
         index = str(run_demo("neuronindex-demo", progress=False)["index"])
     print(f"{args.clients} clients, {args.seconds:g} s per phase, server with {args.workers} process(es), index {index}")

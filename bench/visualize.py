@@ -116,10 +116,10 @@ def main() -> None:
                    name=case["name"], preprocessing=case["preprocessing"], progress=False,
                    params=IngestParams(batch_size=32, workers=2, limit=args.images))
             t0 = time.perf_counter()  # the first layer whole (cheap, and its colour figures need every neuron)
-            first = viz.run(index, [case["first"]], params=render.VizParams(steps=args.steps), device=args.device,
+            first = viz.visualize_layers(index, [case["first"]], params=render.VizParams(steps=args.steps), device=args.device,
                             progress=False)
             t1 = time.perf_counter()
-            done = viz.run(index, None, params=render.VizParams(steps=args.steps), device=args.device, progress=False,
+            done = viz.visualize_layers(index, None, params=render.VizParams(steps=args.steps), device=args.device, progress=False,
                            per_layer=args.per_layer)
             seconds = time.perf_counter() - t1
             print(f"\n{name}: `neuronindex visualize --layers {case['first']} --steps {args.steps}`: "

@@ -19,7 +19,7 @@ from neuronindex.jobs import directions as directions_job
 from neuronindex.jobs import ingest as ingest_job
 from neuronindex.jobs import maps as maps_job
 from neuronindex.jobs import visualize as visualize_job
-from neuronindex.jobs.demo import run_demo
+from neuronindex.demo import run_demo
 from neuronindex.jobs.distributed import ingest_on_ray
 from neuronindex.jobs.ingest import IngestParams, build_vectors, merge_states
 from neuronindex.jobs.recompute import recompute
@@ -689,7 +689,7 @@ def visualize(index_dir, layer_spec, model, objective, classes, no_neurons, per_
     params = viz_params(objective, steps, seed, lr, param, no_decorrelate, jitter, scale, rotate, l2, tv, blur_every,
                         viz_batch_size)
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
-    done = visualize_job.run(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
+    done = visualize_job.visualize_layers(index_dir, layers, model, params, classes, not no_neurons, device, not quiet, viz_checkpoint_every,
                    not no_wait, per_layer, "prob" if prob else "class")
     click.echo(f"optimised {done['optimised']} images in {done['seconds']:.1f} s"
                + (f"; {done['skipped']} already stored with these options" if done["skipped"] else ""))
@@ -709,7 +709,7 @@ def categories(index_dir, model, layer, pooling, no_wait):
     Ingest builds it for the deepest layer; this builds it for another layer or pooling, and
     prints the top split, the tree's centre and, for WordNet classes, the agreement with WordNet."""
 
-    done = categories_job.run(index_dir, model, layer, pooling, not no_wait)
+    done = categories_job.publish_hierarchy(index_dir, model, layer, pooling, not no_wait)
     click.echo(f"{done['model']} {done['layer']} ({done['pooling']} pooling): {done['classes']} classes")
     for side in done["top_split"]:
         shown = ", ".join(side[:12]) + (f", ... ({len(side)})" if len(side) > 12 else "")
@@ -765,7 +765,7 @@ def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map
 
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
     spaces = ("neurons", "crops") if space == "both" else (space,)
-    for r in maps_job.run(index_dir, layers, model, spaces, method, seed, map_perplexity, map_neighbors, force,
+    for r in maps_job.make_maps(index_dir, layers, model, spaces, method, seed, map_perplexity, map_neighbors, force,
                       not quiet, not no_wait):
         took = f" in {r['seconds']:.1f} s" if "seconds" in r else ""
         click.echo(f"{r['model']} {r['layer']} {r['space']}: {r['points']} points, {r['status']}{took}")

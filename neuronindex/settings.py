@@ -114,6 +114,9 @@ SETTINGS: tuple[Setting, ...] = (
                                        "while other requests run on the others (the CLI and Python API use all)."),
     Setting("response_cache", 64, "MB of answers (JSON, PNG) the service keeps per index version; the index is "
                                   "immutable between publishes, so a cached answer is exact."),
+    Setting("in_place_publish", True, "Small publishes (a map, a tree, a category hierarchy, a batch of optimised "
+                                      "images) write into the index in one transaction when no reader has it open, "
+                                      "instead of into a copy of it; off: always a copy."),
     Setting("image_cache", 64, "MB of decoded source images (as the model saw them) kept for crops, per opened index."),
 )
 

@@ -109,7 +109,7 @@ def test_install_and_demo_command_as_written(tmp_path):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     """A folder holding `neuronindex-demo/` as the README's first command leaves it (the default demo)."""
-    from neuronindex.jobs.demo import run_demo
+    from neuronindex.demo import run_demo
 
     root = tmp_path_factory.mktemp("docs")
     result = run_demo(root / "neuronindex-demo", progress=False)

@@ -356,7 +356,7 @@ def test_http_and_pages_of_hierarchy_trees_and_maps(tree_index, tmp_path):
     index = tmp_path / "copy"
     shutil.copytree(tree_index, index)
     categories_job.tree(index, "red", "conv2")
-    maps.run(index, spaces=("neurons", "crops"), progress=False)
+    maps.make_maps(index, spaces=("neurons", "crops"), progress=False)
     client = TestClient(create_app(index))
     r = client.get("/api/categories")
     assert r.status_code == 200 and r.json()["layer"] == "conv2" and len(r.json()["rows"]) == 4
@@ -408,7 +408,7 @@ def test_hierarchy_tree_and_map_pages_in_a_real_browser(tree_index, tmp_path):
     index = tmp_path / "copy"
     shutil.copytree(tree_index, index)
     categories_job.tree(index, "red", "conv2")
-    maps.run(index, spaces=("neurons", "crops"), progress=False)
+    maps.make_maps(index, spaces=("neurons", "crops"), progress=False)
 
     def widths(page, selector):
         page.wait_for_load_state("networkidle")
@@ -448,7 +448,7 @@ def test_report_draws_the_hierarchy_and_the_maps(tree_index, tmp_path):
 
     index = tmp_path / "copy"
     shutil.copytree(tree_index, index)
-    maps.run(index, ["conv2"], progress=False)
+    maps.make_maps(index, ["conv2"], progress=False)
     with neuronindex.open(index) as idx:
         written = report.render(idx, tmp_path / "report.html", png_dir=tmp_path / "png")
     text = (tmp_path / "report.html").read_text()

@@ -190,7 +190,7 @@ def test_activation_maximisation_fills_the_first_layer(index):
     (NF alpha >= 0.4) the image's colour axis is the NF's far more often than for the others."""
     from neuronindex.jobs import visualize as viz
 
-    done = viz.run(index.path, ["features.1"], params=render.VizParams(steps=256), progress=False)
+    done = viz.visualize_layers(index.path, ["features.1"], params=render.VizParams(steps=256), progress=False)
     assert done["optimised"] >= 96
     with neuronindex.open(index.path) as idx:
         rows = idx.sql("SELECT n.id, n.color_index, n.viz_activation_ratio AS ratio, f.nf_png, f.std, v.image_png, "
@@ -292,7 +292,7 @@ def test_prediction_tree_of_an_inner_wordnet_class_and_the_maps(index):
     units = index.query("SELECT count(*) AS n FROM embeddings e JOIN layers l ON l.id = e.layer_id "
                         "WHERE e.space = 'prototype' AND l.name = 'features.12'").rows()[0]["n"]
     assert units > 512  # the 512 channels and the layer's directions (this index has svd,random)
-    made = maps.run(index.path, ["features.12"], spaces=("neurons",), progress=False)
+    made = maps.make_maps(index.path, ["features.12"], spaces=("neurons",), progress=False)
     assert made[0]["points"] == units and made[0]["status"] == "made"
     import neuronindex
 

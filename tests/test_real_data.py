@@ -199,7 +199,7 @@ def test_resnet56_category_hierarchy_tree_and_maps(tmp_path):
         assert h.meta["centre"] in {r["class"] for r in h.rows()}
     done = categories_job.tree(tmp_path, "horse", "layer3.8", max_images=60)
     assert done["images"] == 60 and done["filters"] == 64 and done["merges"] == 59
-    made = maps.run(tmp_path, spaces=("neurons", "crops"), progress=False)
+    made = maps.make_maps(tmp_path, spaces=("neurons", "crops"), progress=False)
     assert [(m["space"], m["points"]) for m in made] == [("neurons", 64), ("crops", 6400)]
 
 

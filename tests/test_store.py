@@ -72,3 +72,96 @@ def test_float_lists_match_the_general_arrow_path():
     fast = _float_lists(vectors)
     assert fast.equals(pa.array(vectors, type=pa.list_(pa.float32()), from_pandas=True))
     assert fast.to_pylist() == [[1.5, None, -2.0], [], [0.0, 1.0, 2.0, 3.0]]
+
+
+def _copy_index(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_small_publish_writes_in_place_when_no_reader_has_the_index(hierarchy_index, tmp_path):
+    """A hierarchy published with nobody reading: the file keeps its inode (no copy was renamed
+    into place), no staging file appears, and the new rows are there for the next reader."""
+    import os
+
+    import neuronindex
+    from neuronindex.jobs.categories import publish_hierarchy
+
+    index = _copy_index(hierarchy_index, tmp_path / "index")
+    db = index / "index.duckdb"
+    before = os.stat(db).st_ino
+    made = publish_hierarchy(index, layer="conv1", pooling="max")
+    assert os.stat(db).st_ino == before and not list(index.glob(".staging-*"))
+    with neuronindex.open(index) as idx:
+        assert idx.categories(layer="conv1", pooling="max").meta["layer"] == made["layer"] == "conv1"
+
+
+def test_small_publish_copies_while_a_reader_has_the_index_open(hierarchy_index, tmp_path):
+    """With a reader open the publish stages a copy (a new inode) and the reader keeps its version."""
+    import os
+
+    import neuronindex
+    from neuronindex.jobs.categories import publish_hierarchy
+
+    index = _copy_index(hierarchy_index, tmp_path / "index")
+    db = index / "index.duckdb"
+    before = os.stat(db).st_ino
+    with neuronindex.open(index) as reader:
+        count = reader.query("SELECT count(*) AS n FROM hierarchies").rows()[0]["n"]
+        publish_hierarchy(index, layer="conv1", pooling="max")
+        assert os.stat(db).st_ino != before  # the staged copy took the file's place
+        assert reader.query("SELECT count(*) AS n FROM hierarchies").rows()[0]["n"] == count
+    with neuronindex.open(index) as after:
+        assert after.query("SELECT count(*) AS n FROM hierarchies").rows()[0]["n"] == count + 1
+
+
+def test_small_publish_in_place_that_fails_changes_nothing(hierarchy_index, tmp_path):
+    import os
+
+    index = _copy_index(hierarchy_index, tmp_path / "index")
+    con = duckdb.connect(":memory:")
+    store._attach(con, index / "index.duckdb")
+    before = con.execute("SELECT count(*) FROM hierarchies").fetchone()[0]
+    con.close()
+    inode = os.stat(index / "index.duckdb").st_ino
+    with pytest.raises(RuntimeError):
+        with store.staged(index, small=True) as w:
+            w.execute("DELETE FROM hierarchy_nodes")
+            w.execute("DELETE FROM hierarchies")
+            raise RuntimeError("stopped half-way")
+    assert os.stat(index / "index.duckdb").st_ino == inode
+    con = store.connect(index)
+    assert con.execute("SELECT count(*) FROM hierarchies").fetchone()[0] == before > 0
+    con.close()
+
+
+def test_a_reader_opening_during_a_publish_in_place_waits_for_its_commit(hierarchy_index, tmp_path):
+    """Another process opening the index while a small publish holds it: it waits, then reads
+    the committed rows (no error, no half-written state)."""
+    import subprocess
+    import sys
+    import threading
+
+    index = _copy_index(hierarchy_index, tmp_path / "index")
+    entered, release = threading.Event(), threading.Event()
+
+    def write():
+        with store.staged(index, small=True) as w:
+            w.execute("DELETE FROM class_distances")
+            entered.set()
+            release.wait(30)
+
+    t = threading.Thread(target=write)
+    t.start()
+    assert entered.wait(30)
+    reader = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from neuronindex import store; con = store.connect(sys.argv[1]); "
+                               "print(con.execute('SELECT count(*) FROM class_distances').fetchone()[0])", str(index)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    release.set()  # the reader, started while the writer held DuckDB's lock, waited for the commit
+    t.join(30)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode == 0, err
+    assert out.strip() == "0"

@@ -203,7 +203,7 @@ def test_visualize_fills_every_live_neuron_and_the_ratio_is_a_direct_forward(viz
 
     import neuronindex
 
-    done = viz.run(viz_index, ["conv1"], params=render.VizParams(steps=24), progress=False)
+    done = viz.visualize_layers(viz_index, ["conv1"], params=render.VizParams(steps=24), progress=False)
     with neuronindex.open(viz_index) as idx:
         live = idx.sql("SELECT key, act_max FROM neuron_view WHERE layer = 'conv1' AND NOT dead ORDER BY channel").rows()
         dead = idx.sql("SELECT key FROM neuron_view WHERE layer = 'conv1' AND dead").rows()
@@ -234,11 +234,11 @@ def test_visualize_is_idempotent_and_resumable(viz_index, monkeypatch):
     import neuronindex
 
     p = render.VizParams(steps=8, seed=7, batch_size=2)
-    first = viz.run(viz_index, ["conv2"], params=p, progress=False)
+    first = viz.visualize_layers(viz_index, ["conv2"], params=p, progress=False)
     with neuronindex.open(viz_index) as idx:
         before = {r["target"]: (r["id"], r["trace"]) for r in idx.visualizations(kind="neurons").rows()
                   if "/relu2/" in r["target"] or "/conv2/" in r["target"]}
-    again = viz.run(viz_index, ["conv2"], params=p, progress=False)
+    again = viz.visualize_layers(viz_index, ["conv2"], params=p, progress=False)
     assert again["optimised"] == 0 and again["skipped"] == first["optimised"] > 2
     with neuronindex.open(viz_index) as idx:
         after = {r["target"]: (r["id"], r["trace"]) for r in idx.visualizations(kind="neurons").rows()
@@ -257,9 +257,9 @@ def test_visualize_is_idempotent_and_resumable(viz_index, monkeypatch):
     q = render.VizParams(steps=8, seed=8, batch_size=2)
     monkeypatch.setattr(viz, "_run_units", failing)
     with pytest.raises(KeyboardInterrupt):
-        viz.run(viz_index, ["conv2"], params=q, progress=False, checkpoint_every=0)
+        viz.visualize_layers(viz_index, ["conv2"], params=q, progress=False, checkpoint_every=0)
     monkeypatch.setattr(viz, "_run_units", real)
-    rest = viz.run(viz_index, ["conv2"], params=q, progress=False)
+    rest = viz.visualize_layers(viz_index, ["conv2"], params=q, progress=False)
     assert rest["skipped"] == 2 and rest["optimised"] == first["optimised"] - 2
     with neuronindex.open(viz_index) as idx:
         seeds = {r["seed"] for r in idx.visualizations(kind="neurons").rows() if r["target"] in before}
@@ -387,7 +387,7 @@ def test_optimised_images_in_a_real_browser(viz_index, tmp_path):
         if os.environ.get("CI"):
             raise AssertionError("CI needs Debian's chromium")
         pytest.skip("Debian chromium is not installed")
-    viz.run(viz_index, ["conv1"], params=render.VizParams(steps=8), classes="dataset", progress=False)
+    viz.visualize_layers(viz_index, ["conv1"], params=render.VizParams(steps=8), classes="dataset", progress=False)
     from playwright.sync_api import sync_playwright
 
     def loaded(page, selector):

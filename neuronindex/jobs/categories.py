@@ -21,6 +21,7 @@ from neuronindex.query.categories import resolve_pooling
 import time
 from neuronindex.science.hierarchy import wordnet_agreement
 from neuronindex.query.reader import Reader
+from neuronindex.store.directory import IndexDirectory
 
 
 def build(con, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> dict:
@@ -86,13 +87,13 @@ def build_default(con, model_id: int) -> dict | None:
     return build(con, name, layer[1])
 
 
-def run(index_dir, model: str | None = None, layer: str | None = None, pooling: str | None = None,
+def publish_hierarchy(index_dir, model: str | None = None, layer: str | None = None, pooling: str | None = None,
         wait: bool = True) -> dict:
     """Build and publish the category hierarchy (the CLI's `neuronindex categories`)."""
-    if not store.index_file(index_dir).is_file():
+    if not IndexDirectory(index_dir).exists():
 
         raise IndexNotFoundError(f"no index at {index_dir}; create one with `neuronindex ingest --index {index_dir} ...`")
-    with store.staged(index_dir, wait=wait) as con:
+    with store.staged(index_dir, wait=wait, small=True) as con:
         return build(con, model, layer, pooling)
 
 
@@ -140,7 +141,7 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
         for ch in nd["children"]:
             parent[ch] = nd["node"]
     seconds = time.perf_counter() - t0
-    with store.staged(index_dir, wait=wait) as con:
+    with store.staged(index_dir, wait=wait, small=True) as con:
         for row in execute(con, "SELECT id FROM prediction_trees WHERE model_id = ? AND layer_id = ? AND class_id = ? "
                                 "AND pooling = ?", [model_id, lay["id"], cid, pooling]):
             execute(con, "DELETE FROM prediction_tree_nodes WHERE tree_id = ?", [row[0]])

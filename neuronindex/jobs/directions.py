@@ -20,6 +20,7 @@ import re
 from neuronindex.science.directions import user_direction
 from neuronindex.jobs.units import extend_results
 from neuronindex.jobs.units import units_pass
+from neuronindex.store.directory import IndexDirectory
 
 
 def load_vectors(path: str) -> np.ndarray:
@@ -129,7 +130,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     if units.get("probe") is not None:  # the new units' signatures (the channels' rows stay as stored)
         results[0]["probe"] = np.concatenate([np.zeros((units["probe"].shape[0], C), np.float32), units["probe"]], 1)
         results[0]["probe_ids"] = units["probe_ids"]
-    derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
+    derived = run_all(run, results, progress=progress, spill=IndexDirectory(index_dir).work)
     derived.only = np.arange(C, C + len(d))
     with store.staged(index_dir, wait=wait) as wcon:
 

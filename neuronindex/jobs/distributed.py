@@ -24,15 +24,15 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 
 from neuronindex.errors import NeuronIndexError, UsageError
 from neuronindex.jobs.ingest import write_atomically
 from neuronindex.jobs.derive import GreyResponses, PatchVectors, Reforward, unit_extractor
-from neuronindex.jobs.ingest import _work_dir, already_published, merge_states, pass1, prepare, published_as, remove_work, run_from_meta, state_bytes, visualize_after
+from neuronindex.jobs.ingest import already_published, merge_states, pass1, prepare, published_as, remove_work, run_from_meta, state_bytes, visualize_after
 from neuronindex.science import features
+from neuronindex.store.directory import IndexDirectory
 
 SHARDS_PER_SLOT = 4  # default shards per worker slot: balance, finer progress, less lost to a failure
 MAX_RETRIES = 3
@@ -190,11 +190,11 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
         raise UsageError("--ray-shards must be at least 1")
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
         raise UsageError("--ray-cpus-per-worker must be > 0 and --ray-gpus-per-worker >= 0")
-    index_dir = Path(index_dir)
+    index_dir = IndexDirectory(index_dir)
     started = time.time()
     run = prepare(model, images, layers, weights=weights, name=name, preprocessing=preprocessing, params=params,
                   download=download, labels=labels, class_list=class_list)
-    work = _work_dir(index_dir, run)
+    work = index_dir.run_work(run.key())
     if resume and (done_as := published_as(index_dir, run.key(include_shard=False))) is not None:
         return already_published(run, work, done_as, progress)
     started_ray = connect(address, num_cpus)

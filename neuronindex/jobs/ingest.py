@@ -41,6 +41,7 @@ from neuronindex.science.stats import LayerStats, split
 from neuronindex.store import staged
 from neuronindex.store.vectors import VectorStore
 from neuronindex.jobs.publish import write_ingest
+from neuronindex.store.directory import IndexDirectory
 
 
 @dataclass
@@ -231,10 +232,6 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
     return stats
 
 
-def _work_dir(index_dir: Path, run: Run) -> Path:
-    return Path(index_dir) / ".work" / run.key()
-
-
 def state_bytes(run: Run, stats, batches_done: int) -> bytes:
     """The pass-1 state (numpy arrays + JSON meta) as the bytes of an .npz file (no pickle)."""
     import io
@@ -302,11 +299,11 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     there instead of publishing. `visualize` (visualize.VizParams): then optimise an image for
     every neuron of the ingested layers (`neuronindex visualize`), published on its own.
     """
-    index_dir = Path(index_dir)
+    index_dir = IndexDirectory(index_dir)
     started = time.time()
     run = prepare(model, images, layers, weights=weights, name=name, preprocessing=preprocessing,
                   params=params, download=download, labels=labels, class_list=class_list)
-    work = _work_dir(index_dir, run)
+    work = index_dir.run_work(run.key())
     state_file = work / "pass1.npz"
     stats, done = None, 0
     if resume and (model := published_as(index_dir, run.key(include_shard=False))) is not None:
@@ -331,7 +328,7 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
         return {"state": str(state_out), "images": len(run.positions()), "layers": [s.name for s in run.selections],
                 "timings": timings}
     save_state(state_file, run, stats, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
-    summary = finish(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive,
+    summary = publish_run(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive,
                      wait=wait)
     remove_work(work)
     if derive and visualize is not None:
@@ -362,7 +359,7 @@ def already_published(run: Run, work: Path, model: str, progress: bool) -> dict:
 def visualize_after(summary: dict, run: Run, index_dir, visualize, progress: bool, wait: bool) -> None:
     """`ingest --visualize`: optimise an image for every neuron of the run's layers, then note it in summary."""
     t0 = time.time()
-    done = viz.run(index_dir, [s.name for s in run.selections], summary["model"], visualize,
+    done = viz.visualize_layers(index_dir, [s.name for s in run.selections], summary["model"], visualize,
                    device=run.params.device, progress=progress, wait=wait)
     summary["visualized"] = done["optimised"]
     summary["timings"]["visualize"] = time.time() - t0
@@ -406,7 +403,7 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
             merged.cov.merge(stats.cov)
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
-    return finish(run, merged, Path(index_dir), progress=progress,
+    return publish_run(run, merged, IndexDirectory(index_dir), progress=progress,
                   timings={**(timings or {}), "merge": time.time() - started}, started=started, derive=derive, wait=wait,
                   pass2=pass2)
 
@@ -446,7 +443,7 @@ def published_as(index_dir, run_key: str) -> str | None:
     """The model name under which this exact run (same model, name, images, layers, parameters)
     was published into the index, or None."""
 
-    if not store.index_file(index_dir).is_file():
+    if not IndexDirectory(index_dir).exists():
         return None
     con = store.connect(index_dir)
     try:
@@ -468,9 +465,11 @@ def layer_results(run: Run, stats) -> list[dict]:
     return results
 
 
-def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, started: float,
-           derive: bool = True, wait: bool = True, pass2=None) -> dict:
-    """Pass 2 and derived properties, then publish (`pass2`: see derive.run_all)."""
+def publish_run(run: Run, stats, index_dir: IndexDirectory, *, progress: bool, timings: dict, started: float,
+                derive: bool = True, wait: bool = True, pass2=None) -> dict:
+    """Everything after pass 1: the directions and their units pass, pass 2 and the derived
+    properties, the publish (with the category hierarchy) and the FAISS files (`pass2`: see
+    derive.run_all)."""
     results = layer_results(run, stats)
     t0 = time.time()
     spec = run.params.direction_spec()
@@ -490,7 +489,7 @@ def finish(run: Run, stats, index_dir: Path, *, progress: bool, timings: dict, s
     if derive:
 
         t0 = time.time()
-        derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir / ".work",
+        derived = derive_mod.run_all(run, results, progress=progress, timings=timings, spill=index_dir.work,
                                      pass2=pass2)
         timings.setdefault("derive", time.time() - t0)
     t0 = time.time()

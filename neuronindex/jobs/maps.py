@@ -33,7 +33,7 @@ from neuronindex.science.layout import layout
 from neuronindex.query.reader import Reader
 
 
-def run(index_dir, layers: list[str] | None = None, model: str | None = None, spaces=("neurons",),
+def make_maps(index_dir, layers: list[str] | None = None, model: str | None = None, spaces=("neurons",),
         method: str = "tsne", seed: int = 0, perplexity: float | None = None, neighbors: int | None = None,
         force: bool = False, progress: bool = True, wait: bool = True) -> list[dict]:
     """Make (or keep, when up to date with the same parameters) the maps of the stored layers (all,
@@ -114,7 +114,7 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
 
 def _publish(index_dir, made, method: str, seed: int, wait: bool) -> None:
 
-    with store.staged(index_dir, wait=wait) as con:
+    with store.staged(index_dir, wait=wait, small=True) as con:
         for model_id, lay, space, ids, xy, params, fp, seconds in made:
             old = execute(con, "SELECT id FROM maps WHERE layer_id = ? AND space = ?", [lay["id"], space])
             for (mid,) in old:

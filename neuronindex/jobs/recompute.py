@@ -5,7 +5,6 @@ with new Neuron Features, indexes and embeddings, published atomically; pass 1 i
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from neuronindex.errors import did_you_mean, IngestError, NotFoundError
 from neuronindex.jobs.ingest import build_vectors, IngestParams, prepare
 from neuronindex.nets.models import Preprocessing
 from neuronindex.science.directions import StoredDirections
+from neuronindex.store.directory import IndexDirectory
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:
@@ -32,7 +32,7 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
                     [ingest_id])[0][0] or 1)
     names, results, ids, directions = [], [], [], []
     for layer_id, name, channels in layers:
-        directions.append(StoredDirections.load(con, layer_id))
+        directions.append(stored_directions(con, layer_id))
         neuron_rows = execute(con, "SELECT id, channel, act_max, dead FROM neurons WHERE layer_id = ? ORDER BY channel",
                               [layer_id])
         nid = np.array([r[0] for r in neuron_rows])
@@ -112,7 +112,7 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
         if renamed and not same_images(index_dir, dataset_id, run.images):
             raise IngestError(f"the images of {source} changed since {name} was ingested; ingest it again")
         run.directions = directions
-        derived = run_all(run, results, progress=progress, spill=Path(index_dir) / ".work")
+        derived = run_all(run, results, progress=progress, spill=IndexDirectory(index_dir).work)
         with store.staged(index_dir) as wcon:
             # class names and hierarchy as the images give them now (WordNet installed since, or the
             # bundled ImageNet-1k hierarchy): the roll-ups below then reach every ancestor
@@ -127,3 +127,13 @@ def recompute(index_dir, model: str | None = None, progress: bool = True, **over
 
     build_vectors(index_dir)
     return done
+
+
+def stored_directions(con, layer_id: int) -> StoredDirections | None:
+    """A layer's stored directions, as their maps need them (None: the layer has none)."""
+    rows = execute(con, 'SELECT d.name, d.kind, d.weights, d."offset" FROM directions d JOIN neurons n '
+                        'ON n.id = d.neuron_id WHERE d.layer_id = ? ORDER BY n.channel', [layer_id])
+    if not rows:
+        return None
+    return StoredDirections([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=np.float64),
+                            np.array([r[3] for r in rows], dtype=np.float64))

@@ -303,7 +303,7 @@ def _publish(index_dir, rows: list[dict], wait: bool = True) -> None:
 
     if not rows:
         return
-    with store.staged(index_dir, wait=wait) as con:
+    with store.staged(index_dir, wait=wait, small=True) as con:
         for r in rows:
             execute(con, "DELETE FROM visualizations WHERE model_id = ? AND target = ? AND objective = ? AND "
                          "start IS NOT DISTINCT FROM ?", [r["model_id"], r["target"], r["objective"], r["start"]])
@@ -317,7 +317,7 @@ def _publish(index_dir, rows: list[dict], wait: bool = True) -> None:
         insert(con, "visualizations", cols, types)
 
 
-def run(index_dir, layers: list[str] | None = None, model: str | None = None, params: VizParams | None = None,
+def visualize_layers(index_dir, layers: list[str] | None = None, model: str | None = None, params: VizParams | None = None,
         classes=None, neurons: bool = True, device: str = "cpu", progress: bool = True,
         checkpoint_every: float = default("viz_checkpoint_every"), wait: bool = True, per_layer: int | None = None,
         class_objective: str = "class") -> dict:

@@ -42,7 +42,6 @@ import numpy as np
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
 from neuronindex.nets.receptive import Field
-from neuronindex.store import execute
 
 KINDS = ("svd", "random", "user")
 RANDOM_POOL = 1000
@@ -227,16 +226,6 @@ class StoredDirections:
 
     def __len__(self) -> int:
         return len(self.names)
-
-    @classmethod
-    def load(cls, con, layer_id: int) -> "StoredDirections | None":
-
-        rows = execute(con, 'SELECT d.name, d.kind, d.weights, d."offset" FROM directions d JOIN neurons n '
-                            'ON n.id = d.neuron_id WHERE d.layer_id = ? ORDER BY n.channel', [layer_id])
-        if not rows:
-            return None
-        return cls([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=np.float64),
-                   np.array([r[3] for r in rows], dtype=np.float64))
 
 
 def _signed(vectors: np.ndarray) -> np.ndarray:

@@ -25,12 +25,12 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from neuronindex import store
 from neuronindex.api import Index
 from neuronindex.cache import LRU
 from neuronindex.errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
 from neuronindex.formats import plain
 from neuronindex.settings import default
+from neuronindex.store.directory import INDEX_FILE, IndexDirectory
 from neuronindex.data import _to_rgb, check_pixels
 from neuronindex.errors import DataError, IndexNotFoundError
 
@@ -72,10 +72,10 @@ class LiveIndex:
 
     def _stamp(self) -> tuple:
         try:
-            st = os.stat(store.index_file(self.directory))
+            st = os.stat(IndexDirectory(self.directory).database)
         except FileNotFoundError:
 
-            raise IndexNotFoundError(f"the index at {self.directory} is gone ({store.INDEX_FILE} is missing)") from None
+            raise IndexNotFoundError(f"the index at {self.directory} is gone ({INDEX_FILE} is missing)") from None
         return (st.st_ino, st.st_mtime_ns, st.st_size)
 
     def acquire(self) -> Version:

@@ -1,7 +1,7 @@
 """DuckDB access for an index directory: opening, schema versions, atomic publishing.
 
-An *index directory* holds `index.duckdb` (the source of truth) and `vectors/` (FAISS files,
-rebuildable). Readers open the file read-only; writers (ingest, migrate) work on a staged copy
+An *index directory* (its layout: `directory.IndexDirectory`) holds `index.duckdb` (the source of
+truth) and `vectors/` (FAISS files, rebuildable). Readers open the file read-only; writers (ingest, migrate) work on a staged copy
 and publish it with an atomic rename, so a reader never sees a half-written index and a failed
 write never damages the published one.
 """
@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,8 +23,8 @@ import duckdb
 
 from neuronindex.errors import (DiskFullError, ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError, disk_full)
 from neuronindex.settings import default
+from neuronindex.store.directory import INDEX_FILE, IndexDirectory
 
-INDEX_FILE = "index.duckdb"
 # the catalog name a reader attaches the index under (queries see its tables unqualified)
 CATALOG = "idx"
 
@@ -73,7 +74,7 @@ def code_version() -> int:
 
 
 def index_file(directory: str | os.PathLike) -> Path:
-    return Path(directory) / INDEX_FILE
+    return IndexDirectory(directory).database
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
@@ -144,7 +145,7 @@ def connect(directory: str | os.PathLike, memory_limit: str | None = None, temp_
     except duckdb.Error as exc:
         raise UsageError(f"bad reader limit: {str(exc).splitlines()[0]}; give sizes like 2GB or 512MB") from None
     try:
-        _attach(con, path)
+        _attach_when_free(con, path)
         lock_down(con)
     except duckdb.Error as exc:
         con.close()
@@ -224,14 +225,28 @@ def cursor(con: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
     return cur
 
 
+READER_WAIT = 120.0  # seconds a reader waits for a small publish in place to commit
+
+
+def _attach_when_free(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """_attach, waiting while a small publish writes the file in place (it holds DuckDB's lock
+    for the time of one transaction)."""
+    deadline = time.monotonic() + READER_WAIT
+    while True:
+        try:
+            return _attach(con, path)
+        except duckdb.Error as exc:
+            held = "could not set lock" in str(exc).lower() or "unique file handle conflict" in str(exc).lower()
+            if not held or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def _attach(con: duckdb.DuckDBPyConnection, path: Path, name: str = CATALOG, use: bool = True) -> None:
     """A database file, read-only, as catalog `name` (by default the connection's default catalog)."""
     con.execute(f"ATTACH '{str(path.resolve()).replace(chr(39), chr(39) * 2)}' AS {name} (READ_ONLY)")
     if use:
         con.execute(f"USE {name}")
-
-
-LOCK_FILE = ".write.lock"
 
 
 @contextlib.contextmanager
@@ -245,9 +260,9 @@ def writer_lock(directory: str | os.PathLike, wait: bool = True) -> Iterator[Non
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    directory = IndexDirectory(directory)
+    directory.path.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory.lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -268,24 +283,77 @@ def writer_lock(directory: str | os.PathLike, wait: bool = True) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def staged(directory: str | os.PathLike, wait: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+def staged(directory: str | os.PathLike, wait: bool = True, small: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writable copy of the index (or a new one), published atomically when the block succeeds.
 
     Holds the writer lock from copy to publish, so two writers never lose each other's work; the
     staging files of writers that died are removed. On an exception the staged copy is removed
     and the published index is untouched.
+
+    `small` (a map, a tree, a hierarchy, a batch of optimised images): when no reader has the
+    index open and it needs no migration, the block writes into the index itself in one
+    transaction instead of into a copy, so the publish costs what it writes, not a copy of the
+    file. Readers that open the index meanwhile wait for the commit (`connect`); one killed
+    half-way leaves the index as it was (DuckDB's log drops the unfinished transaction). With a
+    reader open (a running `neuronindex serve`), the copy is made as above.
     """
-    directory = Path(directory)
+    directory = IndexDirectory(directory)
     with writer_lock(directory, wait):
+        con = _in_place(directory) if small and default("in_place_publish") and directory.exists() else None
+        if con is not None:
+            with _published_in_place(directory, con) as con:
+                yield con
+            return
         with _staged(directory) as con:
             yield con
 
 
+def _in_place(directory: IndexDirectory) -> duckdb.DuckDBPyConnection | None:
+    """The index opened for writing, when nothing else has it open and it is at the code's schema
+    with nothing foreign in it; else None (the caller stages a copy)."""
+    try:
+        con = duckdb.connect(str(directory.database), config=writer_config(directory.work / "publish"))
+    except duckdb.Error:  # a reader holds it (another process's lock, or attached in this process)
+        return None
+    try:
+        lock_down(con)
+        if schema_version(con) == code_version() and not foreign_sql(con):
+            return con
+    except duckdb.Error:
+        pass
+    con.close()
+    return None
+
+
 @contextlib.contextmanager
-def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
-    target = index_file(directory)
-    stage = directory / f".staging-{os.getpid()}-{INDEX_FILE}"
-    _remove(directory.glob(f".staging-*-{INDEX_FILE}*"))  # we hold the lock: these writers are gone
+def _published_in_place(directory: IndexDirectory, con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    try:
+        execute(con, "BEGIN TRANSACTION")
+        try:
+            yield con
+            refresh_search(con)
+            execute(con, "COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                execute(con, "ROLLBACK")
+            raise
+        execute(con, "CHECKPOINT")
+    except BaseException as exc:
+        if disk_full(exc, directory.path):
+            raise DiskFullError(f"no space left on the disk holding {directory}: free space and run again; the "
+                                "index is unchanged") from None
+        raise
+    finally:
+        with contextlib.suppress(Exception):
+            con.close()
+        shutil.rmtree(directory.work / "publish.spill", ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staged(directory: IndexDirectory) -> Iterator[duckdb.DuckDBPyConnection]:
+    target = directory.database
+    stage = directory.stage()
+    _remove(directory.stale_stages())  # we hold the lock: these writers are gone
     con = None
     try:
         if target.exists():
@@ -305,13 +373,13 @@ def _staged(directory: Path) -> Iterator[duckdb.DuckDBPyConnection]:
         if free > COMPACT_SHARE * total and free * block > COMPACT_MIN_BYTES:
             _compact(stage)
         os.replace(stage, target)
-        _fsync_dir(directory)
+        _fsync_dir(directory.path)
     except BaseException as exc:
         if con is not None:
             with contextlib.suppress(Exception):
                 con.close()
-        _remove(directory.glob(f"{stage.name}*"))  # the stage, its log, a half-made compact copy
-        if disk_full(exc, directory):
+        _remove(directory.path.glob(f"{stage.name}*"))  # the stage, its log, a half-made compact copy
+        if disk_full(exc, directory.path):
             raise DiskFullError(f"no space left on the disk holding {directory}: a publish needs room for a copy "
                                 f"of the index ({_mb(target)}) and what it adds; free space and run again (an ingest "
                                 "continues with --resume); the published index is unchanged") from None

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronindex.errors import StaleVectorsError
+from neuronindex.store.directory import IndexDirectory
 
 EXACT_LIMIT = default("exact_limit")
 TARGET_RECALL = 0.95
@@ -119,8 +120,8 @@ class VectorStore:
     take the caller's connection (a thread's own cursor) or use the store's.
     """
 
-    def __init__(self, directory: str | Path, con=None):
-        self.directory = Path(directory) / "vectors"
+    def __init__(self, directory: "str | Path | IndexDirectory", con=None):
+        self.directory = IndexDirectory(directory).vectors
         self.con = con
         self._cache: dict = {}
         self._lock = threading.Lock()
