@@ -72,7 +72,7 @@ async def load(base: str, clients: int, seconds: float, slow: bool):
         async with http.post("/api/sql", json={"sql": KEYS_SQL}) as r:
             keys = [row["key"] for row in (await r.json())["rows"]]
         async with http.get("/api/layers") as r:
-            layers = [layer["name"] for layer in await r.json()]
+            layers = [layer["name"] for layer in (await r.json())["rows"]]
         queries = [f"{name} sort:-alpha limit:20" for name in layers] + ["gamma>=0.9 limit:20", "red limit:20"]
         latencies, errors, durations, answers, kinds = [], [], [], [], {}
         started = time.perf_counter()

@@ -22,7 +22,6 @@ from neuronindex.query.pictures import context, reconstruction
 from neuronindex.query.search import compile_query, parse, search, Vocabulary
 from neuronindex.query.sql import schema
 from neuronindex.query import categories
-from neuronindex.settings import default
 from neuronindex.checks import check_k
 from neuronindex.checks import unit_kinds
 
@@ -122,6 +121,20 @@ class Neuron:
         bottom = [{k: v for k, v in r.items() if k not in ("side", "norm_activation", "in_nf")}
                   for r in rows if r["side"] == "bottom"]
         return top, bottom
+
+    def labels(self) -> dict:
+        """What names the unit: its classes (share, rank, in the set, leaf), colour names with their
+        shares, and its layer's pre-activation node."""
+        named = self.index.query(
+            "SELECT 'class' AS what, c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc "
+            "JOIN classes c ON c.id = nc.class_id WHERE nc.neuron_id = ? UNION ALL "
+            "SELECT 'colour', name, share, NULL, NULL, NULL FROM neuron_colors WHERE neuron_id = ? "
+            "UNION ALL SELECT 'layer', pre_activation, NULL, NULL, NULL, NULL FROM layers WHERE id = "
+            "(SELECT layer_id FROM neurons WHERE id = ?) ORDER BY what, is_leaf DESC, share DESC", [self.id] * 3).rows()
+        return {"classes": [{k: r[k] for k in ("name", "share", "rank", "in_set", "is_leaf")} for r in named
+                            if r["what"] == "class"],
+                "colours": [{"name": r["name"], "share": r["share"]} for r in named if r["what"] == "colour"],
+                "pre_activation": next((r["name"] for r in named if r["what"] == "layer"), None)}
 
     def direction(self) -> dict | None:
         """A direction's vector and spectrum figures (None for a neuron)."""
@@ -256,21 +269,21 @@ class Index(Reader):
     # ------------------------------------------------------------------ queries
     def sql(self, query: str, params=None, time_limit: float | None = None, max_rows: int | None = None) -> Result:
         """Guarded read-only SQL (see neuronindex.query.sql); `.meta['truncated']` flags the row cap."""
-        r = guarded.run_sql(self.con, query, params, time_limit or guarded.DEFAULT_TIME_LIMIT,
-                            max_rows or guarded.DEFAULT_MAX_ROWS)
+        r = guarded.run_sql(self.con, query, params, time_limit=time_limit or self.settings.sql_time_limit,
+                            max_rows=max_rows or self.settings.sql_max_rows, max_length=self.settings.sql_max_length)
         return Result(r.rows, r.columns, truncated=r.truncated, elapsed=r.elapsed, **r.extra)
 
     def search(self, text: str, time_limit: float | None = None) -> Result:
         """The property search language, e.g. `red conv4`, `dog layer3 gamma>=0.6`; stopped with a
         QueryTimeout past `time_limit` seconds (default: the search_time_limit setting)."""
 
-        rows, sql, params = search(self.con, text, self._vocabulary(), time_limit)
+        rows, sql, params = search(self.con, text, self._vocabulary(), time_limit, self.settings)
         return Result(rows, list(rows[0]) if rows else None, sql=sql, params=params, index=self)
 
     def explain(self, text: str) -> tuple[str, list]:
         """The parameterised SQL a search compiles to, and its parameters."""
         vocab = self._vocabulary()
-        sql, params, _ = compile_query(parse(text, vocab), vocab)
+        sql, params, _ = compile_query(parse(text, vocab, self.settings), vocab, self.settings)
         return sql, params
 
     def export(self, text: str, fmt: str, path, context: bool = True, time_limit: float | None = None) -> int:
@@ -281,9 +294,9 @@ class Index(Reader):
         import time
 
 
-        limit = default("export_time_limit") if time_limit is None else time_limit
+        limit = self.settings.export_time_limit if time_limit is None else time_limit
         deadline = time.perf_counter() + limit
-        rows = self.search(text, min(limit, default("search_time_limit"))).rows()
+        rows = self.search(text, min(limit, self.settings.search_time_limit)).rows()
         make = None
         if context and fmt == "html":
             def make(key, rank):
@@ -622,6 +635,38 @@ class Index(Reader):
         m = compare.matches(self, key, other, k, layer)
         rows = m.pop("rows")
         return Result(rows, ["key", "layer", "channel", "correlation", "dead"], index=self, **m)
+
+    def trees(self, model: str | None = None) -> Result:
+        """Every stored prediction tree (of one model): model, layer, class, pooling, images, filters."""
+        return Result(categories.trees(self.con, model), index=self)
+
+    def hierarchies(self, model: str) -> Result:
+        """The category hierarchies stored for a model: layer and pooling, in layer order."""
+        return self.query("SELECT l.name AS layer, h.pooling FROM hierarchies h JOIN layers l ON l.id = h.layer_id "
+                          "JOIN models m ON m.id = h.model_id WHERE m.name = ? ORDER BY l.position, h.pooling", [model])
+
+    def nearest_class_names(self, model: str, layer: str, pooling: str, k: int = 3) -> dict[str, list[str]]:
+        """For every class of a stored hierarchy, its k nearest classes as 'name distance' strings."""
+        rows = self.query(
+            "SELECT a.name AS class, list(b.name || ' ' || printf('%.3f', d.distance) ORDER BY d.distance)[1:?] AS near "
+            "FROM class_distances d JOIN classes a ON a.id = d.class_a JOIN classes b ON b.id = d.class_b "
+            "JOIN hierarchies h ON h.id = d.hierarchy_id JOIN layers l ON l.id = h.layer_id JOIN models m ON "
+            "m.id = h.model_id WHERE m.name = ? AND l.name = ? AND h.pooling = ? GROUP BY a.name",
+            [k, model, layer, pooling]).rows()
+        return {r["class"]: r["near"] for r in rows}
+
+    def stored_maps(self, model: str, layer: str | None = None) -> Result:
+        """The representation maps stored for a model (or one layer of it): layer name and space."""
+        return self.query("SELECT l.name AS layer, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m "
+                          "ON m.id = p.model_id WHERE m.name = ? AND (? IS NULL OR l.name = ?) ORDER BY l.position, "
+                          "p.space", [model, layer, layer])
+
+    def visualized(self, model: str, layer: str) -> dict[str, int]:
+        """The units of a layer with an optimised image: key -> the widest image's width."""
+        rows = self.query("SELECT target, max(width) AS width FROM visualizations v JOIN neurons n ON n.id = v.neuron_id "
+                          "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = l.model_id WHERE m.name = ? AND "
+                          "l.name = ? GROUP BY target", [model, layer]).rows()
+        return {r["target"]: r["width"] for r in rows}
 
     def nf_png(self, key: str) -> bytes | None:
         row = self.con.execute("SELECT f.nf_png FROM neuron_features f JOIN neurons n ON n.id = f.neuron_id "

@@ -155,9 +155,12 @@ class Settings:
     def __setattr__(self, name, value):
         raise AttributeError("Settings are fixed once made; make another with replace()")
 
+    def changed(self) -> dict[str, Any]:
+        """The values that differ from the table's defaults (what a worker process is sent)."""
+        return {k: v for k, v in self._values.items() if v != BY_NAME[k].default}
+
     def replace(self, **values: Any) -> "Settings":
         return Settings(**{**self._values, **values})
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self._values.items() if v != BY_NAME[k].default}
-        return f"Settings({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+        return f"Settings({', '.join(f'{k}={v!r}' for k, v in self.changed().items())})"

@@ -60,7 +60,6 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
     defaults are the table's."""
     from neuronindex import settings
     from neuronindex.jobs.ingest import IngestParams
-    from neuronindex.query import search, sql
     from neuronindex.science.selectivity import COLOR_THRESHOLD
 
     assert all(s.help and len(s.help) > 15 for s in settings.SETTINGS)
@@ -76,8 +75,7 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
     params = IngestParams()
     assert (params.top_k, params.nf_threshold, params.class_threshold, params.spatial_means) == tuple(
         settings.default(n) for n in ("top_k", "nf_threshold", "class_threshold", "spatial_means"))
-    assert (COLOR_THRESHOLD, search.DEFAULT_LIMIT, sql.DEFAULT_MAX_ROWS) == tuple(
-        settings.default(n) for n in ("color_threshold", "search_limit", "sql_max_rows"))
+    assert COLOR_THRESHOLD == settings.default("color_threshold")
     from neuronindex.jobs.visualize import VizParams
 
     v = VizParams()

@@ -153,3 +153,22 @@ def test_project_modules_import_each_other_at_module_level(graph):
     local = [f"{m}:{line} imports {t} inside a function" for m, targets in edges.items() for t, line, inside in targets
              if inside]
     assert local == []
+
+
+SQL_WORDS = __import__("re").compile(r"\b(SELECT|INSERT|UPDATE|DELETE|JOIN)\b[^\"']*\b(FROM|INTO|SET|ON)\b")
+
+
+def test_the_edges_hold_no_sql():
+    """The service and the CLI only parse and format: no SQL text and no raw connection use in
+    them (the queries live behind the Python API). The scan finds SQL where it is planted."""
+    assert SQL_WORDS.search('x = "SELECT a FROM b"') and not SQL_WORDS.search('"send {\\"sql\\": \\"SELECT ...\\"}"')
+    found = []
+    for folder in (PACKAGES["neuronindex"] / "service", PACKAGES["neuronindex_cli"]):
+        for path in folder.rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Constant) and isinstance(node.value, str) and SQL_WORDS.search(node.value):
+                    found.append(f"{path.name}:{node.lineno}: {node.value[:60]}")
+                if isinstance(node, ast.Attribute) and node.attr in ("con", "execute") and \
+                        isinstance(node.value, ast.Name) and node.value.id in ("idx", "index", "view"):
+                    found.append(f"{path.name}:{node.lineno}: {node.value.id}.{node.attr}")
+    assert found == []

@@ -251,3 +251,24 @@ def test_sql_guard_refuses_file_functions_and_huge_texts(idx, sql, message):
 def test_reader_connections_have_memory_and_spill_limits(idx):
     row = idx.query("SELECT current_setting('memory_limit') AS m, current_setting('max_temp_directory_size') AS t").rows()[0]
     assert row["m"] == "1.8 GiB" and row["t"] == "953.6 MiB"  # 2GB and 1GB (settings)
+
+
+def test_settings_given_to_an_index_reach_its_searches_and_sql(index_dir):
+    """A Settings object passed to the index (not module constants) sets the row cap of a search
+    without limit:, the largest limit: allowed, the SQL row cap and the search length cap."""
+    from neuronindex.errors import QueryError
+    from neuronindex.settings import Settings
+
+    with neuronindex.open(index_dir) as plain:
+        assert len(plain.search("conv2")) > 3
+    tight = Settings(search_limit=3, search_max_limit=5, sql_max_rows=4, search_max_length=20)
+    with neuronindex.open(index_dir, settings=tight) as idx:
+        assert len(idx.search("conv2")) == 3
+        assert len(idx.search("conv2 limit:5")) == 5
+        with pytest.raises(QueryError, match="from 1 to 5"):
+            idx.search("conv2 limit:6")
+        with pytest.raises(QueryError, match="at most 20"):
+            idx.search("conv2 " + "x" * 30)
+        r = idx.sql("SELECT id FROM neurons")
+        assert len(r) == 4 and r.meta["truncated"]
+        assert idx.view().settings is tight

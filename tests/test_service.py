@@ -39,10 +39,32 @@ def assert_error(response, status, text):
 
 
 def test_models_layers_summary(client):
-    assert [m["name"] for m in client.get("/api/models").json()] == ["tiny_cnn"]
-    assert [l["name"] for l in client.get("/api/layers").json()] == ["conv1", "conv2"]
-    summary = client.get("/api/summary").json()
+    assert [m["name"] for m in client.get("/api/models").json()["rows"]] == ["tiny_cnn"]
+    assert [l["name"] for l in client.get("/api/layers").json()["rows"]] == ["conv1", "conv2"]
+    summary = client.get("/api/summary").json()["rows"]
     assert [s["layer"] for s in summary] == ["conv1", "conv2"] and summary[0]["neurons"] == 4
+
+
+def test_every_json_success_has_one_shape(client):
+    """Every JSON answer of the API is an object with ok: true (lists under rows); errors are
+    {ok: false, error, status}."""
+    paths = ["/api/models", "/api/layers", "/api/summary", "/api/settings", "/api/status",
+             "/api/search?q=conv1", "/api/explain?q=red", "/api/neurons/tiny_cnn/conv1/0",
+             "/api/neurons/tiny_cnn/conv1/0/similar", "/api/neurons/tiny_cnn/conv1/0/distribution",
+             "/api/visualizations"]
+    listed = {"/api/models", "/api/layers", "/api/summary", "/api/settings", "/api/search?q=conv1",
+              "/api/neurons/tiny_cnn/conv1/0/similar"}
+    for path in paths:
+        r = client.get(path)
+        body = r.json()
+        assert r.status_code == 200 and isinstance(body, dict) and body["ok"] is True, path
+        if path in listed:
+            assert isinstance(body["rows"], list) and body["rows"], path
+    assert client.get("/api/visualizations").json() == {"ok": True, "rows": []}  # none made in this index
+    sql = client.post("/api/sql", json={"sql": "SELECT 1 AS one"}).json()
+    assert sql["ok"] is True and sql["rows"] == [{"one": 1}]
+    bad = client.get("/api/neurons/nope/0/0").json()
+    assert bad["ok"] is False and bad["status"] == 404 and "no neuron" in bad["error"]
 
 
 def test_search_and_errors(client):
@@ -160,7 +182,7 @@ def test_live_index_swap_without_errors(tmp_path, index_dir):
     thread = threading.Thread(target=hammer)
     thread.start()
     try:
-        images = client.get("/api/models").json()[0]["images"]
+        images = client.get("/api/models").json()["rows"][0]["images"]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
         subprocess.run([sys.executable, "-m", "neuronindex_cli", "ingest", "--model", "python:tinymodels:tiny_cnn",
                         "--input-size", "16", "16", "--resize-policy", "resize", "--images", images, "--layers", "conv1",
@@ -170,7 +192,7 @@ def test_live_index_swap_without_errors(tmp_path, index_dir):
         stop.set()
         thread.join()
     assert not errors
-    assert [m["name"] for m in client.get("/api/models").json()] == ["tiny_cnn", "second"]
+    assert [m["name"] for m in client.get("/api/models").json()["rows"]] == ["tiny_cnn", "second"]
 
 
 def _free_port():
@@ -277,10 +299,9 @@ def test_queries_run_concurrently_on_their_own_cursors(index_dir, monkeypatch):
     (there is no global lock), and the slow one ends at the time limit with a JSON 408."""
     import httpx
 
-    from neuronindex.query import sql as guarded
+    from neuronindex.settings import Settings
 
-    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 3.0)
-    app = create_app(index_dir, cache_mb=0)  # no cached answers: every request below queries the index
+    app = create_app(index_dir, cache_mb=0, settings=Settings(sql_time_limit=3.0))  # no cached answers: every request below queries the index
     with RealServer(app) as server:
         slow = {}
 
@@ -308,10 +329,9 @@ def test_full_pool_answers_503_at_once(index_dir, monkeypatch):
     JSON 503 with Retry-After immediately; requests that need no worker (settings) still answer."""
     import httpx
 
-    from neuronindex.query import sql as guarded
+    from neuronindex.settings import Settings
 
-    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 2.0)
-    app = create_app(index_dir, threads=1, queue=0, cache_mb=0)
+    app = create_app(index_dir, threads=1, queue=0, cache_mb=0, settings=Settings(sql_time_limit=2.0))
     with RealServer(app) as server:
         thread = threading.Thread(target=lambda: httpx.post(server.base + "/api/sql", json={"sql": ENDLESS_SQL}, timeout=60))
         thread.start()
@@ -504,10 +524,9 @@ def test_load_smoke(index_dir, monkeypatch):
     time limit stops: every fast request answers 200, the slow ones 408, nothing else."""
     import httpx
 
-    from neuronindex.query import sql as guarded
+    from neuronindex.settings import Settings
 
-    monkeypatch.setattr(guarded, "DEFAULT_TIME_LIMIT", 1.0)
-    app = create_app(index_dir)
+    app = create_app(index_dir, settings=Settings(sql_time_limit=1.0))
     import neuronindex
 
     with neuronindex.open(index_dir) as idx:  # the neurons with an NF and crops (a dead one's NF is a 404)

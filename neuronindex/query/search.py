@@ -35,7 +35,7 @@ from sqlalchemy import and_, column, false, func, or_, select, table, true
 from neuronindex import store
 from neuronindex.errors import QueryError, QueryTimeout, did_you_mean
 from neuronindex.science.selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
-from neuronindex.settings import default
+from neuronindex.settings import Settings
 
 FIELDS = {
     "alpha": "color_index", "color_index": "color_index", "colour_index": "color_index",
@@ -61,11 +61,6 @@ SELECTIVITY = {"color_index", "class_index", "csi", "csi_mean", "color_response"
 MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
 FILLER = {"neuron", "neurons", "unit", "units", "selective", "in", "with", "the", "of", "a", "an", "and", "for",
           "layer", "that", "are", "is", "to", "on", "show", "find", "me", "all"}
-CLASS_SHARE = default("class_share")  # an ancestor class counts when its rolled-up share reaches this
-ACHROMATIC_SHARE = default("achromatic_share")
-DEFAULT_LIMIT = default("search_limit")
-MAX_LIMIT = default("search_max_limit")
-MAX_LENGTH = default("search_max_length")
 COMPARISON = re.compile(r"^([a-z_]+)(>=|<=|!=|==|=|>|<)(.+)$")
 OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv", "explained", "color_index", "mean_chroma", "color_label", "color_name",
           "color_second", "hue_name", "class_index",
@@ -134,15 +129,16 @@ class Query:
     weak: bool | None = None
     kinds: list[str] = field(default_factory=list)  # unit kinds (empty: channels, or directions when asked)
     sort: tuple[str, bool] | None = None  # (column, descending)
-    limit: int = DEFAULT_LIMIT
+    limit: int | None = None  # None: the search_limit setting
 
 
-def parse(text: str, vocab: Vocabulary) -> Query:
+def parse(text: str, vocab: Vocabulary, settings: Settings | None = None) -> Query:
+    settings = settings or Settings()
     try:
         tokens = shlex.split(text)
     except ValueError as exc:
         raise QueryError(f"cannot read the query ({exc}); close the quotes") from None
-    q = Query()
+    q = Query(limit=settings.search_limit)
     words = [t.strip().strip(",;").lower() for t in tokens]
     i = 0
     while i < len(tokens):
@@ -157,7 +153,7 @@ def parse(text: str, vocab: Vocabulary) -> Query:
             continue
         if ":" in token and not COMPARISON.match(token):
             key, _, value = token.partition(":")
-            _keyword(q, key, value, vocab, raw)
+            _keyword(q, key, value, vocab, raw, settings.search_max_limit)
             continue
         m = COMPARISON.match(token)
         if m:
@@ -197,15 +193,15 @@ def _class_phrase(words: list[str], start: int, vocab: Vocabulary) -> int:
     return 0
 
 
-def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str) -> None:
+def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str, max_limit: int) -> None:
     if not value:
         raise QueryError(f"{raw!r} needs a value after the colon")
     if key == "sort":
         descending = value.startswith("-")
         q.sort = (_field(value.lstrip("-+")), descending)
     elif key == "limit":
-        if not value.isdigit() or not 0 < int(value) <= MAX_LIMIT:
-            raise QueryError(f"limit must be a whole number from 1 to {MAX_LIMIT}, not {value!r}")
+        if not value.isdigit() or not 0 < int(value) <= max_limit:
+            raise QueryError(f"limit must be a whole number from 1 to {max_limit}, not {value!r}")
         q.limit = int(value)
     elif key == "layer":
         _lookup(q.layers, value, vocab.layers, "layer")
@@ -253,7 +249,8 @@ def _number(value: str, raw: str):
     return number
 
 
-def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
+def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None) -> tuple[str, list, list[str]]:
+    settings = settings or Settings()
     """(parameterised SQL, parameters, output columns)."""
     conditions = []
     columns = [view.c[c] for c in OUTPUT]
@@ -286,7 +283,7 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
                                                                             view.c.color_second.in_(chromatic))
             options.append(and_(named, selective))
         if achromatic:
-            shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= ACHROMATIC_SHARE)
+            shares = select(ncolors.c.neuron_id).where(ncolors.c.name.in_(achromatic), ncolors.c.share >= settings.achromatic_share)
             options.append(view.c.id.in_(shares))
         conditions.append(or_(*options))
         rank_by.append((view.c.mean_chroma if by_chroma else view.c.color_index if chromatic else view.c.color_share,
@@ -294,7 +291,7 @@ def compile_query(q: Query, vocab: Vocabulary) -> tuple[str, list, list[str]]:
     if q.classes:
         ids = [i for name in q.classes for i in vocab.class_ids.get(name, [])]
         matched = (select(nclasses.c.neuron_id, func.max(nclasses.c.share).label("class_share"))
-                   .where(nclasses.c.class_id.in_(ids), or_(nclasses.c.rank == 1, nclasses.c.share >= CLASS_SHARE))
+                   .where(nclasses.c.class_id.in_(ids), or_(nclasses.c.rank == 1, nclasses.c.share >= settings.class_share))
                    .group_by(nclasses.c.neuron_id).subquery("matched"))
         source = source.join(matched, matched.c.neuron_id == view.c.id)
         columns.append(matched.c.class_share)
@@ -335,18 +332,19 @@ def _dialect():
     return Dialect(paramstyle="qmark")
 
 
-def search(con, text: str, vocab: Vocabulary | None = None,
-           time_limit: float | None = None) -> tuple[list[dict], str, list]:
+def search(con, text: str, vocab: Vocabulary | None = None, time_limit: float | None = None,
+           settings: Settings | None = None) -> tuple[list[dict], str, list]:
     """Run a search; returns (rows, sql, params). The text's length is capped and the time limit
     (default: the search_time_limit setting) covers the parse and the query: past it the query is
     interrupted with a QueryTimeout."""
     started = time.perf_counter()
-    limit = default("search_time_limit") if time_limit is None else time_limit
-    if len(text) > MAX_LENGTH:
-        raise QueryError(f"the search is {len(text):,} characters long; at most {MAX_LENGTH:,} (settings: "
+    settings = settings or Settings()
+    limit = settings.search_time_limit if time_limit is None else time_limit
+    if len(text) > settings.search_max_length:
+        raise QueryError(f"the search is {len(text):,} characters long; at most {settings.search_max_length:,} (settings: "
                          "search_max_length): use fewer words, or SQL")
     vocab = vocab or Vocabulary.load(con)
-    sql, params, columns = compile_query(parse(text, vocab), vocab)
+    sql, params, columns = compile_query(parse(text, vocab, settings), vocab, settings)
     left = limit - (time.perf_counter() - started)
     timeout = QueryTimeout(f"the search took longer than its {limit:g} s time limit; use fewer words or add a layer")
     if left <= 0:

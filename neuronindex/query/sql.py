@@ -15,11 +15,8 @@ import duckdb
 
 from neuronindex import store
 from neuronindex.errors import QueryError, QueryTimeout
-from neuronindex.settings import default
 
 ALLOWED = {"SELECT", "EXPLAIN"}
-DEFAULT_TIME_LIMIT = default("sql_time_limit")
-DEFAULT_MAX_ROWS = default("sql_max_rows")
 
 
 @dataclass
@@ -34,15 +31,14 @@ class SQLResult:
 # functions that read files: the connection refuses files outside the index, but the index's own
 # file stays readable to them, so they are refused by name
 FILE_FUNCTIONS = re.compile(r"\b(read_\w+|glob|parquet_\w+|sniff_csv|\w*_scan)\s*\(", re.I)
-MAX_LENGTH = default("sql_max_length")
 
 
-def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+def check(con: duckdb.DuckDBPyConnection, sql: str, max_length: int) -> None:
     """Refuse anything but exactly one read-only query statement that reads no file."""
     if not sql or not sql.strip():
         raise QueryError("empty SQL; pass one SELECT statement")
-    if len(sql) > MAX_LENGTH:
-        raise QueryError(f"the SQL text has {len(sql):,} characters, more than the {MAX_LENGTH:,} allowed")
+    if len(sql) > max_length:
+        raise QueryError(f"the SQL text has {len(sql):,} characters, more than the {max_length:,} allowed")
     found = FILE_FUNCTIONS.search(sql)
     if found:
         raise QueryError(f"{found.group(1)}() reads files, which queries may not; query the index's tables")
@@ -60,10 +56,12 @@ def check(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(f"only queries are allowed (SELECT, WITH, DESCRIBE, EXPLAIN); this is a {kind} statement")
 
 
-def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, time_limit: float = DEFAULT_TIME_LIMIT,
-            max_rows: int = DEFAULT_MAX_ROWS) -> SQLResult:
+def run_sql(con: duckdb.DuckDBPyConnection, sql: str, params=None, *, time_limit: float, max_rows: int,
+            max_length: int) -> SQLResult:
+    """One guarded query: checked (`check`), stopped past `time_limit` seconds, at most `max_rows`
+    rows (`truncated` says when more were there). The limits come from the caller's Settings."""
     started = time.perf_counter()  # the time limit covers the parse too (and, in the service, the JSON)
-    check(con, sql)
+    check(con, sql, max_length)
     cursor = store.cursor(con)
     try:
         with store.interrupted_after(cursor, time_limit - (time.perf_counter() - started)):

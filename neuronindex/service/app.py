@@ -13,9 +13,7 @@ from neuronindex.service import routes_api, routes_pages
 from neuronindex.service.auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
 from neuronindex.service.common import LiveIndex, Pool, error
 from neuronindex.service.connections import GuardedH11, quiet_floods, set_limits
-
-MAX_UPLOAD = default("max_upload")
-
+from neuronindex.settings import Settings
 
 class Guard:
     """Checks that need no index, before any routing (plain ASGI: no per-request task or copy):
@@ -23,9 +21,8 @@ class Guard:
     (401; a browser asking for a page is sent to the login form instead), a session form posted
     from another site (403), declared upload size (413)."""
 
-    def __init__(self, app, token: str | None, max_upload: int, throttle: Throttle):
-        self.app, self.token, self.max_upload, self.throttle = app, token, max_upload, throttle
-        self.max_url = default("max_url")
+    def __init__(self, app, token: str | None, max_upload: int, max_url: int, throttle: Throttle):
+        self.app, self.token, self.max_upload, self.max_url, self.throttle = app, token, max_upload, max_url, throttle
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -66,23 +63,33 @@ class Guard:
         return await self.app(scope, receive, send)
 
 
-def create_app(directory: str | os.PathLike, token: str | None = None, max_upload: int = MAX_UPLOAD,
-               threads: int = default("serve_threads"), heavy: int = default("serve_heavy"),
-               queue: int = default("serve_queue"), cache_mb: int = default("response_cache"),
-               memory_limit: str | None = None, temp_limit: str | None = None,
-               duckdb_threads: int = default("serve_duckdb_threads")) -> FastAPI:
+def create_app(directory: str | os.PathLike, token: str | None = None, max_upload: int | None = None,
+               threads: int | None = None, heavy: int | None = None, queue: int | None = None,
+               cache_mb: int | None = None, memory_limit: str | None = None, temp_limit: str | None = None,
+               duckdb_threads: int | None = None, settings: Settings | dict | None = None) -> FastAPI:
+    """The service over one index directory. `settings` (a Settings, or a dict of its values):
+    every limit and default the service and its index use; the other arguments, when given,
+    override the matching setting (max_upload, serve_threads, serve_heavy, serve_queue,
+    response_cache, serve_duckdb_threads)."""
     from fastapi_offline import FastAPIOffline
 
     # the API docs (/docs, /redoc) with their scripts served from the package: they work offline
     app = FastAPIOffline(title="neuronindex", description="What every neuron of a CNN responds to, and which respond to this.",
                          version=__import__("neuronindex").__version__)
+    settings = settings if isinstance(settings, Settings) else Settings(**(settings or {}))
+    given = {"max_upload": max_upload, "serve_threads": threads, "serve_heavy": heavy, "serve_queue": queue,
+             "response_cache": cache_mb, "serve_duckdb_threads": duckdb_threads}
+    settings = settings.replace(**{k: v for k, v in given.items() if v is not None})
+    app.state.settings = settings
     app.state.token = token
-    app.state.live = LiveIndex(directory, cache_mb, memory_limit, temp_limit, duckdb_threads)
-    app.state.max_upload = max_upload
-    app.state.light = Pool("query", threads, queue)
-    app.state.heavy = Pool("image and model", heavy, queue)
-    app.state.throttle = Throttle()
-    app.add_middleware(Guard, token=token, max_upload=max_upload, throttle=app.state.throttle)
+    app.state.live = LiveIndex(directory, settings.response_cache, memory_limit, temp_limit,
+                               settings.serve_duckdb_threads, settings)
+    app.state.max_upload = settings.max_upload
+    app.state.light = Pool("query", settings.serve_threads, settings.serve_queue)
+    app.state.heavy = Pool("image and model", settings.serve_heavy, settings.serve_queue)
+    app.state.throttle = Throttle(settings.login_attempts, settings.login_window)
+    app.add_middleware(Guard, token=token, max_upload=settings.max_upload, max_url=settings.max_url,
+                       throttle=app.state.throttle)
 
     @app.exception_handler(NeuronIndexError)
     async def library_error(_request, exc: NeuronIndexError):
@@ -121,7 +128,8 @@ def app_from_env() -> FastAPI:
 def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, workers: int = 1,
           threads: int = default("serve_threads"), cache_mb: int = default("response_cache"),
           memory_limit: str | None = None, temp_limit: str | None = None,
-          duckdb_threads: int = default("serve_duckdb_threads"), **connection_limits) -> None:
+          duckdb_threads: int = default("serve_duckdb_threads"), settings: Settings | None = None,
+          **connection_limits) -> None:
     """Run the service (uvicorn). `connection_limits`: header_timeout, body_timeout,
     max_connections, max_client_connections (default: the settings)."""
     import uvicorn
@@ -131,14 +139,15 @@ def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | Non
         raise UsageError(f"binding to {host} exposes the index beyond this machine; pass --token SECRET (bearer auth)")
     if min(workers, threads, duckdb_threads) < 1 or cache_mb < 0:
         raise UsageError("--workers, --threads and --duckdb-threads must be at least 1, --cache-mb at least 0")
-    settings = {"directory": str(directory), "token": token, "threads": threads, "cache_mb": cache_mb,
-                "memory_limit": memory_limit, "temp_limit": temp_limit, "duckdb_threads": duckdb_threads}
-    app = create_app(**settings)  # fails here, once, on a missing or old index
+    options = {"directory": str(directory), "token": token, "threads": threads, "cache_mb": cache_mb,
+               "memory_limit": memory_limit, "temp_limit": temp_limit, "duckdb_threads": duckdb_threads,
+               "settings": (settings or Settings()).changed()}
+    app = create_app(**options)  # fails here, once, on a missing or old index
     print(f"neuronindex gallery on http://{host}:{port}/  (API docs: /docs; Ctrl-C stops)")
     if workers == 1:
         uvicorn.run(app, **server_options(host, port))
     else:  # processes: each opens the index read-only and answers on its own threads
-        os.environ[ENV] = json.dumps(settings)
+        os.environ[ENV] = json.dumps(options)
         uvicorn.run("neuronindex.service.app:app_from_env", factory=True, workers=workers, **server_options(host, port))
 
 

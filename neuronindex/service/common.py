@@ -29,18 +29,18 @@ from neuronindex.api import Index
 from neuronindex.cache import LRU
 from neuronindex.errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
 from neuronindex.formats import plain
-from neuronindex.settings import default
 from neuronindex.store.directory import INDEX_FILE, IndexDirectory
 from neuronindex.data import _to_rgb, check_pixels
 from neuronindex.errors import DataError, IndexNotFoundError
+from neuronindex.settings import Settings
 
 
 class Version:
     """One published index file, opened once; the requests that arrived while it was current
     share it, each on its own cursor. Closed when it has been replaced and its last request ends."""
 
-    def __init__(self, directory: Path, stamp: tuple, cache_mb: int, limits: dict):
-        self.index = Index(directory, **limits)
+    def __init__(self, directory: Path, stamp: tuple, cache_mb: int, limits: dict, settings: Settings):
+        self.index = Index(directory, settings=settings, **limits)
         self.stamp = stamp
         self.tag = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]
         self.answers = LRU(cache_mb * 1024 * 1024)
@@ -60,10 +60,10 @@ class LiveIndex:
     publish never fails a request in flight and no request waits for another.
     """
 
-    def __init__(self, directory: str | os.PathLike, cache_mb: int = default("response_cache"),
-                 memory_limit: str | None = None, temp_limit: str | None = None,
-                 duckdb_threads: int = default("serve_duckdb_threads")):
+    def __init__(self, directory: str | os.PathLike, cache_mb: int, memory_limit: str | None = None,
+                 temp_limit: str | None = None, duckdb_threads: int = 1, settings: Settings | None = None):
         self.directory = Path(directory)
+        self.settings = settings or Settings()
         self.cache_mb = cache_mb
         self.limits = {"memory_limit": memory_limit, "temp_limit": temp_limit, "threads": duckdb_threads}
         self._lock = threading.Lock()
@@ -83,7 +83,7 @@ class LiveIndex:
         with self._lock:
             current = self._current
             if current is None or current.stamp != stamp:
-                fresh = Version(self.directory, stamp, self.cache_mb, self.limits)
+                fresh = Version(self.directory, stamp, self.cache_mb, self.limits, self.settings)
                 if current is not None:
                     current.retired = True
                     if current.users == 0:
@@ -233,16 +233,10 @@ def safe_similar(idx, key):
 def neuron_payload(idx, key: str) -> dict:
     """Everything a neuron page shows, in seven queries for a neuron (each DuckDB query costs about a millisecond)."""
     n = idx.neuron(key)
-    named = idx.query(
-        "SELECT 'class' AS what, c.name, nc.share, nc.rank, nc.in_set, nc.is_leaf FROM neuron_classes nc "
-        "JOIN classes c ON c.id = nc.class_id WHERE nc.neuron_id = ? UNION ALL "
-        "SELECT 'colour', name, share, NULL, NULL, NULL FROM neuron_colors WHERE neuron_id = ? "
-        "UNION ALL SELECT 'layer', pre_activation, NULL, NULL, NULL, NULL FROM layers WHERE id = "
-        "(SELECT layer_id FROM neurons WHERE id = ?) ORDER BY what, is_leaf DESC, share DESC", [n.id] * 3).rows()
-    classes = [{k: r[k] for k in ("name", "share", "rank", "in_set", "is_leaf")} for r in named if r["what"] == "class"]
-    colours = [{"name": r["name"], "share": r["share"]} for r in named if r["what"] == "colour"]
+    labels = n.labels()
+    classes, colours = labels["classes"], labels["colours"]
     props = {k: v for k, v in n.row.items() if k not in ("rf_h", "rf_w", "rf_y0", "rf_x0")}
-    props["pre_activation"] = next((r["name"] for r in named if r["what"] == "layer"), None)
+    props["pre_activation"] = labels["pre_activation"]
     top, bottom = n.lists()
     viz = [{k: v for k, v in r.items() if k != "parameters"} for r in n.visualizations().rows()]
     dist = idx.distribution(key)
@@ -278,7 +272,7 @@ def png_bytes(img) -> bytes:
     return buf.getvalue()
 
 
-def decode_upload(data: bytes):
+def decode_upload(data: bytes, settings: Settings | None = None):
     """An uploaded image as RGB, reduced so its longest side is at most `upload_max_side`, and
     the scale (sx, sy) from its pixels to the reduced ones. Memory is bounded before decoding: a
     JPEG is decoded at a reduced scale (DCT scaling), any other format is refused from its header
@@ -286,7 +280,8 @@ def decode_upload(data: bytes):
     from PIL import Image
 
 
-    side = default("upload_max_side")
+    settings = settings or Settings()
+    side = settings.upload_max_side
     Image.MAX_IMAGE_PIXELS = None  # the checks below decide, from the header, before anything is decoded
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -294,9 +289,9 @@ def decode_upload(data: bytes):
             w, h = im.size
             if im.format == "JPEG":
                 im.draft("RGB", (side, side))  # decodes at 1/2, 1/4 or 1/8 scale when that is enough
-            elif w * h > default("upload_max_pixels"):
+            elif w * h > settings.upload_max_pixels:
                 raise UsageError(f"the upload has {w}x{h} = {w * h / 1e6:.0f} Mpx, more than the "
-                                 f"{default('upload_max_pixels') / 1e6:.0f} Mpx an upload other than a JPEG may have "
+                                 f"{settings.upload_max_pixels / 1e6:.0f} Mpx an upload other than a JPEG may have "
                                  "(settings: upload_max_pixels); send a smaller image or a JPEG")
             im.load()
             rgb = _to_rgb(_reduced(im, side))

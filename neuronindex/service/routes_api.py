@@ -10,7 +10,6 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from neuronindex.checks import parse_box
 from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.formats import plain
-from neuronindex.settings import default
 from neuronindex.service.common import (answer, answer_key, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes)
 from neuronindex.query.export import EXPORT_FORMATS
 from neuronindex.report import figure_names, hierarchy_pngs, map_png, render_figures
@@ -23,20 +22,20 @@ PNG = "image/png"
 # ------------------------------------------------------------------ JSON API
 @router.get("/models")
 async def api_models(request: Request):
-    return await answer(request, lambda idx: json_rows(idx.models().rows()))
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.models().rows())})
 
 @router.get("/layers")
 async def api_layers(request: Request, model: str | None = None):
-    return await answer(request, lambda idx: json_rows(idx.layers(model).rows()))
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.layers(model).rows())})
 
 @router.get("/summary")
 async def api_summary(request: Request):
-    return await answer(request, lambda idx: json_rows(idx.summary().rows()))
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.summary().rows())})
 
 @router.get("/settings")
 def api_settings():
     """Every threshold and default (the settings table)."""
-    return json_rows(rows())
+    return {"ok": True, "rows": json_rows(rows())}
 
 @router.get("/status")
 def api_status(request: Request):
@@ -88,7 +87,7 @@ async def api_sql(request: Request, body: dict):
         asked = int(body.get("max_rows", 1000))
     except (TypeError, ValueError, OverflowError):
         raise UsageError("max_rows must be a whole number") from None
-    cap = max(1, min(asked, default("sql_max_rows")))  # the server's cap holds whatever the body asks
+    cap = max(1, min(asked, request.app.state.settings.sql_max_rows))  # the server's cap holds whatever the body asks
 
     def make(idx):  # the time limit runs from the parse to the last byte of JSON
         result = idx.sql(query, max_rows=cap)
@@ -228,7 +227,7 @@ async def api_nearest(request: Request, image: UploadFile = File(...), box: str 
     parsed = parse_box(box)
 
     def make(idx):  # decoding and the model's forward run on a heavy worker, not the event loop
-        pil, (sx, sy) = decode_upload(data)
+        pil, (sx, sy) = decode_upload(data, request.app.state.settings)
         box = None
         if parsed is not None:  # in the upload's own pixels, checked against its own size
             x0, y0, x1, y1 = parsed

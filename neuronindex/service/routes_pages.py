@@ -176,15 +176,12 @@ async def model_page(request: Request, model: str):
 
             raise NotFoundError(f"no model {model!r}{did_you_mean(model, [m['name'] for m in idx.models().rows()])}")
 
-        maps = idx.query("SELECT l.name, p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON "
-                         "m.id = p.model_id WHERE m.name = ?", [model]).rows()
-        has = idx.query("SELECT count(*) AS n FROM hierarchies h JOIN models m ON m.id = h.model_id WHERE m.name = ?",
-                        [model]).rows()[0]["n"]
+        maps = idx.stored_maps(model).rows()
         return {"m": found[0], "layers": idx.layers(model).rows(),
                 "classes": idx.visualizations(model, kind="classes").rows(),
-                "mapped": {r["name"] for r in maps if r["space"] == "neurons"},
-                "mapped_crops": {r["name"] for r in maps if r["space"] == "crops"},
-                "has_hierarchy": has > 0, "trees": categories.trees(idx.con, model)}
+                "mapped": {r["layer"] for r in maps if r["space"] == "neurons"},
+                "mapped_crops": {r["layer"] for r in maps if r["space"] == "crops"},
+                "has_hierarchy": len(idx.hierarchies(model)) > 0, "trees": idx.trees(model).rows()}
     return await page(request, "model.html", make)
 
 @router.get("/layer/{model}/{layer}")
@@ -197,13 +194,8 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
         except NeuronIndexError as exc:
             idx.search(f"model:{model} layer:{layer} limit:1")  # an unknown model or layer: the error page
             rows, problem = [], exc.message
-        with_viz = {r["target"]: r["width"] for r in idx.query(  # neuron key -> image width
-            "SELECT target, max(width) AS width FROM visualizations v JOIN neurons n ON n.id = v.neuron_id "
-            "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = l.model_id WHERE m.name = ? AND l.name = ? "
-            "GROUP BY target", [model, layer]).rows()}
-        maps = {r["space"] for r in idx.query(
-            "SELECT p.space FROM maps p JOIN layers l ON l.id = p.layer_id JOIN models m ON m.id = p.model_id "
-            "WHERE m.name = ? AND l.name = ?", [model, layer]).rows()}
+        with_viz = idx.visualized(model, layer)  # neuron key -> image width
+        maps = {r["space"] for r in idx.stored_maps(model, layer)}
         return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show, "problem": problem,
                 "with_viz": with_viz, "maps": maps,
                 "directions": idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows(),
@@ -222,7 +214,7 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
         others = [m["name"] for m in idx.models().rows() if m["name"] != n["properties"]["model"]]
         rule = "guided" if view == "guided" else "deconvnet"
         return {"n": n, "similar": safe_similar(idx, key), "fields": NEURON_FIELDS, "selective": SELECTIVE,
-                "color_threshold": default("color_threshold"),
+                "color_threshold": request.app.state.settings.color_threshold,
                 "histogram": n["histogram"], "hist": histogram_bars(n["histogram"]),
                 "class_bars": class_bars(n["class_means"]), "views": VIEWS, "view": view, "rule": rule,
                 "rule_label": "guided backpropagation" if rule == "guided" else "deconvnet",
@@ -234,20 +226,13 @@ async def categories_page(request: Request, model: str, layer: str | None = None
     def make(idx):
 
         r = idx.categories(model, layer, pooling)
-        near = {row["class"]: row["near"] for row in idx.query(
-            "SELECT a.name AS class, list(b.name || ' ' || printf('%.3f', d.distance) ORDER BY d.distance)[1:3] AS near "
-            "FROM class_distances d JOIN classes a ON a.id = d.class_a JOIN classes b ON b.id = d.class_b "
-            "JOIN hierarchies h ON h.id = d.hierarchy_id JOIN layers l ON l.id = h.layer_id JOIN models m ON "
-            "m.id = h.model_id WHERE m.name = ? AND l.name = ? AND h.pooling = ? GROUP BY a.name",
-            [model, r.meta["layer"], r.meta["pooling"]]).rows()}
-        stored = idx.query("SELECT l.name AS layer, h.pooling FROM hierarchies h JOIN layers l ON l.id = h.layer_id "
-                           "JOIN models m ON m.id = h.model_id WHERE m.name = ? ORDER BY l.position, h.pooling",
-                           [model]).rows()
+        near = idx.nearest_class_names(model, r.meta["layer"], r.meta["pooling"])
+        stored = idx.hierarchies(model).rows()
         nodes = r.meta["nodes"]
         root = next(n["node"] for n in nodes if n["parent"] is None)
         sides = [[c["class"] for c in categories.classes_under(nodes, n["node"])] for n in nodes if n["parent"] == root]
         return {"model": model, "h": r.meta, "classes": r.rows(), "near": near, "stored": stored, "sides": sides,
-                "trees": categories.trees(idx.con, model)}
+                "trees": idx.trees(model).rows()}
     return await page(request, "categories.html", make)
 
 @router.get("/tree/{model}/{layer}/{class_name}")
