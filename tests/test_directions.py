@@ -119,9 +119,9 @@ def test_bottom_lists_equal_brute_force_whatever_the_batching_and_sharding():
     shards[0].merge(shards[2])
     for st in (whole, shards[0]):
         res = st.result()
-        np.testing.assert_array_equal(res["bottom_ids"], truth)
-        np.testing.assert_array_equal(res["bottom_values"], np.take_along_axis(vals.T, truth, 1))
-    assert list(whole.result()["bottom_ids"][4]) == [0, 1, 2, 3, 4, 5]
+        np.testing.assert_array_equal(res.bottom_ids, truth)
+        np.testing.assert_array_equal(res.bottom_values, np.take_along_axis(vals.T, truth, 1))
+    assert list(whole.result().bottom_ids[4]) == [0, 1, 2, 3, 4, 5]
 
 
 # ---------------------------------------------------------------------------- end to end
@@ -331,11 +331,11 @@ def test_bottom_locations_are_the_first_maximum_of_each_bottom_image():
         stats.add(torch.from_numpy(maps[s:s + 8]), torch.arange(s, min(s + 8, 50)))
     res = stats.result()
     smax = maps.reshape(50, 3, -1).max(2)
-    np.testing.assert_array_equal(res["bottom_ids"], _bottom_brute(smax, 5))
+    np.testing.assert_array_equal(res.bottom_ids, _bottom_brute(smax, 5))
     for c in range(3):
-        for r, img in enumerate(res["bottom_ids"][c]):
+        for r, img in enumerate(res.bottom_ids[c]):
             flat = int(np.argmax(maps[img, c].ravel()))
-            assert (res["bottom_y"][c, r], res["bottom_x"][c, r]) == divmod(flat, 5)
+            assert (res.bottom_y[c, r], res.bottom_x[c, r]) == divmod(flat, 5)
 
 
 def test_mean_pooling_directions_are_the_svd_of_spatial_means(tmp_path, image_folder, tiny_loaded):

@@ -1,6 +1,8 @@
 """Ingest end to end: stored rows, resume after kill -9, shard merge, bad images, atomicity."""
 from __future__ import annotations
 
+import contextlib
+
 import os
 import signal
 import subprocess
@@ -171,10 +173,14 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     # with directions: their covariance, like the bottom lists, is part of the checkpointed state
     proc = subprocess.Popen(_ingest_cmd(folder, killed, "--checkpoint-every", "0", "--directions", "svd,random"), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(killed.glob(".work/*/pass1.npz")) and proc.poll() is None:
-        time.sleep(0.02)
-    time.sleep(0.3)
+    # killed once a second checkpoint replaced the first (--checkpoint-every 0: one per batch), so
+    # the saved state is mid-run, never the empty one
+    stamps: set[int] = set()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(stamps) < 2 and proc.poll() is None:
+        for state in killed.glob(".work/*/pass1.npz"):
+            with contextlib.suppress(FileNotFoundError):
+                stamps.add(state.stat().st_mtime_ns)
     assert proc.poll() is None, f"the ingest ended before it could be killed: {proc.communicate()[1][-500:]}"
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -129,11 +128,19 @@ def test_injection_attempts_are_only_data(idx, index_dir):
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=60))
 def test_fuzz_any_text_gives_results_or_a_query_error(idx, text):
+    """Any text answers with the rows its own compiled SQL returns (at most the search limit, each
+    a stored unit), or fails with a one-line QueryError; never another exception."""
     try:
         result = idx.search(text)
-    except QueryError:
+    except QueryError as exc:
+        assert str(exc) and "\n" not in str(exc)
         return
-    assert isinstance(result.rows(), list)
+    sql, params = idx.explain(text)
+    rows = result.rows()
+    assert rows == idx.query(sql, params).rows()
+    assert len(rows) <= idx.settings.search_limit
+    keys = {r["key"] for r in idx.query("SELECT key FROM neurons").rows()}
+    assert all(r["key"] in keys for r in rows)
 
 
 @settings(max_examples=200, deadline=None)
@@ -176,12 +183,11 @@ def test_sql_allows_queries_and_caps_rows(idx):
     assert not idx.sql("SELECT * FROM range(10)", max_rows=10).meta["truncated"]
 
 
-def test_slow_query_is_interrupted_near_the_limit(idx):
-    started = time.perf_counter()
-    with pytest.raises(QueryTimeout, match="time limit"):
+def test_slow_query_is_interrupted_at_the_limit(idx):
+    """A query of 10^12 rows (hours) ends in a QueryTimeout naming the limit."""
+    with pytest.raises(QueryTimeout, match="0.5 s time limit"):
         idx.sql("SELECT count(*) FROM range(1000000) a, range(1000000) b WHERE a.range * b.range % 7 = 3",
                 time_limit=0.5)
-    assert time.perf_counter() - started < 3.0
 
 
 def test_schema_documents_everything(idx):

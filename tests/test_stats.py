@@ -93,16 +93,16 @@ def test_streaming_equals_brute_force(activations, batch_size, layout, kernels, 
             batch = a[s:s + batch_size].contiguous(memory_format=LAYOUTS[layout])
             st.add(batch, pos[s:s + batch_size], labels[s:s + batch_size])
         r = st.result()
-        np.testing.assert_array_equal(r["top_ids"], expected["ids"])
-        np.testing.assert_array_equal(r["top_values"], expected["values"])
-        np.testing.assert_array_equal(r["top_y"], expected["y"])
-        np.testing.assert_array_equal(r["top_x"], expected["x"])
-        np.testing.assert_allclose(r["act_mean"], expected["mean"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_allclose(r["act_std"], expected["std"], rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(r["sparsity"], expected["sparsity"])
-        np.testing.assert_allclose(r["class_means"], expected["class_means"], rtol=1e-6, atol=1e-9)
-        np.testing.assert_array_equal(r["probe"], expected["vals"][:7])
-        np.testing.assert_array_equal(r["dead"], expected["vals"].max(0) <= 0)
+        np.testing.assert_array_equal(r.top_ids, expected["ids"])
+        np.testing.assert_array_equal(r.top_values, expected["values"])
+        np.testing.assert_array_equal(r.top_y, expected["y"])
+        np.testing.assert_array_equal(r.top_x, expected["x"])
+        np.testing.assert_allclose(r.act_mean, expected["mean"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(r.act_std, expected["std"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(r.sparsity, expected["sparsity"])
+        np.testing.assert_allclose(r.class_means, expected["class_means"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(r.probe, expected["vals"][:7])
+        np.testing.assert_array_equal(r.dead, expected["vals"].max(0) <= 0)
 
 
 def test_dead_channel_ties_break_by_image(activations):
@@ -110,9 +110,9 @@ def test_dead_channel_ties_break_by_image(activations):
     st = LayerStats(4, top_k=K, curve_len=10, n_classes=3)
     st.add(acts[nodes[0]], pos, labels)
     r = st.result()
-    assert r["dead"][2] and not r["dead"][0]
-    assert r["top_ids"][2].tolist() == [0, 1, 2, 3, 4]
-    assert r["auc"][2] == 0.0
+    assert r.dead[2] and not r.dead[0]
+    assert r.top_ids[2].tolist() == [0, 1, 2, 3, 4]
+    assert r.auc[2] == 0.0
 
 
 def test_curve_and_auc(activations):
@@ -124,8 +124,8 @@ def test_curve_and_auc(activations):
     vals = np.sort(a.amax(dim=(2, 3)).numpy()[:, 0])[::-1]
     expected = np.zeros(30)
     expected[:24] = vals / vals[0]
-    np.testing.assert_allclose(r["curve"][0], expected, rtol=1e-6)
-    assert r["auc"][0] == pytest.approx(expected.sum() / 30, rel=1e-6)
+    np.testing.assert_allclose(r.curve[0], expected, rtol=1e-6)
+    assert r.auc[0] == pytest.approx(expected.sum() / 30, rel=1e-6)
 
 
 @pytest.mark.parametrize("shards", [2, 3])
@@ -147,10 +147,10 @@ def test_shards_merge_into_one_run(activations, shards):
         merged.merge(p)
     r, w = merged.result(), whole.result()
     for key in ("top_ids", "top_values", "top_y", "top_x", "probe", "probe_ids", "class_count", "dead", "sparsity"):
-        np.testing.assert_array_equal(r[key], w[key])
+        np.testing.assert_array_equal(getattr(r, key), getattr(w, key))
     for key in ("act_mean", "act_std", "class_means", "auc"):
-        np.testing.assert_allclose(r[key], w[key], rtol=1e-12)
-    assert r["count"] == w["count"]
+        np.testing.assert_allclose(getattr(r, key), getattr(w, key), rtol=1e-12)
+    assert r.count == w.count
 
 
 def test_combined_layers_equal_separate_stats(activations):
@@ -170,7 +170,7 @@ def test_combined_layers_equal_separate_stats(activations):
     for part, st in zip(split(both.result(), channels), separate):
         whole = st.result()
         for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "class_means", "act_mean"):
-            np.testing.assert_array_equal(part[key], whole[key])
+            np.testing.assert_array_equal(getattr(part, key), getattr(whole, key))
 
 
 @pytest.mark.parametrize("kernels", ["native", "numba"])
@@ -220,10 +220,10 @@ def test_top_lists_under_ties_and_unordered_ids(kernels, top_k, curve_len, C, mo
     r = st.result()
     for c in range(C):
         order = sorted(range(n), key=lambda b: (-vals[b, c], ids[b]))[:top_k]
-        np.testing.assert_array_equal(r["top_ids"][c], ids[order])
-        np.testing.assert_array_equal(r["top_values"][c], vals[order, c])
+        np.testing.assert_array_equal(r.top_ids[c], ids[order])
+        np.testing.assert_array_equal(r.top_values[c], vals[order, c])
         expected_curve = np.sort(vals[:, c])[::-1][:curve_len] / vals[:, c].max()
-        np.testing.assert_allclose(r["curve"][c], expected_curve, rtol=1e-6)
+        np.testing.assert_allclose(r.curve[c], expected_curve, rtol=1e-6)
 
 
 @pytest.mark.parametrize("kernels", KERNELS)
@@ -268,7 +268,7 @@ def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of
     for part, st in zip(split(both.result(), channels), separate):
         whole = st.result()
         for key in ("top_ids", "top_values", "top_y", "top_x", "sparsity", "probe", "act_mean", "dead"):
-            np.testing.assert_array_equal(part[key], whole[key])
+            np.testing.assert_array_equal(getattr(part, key), getattr(whole, key))
 
 
 @pytest.mark.parametrize("kernels", ["native", "numba"])
@@ -403,3 +403,53 @@ def test_gather_takes_each_points_vector_as_the_models_own_forward():
     torch.testing.assert_close(got["relu2"], maps["relu2"][b[:2], :, y[:2], x[:2]])
     torch.testing.assert_close(got["conv3"], maps["conv3"][b, :, y, x])
     assert ext.gather(batch, {"conv1": (b, y, x)})["conv1"].shape == (4, 4)
+
+
+def test_moments_are_chans_and_exact_where_sums_of_squares_cancel():
+    """Activations of 1e8 + tiny noise: sum^2/n - mean^2 loses every digit of the variance in
+    float64; Chan's update keeps it (numpy's two-pass variance as the reference), batch by batch,
+    merged across states, and in LayerStats' act_std."""
+    import torch
+
+    from neuronindex.science.stats import Moments
+
+    rng = np.random.default_rng(3)
+    x = 1e8 + rng.normal(0, 1e-3, size=(90, 4))
+    truth = x.var(0)
+    naive = (x ** 2).sum(0) / len(x) - (x.sum(0) / len(x)) ** 2
+    assert np.abs(naive - truth).max() > 100 * truth.max()  # the naive formula is far off here
+    m, parts = Moments(4), [Moments(4), Moments(4)]
+    for s in range(0, 90, 7):
+        m.add(x[s:s + 7])
+        parts[(s // 7) % 2].add(x[s:s + 7])
+    parts[0].fold(parts[1].n, parts[1].mean, parts[1].m2)
+    # float64 holds 1e8 to 1.5e-8: deviations of 1e-3 keep about 5 digits, the naive formula none
+    np.testing.assert_allclose(m.variance(), truth, rtol=1e-4)
+    np.testing.assert_allclose(parts[0].variance(), truth, rtol=1e-4)
+    a = torch.from_numpy(x[:, :, None, None]).float()  # LayerStats' maps are float32 (1e8: step 8)
+    whole, halves = LayerStats(4, top_k=3, curve_len=5), [LayerStats(4, top_k=3, curve_len=5) for _ in range(2)]
+    ids = torch.arange(90)
+    for s in range(0, 90, 10):
+        whole.add(a[s:s + 10], ids[s:s + 10])
+        halves[s // 50].add(a[s:s + 10], ids[s:s + 10])
+    halves[0].merge(halves[1])
+    f32 = a[:, :, 0, 0].double().numpy()
+    np.testing.assert_allclose(whole.result().act_std, f32.std(0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(halves[0].result().act_std, f32.std(0), rtol=1e-9, atol=1e-9)
+
+
+def test_states_saved_with_sums_of_squares_load_as_moments():
+    """A pass-1 state written before the moments were Chan's (sum, sumsq) resumes with the same mean and std."""
+    import torch
+
+    rng = np.random.default_rng(4)
+    a = torch.from_numpy(rng.normal(2, 3, size=(40, 3, 2, 2)).astype(np.float32))
+    st = LayerStats(3, top_k=4, curve_len=5)
+    st.add(a, torch.arange(40))
+    state = st.state_dict()
+    v = a.amax(dim=(2, 3)).double().numpy()
+    state.pop("mean"), state.pop("m2")
+    state["sum"], state["sumsq"] = v.sum(0), (v * v).sum(0)
+    old = LayerStats.from_state(state).result()
+    np.testing.assert_allclose(old.act_mean, v.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(old.act_std, v.std(0), rtol=1e-9)

@@ -24,8 +24,8 @@ def _unit(loaded, layer_name: str, channels: list[int], params: render.VizParams
     geo = crop_geometry(layer, loaded.preprocessing.input_size, full=not window)
     node = layer.pre_activation or layer.name
     W = torch.eye(layer.channels)[channels]
-    obj = objectives.UnitObjective(node, W, torch.zeros(len(channels)), params.objective, geo["at"], torch.ones(len(channels)),
-                            layer.pre_activation is not None)
+    obj = objectives.map_objective(params.objective, node, W, torch.zeros(len(channels)), geo["at"],
+                                   torch.ones(len(channels)), layer.pre_activation is not None)
     p = params.resolved(loaded.preprocessing.input_size)
     res = render.optimise(render.grad_forward(loaded, [node]), obj, len(channels), geo["size"], p, np.eye(3))
     boxes = []
@@ -129,7 +129,7 @@ def test_class_objective_paints_the_class_colour(colour_classifier, kind):
     """A hand-set classifier whose class k is the excess of colour channel k: the image optimised
     for each class logit (or probability) is that colour, and the model predicts that class."""
     out = render.output_node(colour_classifier)
-    obj = objectives.SumObjective([[objectives.Term(1.0, kind, output=k)] for k in range(3)], out)
+    obj = objectives.SumObjective([[objectives.term(kind, 1.0, output=k)] for k in range(3)], out)
     p = render.VizParams(steps=96).resolved((12, 12))
     res = render.optimise(render.grad_forward(colour_classifier, [out]), obj, 3, (12, 12), p, np.eye(3), output_node=out)
     assert list(res.predicted[-1]) == [0, 1, 2]
@@ -146,8 +146,8 @@ def test_a_weighted_sum_of_objectives_is_the_sum_of_its_terms(colour_classifier)
 
     out = render.output_node(colour_classifier)
     node = "relu"
-    terms = [objectives.Term(2.0, "class", output=0), objectives.Term(-1.0, "class", output=2), objectives.Term(0.5, "layer", node=node),
-             objectives.Term(1.0, "unit", node=node, vector=np.array([0.0, 1.0, 0.0]), at=(3, 4))]
+    terms = [objectives.ClassTerm(2.0, output=0), objectives.ClassTerm(-1.0, output=2), objectives.LayerTerm(0.5, node=node),
+             objectives.UnitTerm(1.0, node=node, vector=np.array([0.0, 1.0, 0.0]), at=(3, 4))]
     obj = objectives.SumObjective([terms], out)
     x = torch.rand(1, 3, 12, 12, generator=torch.Generator().manual_seed(0))
     maps = render.grad_forward(colour_classifier, obj.nodes)(x)
@@ -172,7 +172,7 @@ def test_a_start_image_flips_to_the_target_class_and_keeps_its_difference(colour
     assert before == 0
     target = 2
     # the probability: raising the blue logit alone leaves red ahead (seed 000 had two classes)
-    obj = objectives.SumObjective([[objectives.Term(1.0, "prob", output=target)]], out)
+    obj = objectives.SumObjective([[objectives.ProbTerm(1.0, output=target)]], out)
     p = render.start_params(render.VizParams(steps=128)).resolved((12, 12))
     res = render.optimise(render.grad_forward(colour_classifier, [out]), obj, 1, (12, 12), p, np.eye(3), start=start,
                        output_node=out)
@@ -332,8 +332,8 @@ def test_an_image_does_not_depend_on_the_batch_it_was_made_in(tiny_loaded):
     fwd = render.grad_forward(tiny_loaded, [layer.pre_activation])
 
     def images(channels):
-        obj = objectives.UnitObjective(layer.pre_activation, torch.eye(6)[channels], torch.zeros(len(channels)), "unit",
-                                geo["at"], torch.ones(len(channels)), True)
+        obj = objectives.UnitObjective(layer.pre_activation, torch.eye(6)[channels], torch.zeros(len(channels)),
+                                       geo["at"], torch.ones(len(channels)), True)
         seeds = [render.image_seed(0, f"key/{c}") for c in channels]
         return render.optimise(fwd, obj, len(channels), geo["size"], p, np.eye(3), seeds=seeds).images
 
@@ -424,8 +424,8 @@ def test_a_direction_objective_is_its_projection_by_hand():
     off = np.array([0.3, -1.2])
     maps = np.einsum("bchw,bc->bhw", a.numpy(), w) + off[:, None, None]
     for kind in ("unit", "channel"):
-        obj = objectives.UnitObjective("n", torch.as_tensor(w, dtype=torch.float32), torch.as_tensor(off, dtype=torch.float32),
-                                kind, (2, 3), torch.ones(2))
+        obj = objectives.map_objective(kind, "n", torch.as_tensor(w, dtype=torch.float32),
+                                       torch.as_tensor(off, dtype=torch.float32), (2, 3), torch.ones(2))
         value = obj.value({"n": a}).numpy()
         expected = maps[:, 2, 3] if kind == "unit" else maps.reshape(2, -1).mean(1)
         assert np.allclose(value, expected, atol=1e-5)

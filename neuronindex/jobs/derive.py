@@ -88,9 +88,9 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     plan, owners = features_mod.plan_from_results(selections, results, run.params.nf_threshold, run.params.nf_max)
     grey = GreyResponses(extractor, selections, plan, owners)
     patches = PatchVectors(extractor, selections, plan, owners, [s.layer.channels for s in run.selections], spill)
-    act_max_by_layer = [r["act_max"] for r in results]
+    act_max_by_layer = [r.act_max for r in results]
     act_max = np.concatenate(act_max_by_layer)
-    dead = np.concatenate([r["dead"] for r in results])
+    dead = np.concatenate([r.dead for r in results])
     # The NF planes of all neurons at once grow with neurons x field area (SqueezeNet: 1.1 GB);
     # neurons are taken in ranges within `nf_memory`, each one decode of the images it needs. The
     # first decode also runs the re-forwards (grey responses, patch vectors) for every neuron; each
@@ -465,7 +465,7 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
     keep = np.ones(len(owners), dtype=bool) if keep is None else keep
     ids = neuron_id_array(stored, owners)
     ingest_id = stored.ingest_id
-    probes = [r.get("probe") for r in results]
+    probes = [r.probe for r in results]
     with_signatures = all(p is not None for p in probes) and probes and probes[0].shape[0] >= 2
     # recomputing from a stored index has no probe arrays: its signatures are kept as they are
     spaces = ("patch", "prototype", "signature") if with_signatures else ("patch", "prototype")

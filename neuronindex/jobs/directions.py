@@ -1,5 +1,5 @@
-"""The directions job: the units pass (each direction's top and bottom lists over its projection maps,
-after pass 1) and `neuronindex directions add` (user directions added to a stored index)."""
+"""`neuronindex directions add`: user directions (concept vectors over a stored layer's channels)
+added to an index, with one units pass over the ingest's images and pass 2 for the new units only."""
 from __future__ import annotations
 
 from neuronindex import store
@@ -21,6 +21,7 @@ from neuronindex.science.directions import user_direction
 from neuronindex.jobs.units import extend_results
 from neuronindex.jobs.units import units_pass
 from neuronindex.store.directory import IndexDirectory
+from neuronindex.science.stats import UnitResults
 
 
 def load_vectors(path: str) -> np.ndarray:
@@ -119,17 +120,17 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     if units is None:
         raise IngestError("no image of the ingest could be read again; check that its images are still there")
 
-    units["dead"] = dead_neurons(units["act_max"], units["act_std"])
-    units["weak"] = np.zeros(len(d), dtype=bool)
-    units["kind"], units["unit"] = ["user"] * len(d), list(names)
-    d.variance = units["pooled_var"].copy()  # w . pooled + b has variance u'Ru for max pooling
-    d.n = int(units["count"])
+    units.dead = dead_neurons(units.act_max, units.act_std)
+    units.weak = np.zeros(len(d), dtype=bool)
+    units.kind, units.unit = ["user"] * len(d), list(names)
+    d.variance = units.pooled_var.copy()  # w . pooled + b has variance u'Ru for max pooling
+    d.n = int(units.count)
     results = extend_results([empty], [units])
     # the images behind the new units (the channels' part of `results` is empty)
-    results[0]["count"], results[0]["class_count"] = units["count"], units["class_count"]
-    if units.get("probe") is not None:  # the new units' signatures (the channels' rows stay as stored)
-        results[0]["probe"] = np.concatenate([np.zeros((units["probe"].shape[0], C), np.float32), units["probe"]], 1)
-        results[0]["probe_ids"] = units["probe_ids"]
+    results[0].count, results[0].class_count = units.count, units.class_count
+    if units.probe is not None:  # the new units' signatures (the channels' rows stay as stored)
+        results[0].probe = np.concatenate([np.zeros((units.probe.shape[0], C), np.float32), units.probe], 1)
+        results[0].probe_ids = units.probe_ids
     derived = run_all(run, results, progress=progress, spill=IndexDirectory(index_dir).work)
     derived.only = np.arange(C, C + len(d))
     with store.staged(index_dir, wait=wait) as wcon:
@@ -144,24 +145,25 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
                     layer_id, ingest_id,
                     field_.rows(new) if field_ is not None else None,
                     first_image, label_class_ids)
-        write_directions(wcon, new_ids, layer_id, d, units["pooled_var"])
+        write_directions(wcon, new_ids, layer_id, d, units.pooled_var)
         ids = np.concatenate([np.array([r[0] for r in existing], dtype=np.int64), new_ids])
         derived.write(wcon, StoredIngest(ingest_id, [ids]))
     build_vectors(index_dir)
     return {"model": model_name, "layer": layer_name, "directions": [f"{model_name}/{layer_name}/{n}" for n in names],
-            "images": int(units["count"])}
+            "images": int(units.count)}
 
 
-def _empty_results(C: int, p, n_classes: int) -> dict:
+def _empty_results(C: int, p, n_classes: int) -> UnitResults:
     """Results of C channels with nothing in them (for runs that only add directions)."""
     k = p.top_k
-    return {"count": 0, "act_max": np.full(C, np.nan), "act_mean": np.full(C, np.nan), "act_std": np.full(C, np.nan),
-            "sparsity": np.full(C, np.nan), "dead": np.ones(C, dtype=bool), "weak": np.zeros(C, dtype=bool),
-            "curve": np.zeros((C, p.curve_len), np.float32), "auc": np.full(C, np.nan),
-            "class_means": np.full((n_classes, C), np.nan), "class_means_spatial": None,
-            "class_count": np.zeros(n_classes, dtype=np.int64),
-            "top_values": np.full((C, k), -np.inf), "top_ids": np.full((C, k), -1, dtype=np.int64),
-            "top_y": np.full((C, k), -1, dtype=np.int64), "top_x": np.full((C, k), -1, dtype=np.int64),
-            "probe": None, "probe_ids": np.zeros(0, dtype=np.int64),
-            "bottom_values": np.full((C, 0), np.nan), "bottom_ids": np.full((C, 0), -1, dtype=np.int64),
-            "kind": ["channel"] * C, "unit": [str(c) for c in range(C)]}
+    return UnitResults(
+        count=0, act_max=np.full(C, np.nan), act_mean=np.full(C, np.nan), act_std=np.full(C, np.nan),
+        sparsity=np.full(C, np.nan), dead=np.ones(C, dtype=bool), weak=np.zeros(C, dtype=bool),
+        curve=np.zeros((C, p.curve_len), np.float32), auc=np.full(C, np.nan),
+        class_means=np.full((n_classes, C), np.nan), class_means_spatial=None,
+        class_count=np.zeros(n_classes, dtype=np.int64),
+        top_values=np.full((C, k), -np.inf), top_ids=np.full((C, k), -1, dtype=np.int64),
+        top_y=np.full((C, k), -1, dtype=np.int64), top_x=np.full((C, k), -1, dtype=np.int64),
+        probe=None, probe_ids=np.zeros(0, dtype=np.int64),
+        bottom_values=np.full((C, 0), np.nan), bottom_ids=np.full((C, 0), -1, dtype=np.int64),
+        kind=["channel"] * C, unit=[str(c) for c in range(C)])

@@ -53,8 +53,8 @@ def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
 
     torch.set_num_threads(max(1, threads))
     run = run_from_meta(meta, shard=(shard, shards))
-    stats = pass1(run, progress=False)
-    return state_bytes(run, stats, -(-len(run.positions()) // run.params.batch_size))
+    state = pass1(run, progress=False)
+    return state_bytes(run, state, -(-len(run.positions()) // run.params.batch_size))
 
 
 def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], subset, threads: int):

@@ -42,6 +42,8 @@ from neuronindex.store import staged
 from neuronindex.store.vectors import VectorStore
 from neuronindex.jobs.publish import write_ingest
 from neuronindex.store.directory import IndexDirectory
+from neuronindex.science.stats import Pass1State
+from neuronindex.science.stats import UnitResults
 
 
 @dataclass
@@ -177,28 +179,27 @@ def run_from_meta(meta: dict, **overrides) -> Run:
 
 # ---------------------------------------------------------------------------- pass 1
 
-def new_stats(run: Run):
+def new_state(run: Run) -> Pass1State:
     """One LayerStats over the channels of every selected layer side by side (see
-    summaries.Summaries): each batch costs one top-k merge whatever the number of layers."""
-
-
+    summaries.Summaries): each batch costs one top-k merge whatever the number of layers; and
+    the channel covariance of the pooled activations when SVD or random directions are asked for."""
     p = run.params
     total = sum(s.layer.channels for s in run.selections)
     stats = LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device,
                        p.spatial_means or run.covariance_pooling() == "mean", p.bottom_k)
-    # the channel covariance of the pooled activations, for the SVD and random directions
-    stats.cov = Covariance([s.layer.channels for s in run.selections]) if run.covariance_pooling() else None
-    return stats
+    cov = Covariance([s.layer.channels for s in run.selections]) if run.covariance_pooling() else None
+    return Pass1State(stats, cov)
 
 
-def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint=None,
-          checkpoint_seconds: float = 120.0):
-    """Stream the run's images (from batch `done` on) through the model into per-layer stats."""
+def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bool = True, checkpoint=None,
+          checkpoint_seconds: float = 120.0) -> Pass1State:
+    """Stream the run's images (from batch `done` on) through the model into the pass-1 state."""
     import torch
     from tqdm import tqdm
 
 
-    stats = stats if stats is not None else new_stats(run)
+    state = state if state is not None else new_state(run)
+    stats = state.stats
     positions = run.positions()
     bs = run.params.batch_size
     todo = positions[done * bs:]
@@ -221,29 +222,25 @@ def pass1(run: Run, stats=None, done: int = 0, progress: bool = True, checkpoint
             summary = extractor.summaries(batch[ok], stats.threshold(), channels, stats.has_spatial,
                                           stats.low_threshold())
             stats.add_summary(summary, ids, labels[ids], extractor.spatial_means(), extractor.low_locations())
-            if stats.cov is not None:
-                stats.cov.add(summary[0] if run.covariance_pooling() == "max" else extractor.spatial_means())
+            if state.cov is not None:
+                state.cov.add(summary[0] if run.covariance_pooling() == "max" else extractor.spatial_means())
         batch_index += 1
         bar.update(len(pos))
         if checkpoint is not None and time.monotonic() - last >= checkpoint_seconds:
-            checkpoint(stats, batch_index)
+            checkpoint(state, batch_index)
             last = time.monotonic()
     bar.close()
-    return stats
+    return state
 
 
-def state_bytes(run: Run, stats, batches_done: int) -> bytes:
+def state_bytes(run: Run, state: Pass1State, batches_done: int) -> bytes:
     """The pass-1 state (numpy arrays + JSON meta) as the bytes of an .npz file (no pickle)."""
     import io
 
     arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
                                                      "batches_done": batches_done,
                                                      "problems": run.problems}).encode(), dtype=np.uint8)}
-    for k, v in stats.state_dict().items():
-        arrays[f"0/{k}"] = v  # the "0/" prefix keeps the file format of earlier versions
-    if getattr(stats, "cov", None) is not None:
-        for k, v in stats.cov.state_dict().items():
-            arrays[f"cov/{k}"] = v
+    arrays.update(state.state_dict())
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -260,12 +257,12 @@ def write_atomically(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def save_state(path: Path, run: Run, stats, batches_done: int) -> None:
+def save_state(path: Path, run: Run, state: Pass1State, batches_done: int) -> None:
     """Atomically write the pass-1 state to `path`."""
-    write_atomically(path, state_bytes(run, stats, batches_done))
+    write_atomically(path, state_bytes(run, state, batches_done))
 
 
-def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
+def load_state(path: Path, device: str = "cpu") -> tuple[dict, Pass1State]:
 
     if not Path(path).is_file():
         raise IngestError(f"state file {path} does not exist")
@@ -276,14 +273,10 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, object]:
             if groups - {"cov"} != {"0"}:
                 raise IngestError(f"state file {path} was written by an older neuronindex (one state per layer); "
                                   "start the ingest again without --resume")
-            stats = LayerStats.from_state({k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("0/")},
-                                          device)
-            cov = {k.split("/", 1)[1]: data[k] for k in data.files if k.startswith("cov/")}
-
-            stats.cov = Covariance.from_state(cov) if cov else None
+            state = Pass1State.from_state(data, device)
     except (OSError, ValueError, KeyError) as exc:
         raise IngestError(f"state file {path} is damaged or not a neuronindex state ({exc})") from None
-    return meta, stats
+    return meta, state
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -305,12 +298,12 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
                   params=params, download=download, labels=labels, class_list=class_list)
     work = index_dir.run_work(run.key())
     state_file = work / "pass1.npz"
-    stats, done = None, 0
+    state, done = None, 0
     if resume and (model := published_as(index_dir, run.key(include_shard=False))) is not None:
         # killed after the publish, before the clean-up: the run is in the index already, once
         return already_published(run, work, model, progress)
     if resume and state_file.is_file():
-        meta, stats = load_state(state_file, run.params.device)
+        meta, state = load_state(state_file, run.params.device)
         done = int(meta["batches_done"])
         run.problems = {int(k): v for k, v in meta.get("problems", {}).items()}
         if progress:
@@ -318,17 +311,17 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     elif state_file.is_file():
         shutil.rmtree(work)
     t0 = time.time()
-    stats = pass1(run, stats, done, progress,
+    state = pass1(run, state, done, progress,
                   checkpoint=lambda st, b: save_state(state_file, run, st, b),
                   checkpoint_seconds=checkpoint_seconds)
     timings = {"pass1": time.time() - t0}
     if state_out:
-        save_state(Path(state_out), run, stats, len(run.positions()))
+        save_state(Path(state_out), run, state, len(run.positions()))
         shutil.rmtree(work, ignore_errors=True)
         return {"state": str(state_out), "images": len(run.positions()), "layers": [s.name for s in run.selections],
                 "timings": timings}
-    save_state(state_file, run, stats, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
-    summary = publish_run(run, stats, index_dir, progress=progress, timings=timings, started=started, derive=derive,
+    save_state(state_file, run, state, (len(run.positions()) + run.params.batch_size - 1) // run.params.batch_size)
+    summary = publish_run(run, state, index_dir, progress=progress, timings=timings, started=started, derive=derive,
                      wait=wait)
     remove_work(work)
     if derive and visualize is not None:
@@ -391,16 +384,14 @@ def merge_states(paths: list[str], index_dir, progress: bool = True, derive: boo
     run = run_from_meta(base, shard=None)
     merged = None
     for path in paths:
-        meta, stats = load_state(Path(path))
+        meta, state = load_state(Path(path))
         if merged is None:
-            merged = stats
+            merged = state
             continue
-        merged.merge(stats)
-        if (merged.cov is None) != (stats.cov is None):
+        if (merged.cov is None) != (state.cov is None):
             raise IngestError("some state files hold the channel covariance (directions) and some do not; "
                               "run every shard with the same --directions")
-        if merged.cov is not None:
-            merged.cov.merge(stats.cov)
+        merged.merge(state)
     for meta in metas:
         run.problems.update({int(k): v for k, v in meta.get("problems", {}).items()})
     return publish_run(run, merged, IndexDirectory(index_dir), progress=progress,
@@ -454,35 +445,35 @@ def published_as(index_dir, run_key: str) -> str | None:
     return row[0] if row else None
 
 
-def layer_results(run: Run, stats) -> list[dict]:
+def layer_results(run: Run, stats: LayerStats) -> list[UnitResults]:
     """Pass 1's results per selected layer, with each channel's dead / weak flags, kind and unit name."""
     results = split(stats.result(), [s.layer.channels for s in run.selections])
     for res in results:
-        res["dead"] = dead_neurons(res["act_max"], res["act_std"])
-        res["weak"] = weak_neurons(res["act_max"])
-        res["kind"] = ["channel"] * len(res["act_max"])
-        res["unit"] = [str(c) for c in range(len(res["act_max"]))]
+        res.dead = dead_neurons(res.act_max, res.act_std)
+        res.weak = weak_neurons(res.act_max)
+        res.kind = ["channel"] * len(res.act_max)
+        res.unit = [str(c) for c in range(len(res.act_max))]
     return results
 
 
-def publish_run(run: Run, stats, index_dir: IndexDirectory, *, progress: bool, timings: dict, started: float,
+def publish_run(run: Run, state: Pass1State, index_dir: IndexDirectory, *, progress: bool, timings: dict, started: float,
                 derive: bool = True, wait: bool = True, pass2=None) -> dict:
     """Everything after pass 1: the directions and their units pass, pass 2 and the derived
     properties, the publish (with the category hierarchy) and the FAISS files (`pass2`: see
     derive.run_all)."""
-    results = layer_results(run, stats)
+    results = layer_results(run, state.stats)
     t0 = time.time()
     spec = run.params.direction_spec()
-    cov = getattr(stats, "cov", None)
+    cov = state.cov
     run.directions = dirs.compute(cov, spec, [s.layer.channels for s in run.selections]) \
         if cov is not None else [None] * len(run.selections)
     if any(d is not None for d in run.directions):
         units = units_pass(run, run.directions, progress=progress)
         for u, d in zip(units, run.directions):
             if u is not None:
-                u["dead"] = dead_neurons(u["act_max"], u["act_std"])
-                u["weak"] = np.zeros(len(d), dtype=bool)
-                u["kind"], u["unit"] = list(d.kinds), list(d.names)
+                u.dead = dead_neurons(u.act_max, u.act_std)
+                u.weak = np.zeros(len(d), dtype=bool)
+                u.kind, u.unit = list(d.kinds), list(d.names)
         results = extend_results(results, units)
         timings["directions"] = time.time() - t0
     derived = None

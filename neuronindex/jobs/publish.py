@@ -119,8 +119,8 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
     `curves`, `class_means`, `probe`. res and f (their receptive fields) hold exactly these units;
     `channels` are their indexes in the layer's map (channels, then directions)."""
     C = len(ids)
-    units = res.get("unit", [str(c) for c in channels])
-    kinds = res.get("kind", ["channel"] * C)
+    units = res.unit if res.unit is not None else [str(c) for c in channels]
+    kinds = res.kind if res.kind is not None else ["channel"] * C
     if f is not None:
         sizes = f.sizes()
         rf_h, rf_w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
@@ -130,22 +130,22 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
         rf_h = rf_w = y0 = x0 = np.full(C, None, dtype=object)
     insert(con, "neurons", {
         "id": ids, "key": [f"{key_prefix}{u}" for u in units], "kind": list(kinds), "unit": list(units),
-        "act_min": res.get("act_min", np.full(C, np.nan)),
+        "act_min": res.act_min if res.act_min is not None else np.full(C, np.nan),
         "model_id": np.full(C, model_id), "layer_id": np.full(C, layer_id), "ingest_id": np.full(C, ingest_id),
         "channel": np.asarray(channels), "rf_h": rf_h, "rf_w": rf_w, "rf_y0": y0, "rf_x0": x0,
-        "n_images": np.full(C, res["count"]), "act_max": res["act_max"], "act_mean": res["act_mean"],
-        "act_std": res["act_std"], "sparsity": res["sparsity"], "dead": res["dead"], "auc": res["auc"],
-        "weak": res.get("weak", np.zeros(C, dtype=bool)),
+        "n_images": np.full(C, res.count), "act_max": res.act_max, "act_mean": res.act_mean,
+        "act_std": res.act_std, "sparsity": res.sparsity, "dead": res.dead, "auc": res.auc,
+        "weak": res.weak if res.weak is not None else np.zeros(C, dtype=bool),
     })
     # top-k rows, valid entries only
-    vals, top_ids = res["top_values"], res["top_ids"]
+    vals, top_ids = res.top_values, res.top_ids
     ch, rank = np.nonzero(np.isfinite(vals))
-    ty, tx = res["top_y"][ch, rank].astype(np.int64), res["top_x"][ch, rank].astype(np.int64)
+    ty, tx = res.top_y[ch, rank].astype(np.int64), res.top_x[ch, rank].astype(np.int64)
     if f is not None:
         bx0, by0, bx1, by1 = f.boxes(ch, ty, tx).T
     else:
         bx0 = by0 = bx1 = by1 = np.full(len(ch), None, dtype=object)
-    amax = res["act_max"][ch]
+    amax = res.act_max[ch]
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(amax > 0, vals[ch, rank] / amax, np.nan)
     insert(con, "topk", {
@@ -154,19 +154,19 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
         "box_x0": bx0, "box_y0": by0, "box_x1": bx1, "box_y1": by1,
     })
     write_bottom(con, ids, res, f, first_image)
-    insert(con, "curves", {"neuron_id": ids, "curve": res["curve"]})
+    insert(con, "curves", {"neuron_id": ids, "curve": res.curve})
     if len(label_class_ids):
-        means, counts = res["class_means"], res["class_count"]
+        means, counts = res.class_means, res.class_count
         cc, nn_ = np.meshgrid(np.arange(len(label_class_ids)), np.arange(C), indexing="ij")
         keep = counts[cc.ravel()] > 0
-        spatial = res.get("class_means_spatial")
+        spatial = res.class_means_spatial
         insert(con, "class_means", {
             "neuron_id": ids[nn_.ravel()][keep], "class_id": label_class_ids[cc.ravel()][keep],
             "mean_activation": means.ravel()[keep], "n_images": counts[cc.ravel()][keep],
             "mean_spatial": spatial.ravel()[keep] if spatial is not None else np.full(int(keep.sum()), np.nan),
         })
-    if len(res["probe_ids"]):
-        insert(con, "probe", {"neuron_id": ids, "activations": res["probe"].T.copy()})
+    if len(res.probe_ids):
+        insert(con, "probe", {"neuron_id": ids, "activations": res.probe.T.copy()})
     write_histograms(con, ids, res)
 
 
@@ -176,16 +176,16 @@ def write_histograms(con, ids, res) -> None:
     import pyarrow as pa
 
 
-    hist = res.get("hist")
+    hist = res.hist
     if hist is None:
         return
     mids = bucket_values()
-    low = res.get("bottom_values")
+    low = res.bottom_values
     rows = {k: [] for k in ("neuron_id", "n_images", "density", "share_zero", "edges", "counts", "bucket_values",
                             "bucket_counts")}
     for i, counts in enumerate(hist):
         lo = low[i, 0] if low is not None and low.shape[1] else None
-        h = histogram(counts, lo, res["act_max"][i], default("hist_bins"))
+        h = histogram(counts, lo, res.act_max[i], default("hist_bins"))
         if not h["n"]:
             continue
         used = np.nonzero(counts)[0]
@@ -201,18 +201,18 @@ def write_histograms(con, ids, res) -> None:
 
 def write_bottom(con, ids, res, field, first_image) -> None:
     """`bottomk` rows of one layer's units (valid entries only)."""
-    if "bottom_values" not in res:
+    if res.bottom_values is None:
         return
-    vals = res["bottom_values"]
+    vals = res.bottom_values
     ch, rank = np.nonzero(np.isfinite(vals))
-    ys = res.get("bottom_y", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
-    xs = res.get("bottom_x", np.full(vals.shape, -1))[ch, rank].astype(np.int64)
+    ys = (res.bottom_y if res.bottom_y is not None else np.full(vals.shape, -1))[ch, rank].astype(np.int64)
+    xs = (res.bottom_x if res.bottom_x is not None else np.full(vals.shape, -1))[ch, rank].astype(np.int64)
     located = ys >= 0
     boxes = field.boxes(ch, np.maximum(ys, 0), np.maximum(xs, 0)).astype(float) if field is not None and len(ch) \
         else np.full((len(ch), 4), np.nan)
     boxes[~located] = np.nan
     insert(con, "bottomk", {
-        "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + res["bottom_ids"][ch, rank],
+        "neuron_id": ids[ch], "rank": rank + 1, "image_id": first_image + res.bottom_ids[ch, rank],
         "activation": vals[ch, rank], "y": np.where(located, ys, np.nan), "x": np.where(located, xs, np.nan),
         "box_x0": boxes[:, 0], "box_y0": boxes[:, 1], "box_x1": boxes[:, 2], "box_y1": boxes[:, 3],
     })
@@ -286,9 +286,9 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [layer_id, model_id, sel.name, layer.name, layer.alias, layer.kind, layer.position, layer.channels,
              layer.map_h, layer.map_w, layer.rf_size, layer.rf_stride, layer.rf_offset,
-             float(np.mean(res["sparsity"][:layer.channels])) if layer.channels else None, ingest_id,
+             float(np.mean(res.sparsity[:layer.channels])) if layer.channels else None, ingest_id,
              ",".join(layer.aliases) or None, layer.pre_activation])
-        C = len(res["act_max"])  # the layer's channels, then its directions
+        C = len(res.act_max)  # the layer's channels, then its directions
         ids = np.arange(nid, nid + C)
         neuron_ids_by_layer.append(ids)
         nid += C
@@ -297,13 +297,13 @@ def write_ingest(con, run, results: list[dict], derived, timings: dict, started:
         write_units(con, res, ids, np.arange(C), f"{model_name}/{sel.name}/", model_id, layer_id, ingest_id, f,
                     first_image, label_class_ids)
         if d is not None:
-            write_directions(con, ids[layer.channels:], layer_id, d, res.get("pooled_var"))
+            write_directions(con, ids[layer.channels:], layer_id, d, res.pooled_var)
             if d.spectrum is not None:
                 con.execute("UPDATE layers SET spectrum = ? WHERE id = ?", [d.spectrum.astype(float).tolist(), layer_id])
-        if len(res["probe_ids"]) and not probe_written:
-            insert(con, "probe_images", {"ingest_id": np.full(len(res["probe_ids"]), ingest_id),
-                                         "rank": np.arange(1, len(res["probe_ids"]) + 1),
-                                         "image_id": first_image + res["probe_ids"]})
+        if len(res.probe_ids) and not probe_written:
+            insert(con, "probe_images", {"ingest_id": np.full(len(res.probe_ids), ingest_id),
+                                         "rank": np.arange(1, len(res.probe_ids) + 1),
+                                         "image_id": first_image + res.probe_ids})
             probe_written = True
     if derived is not None:
 

@@ -17,6 +17,7 @@ from neuronindex.jobs.ingest import build_vectors, IngestParams, prepare
 from neuronindex.nets.models import Preprocessing
 from neuronindex.science.directions import StoredDirections
 from neuronindex.store.directory import IndexDirectory
+from neuronindex.science.stats import UnitResults
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:
@@ -50,8 +51,7 @@ def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list
             c, r = t[:, 0].astype(int), t[:, 1].astype(int) - 1
             pos[c, r], vals[c, r], ys[c, r], xs[c, r] = t[:, 2].astype(np.int64), t[:, 3], t[:, 4], t[:, 5]
         names.append(name)
-        results.append({"top_values": vals, "top_ids": pos, "top_y": ys, "top_x": xs, "act_max": act_max,
-                        "dead": dead})
+        results.append(UnitResults(top_values=vals, top_ids=pos, top_y=ys, top_x=xs, act_max=act_max, dead=dead))
         ids.append(nid)
     return names, results, ids, directions
 

@@ -4,14 +4,18 @@ statistics over its projection map; and the layer results with those units appen
 from __future__ import annotations
 from neuronindex.nets.extract import Extractor
 from neuronindex.science.stats import LayerStats
-from neuronindex.science.stats import PER_CLASS_KEYS
 from neuronindex.science.directions import Projector
-from neuronindex.science.stats import WHOLE_KEYS
 from neuronindex.nets.summaries import combine
 from neuronindex.nets.extract import image_batches
+from dataclasses import fields
+
 import numpy as np
 from neuronindex.science.stats import split
 from neuronindex.nets.summaries import summarize
+from neuronindex.science.stats import PER_CLASS
+from neuronindex.science.stats import UnitResults
+from neuronindex.science.stats import WHOLE
+from neuronindex.science.stats import Moments
 
 
 def units_pass(run, directions: list, progress: bool = True) -> list[dict | None]:
@@ -37,8 +41,7 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
     extractor = Extractor(run.loaded, wanted, p.device, p.amp)
     unit_channels = [2 * s for s in sizes if s]
     stats = LayerStats(sum(unit_channels), p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-    pooled_sum = [np.zeros(s) for s in sizes]
-    pooled_sq = [np.zeros(s) for s in sizes]
+    moments = [Moments(s) for s in sizes]  # of each direction's pooled projection
     label_index = {name: i for i, name in enumerate(run.label_names)}
     labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
                           dtype=torch.long)
@@ -60,8 +63,7 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
             pooled = (a.amax(dim=(2, 3)) if directions[li].pooling == "max" else a.mean(dim=(2, 3))).double()
             w, b0 = projector.by_node[node]
             pp = (pooled @ w.to(pooled.device).double().T + b0.to(pooled.device).double()).cpu().numpy()
-            pooled_sum[li] += pp.sum(0)
-            pooled_sq[li] += (pp * pp).sum(0)
+            moments[li].add(pp)
             both = torch.cat([proj, -proj], 1).float().cpu().contiguous()
             # a threshold of -inf: every pair gets its location (a few units per layer)
             parts.append(summarize(both, torch.full((both.shape[1],), -float("inf"))))
@@ -75,20 +77,18 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
             out.append(None)
             continue
         res, neg = split(next(it), [s, s])
-        low = neg["top_values"][:, : p.bottom_k]
-        res["bottom_values"] = np.where(np.isfinite(low), -low, np.nan)
-        res["bottom_ids"] = neg["top_ids"][:, : p.bottom_k]
-        res["bottom_y"] = neg["top_y"][:, : p.bottom_k].astype(np.int64)
-        res["bottom_x"] = neg["top_x"][:, : p.bottom_k].astype(np.int64)
-        res["act_min"] = -neg["act_max"]
-        n = max(stats.count, 1)
-        mean = pooled_sum[li] / n
-        res["pooled_var"] = np.maximum(pooled_sq[li] / n - mean ** 2, 0.0)
+        low = neg.top_values[:, : p.bottom_k]
+        res.bottom_values = np.where(np.isfinite(low), -low, np.nan)
+        res.bottom_ids = neg.top_ids[:, : p.bottom_k]
+        res.bottom_y = neg.top_y[:, : p.bottom_k].astype(np.int64)
+        res.bottom_x = neg.top_x[:, : p.bottom_k].astype(np.int64)
+        res.act_min = -neg.act_max
+        res.pooled_var = moments[li].variance()
         out.append(res)
     return out
 
 
-def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
+def extend_results(results: list[UnitResults], units: list[UnitResults | None]) -> list[UnitResults]:
     """Each layer's results with its direction units appended after its channels."""
     out = []
     for res, u in zip(results, units):
@@ -96,24 +96,26 @@ def extend_results(results: list[dict], units: list[dict | None]) -> list[dict]:
             out.append(res)
             continue
         merged = {}
-        for key, value in res.items():
-            if key in PER_CLASS_KEYS and value is not None and u.get(key) is None:
+        for f in fields(res):
+            key, value, theirs = f.name, getattr(res, f.name), getattr(u, f.name)
+            if key in PER_CLASS and value is not None and theirs is None:
                 # what the units pass does not take (spatial means): NaN for the directions
-                merged[key] = np.concatenate([value, np.full((value.shape[0], len(u["act_max"])), np.nan)], axis=1)
-            elif key not in u or value is None or u[key] is None or key in WHOLE_KEYS:
+                merged[key] = np.concatenate([value, np.full((value.shape[0], len(u)), np.nan)], axis=1)
+            elif value is None or theirs is None or key in WHOLE:
                 merged[key] = value
-            elif key in PER_CLASS_KEYS:
-                merged[key] = np.concatenate([value, u[key]], axis=1)
+            elif key in PER_CLASS:
+                merged[key] = np.concatenate([value, theirs], axis=1)
+            elif isinstance(value, list):
+                merged[key] = list(value) + list(theirs)
             else:
-                a, b = np.asarray(value), np.asarray(u[key])
+                a, b = np.asarray(value), np.asarray(theirs)
                 if a.ndim == 2 and a.shape[1] != b.shape[1]:  # lists of different lengths
                     width = max(a.shape[1], b.shape[1])
                     a, b = _pad(a, width), _pad(b, width)
                 merged[key] = np.concatenate([a, b], axis=0)
-        C = len(res["act_max"])
-        merged["act_min"] = np.concatenate([np.full(C, np.nan), u["act_min"]])
-        merged["pooled_var"] = u["pooled_var"]  # per direction
-        out.append(merged)
+        merged["act_min"] = np.concatenate([np.full(len(res), np.nan), u.act_min])
+        merged["pooled_var"] = u.pooled_var  # per direction
+        out.append(UnitResults(**merged))
     return out
 
 

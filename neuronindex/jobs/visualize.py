@@ -53,9 +53,7 @@ from neuronindex.science.features import crop_geometry
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert
 from neuronindex.science.optvis.render import Optimised
-from neuronindex.science.optvis.objectives import SumObjective
-from neuronindex.science.optvis.objectives import Term
-from neuronindex.science.optvis.objectives import UnitObjective
+from neuronindex.science.optvis.objectives import map_objective, SumObjective, term
 from neuronindex.science.optvis.render import VizParams
 from neuronindex.science.optvis.render import color_stats
 from neuronindex.science.optvis.param import dataset_color
@@ -238,7 +236,7 @@ def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, devi
     full = params.objective == "channel" or layer.field is None
     for attempt in ((False, True) if not full else (True,)):
         geo = crop_geometry(layer, size_in, full=attempt)
-        obj = UnitObjective(node, W, offsets, params.objective, geo["at"], norm, rectify)
+        obj = map_objective(params.objective, node, W, offsets, geo["at"], norm, rectify)
         try:
             res = optimise(m.forward((node,), device), obj, len(targets), geo["size"], params, m.color, device=device,
                            seeds=[image_seed(params.seed, t.target) for t in targets])
@@ -279,7 +277,7 @@ def _row(m, t: _Target, res: Optimised, i: int, params, geo, box, alpha=None, hu
 
 def _run_classes(m: _Model, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
     out_node = output_node(m.loaded)
-    obj = SumObjective([[Term(1.0, t.objective, output=t.output)] for t in targets], out_node)
+    obj = SumObjective([[term(t.objective, 1.0, output=t.output)] for t in targets], out_node)
     size = m.loaded.preprocessing.input_size
     res = optimise(m.forward((out_node,), device), obj, len(targets), size, params, m.color, device=device,
                    output_node=out_node, seeds=[image_seed(params.seed, t.target) for t in targets])
@@ -418,7 +416,7 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     k = _output_index(target[6:] if target.startswith("class:") else target, names)
     out_node = output_node(m.loaded)
     p = params.resolved(pre.input_size)
-    obj = SumObjective([[Term(1.0, objective, output=k)]], out_node)
+    obj = SumObjective([[term(objective, 1.0, output=k)]], out_node)
     res = optimise(m.forward((out_node,), device), obj, 1, pre.input_size, p, m.color, start=start, device=device,
                    output_node=out_node)
     diff = np.abs(res.images[0].astype(np.float32) - seen * 255)

@@ -42,79 +42,13 @@ import numpy as np
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
 from neuronindex.nets.receptive import Field
+from neuronindex.science.stats import Covariance
 
 KINDS = ("svd", "random", "user")
 RANDOM_POOL = 1000
 
 
 # ---------------------------------------------------------------------------- statistics
-
-class Covariance:
-    """Streaming mean and co-moment of the pooled activations of several layers (blocks of
-    channels side by side), merged per batch and across shards by Chan's formula."""
-
-    def __init__(self, blocks: list[int]):
-        self.blocks = list(blocks)
-        self.n = 0
-        self.mean = [np.zeros(c) for c in self.blocks]
-        self.m2 = [np.zeros((c, c)) for c in self.blocks]
-
-    def add(self, pooled) -> None:
-        """pooled (B, sum(blocks)): one value per image and channel."""
-        x = np.asarray(pooled.cpu().numpy() if hasattr(pooled, "cpu") else pooled, dtype=np.float64)
-        if x.shape[0] == 0:
-            return
-        start = 0
-        nb = x.shape[0]
-        for i, c in enumerate(self.blocks):
-            part = x[:, start:start + c]
-            start += c
-            mb = part.mean(0)
-            d = part - mb
-            self._fold(i, nb, mb, d.T @ d)
-        self.n += nb
-
-    def _fold(self, i: int, nb: int, mb, m2b) -> None:
-        na = self.n
-        n = na + nb
-        delta = mb - self.mean[i]
-        self.m2[i] += m2b + np.outer(delta, delta) * (na * nb / n)
-        self.mean[i] += delta * (nb / n)
-
-    def merge(self, other: "Covariance") -> None:
-        if other.blocks != self.blocks:
-            raise ValueError("the states hold covariances of different layers")
-        if other.n == 0:
-            return
-        for i in range(len(self.blocks)):
-            self._fold(i, other.n, other.mean[i], other.m2[i])
-        self.n += other.n
-
-    def state_dict(self) -> dict:
-        state = {"cov_meta": np.array([self.n, *self.blocks], dtype=np.int64)}
-        for i in range(len(self.blocks)):
-            state[f"cov_mean_{i}"] = self.mean[i]
-            state[f"cov_m2_{i}"] = self.m2[i]
-        return state
-
-    @classmethod
-    def from_state(cls, state: dict) -> "Covariance":
-        meta = [int(v) for v in state["cov_meta"]]
-        cov = cls(meta[1:])
-        cov.n = meta[0]
-        cov.mean = [np.array(state[f"cov_mean_{i}"], dtype=np.float64) for i in range(len(cov.blocks))]
-        cov.m2 = [np.array(state[f"cov_m2_{i}"], dtype=np.float64) for i in range(len(cov.blocks))]
-        return cov
-
-    def layer(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """(mean, std, correlation matrix, n) of block i (population statistics)."""
-        n = max(self.n, 1)
-        cov = self.m2[i] / n
-        std = np.sqrt(np.maximum(np.diag(cov), 0.0))
-        live = std > 1e-12 * max(float(std.max(initial=0.0)), 1e-30)
-        inv = np.where(live, 1.0 / np.where(live, std, 1.0), 0.0)
-        corr = cov * inv[:, None] * inv[None, :]
-        return self.mean[i].copy(), np.where(live, std, 0.0), corr, self.n
 
 
 # ---------------------------------------------------------------------------- directions

@@ -100,9 +100,9 @@ def plan_from_results(selections, results, threshold: float, nf_max: int) -> tup
         if f is None:
             raise ValueError(f"layer {sel.name} has no receptive field; Neuron Features need a traceable model")
         C = sel.layer.channels
-        vals, ids = res["top_values"], res["top_ids"]
-        ys, xs = res["top_y"], res["top_x"]
-        amax = res["act_max"]
+        vals, ids = res.top_values, res.top_ids
+        ys, xs = res.top_y, res.top_x
+        amax = res.act_max
         valid = np.isfinite(vals)
         ch, rk = np.nonzero(valid)
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -29,6 +29,8 @@ The compiled loops live in `kernels`.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 import numpy as np
 
 from neuronindex.nets import kernels, summaries
@@ -58,8 +60,9 @@ class LayerStats:
         self.xs = torch.full((C, L), -1, dtype=torch.int32, device=dev)
         self.count = 0
         self.positions = torch.zeros(C, dtype=torch.long, device=dev)
-        self.sum = torch.zeros(C, dtype=torch.float64, device=dev)
-        self.sumsq = torch.zeros(C, dtype=torch.float64, device=dev)
+        # mean and sum of squared deviations of the per-image activation, by Chan's update
+        self.mean = torch.zeros(C, dtype=torch.float64, device=dev)
+        self.m2 = torch.zeros(C, dtype=torch.float64, device=dev)
         self.silent = torch.zeros(C, dtype=torch.long, device=dev)
         self.class_sum = torch.zeros((max(n_classes, 1), C), dtype=torch.float64, device=dev)
         self.class_count = torch.zeros(max(n_classes, 1), dtype=torch.long, device=dev)
@@ -114,11 +117,11 @@ class LayerStats:
         if B == 0:
             return
         ids = ids.to(self.values.device)
+        v64 = vals.double()
+        batch_mean = v64.mean(0)
+        self._fold_moments(B, batch_mean, ((v64 - batch_mean) ** 2).sum(0))
         self.count += B
         self.positions += B * per_image
-        v64 = vals.double()
-        self.sum += v64.sum(0)
-        self.sumsq += (v64 * v64).sum(0)
         self.silent += (B * per_image - firing.round().long())
         if labels is not None and self.n_classes:
             labels = labels.to(vals.device)
@@ -235,18 +238,18 @@ class LayerStats:
         """Fold another run over a disjoint set of images into this one."""
         import torch
 
+        dev = self.mean.device
+        self._fold_moments(other.count, other.mean.to(dev), other.m2.to(dev))
         self.count += other.count
         self.positions += other.positions
-        self.sum += other.sum.to(self.sum.device)
-        self.sumsq += other.sumsq.to(self.sum.device)
-        self.silent += other.silent.to(self.sum.device)
-        self.class_sum += other.class_sum.to(self.sum.device)
-        self.class_mean_sum += other.class_mean_sum.to(self.sum.device)
+        self.silent += other.silent.to(dev)
+        self.class_sum += other.class_sum.to(dev)
+        self.class_mean_sum += other.class_mean_sum.to(dev)
         if self.has_spatial != other.has_spatial:
             raise ValueError("one state has the spatial means (CSI of Morcos et al.) and the other not")
-        self.class_count += other.class_count.to(self.sum.device)
-        filled = other.probe_filled.to(self.sum.device)
-        self.probe[filled] = other.probe.to(self.sum.device)[filled]
+        self.class_count += other.class_count.to(dev)
+        filled = other.probe_filled.to(dev)
+        self.probe[filled] = other.probe.to(dev)[filled]
         self.probe_filled |= filled
         all_vals = torch.cat([self.values, other.values.to(self.values.device)], 1)
         all_ids = torch.cat([self.ids, other.ids.to(self.values.device)], 1)
@@ -274,7 +277,17 @@ class LayerStats:
             self.hist += other.hist.to(self.hist.device)
         self.last_id = max(self.last_id, other.last_id)
 
-    _TENSORS = ("values", "ids", "ys", "xs", "sum", "sumsq", "silent", "positions", "class_sum", "class_count", "probe",
+    def _fold_moments(self, n, mean, m2) -> None:
+        """Chan et al.'s pairwise update: (count, mean, m2) joined with a group of n values of
+        mean `mean` and sum of squared deviations `m2` (a batch, or another state)."""
+        if n == 0:
+            return
+        total = self.count + n
+        delta = mean - self.mean
+        self.mean += delta * (n / total)
+        self.m2 += m2 + delta * delta * (self.count * n / total)
+
+    _TENSORS = ("values", "ids", "ys", "xs", "mean", "m2", "silent", "positions", "class_sum", "class_count", "probe",
                 "probe_filled", "low_values", "low_ids", "low_ys", "low_xs")
 
     def state_dict(self) -> dict[str, np.ndarray]:
@@ -296,6 +309,11 @@ class LayerStats:
         for key in cls._TENSORS:
             if key in state:  # states written before bottom lists existed have none
                 setattr(stats, key, torch.from_numpy(np.array(state[key])).to(device))
+        if "sumsq" in state:  # written before the moments were Chan's: sums of values and of squares
+            n = max(count, 1)
+            total = torch.from_numpy(np.array(state["sum"], dtype=np.float64)).to(device)
+            stats.mean = total / n
+            stats.m2 = (torch.from_numpy(np.array(state["sumsq"], dtype=np.float64)).to(device) - total * stats.mean).clamp(min=0)
         stats.bottom_k = stats.low_values.shape[1]
         known = "hist" in state and np.shape(state["hist"]) == (C, HIST_BUCKETS)  # else: before histograms
         stats.hist = torch.from_numpy(np.array(state["hist"])).to(device) if known else None
@@ -307,11 +325,11 @@ class LayerStats:
         return stats
 
     # ------------------------------------------------------------------ results
-    def result(self) -> dict[str, np.ndarray]:
+    def result(self) -> UnitResults:
         values = self.values.cpu().numpy().astype(np.float64)
         n = max(self.count, 1)
-        mean = self.sum.cpu().numpy() / n
-        var = np.maximum(self.sumsq.cpu().numpy() / n - mean ** 2, 0.0)
+        mean = self.mean.cpu().numpy()
+        var = self.m2.cpu().numpy() / n
         act_max = np.where(np.isfinite(values[:, 0]), values[:, 0], np.nan)
         curve = values[:, : self.curve_len].copy()
         curve[~np.isfinite(curve)] = 0.0
@@ -325,30 +343,29 @@ class LayerStats:
             class_means = self.class_sum.cpu().numpy() / class_count[:, None]
             spatial = self.class_mean_sum.cpu().numpy() / class_count[:, None] if self.has_spatial else None
         k = self.top_k
-        return {
-            "count": self.count,
-            "act_max": act_max,
-            "act_mean": mean,
-            "act_std": np.sqrt(var),
-            "sparsity": self.silent.cpu().numpy() / np.maximum(self.positions.cpu().numpy(), 1),
-            "dead": ~(act_max > 0),
-            "curve": curve.astype(np.float32),
-            "auc": curve.sum(1) / self.curve_len,
-            "class_means": class_means[: self.n_classes],
-            "class_means_spatial": spatial[: self.n_classes] if spatial is not None else None,
-            "class_count": class_count[: self.n_classes],
-            "top_values": values[:, :k],
-            "top_ids": self.ids.cpu().numpy()[:, :k],
-            "top_y": self.ys.cpu().numpy()[:, :k],
-            "top_x": self.xs.cpu().numpy()[:, :k],
-            "probe": self.probe.cpu().numpy()[self.probe_filled.cpu().numpy()],
-            "probe_ids": np.nonzero(self.probe_filled.cpu().numpy())[0],
-            "bottom_values": np.where(np.isfinite(low := self.low_values.cpu().numpy().astype(np.float64)), low, np.nan),
-            "bottom_ids": self.low_ids.cpu().numpy(),
-            "bottom_y": self.low_ys.cpu().numpy().astype(np.int64),
-            "bottom_x": self.low_xs.cpu().numpy().astype(np.int64),
-            "hist": self.hist.cpu().numpy() if self.hist is not None else None,
-        }
+        return UnitResults(
+            count=self.count,
+            act_max=act_max,
+            act_mean=mean,
+            act_std=np.sqrt(var),
+            sparsity=self.silent.cpu().numpy() / np.maximum(self.positions.cpu().numpy(), 1),
+            dead=~(act_max > 0),
+            curve=curve.astype(np.float32),
+            auc=curve.sum(1) / self.curve_len,
+            class_means=class_means[: self.n_classes],
+            class_means_spatial=spatial[: self.n_classes] if spatial is not None else None,
+            class_count=class_count[: self.n_classes],
+            top_values=values[:, :k],
+            top_ids=self.ids.cpu().numpy()[:, :k],
+            top_y=self.ys.cpu().numpy()[:, :k],
+            top_x=self.xs.cpu().numpy()[:, :k],
+            probe=self.probe.cpu().numpy()[self.probe_filled.cpu().numpy()],
+            probe_ids=np.nonzero(self.probe_filled.cpu().numpy())[0],
+            bottom_values=np.where(np.isfinite(low := self.low_values.cpu().numpy().astype(np.float64)), low, np.nan),
+            bottom_ids=self.low_ids.cpu().numpy(),
+            bottom_y=self.low_ys.cpu().numpy().astype(np.int64),
+            bottom_x=self.low_xs.cpu().numpy().astype(np.int64),
+            hist=self.hist.cpu().numpy() if self.hist is not None else None)
 
 
 def hist_buckets(vals):
@@ -417,24 +434,203 @@ def _lexsort(values, ids):
 
 # how a result's arrays are laid out: units on axis 1 (per class or probe image), not per unit,
 # or units on axis 0 (every other key)
-PER_CLASS_KEYS = ("class_means", "class_means_spatial", "probe")
-WHOLE_KEYS = ("count", "class_count", "probe_ids", "pooled_var")
+PER_CLASS = ("class_means", "class_means_spatial", "probe")  # (classes or probe images, units)
+WHOLE = ("count", "class_count", "probe_ids", "pooled_var")  # not per unit (pooled_var: per direction)
 
 
-def units_of(result: dict, index) -> dict:
-    """The result restricted to some units (a slice or an array of unit indexes)."""
-    part = {}
-    for key, value in result.items():
-        if value is None or key in WHOLE_KEYS:
-            part[key] = value
-        elif key in PER_CLASS_KEYS:
-            part[key] = np.asarray(value)[:, index]
-        else:
-            part[key] = np.asarray(value)[index]
-    return part
+@dataclass
+class UnitResults:
+    """Pass 1's results for a row of units (a layer's channels, then its directions): one entry
+    per unit along the first axis, except the PER_CLASS arrays (units along the second axis)
+    and the WHOLE values. What a step does not know stays None (a recompute from a stored index
+    knows only the top lists, a_max and the dead flags)."""
+
+    act_max: np.ndarray
+    top_values: np.ndarray  # (units, k) best first; -inf where fewer images
+    top_ids: np.ndarray  # (units, k) image positions; -1 where none
+    top_y: np.ndarray
+    top_x: np.ndarray
+    dead: np.ndarray
+    count: int = 0  # images seen
+    act_mean: np.ndarray | None = None
+    act_std: np.ndarray | None = None
+    sparsity: np.ndarray | None = None
+    curve: np.ndarray | None = None
+    auc: np.ndarray | None = None
+    class_means: np.ndarray | None = None
+    class_means_spatial: np.ndarray | None = None
+    class_count: np.ndarray | None = None
+    probe: np.ndarray | None = None
+    probe_ids: np.ndarray | None = None
+    bottom_values: np.ndarray | None = None
+    bottom_ids: np.ndarray | None = None
+    bottom_y: np.ndarray | None = None
+    bottom_x: np.ndarray | None = None
+    hist: np.ndarray | None = None  # (units, HIST_BUCKETS) streamed log-bucket counts
+    weak: np.ndarray | None = None
+    kind: list | None = None  # per unit: channel, svd, random, user
+    unit: list | None = None  # per unit: its name (the channel number, or the direction's name)
+    act_min: np.ndarray | None = None  # directions: the lowest value of their map
+    pooled_var: np.ndarray | None = None  # directions: variance of the pooled projection
+
+    def __len__(self) -> int:
+        return len(self.act_max)
+
+    def units(self, index) -> "UnitResults":
+        """These results restricted to some units (a slice or an array of unit indexes)."""
+        part = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None or f.name in WHOLE:
+                part[f.name] = value
+            elif f.name in PER_CLASS:
+                part[f.name] = np.asarray(value)[:, index]
+            elif isinstance(value, list):
+                part[f.name] = list(np.asarray(value, dtype=object)[index])
+            else:
+                part[f.name] = np.asarray(value)[index]
+        return UnitResults(**part)
 
 
-def split(result: dict, channels: list[int]) -> list[dict]:
+def units_of(result: UnitResults, index) -> UnitResults:
+    return result.units(index)
+
+
+def split(result: UnitResults, channels: list[int]) -> list[UnitResults]:
     """Per-layer results from the result of a combined LayerStats."""
     starts = np.concatenate([[0], np.cumsum(channels)]).astype(int)
-    return [units_of(result, slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+    return [result.units(slice(a, b)) for a, b in zip(starts[:-1], starts[1:])]
+
+
+class Covariance:
+    """Streaming mean and co-moment of the pooled activations of several layers (blocks of
+    channels side by side), merged per batch and across shards by Chan's formula."""
+
+    def __init__(self, blocks: list[int]):
+        self.blocks = list(blocks)
+        self.n = 0
+        self.mean = [np.zeros(c) for c in self.blocks]
+        self.m2 = [np.zeros((c, c)) for c in self.blocks]
+
+    def add(self, pooled) -> None:
+        """pooled (B, sum(blocks)): one value per image and channel."""
+        x = np.asarray(pooled.cpu().numpy() if hasattr(pooled, "cpu") else pooled, dtype=np.float64)
+        if x.shape[0] == 0:
+            return
+        start = 0
+        nb = x.shape[0]
+        for i, c in enumerate(self.blocks):
+            part = x[:, start:start + c]
+            start += c
+            mb = part.mean(0)
+            d = part - mb
+            self._fold(i, nb, mb, d.T @ d)
+        self.n += nb
+
+    def _fold(self, i: int, nb: int, mb, m2b) -> None:
+        na = self.n
+        n = na + nb
+        delta = mb - self.mean[i]
+        self.m2[i] += m2b + np.outer(delta, delta) * (na * nb / n)
+        self.mean[i] += delta * (nb / n)
+
+    def merge(self, other: "Covariance") -> None:
+        if other.blocks != self.blocks:
+            raise ValueError("the states hold covariances of different layers")
+        if other.n == 0:
+            return
+        for i in range(len(self.blocks)):
+            self._fold(i, other.n, other.mean[i], other.m2[i])
+        self.n += other.n
+
+    def state_dict(self) -> dict:
+        state = {"cov_meta": np.array([self.n, *self.blocks], dtype=np.int64)}
+        for i in range(len(self.blocks)):
+            state[f"cov_mean_{i}"] = self.mean[i]
+            state[f"cov_m2_{i}"] = self.m2[i]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Covariance":
+        meta = [int(v) for v in state["cov_meta"]]
+        cov = cls(meta[1:])
+        cov.n = meta[0]
+        cov.mean = [np.array(state[f"cov_mean_{i}"], dtype=np.float64) for i in range(len(cov.blocks))]
+        cov.m2 = [np.array(state[f"cov_m2_{i}"], dtype=np.float64) for i in range(len(cov.blocks))]
+        return cov
+
+    def layer(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(mean, std, correlation matrix, n) of block i (population statistics)."""
+        n = max(self.n, 1)
+        cov = self.m2[i] / n
+        std = np.sqrt(np.maximum(np.diag(cov), 0.0))
+        live = std > 1e-12 * max(float(std.max(initial=0.0)), 1e-30)
+        inv = np.where(live, 1.0 / np.where(live, std, 1.0), 0.0)
+        corr = cov * inv[:, None] * inv[None, :]
+        return self.mean[i].copy(), np.where(live, std, 0.0), corr, self.n
+
+
+class Moments:
+    """Count, mean and sum of squared deviations of C columns, folded in by Chan et al.'s pairwise
+    update (exact for batches and shards in any order; no cancellation of sum^2/n - mean^2)."""
+
+    def __init__(self, columns: int):
+        self.n = 0
+        self.mean = np.zeros(columns)
+        self.m2 = np.zeros(columns)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.asarray(rows, dtype=np.float64)
+        if len(rows):
+            mean = rows.mean(0)
+            self.fold(len(rows), mean, ((rows - mean) ** 2).sum(0))
+
+    def fold(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        if n == 0:
+            return
+        total = self.n + n
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2 + delta * delta * (self.n * n / total)
+        self.n = total
+
+    def variance(self) -> np.ndarray:
+        """The population variance (m2 / n; zeros before any row)."""
+        return self.m2 / max(self.n, 1)
+
+
+@dataclass
+class Pass1State:
+    """Everything pass 1 streams, composed: the unit statistics of the selected layers side by
+    side (top and bottom lists, Chan moments, histograms, class sums, probe) and, when directions
+    are asked for, the pooled channel covariance. One save (`state_dict`), load and merge."""
+
+    stats: LayerStats
+    cov: Covariance | None = None
+
+    def merge(self, other: "Pass1State") -> None:
+        """Fold in a state over a disjoint set of images (a shard, a Ray task)."""
+        if (self.cov is None) != (other.cov is None):
+            raise ValueError("one state has the covariance for directions and the other not")
+        self.stats.merge(other.stats)
+        if self.cov is not None:
+            self.cov.merge(other.cov)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Arrays for an .npz file: the statistics under "0/" (the prefix keeps the file format of
+        earlier versions), the covariance under "cov/"."""
+        state = {f"0/{k}": v for k, v in self.stats.state_dict().items()}
+        if self.cov is not None:
+            state.update({f"cov/{k}": v for k, v in self.cov.state_dict().items()})
+        return state
+
+    @classmethod
+    def from_state(cls, arrays, device="cpu") -> "Pass1State":
+        """From `state_dict`'s arrays (a dict, or an open .npz)."""
+        names = list(arrays.keys()) if hasattr(arrays, "keys") else list(arrays.files)
+        groups = {k.split("/", 1)[0] for k in names if "/" in k}
+        if groups - {"cov"} != {"0"}:
+            raise ValueError("an older state format (one state per layer)")
+        stats = LayerStats.from_state({k.split("/", 1)[1]: arrays[k] for k in names if k.startswith("0/")}, device)
+        cov = {k.split("/", 1)[1]: arrays[k] for k in names if k.startswith("cov/")}
+        return cls(stats, Covariance.from_state(cov) if cov else None)

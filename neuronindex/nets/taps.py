@@ -1,0 +1,102 @@
+"""Taps: modules put into a network's fx graph right after a selected node, so a layer's map is
+used the moment it is made and never returned (its memory is reused by the rest of the forward).
+
+  SummaryTap   reduces the map into a `summaries.Summaries` (pass 1: top lists, statistics)
+  ReluSummaryTap  replaces a selected ReLU: rectifies and reduces in one read of its input
+  PointTap     takes the vectors at given (image, y, x) points (pass 2: patch vectors)
+  tapped(...)  a copy of a network's feature extractor with a tap after every selected node
+
+`nets.extract.Extractor` builds its pass-1 and pass-2 forwards from these; pictures and
+activation maximisation use the ReLU rules of `nets.extract` (`relu_function`, `redirect_relus`).
+TorchScript models have no fx graph: `ScriptTapped` runs them whole and feeds the taps after.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+
+from neuronindex.nets.layers import relu_input
+
+
+class SummaryTap(nn.Module):
+    """After selected node `index`: its map goes to `sink.add(index, map)`; nothing flows on."""
+
+    def __init__(self, index: int, sink):
+        super().__init__()
+        self.index, self.sink = index, sink
+
+    def forward(self, x):
+        self.sink.add(self.index, x)
+
+
+class ReluSummaryTap(SummaryTap):
+    """In place of a selected ReLU: rectifies and summarises in one read of the ReLU's input
+    (`Summaries.add_relu`); torch.relu's exact values flow on to the ReLU's users."""
+
+    def __init__(self, index: int, sink, inplace: bool):
+        super().__init__(index, sink)
+        self.inplace = inplace
+
+    def forward(self, x):
+        return self.sink.add_relu(self.index, x, self.inplace)
+
+
+class PointTap(nn.Module):
+    """After selected node `index`: when `points[index]` holds (b, y, x) index tensors, the
+    vectors x[b, :, y, x] go to `taken[index]` (float); otherwise nothing is done."""
+
+    def __init__(self, index: int, points: dict, taken: dict):
+        super().__init__()
+        self.index, self.points, self.taken = index, points, taken
+
+    def forward(self, x):
+        at = self.points.get(self.index)
+        if at is not None:
+            self.taken[self.index] = x[at[0], :, at[1], at[2]].float()
+
+
+def tapped(module: nn.Module, nodes: list[str], device, make_tap, fuse_relu: bool) -> torch.fx.GraphModule:
+    """A copy of `module`'s feature extractor over `nodes` with `make_tap(i, relu, inplace)` after
+    selected node i, whose maps are not returned. With fuse_relu, a selected ReLU is replaced by
+    its tap (relu=True), which must return the rectified map.
+
+    Built from the model as it is, in-place activations included: a tap runs right after its
+    node, before anything can modify that value in place, so the out-of-place copies that
+    returned maps need (10% of resnet18's forward) are not needed here. torchvision's extractor
+    swaps graphs on train()/eval(), so eval mode is set before the surgery."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = copy.deepcopy(module)  # its own parameters
+    gm = create_feature_extractor(model, return_nodes={n: n for n in nodes}).to(device).eval()
+    graph = gm.graph
+    output = next(n for n in graph.nodes if n.op == "output")
+    wanted = dict(output.args[0])
+    # the maps are not returned (their memory is reused); fx runs a node with no users anyway
+    output.args = ({name: None for name in nodes},)
+    for i, name in enumerate(nodes):
+        node, tap = wanted[name], f"_neuronindex_tap_{i}"
+        source, inplace = relu_input(gm, node) if fuse_relu else (None, False)
+        gm.add_module(tap, make_tap(i, source is not None, inplace))
+        with graph.inserting_after(node):
+            fused = graph.call_module(tap, (node if source is None else source,))
+        if source is not None:  # the rectified map flows on to the ReLU's users
+            node.replace_all_uses_with(fused)
+            graph.erase_node(node)
+    graph.lint()
+    gm.recompile()
+    return gm
+
+
+class ScriptTapped:
+    """A TorchScript network (no fx graph) run whole, each selected node's map then given to its
+    tap: the same interface as `tapped`'s graph, without the memory saving."""
+
+    def __init__(self, module, nodes: list[str], taps: list[nn.Module]):
+        self.module, self.nodes, self.taps = module, list(nodes), list(taps)
+
+    def __call__(self, x):
+        out = self.module(x)
+        for n, tap in zip(self.nodes, self.taps):
+            tap(out[n])
