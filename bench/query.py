@@ -18,7 +18,7 @@ import numpy as np
 import neuronindex
 from neuronindex import store
 from neuronindex.store import execute
-from neuronindex.science.selectivity import COLOR_NAMES
+from neuronindex.science.colornames import TERMS as COLOR_NAMES
 from neuronindex.store.writer import insert
 
 QUERIES = ["red conv4", "red-selective conv4 neurons", "dog layer3", "class:beagle gamma>=0.6",

@@ -12,6 +12,7 @@ from neuronindex import settings as settings_table
 from neuronindex import store
 from neuronindex.checks import parse_box
 from neuronindex.data import open_source, survey
+from neuronindex.demo import run_demo
 from neuronindex.errors import UsageError
 from neuronindex.formats import plain, to_table
 from neuronindex.jobs import categories as categories_job
@@ -19,7 +20,6 @@ from neuronindex.jobs import directions as directions_job
 from neuronindex.jobs import ingest as ingest_job
 from neuronindex.jobs import maps as maps_job
 from neuronindex.jobs import visualize as visualize_job
-from neuronindex.demo import run_demo
 from neuronindex.jobs.distributed import ingest_on_ray
 from neuronindex.jobs.ingest import IngestParams, build_vectors, merge_states
 from neuronindex.jobs.recompute import recompute
@@ -28,7 +28,14 @@ from neuronindex.science.optvis.render import VizParams
 from neuronindex.service import serve as run_service
 from neuronindex.settings import BY_NAME
 
-from .group import cli, emit, load_model_from_options, model_options, output_options, setting_option
+from .group import (
+    cli,
+    emit,
+    load_model_from_options,
+    model_options,
+    output_options,
+    setting_option,
+)
 
 
 @cli.command()

@@ -14,7 +14,7 @@ import click
 from neuronindex import __version__
 from neuronindex.errors import DiskFullError, NeuronIndexError, disk_full
 from neuronindex.formats import render
-from neuronindex.nets.models import load_model, Preprocessing
+from neuronindex.nets.models import Preprocessing, load_model
 from neuronindex.settings import BY_NAME
 
 

@@ -5,10 +5,9 @@ importing this package and running queries start fast.
 """
 from __future__ import annotations
 
-from neuronindex.version import __version__
-
-from neuronindex.errors import NeuronIndexError
 from neuronindex.api import Index
+from neuronindex.errors import NeuronIndexError
+from neuronindex.version import __version__
 
 __all__ = ["__version__", "NeuronIndexError", "open"]
 

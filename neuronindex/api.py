@@ -9,21 +9,23 @@ from __future__ import annotations
 import base64
 import io
 
-from neuronindex.errors import NotFoundError
+from neuronindex.checks import check_k, unit_kinds
 from neuronindex.data import load_image
-from neuronindex.errors import DataError, ModelError, QueryTimeout, UsageError
+from neuronindex.errors import (
+    DataError,
+    ModelError,
+    NotFoundError,
+    QueryTimeout,
+    UsageError,
+)
 from neuronindex.formats import to_table
-from neuronindex.query import maps
-from neuronindex.query import compare
+from neuronindex.query import categories, compare, maps
 from neuronindex.query import sql as guarded
-from neuronindex.query.reader import SUMMARY_COLUMNS, Reader
 from neuronindex.query.export import dump, export
 from neuronindex.query.pictures import context, reconstruction
-from neuronindex.query.search import compile_query, parse, search, Vocabulary
+from neuronindex.query.reader import SUMMARY_COLUMNS, Reader
+from neuronindex.query.search import Vocabulary, compile_query, parse, search
 from neuronindex.query.sql import schema
-from neuronindex.query import categories
-from neuronindex.checks import check_k
-from neuronindex.checks import unit_kinds
 
 # a neuron's top and bottom lists (bottom entries have no NF weight)
 _LIST_SQL = ("SELECT t.rank, t.activation, {extra}i.path AS image, c.name AS class, t.y, t.x, t.box_x0, t.box_y0, "

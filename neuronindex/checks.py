@@ -1,8 +1,9 @@
 """Checks of arguments every edge and the facade share: result counts, unit kinds, boxes."""
 from __future__ import annotations
-from neuronindex.errors import UsageError
+
 import math
 
+from neuronindex.errors import UsageError
 
 UNIT_KIND_NAMES = {"channel": ("channel",), "svd": ("svd",), "random": ("random",), "user": ("user",),
                    "direction": ("svd", "random", "user")}

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex.errors import DataError
 from neuronindex import wordnet
-from neuronindex.errors import did_you_mean
+from neuronindex.errors import DataError, did_you_mean
 from neuronindex.settings import default
 
 LABEL_PRESETS = {"imagenet": r"^(?P<label>n\d{8})(?:[_.-](?P<name>[^.]*))?"}
@@ -101,11 +100,11 @@ class ImageSet:
         if self.kind == "torchvision":
             index = int(record.path.rsplit("/", 1)[1])
             image = self._dataset[index][0]
-            return _to_rgb(image)
+            return to_rgb(image)
         return load_image(record.path)
 
 
-def _to_rgb(image):
+def to_rgb(image):
     from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
@@ -147,7 +146,7 @@ def load_image(path: str | os.PathLike):
         with Image.open(path) as im:
             check_pixels(im, f"image {printable(path)}")
             im.load()
-            return _to_rgb(im)
+            return to_rgb(im)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:

@@ -21,10 +21,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from neuronindex.data import load_image, open_source
-from neuronindex.jobs.ingest import ingest, IngestParams
-from neuronindex.nets.models import Preprocessing
+
 import neuronindex
+from neuronindex.data import load_image, open_source
+from neuronindex.jobs.ingest import IngestParams, ingest
+from neuronindex.nets.models import Preprocessing
 
 CLASSES = {
     "red_disc": "round", "yellow_ring": "round", "blue_square": "angular", "purple_triangle": "angular",

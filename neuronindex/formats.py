@@ -5,9 +5,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
-from collections.abc import Sequence
 
 from neuronindex.errors import UsageError
 

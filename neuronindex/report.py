@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex.errors import NotFoundError
-from neuronindex.science.selectivity import COLOR_THRESHOLD
-from neuronindex.errors import did_you_mean, UsageError
+from neuronindex.errors import NotFoundError, UsageError, did_you_mean
 from neuronindex.formats import to_table
 from neuronindex.query import categories
+from neuronindex.science.selectivity import COLOR_THRESHOLD
 
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
 GAMMA_BINS = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0001]

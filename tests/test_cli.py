@@ -76,7 +76,7 @@ def test_settings_table_is_documented_and_the_cli_agrees_with_it(cli_runner):
     assert (params.top_k, params.nf_threshold, params.class_threshold, params.spatial_means) == tuple(
         settings.default(n) for n in ("top_k", "nf_threshold", "class_threshold", "spatial_means"))
     assert COLOR_THRESHOLD == settings.default("color_threshold")
-    from neuronindex.jobs.visualize import VizParams
+    from neuronindex.science.optvis.render import VizParams
 
     v = VizParams()
     assert (v.steps, v.lr, v.batch_size, v.scale, v.rotate) == tuple(

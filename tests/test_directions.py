@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from neuronindex_cli.main import cli
-from neuronindex.science.directions import Covariance, random_directions, rank_rule, svd_directions
+from neuronindex.science.directions import random_directions, rank_rule, svd_directions
+from neuronindex.science.stats import Covariance
 from neuronindex.errors import UsageError
 from neuronindex.jobs.ingest import IngestParams, ingest, merge_states
 from neuronindex.science.stats import LayerStats

@@ -270,7 +270,7 @@ def test_category_hierarchy_follows_wordnet_and_more_so_with_depth(index):
     lid = index.query("SELECT id FROM layers WHERE name = 'features.1'").rows()[0]["id"]
     classes, x = categories_query.class_vectors(index.con, lid, "mean")
     first = hierarchy.wordnet_agreement(hierarchy.category_hierarchy(hierarchy.cosine_distances(x)),
-                                        categories_query._chains(index.con, classes))
+                                        categories_query.class_chains(index.con, classes))
     assert corr > first["correlation"] + 0.1
 
 

@@ -245,10 +245,15 @@ def test_extractor_summaries_equal_stats_on_the_maps(image_folder, tiny_loaded, 
 
 
 def tapped_calls(ext, channels) -> list[str]:
-    """The modules the tapped graph calls, in order."""
+    """The modules the tapped graph calls, in order (the taps of nets.taps, as pass 1 puts them)."""
     from neuronindex.nets.summaries import Summaries
+    from neuronindex.nets.taps import ReluSummaryTap, SummaryTap, tapped
 
-    return [str(n.target) for n in ext._tapped_module(Summaries(channels)).graph.nodes if n.op == "call_module"]
+    sink = Summaries(channels)
+    graph = tapped(ext.loaded.module, ext.nodes, "cpu",
+                   lambda i, relu, inplace: ReluSummaryTap(i, sink, inplace) if relu else SummaryTap(i, sink),
+                   fuse_relu=True)
+    return [str(n.target) for n in graph.graph.nodes if n.op == "call_module"]
 
 
 def assert_taps_give_the_maps_statistics(ext, images, channels, kernels, maps_of):

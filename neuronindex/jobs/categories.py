@@ -2,40 +2,45 @@
 (also ingest's last step) and `neuronindex tree`."""
 from __future__ import annotations
 
+import time
+
+import numpy as np
+
 from neuronindex import store
-from neuronindex.errors import IndexNotFoundError
+from neuronindex.errors import IndexNotFoundError, UsageError
+from neuronindex.query.categories import (
+    check_pooling,
+    class_chains,
+    class_images,
+    class_vectors,
+    resolve_pooling,
+    stored_layer,
+)
+from neuronindex.query.reader import Reader
+from neuronindex.science.hierarchy import (
+    category_hierarchy,
+    cosine_distances,
+    prediction_tree,
+    wordnet_agreement,
+)
 from neuronindex.settings import default
 from neuronindex.store import execute, next_id
-from neuronindex.store.writer import insert
-from neuronindex.errors import UsageError
-from neuronindex.query.categories import _chains
-from neuronindex.query.categories import _check_pooling
-from neuronindex.query.categories import _layer
-from neuronindex.science.hierarchy import category_hierarchy
-from neuronindex.query.categories import class_images
-from neuronindex.query.categories import class_vectors
-from neuronindex.science.hierarchy import cosine_distances
-import numpy as np
-from neuronindex.science.hierarchy import prediction_tree
-from neuronindex.query.categories import resolve_pooling
-import time
-from neuronindex.science.hierarchy import wordnet_agreement
-from neuronindex.query.reader import Reader
 from neuronindex.store.directory import IndexDirectory
+from neuronindex.store.writer import insert
 
 
 def build(con, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> dict:
     """Compute and store the category hierarchy of a model at a layer in a writable connection
     (pooling None: mean when spatial means are stored, else max)."""
 
-    model_id, model, lay = _layer(con, model, layer)
+    model_id, model, lay = stored_layer(con, model, layer)
     pooling = resolve_pooling(con, lay["id"], pooling)
     classes, x = class_vectors(con, lay["id"], pooling)
     if len(classes) < 2:
         raise UsageError(f"a category hierarchy needs images of at least 2 classes; {model} {lay['name']} has "
                          f"{len(classes)}")
     h = category_hierarchy(cosine_distances(x))
-    chains = _chains(con, classes)
+    chains = class_chains(con, classes)
     wn = wordnet_agreement(h, chains) if chains and len(classes) >= 3 else None
     for row in execute(con, "SELECT id FROM hierarchies WHERE model_id = ? AND layer_id = ? AND pooling = ?",
                        [model_id, lay["id"], pooling]):
@@ -93,7 +98,7 @@ def publish_hierarchy(index_dir, model: str | None = None, layer: str | None = N
     if not IndexDirectory(index_dir).exists():
 
         raise IndexNotFoundError(f"no index at {index_dir}; create one with `neuronindex ingest --index {index_dir} ...`")
-    with store.staged(index_dir, wait=wait, small=True) as con:
+    with store.staged(index_dir, wait=wait, small=True, search=False) as con:
         return build(con, model, layer, pooling)
 
 
@@ -120,10 +125,10 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
     max_images = default("tree_max_images") if max_images is None else max_images
     if not isinstance(max_images, int) or max_images < 2:
         raise UsageError(f"--max-images must be a whole number >= 2, not {max_images!r}")
-    _check_pooling(pooling)
+    check_pooling(pooling)
     t0 = time.perf_counter()
     with Reader(index_dir) as idx:
-        model_id, model, lay = _layer(idx.con, model, layer)
+        model_id, model, lay = stored_layer(idx.con, model, layer)
         cid, images = class_images(idx.con, model_id, class_name)
         total = len(images)
         if total < 2:
@@ -141,7 +146,7 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
         for ch in nd["children"]:
             parent[ch] = nd["node"]
     seconds = time.perf_counter() - t0
-    with store.staged(index_dir, wait=wait, small=True) as con:
+    with store.staged(index_dir, wait=wait, small=True, search=False) as con:
         for row in execute(con, "SELECT id FROM prediction_trees WHERE model_id = ? AND layer_id = ? AND class_id = ? "
                                 "AND pooling = ?", [model_id, lay["id"], cid, pooling]):
             execute(con, "DELETE FROM prediction_tree_nodes WHERE tree_id = ?", [row[0]])

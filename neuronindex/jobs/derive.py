@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex.science import features as features_mod
-from neuronindex.store import execute
-from neuronindex.store.writer import insert
-from neuronindex.nets.extract import Extractor
-from neuronindex.science import selectivity as sel
-from neuronindex.science.directions import extended_selections, Projector
-from neuronindex.store import vectors as vec
 from neuronindex.jobs.publish import StoredIngest
+from neuronindex.nets.extract import Extractor
+from neuronindex.science import features as features_mod
+from neuronindex.science import selectivity as sel
+from neuronindex.science.directions import Projector, extended_selections
+from neuronindex.store import execute
+from neuronindex.store import vectors as vec
+from neuronindex.store.writer import insert
 
 
 @dataclass

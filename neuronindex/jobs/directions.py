@@ -2,26 +2,28 @@
 added to an index, with one units pass over the ingest's images and pass 2 for the new units only."""
 from __future__ import annotations
 
-from neuronindex import store
-from neuronindex.errors import did_you_mean, IngestError, NotFoundError
-from neuronindex.jobs.derive import run_all, StoredIngest
-from neuronindex.jobs.ingest import build_vectors, IngestParams, prepare
-from neuronindex.nets.models import Preprocessing
-from neuronindex.science.selectivity import dead_neurons
-from neuronindex.science.stats import units_of
-from neuronindex.store import execute, next_id
-from neuronindex.jobs.publish import write_directions, write_units
-from neuronindex.science.directions import valid_name,  LayerDirections
-from pathlib import Path
-from neuronindex.errors import UsageError
-from neuronindex.science.directions import extended_field
-import numpy as np
 import re
-from neuronindex.science.directions import user_direction
-from neuronindex.jobs.units import extend_results
-from neuronindex.jobs.units import units_pass
+from pathlib import Path
+
+import numpy as np
+
+from neuronindex import store
+from neuronindex.errors import IngestError, NotFoundError, UsageError, did_you_mean
+from neuronindex.jobs.derive import run_all
+from neuronindex.jobs.ingest import IngestParams, build_vectors, prepare
+from neuronindex.jobs.publish import StoredIngest, write_directions, write_units
+from neuronindex.jobs.units import extend_results, units_pass
+from neuronindex.nets.models import Preprocessing
+from neuronindex.science.directions import (
+    LayerDirections,
+    extended_field,
+    user_direction,
+    valid_name,
+)
+from neuronindex.science.selectivity import dead_neurons
+from neuronindex.science.stats import UnitResults, units_of
+from neuronindex.store import execute, next_id
 from neuronindex.store.directory import IndexDirectory
-from neuronindex.science.stats import UnitResults
 
 
 def load_vectors(path: str) -> np.ndarray:

@@ -28,9 +28,24 @@ import time
 import numpy as np
 
 from neuronindex.errors import NeuronIndexError, UsageError
-from neuronindex.jobs.ingest import write_atomically
-from neuronindex.jobs.derive import GreyResponses, PatchVectors, Reforward, unit_extractor
-from neuronindex.jobs.ingest import already_published, merge_states, pass1, prepare, published_as, remove_work, run_from_meta, state_bytes, visualize_after
+from neuronindex.jobs.derive import (
+    GreyResponses,
+    PatchVectors,
+    Reforward,
+    unit_extractor,
+)
+from neuronindex.jobs.ingest import (
+    already_published,
+    merge_states,
+    pass1,
+    prepare,
+    published_as,
+    remove_work,
+    run_from_meta,
+    state_bytes,
+    visualize_after,
+    write_atomically,
+)
 from neuronindex.science import features
 from neuronindex.store.directory import IndexDirectory
 

@@ -22,28 +22,33 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex.jobs.derive import remove_stale_spills
-from neuronindex.errors import IngestError, UsageError
-from neuronindex.names import valid_name
-from neuronindex.settings import default
 from neuronindex import store
 from neuronindex.data import ImageSet, open_source
-from neuronindex.jobs import derive as derive_mod, visualize as viz
+from neuronindex.errors import IngestError, UsageError
+from neuronindex.jobs import derive as derive_mod
+from neuronindex.jobs import visualize as viz
+from neuronindex.jobs.categories import build_default
+from neuronindex.jobs.derive import remove_stale_spills
+from neuronindex.jobs.publish import write_ingest
+from neuronindex.jobs.units import extend_results, units_pass
+from neuronindex.names import valid_name
 from neuronindex.nets.extract import Extractor, image_batches
 from neuronindex.nets.layers import trace
-from neuronindex.nets.models import load_model, LoadedModel, Preprocessing
-from neuronindex.jobs.units import extend_results, units_pass
+from neuronindex.nets.models import LoadedModel, Preprocessing, load_model
 from neuronindex.science import directions as dirs
-from neuronindex.science.directions import Covariance, DirectionSpec
-from neuronindex.jobs.categories import build_default
+from neuronindex.science.directions import DirectionSpec
 from neuronindex.science.selectivity import dead_neurons, weak_neurons
-from neuronindex.science.stats import LayerStats, split
+from neuronindex.science.stats import (
+    Covariance,
+    LayerStats,
+    Pass1State,
+    UnitResults,
+    split,
+)
+from neuronindex.settings import default
 from neuronindex.store import staged
-from neuronindex.store.vectors import VectorStore
-from neuronindex.jobs.publish import write_ingest
 from neuronindex.store.directory import IndexDirectory
-from neuronindex.science.stats import Pass1State
-from neuronindex.science.stats import UnitResults
+from neuronindex.store.vectors import VectorStore
 
 
 @dataclass

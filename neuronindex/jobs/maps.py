@@ -19,18 +19,16 @@ import time
 
 import numpy as np
 
-from neuronindex.errors import NotFoundError, UsageError
-from neuronindex.settings import default
 from neuronindex import store
-from neuronindex.errors import did_you_mean, LayerError
+from neuronindex.errors import LayerError, NotFoundError, UsageError, did_you_mean
 from neuronindex.nets.layers import stored_names
+from neuronindex.query.maps import SPACES
+from neuronindex.query.reader import Reader
+from neuronindex.science.layout import METHODS, layout
+from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.vectors import fingerprint, rows
 from neuronindex.store.writer import insert
-from neuronindex.science.layout import METHODS
-from neuronindex.query.maps import SPACES
-from neuronindex.science.layout import layout
-from neuronindex.query.reader import Reader
 
 
 def make_maps(index_dir, layers: list[str] | None = None, model: str | None = None, spaces=("neurons",),
@@ -114,7 +112,7 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
 
 def _publish(index_dir, made, method: str, seed: int, wait: bool) -> None:
 
-    with store.staged(index_dir, wait=wait, small=True) as con:
+    with store.staged(index_dir, wait=wait, small=True, search=False) as con:
         for model_id, lay, space, ids, xy, params, fp, seconds in made:
             old = execute(con, "SELECT id FROM maps WHERE layer_id = ? AND space = ?", [lay["id"], space])
             for (mid,) in old:

@@ -3,19 +3,18 @@ and units with their lists, statistics, histograms and directions, and the ids u
 were stored (`StoredIngest`) for the derived tables of pass 2."""
 from __future__ import annotations
 
-from neuronindex.version import __version__
-from datetime import datetime, timezone
-from neuronindex.science.stats import bucket_values
-from dataclasses import dataclass
-from neuronindex.settings import default
-from neuronindex.store import execute
-from neuronindex.science.directions import extended_field
-from neuronindex.science.stats import histogram
-from neuronindex.store.writer import insert
 import json
-from neuronindex.store import next_id
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
 import numpy as np
-from neuronindex.store.writer import run_many
+
+from neuronindex.science.directions import extended_field
+from neuronindex.science.stats import bucket_values, histogram
+from neuronindex.settings import default
+from neuronindex.store import execute, next_id
+from neuronindex.store.writer import insert, run_many
+from neuronindex.version import __version__
 
 
 def _unique_name(con, name: str) -> str:

@@ -5,19 +5,18 @@ with new Neuron Features, indexes and embeddings, published atomically; pass 1 i
 """
 from __future__ import annotations
 
-
 import numpy as np
 
-from neuronindex.jobs.derive import StoredIngest, run_all
-from neuronindex.store import execute
-from neuronindex.jobs.publish import sync_classes
 from neuronindex import store
-from neuronindex.errors import did_you_mean, IngestError, NotFoundError
-from neuronindex.jobs.ingest import build_vectors, IngestParams, prepare
+from neuronindex.errors import IngestError, NotFoundError, did_you_mean
+from neuronindex.jobs.derive import run_all
+from neuronindex.jobs.ingest import IngestParams, build_vectors, prepare
+from neuronindex.jobs.publish import StoredIngest, sync_classes
 from neuronindex.nets.models import Preprocessing
 from neuronindex.science.directions import StoredDirections
-from neuronindex.store.directory import IndexDirectory
 from neuronindex.science.stats import UnitResults
+from neuronindex.store import execute
+from neuronindex.store.directory import IndexDirectory
 
 
 def results_from_index(con, ingest_id: int) -> tuple[list[str], list[dict], list[np.ndarray], list]:

@@ -2,20 +2,22 @@
 what pass 1 could not know, each direction's top and bottom lists with locations and its
 statistics over its projection map; and the layer results with those units appended."""
 from __future__ import annotations
-from neuronindex.nets.extract import Extractor
-from neuronindex.science.stats import LayerStats
-from neuronindex.science.directions import Projector
-from neuronindex.nets.summaries import combine
-from neuronindex.nets.extract import image_batches
+
 from dataclasses import fields
 
 import numpy as np
-from neuronindex.science.stats import split
-from neuronindex.nets.summaries import summarize
-from neuronindex.science.stats import PER_CLASS
-from neuronindex.science.stats import UnitResults
-from neuronindex.science.stats import WHOLE
-from neuronindex.science.stats import Moments
+
+from neuronindex.nets.extract import Extractor, image_batches
+from neuronindex.nets.summaries import combine, summarize
+from neuronindex.science.directions import Projector
+from neuronindex.science.stats import (
+    PER_CLASS,
+    WHOLE,
+    LayerStats,
+    Moments,
+    UnitResults,
+    split,
+)
 
 
 def units_pass(run, directions: list, progress: bool = True) -> list[dict | None]:

@@ -42,31 +42,32 @@ from pathlib import Path
 
 import numpy as np
 
-from neuronindex.errors import NotFoundError, UsageError, did_you_mean
-from neuronindex.settings import default
 from neuronindex import store
 from neuronindex.data import load_image
-from neuronindex.errors import LayerError
+from neuronindex.errors import LayerError, NotFoundError, UsageError, did_you_mean
 from neuronindex.nets.layers import stored_names, trace
-from neuronindex.nets.models import load_model, Preprocessing
+from neuronindex.nets.models import Preprocessing, load_model
+from neuronindex.query.reader import Reader
 from neuronindex.science.features import crop_geometry
+from neuronindex.science.optvis.objectives import SumObjective, map_objective, term
+from neuronindex.science.optvis.param import dataset_color
+from neuronindex.science.optvis.render import (
+    Optimised,
+    VizParams,
+    color_stats,
+    flip_step,
+    grad_forward,
+    image_seed,
+    optimise,
+    output_names,
+    output_node,
+    params_hash,
+    png,
+    start_params,
+)
+from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert
-from neuronindex.science.optvis.render import Optimised
-from neuronindex.science.optvis.objectives import map_objective, SumObjective, term
-from neuronindex.science.optvis.render import VizParams
-from neuronindex.science.optvis.render import color_stats
-from neuronindex.science.optvis.param import dataset_color
-from neuronindex.science.optvis.render import flip_step
-from neuronindex.science.optvis.render import grad_forward
-from neuronindex.science.optvis.render import image_seed
-from neuronindex.science.optvis.render import optimise
-from neuronindex.science.optvis.render import output_names
-from neuronindex.science.optvis.render import output_node
-from neuronindex.science.optvis.render import params_hash
-from neuronindex.science.optvis.render import png
-from neuronindex.science.optvis.render import start_params
-from neuronindex.query.reader import Reader
 
 MAX_UNNAMED_CLASSES = 32  # --classes dataset takes every output of a model this small when no class matches
 

@@ -3,7 +3,7 @@
 `Extractor(loaded, nodes)` builds a torch.fx feature extractor returning only the requested
 nodes; torchvision prunes every node after the deepest one, so the model is truncated for
 free. Pass 1 does not take maps back: `Extractor.summaries` runs a copy of the graph with a tap
-after each selected node (see `_tapped_module`). TorchScript models (no hooks, no fx) are
+after each selected node (`nets.taps`). TorchScript models (no hooks, no fx) are
 tapped by graph surgery: see layers.ScriptTaps. `image_batches` streams
 (uint8 images as the model sees them, positions, problems) from a DataLoader whose workers
 decode in parallel with the forward pass.
@@ -15,11 +15,18 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from neuronindex.nets.layers import without_inplace
 from neuronindex.data import GeometricDataset
 from neuronindex.errors import UsageError
-from neuronindex.nets.layers import ScriptTaps
+from neuronindex.nets.layers import ScriptTaps, without_inplace
 from neuronindex.nets.summaries import Summaries
+from neuronindex.nets.taps import (
+    PointTap,
+    ReluSummaryTap,
+    ScriptTapped,
+    SummaryTap,
+    relu_input,
+    tapped,
+)
 
 
 class Extractor:
@@ -83,69 +90,13 @@ class Extractor:
         return self._sink.means if self._sink is not None else None
 
     def _tapped_module(self, sink):
-        """The extractor with a tap after every selected node, each feeding its map to `sink`.
-
-        A selected ReLU is replaced by a tap that rectifies and summarises in one read of its
-        input (`summaries.Summaries.add_relu`), with torch.relu's exact values flowing on."""
-        import torch.nn as nn
-
-        class Tap(nn.Module):
-            def __init__(self, index: int):
-                super().__init__()
-                self.index = index
-
-            def forward(self, x):
-                sink.add(self.index, x)
-
-        class ReluTap(Tap):
-            def __init__(self, index: int, inplace: bool):
-                super().__init__(index)
-                self.inplace = inplace
-
-            def forward(self, x):
-                return sink.add_relu(self.index, x, self.inplace)
-
+        """The extractor with a tap after every selected node, each feeding its map to `sink`; a
+        selected ReLU is replaced by a tap that rectifies and summarises in one read of its input."""
         if self.loaded.scripted:
-            inner = self.module
-
-            def run(x):
-                out = inner(x)
-                for i, n in enumerate(self.nodes):
-                    sink.add(i, out[n])
-            return run
-        return self._with_taps(lambda i, relu, inplace: ReluTap(i, inplace) if relu else Tap(i), fuse_relu=True)
-
-    def _with_taps(self, make_tap, fuse_relu: bool):
-        """A copy of the graph with `make_tap(i, relu, inplace)` after selected node i, whose maps are
-        not returned. With fuse_relu, a selected ReLU is replaced by its tap (relu=True), which must
-        return the rectified map."""
-        import copy
-
-        # Built from the model as it is, in-place activations included: a tap runs right after
-        # its node, before anything can modify that value in place, so the out-of-place copies
-        # that returned maps need (10% of resnet18's forward) are not needed here. torchvision's
-        # extractor swaps graphs on train()/eval(), so set eval mode before the surgery.
-        from torchvision.models.feature_extraction import create_feature_extractor
-
-        model = copy.deepcopy(self.loaded.module)  # its own parameters, as self.module has
-        gm = create_feature_extractor(model, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
-        graph = gm.graph
-        output = next(n for n in graph.nodes if n.op == "output")
-        wanted = dict(output.args[0])
-        # the maps are not returned (their memory is reused); fx runs a node with no users anyway
-        output.args = ({name: None for name in self.nodes},)
-        for i, name in enumerate(self.nodes):
-            node, tap = wanted[name], f"_neuronindex_tap_{i}"
-            source, inplace = _relu_input(gm, node) if fuse_relu else (None, False)
-            gm.add_module(tap, make_tap(i, source is not None, inplace))
-            with graph.inserting_after(node):
-                fused = graph.call_module(tap, (node if source is None else source,))
-            if source is not None:  # the rectified map flows on to the ReLU's users
-                node.replace_all_uses_with(fused)
-                graph.erase_node(node)
-        graph.lint()
-        gm.recompile()
-        return gm
+            return ScriptTapped(self.module, self.nodes, [SummaryTap(i, sink) for i in range(len(self.nodes))])
+        return tapped(self.loaded.module, self.nodes, self.device,
+                      lambda i, relu, inplace: ReluSummaryTap(i, sink, inplace) if relu else SummaryTap(i, sink),
+                      fuse_relu=True)
 
     def gather(self, images_uint8, points: dict) -> dict:
         """{node: (b, y, x) int64 index tensors} -> {node: (n, C [+ D]) float tensor}: each point's
@@ -157,29 +108,14 @@ class Extractor:
         import torch
 
         if self._gather is None:
-            import torch.nn as nn
-
             wanted: dict = {}
             taken: dict = {}
-
-            class Take(nn.Module):
-                def __init__(self, index: int):
-                    super().__init__()
-                    self.index = index
-
-                def forward(self, x):
-                    at = wanted.get(self.index)
-                    if at is not None:
-                        taken[self.index] = x[at[0], :, at[1], at[2]].float()
-
             if self.loaded.scripted:
-                def run(x):
-                    out = self.module(x)
-                    for i, n in enumerate(self.nodes):
-                        Take(i)(out[n])
-                module = run
+                module = ScriptTapped(self.module, self.nodes,
+                                      [PointTap(i, wanted, taken) for i in range(len(self.nodes))])
             else:
-                module = self._with_taps(lambda i, relu, inplace: Take(i), fuse_relu=False)
+                module = tapped(self.loaded.module, self.nodes, self.device,
+                                lambda i, relu, inplace: PointTap(i, wanted, taken), fuse_relu=False)
             self._gather = (module, wanted, taken)
         module, wanted, taken = self._gather
         index = {n: i for i, n in enumerate(self.nodes)}
@@ -287,7 +223,7 @@ def redirect_relus(module, relu=None):
     gm = copy.deepcopy(module).eval()
     graph = gm.graph
     for node in list(graph.nodes):
-        source, _ = _relu_input(gm, node)
+        source, _ = relu_input(gm, node)
         if source is None:
             continue
         with graph.inserting_after(node):
@@ -297,26 +233,6 @@ def redirect_relus(module, relu=None):
     graph.lint()
     gm.recompile()
     return gm
-
-
-def _relu_input(gm, node) -> tuple:
-    """(input, in place) of `node` when it is a ReLU of one tensor (an nn.ReLU module, torch.relu,
-    F.relu or Tensor.relu), which a tap can replace, rectifying that input in place or not as the
-    ReLU did; else (None, False)."""
-    import torch
-    import torch.nn as nn
-    import torch.nn.functional as F
-
-    if len(node.args) != 1 or set(node.kwargs) - {"inplace"} or not hasattr(node.args[0], "users"):
-        return None, False
-    inplace = bool(node.kwargs.get("inplace"))
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        relu, inplace = type(module) is nn.ReLU, inplace or getattr(module, "inplace", False)
-    else:
-        relu = (node.op == "call_function" and node.target in (torch.relu, F.relu)) or \
-            (node.op == "call_method" and node.target == "relu")
-    return (node.args[0], inplace) if relu else (None, False)
 
 
 def _collate(batch):

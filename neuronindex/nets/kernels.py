@@ -69,14 +69,14 @@ def openmp_runtimes() -> list[str]:
 _native = False
 
 
-def _rows(a: np.ndarray, dtype, shape) -> int:
+def row_stride(a: np.ndarray, dtype, shape) -> int:
     """Row stride (in elements) of a 2-D array the native kernels may write, after checking it."""
     if a.dtype != dtype or a.shape != shape or a.strides[1] != a.itemsize or a.strides[0] % a.itemsize:
         raise ValueError(f"expected a row-major {np.dtype(dtype)} array of shape {shape}, got {a.dtype} {a.shape}")
     return a.strides[0] // a.itemsize
 
 
-def _layout(acts) -> tuple:
+def map_layout(acts) -> tuple:
     """(1, acts) for a channels-last map, else (0, its channels-first contiguous copy or itself):
     the layout argument and the tensor the native reduction reads."""
     import torch
@@ -85,11 +85,11 @@ def _layout(acts) -> tuple:
     return (1, acts) if last else (0, acts.contiguous())
 
 
-def _reduce_native(lib, acts, bar, values, vstride, loc, lstride, firing, threads, out=None) -> None:
+def reduce_native(lib, acts, bar, values, vstride, loc, lstride, firing, threads, out=None) -> None:
     """The native reduction of one float32 CPU map (B, C, H, W), given checked addresses: bar
     (C,) float32, the first of B rows of values (float32) and loc (int64), strides in elements,
     and firing (C,) float64; out: where to write relu(acts) first (acts' strides), or None."""
-    last, x = _layout(acts)
+    last, x = map_layout(acts)
     B, C, H, W = x.shape
     lib.reduce(last, x.data_ptr(), B, C, H * W, bar, values, vstride, loc, lstride, firing, threads,
                0 if out is None else out.data_ptr())
@@ -103,7 +103,7 @@ LANES = 64
 
 
 @numba.njit(cache=True, nogil=True)
-def _reduce_channels_last(x, fold, threshold, values, loc, firing):  # pragma: no cover - compiled
+def reduce_channels_last(x, fold, threshold, values, loc, firing):  # pragma: no cover - compiled
     """x (B, P, C), read as rows of `fold` positions x C channels: per (b, c) the maximum over p
     and its first index (-1 below threshold[c]); per c the count of x > 0 added to firing."""
     B, P, C = x.shape
@@ -139,8 +139,8 @@ def _reduce_channels_last(x, fold, threshold, values, loc, firing):  # pragma: n
 
 
 @numba.njit(cache=True, nogil=True)
-def _reduce_channels_first(x, threshold, values, loc, firing):  # pragma: no cover - compiled
-    """x (B, C, P): as `_reduce_channels_last`, each row read in chunks of K positions."""
+def reduce_channels_first(x, threshold, values, loc, firing):  # pragma: no cover - compiled
+    """x (B, C, P): as `reduce_channels_last`, each row read in chunks of K positions."""
     B, C, P = x.shape
     K = LANES if P >= 4 * LANES else min(16, P)  # short rows: fewer lanes to fold
     chunks = P // K
@@ -176,7 +176,7 @@ def _reduce_channels_first(x, threshold, values, loc, firing):  # pragma: no cov
             firing[c] += n
 
 
-def _fold(channels: int, positions: int, lanes: int = 64) -> int:
+def lane_fold(channels: int, positions: int, lanes: int = 64) -> int:
     """How many positions to lay side by side so a row holds about `lanes` values."""
     k = 1
     while k * 2 * channels <= lanes and positions % (k * 2) == 0:
@@ -185,7 +185,7 @@ def _fold(channels: int, positions: int, lanes: int = 64) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
-def _merge_top(values, ids, ys, xs, vals, loc, image_ids, width):  # pragma: no cover - compiled
+def merge_top(values, ids, ys, xs, vals, loc, image_ids, width):  # pragma: no cover - compiled
     """Per channel c, merge the batch's candidates (loc[b, c] >= 0) into the top list
     (values, ids, ys, xs)[c], kept ordered by value descending, then image id ascending.
 

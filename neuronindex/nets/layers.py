@@ -137,7 +137,10 @@ def trace(loaded, input_size: tuple[int, int] | None = None) -> ModelGraph:
     size = tuple(input_size or loaded.preprocessing.input_size)
     if loaded.scripted:
         return _hooked(loaded.module, size)
-    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+    from torchvision.models.feature_extraction import (
+        create_feature_extractor,
+        get_graph_node_names,
+    )
 
     module = without_inplace(loaded.module)
     try:

@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from neuronindex.errors import ModelError, UsageError
-from neuronindex.errors import did_you_mean
+from neuronindex.errors import ModelError, UsageError, did_you_mean
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 
-
 @dataclass
 class Field:
     start: np.ndarray  # (C, 2) float, axis order (h, w); +inf for channels that see nothing

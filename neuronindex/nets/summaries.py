@@ -43,15 +43,15 @@ def summarize_into(acts, threshold, values, loc, firing) -> None:
         bar = np.ascontiguousarray(threshold, dtype=np.float32)
         if bar.shape != (C,) or firing.dtype != np.float64 or firing.shape != (C,) or firing.strides[0] != 8:
             raise ValueError(f"threshold and firing must have one entry per channel ({C})")
-        vstride, lstride = kernels._rows(values, np.float32, (B, C)), kernels._rows(loc, np.int64, (B, C))
-        kernels._reduce_native(lib, acts, bar.ctypes.data, values.ctypes.data, vstride, loc.ctypes.data, lstride,
+        vstride, lstride = kernels.row_stride(values, np.float32, (B, C)), kernels.row_stride(loc, np.int64, (B, C))
+        kernels.reduce_native(lib, acts, bar.ctypes.data, values.ctypes.data, vstride, loc.ctypes.data, lstride,
                        firing.ctypes.data, torch.get_num_threads())
         return
     if acts.is_contiguous(memory_format=torch.channels_last):
         x = acts.permute(0, 2, 3, 1).numpy().reshape(B, H * W, C)
-        kernels._reduce_channels_last(x, kernels._fold(C, H * W, kernels.LANES), threshold, values, loc, firing)
+        kernels.reduce_channels_last(x, kernels.lane_fold(C, H * W, kernels.LANES), threshold, values, loc, firing)
     else:
-        kernels._reduce_channels_first(acts.contiguous().numpy().reshape(B, C, H * W), threshold, values, loc, firing)
+        kernels.reduce_channels_first(acts.contiguous().numpy().reshape(B, C, H * W), threshold, values, loc, firing)
 
 
 class Summaries:
@@ -151,7 +151,7 @@ class Summaries:
         import torch
 
         if self.lib is not None:
-            last, dense = kernels._layout(x)
+            last, dense = kernels.map_layout(x)
             y = x if inplace else torch.empty_like(dense)  # the kernel writes y in x's memory order
             if (dense is x or not inplace) and y.stride() == dense.stride() and self._native(i, dense, y):
                 self._mean(i, y)
@@ -175,7 +175,7 @@ class Summaries:
             return False
         bar, values, loc, firing = self.addresses
         n = self.values.shape[1]
-        kernels._reduce_native(self.lib, acts, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n, firing + 8 * s, self.threads, out)
+        kernels.reduce_native(self.lib, acts, bar + 4 * s, values + 4 * s, n, loc + 8 * s, n, firing + 8 * s, self.threads, out)
         self.per_image[s:e] = H * W
         self.width[s:e] = W
         return True
@@ -209,7 +209,7 @@ def summarize_torch(acts, threshold):
         # channels innermost (an image given as HWC makes every map channels-last): reduce over
         # rows of k * C values, so that few channels still fill the vector lanes, then fold k
         rows = acts.permute(0, 2, 3, 1)  # (B, H, W, C), contiguous
-        k = kernels._fold(C, H * W)
+        k = kernels.lane_fold(C, H * W)
         values = rows.reshape(B, H * W // k, k * C).amax(1).view(B, k, C).amax(1)
         signs = torch.sign(rows.reshape(-1, k * C)).clamp_(min=0)
         firing = signs.sum(0, dtype=torch.float64 if wide else None).view(k, C).sum(0)

@@ -16,8 +16,7 @@ import copy
 
 import torch
 import torch.nn as nn
-
-from neuronindex.nets.layers import relu_input
+import torch.nn.functional as F
 
 
 class SummaryTap(nn.Module):
@@ -100,3 +99,19 @@ class ScriptTapped:
         out = self.module(x)
         for n, tap in zip(self.nodes, self.taps):
             tap(out[n])
+
+
+def relu_input(gm, node) -> tuple:
+    """(input, in place) of `node` when it is a ReLU of one tensor (an nn.ReLU module, torch.relu,
+    F.relu or Tensor.relu), which a tap can replace, rectifying that input in place or not as the
+    ReLU did; else (None, False)."""
+    if len(node.args) != 1 or set(node.kwargs) - {"inplace"} or not hasattr(node.args[0], "users"):
+        return None, False
+    inplace = bool(node.kwargs.get("inplace"))
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        relu, inplace = type(module) is nn.ReLU, inplace or getattr(module, "inplace", False)
+    else:
+        relu = (node.op == "call_function" and node.target in (torch.relu, F.relu)) or \
+            (node.op == "call_method" and node.target == "relu")
+    return (node.args[0], inplace) if relu else (None, False)

@@ -2,16 +2,14 @@
 its class means, the classes, nodes, nearest classes and subtrees of a hierarchy, a tree's nodes."""
 from __future__ import annotations
 
-from neuronindex.errors import LayerError
-from neuronindex.nets.layers import stored_names
-from neuronindex.errors import NotFoundError
-from neuronindex.science.hierarchy import POOLINGS
-from neuronindex.errors import UsageError
-from neuronindex.errors import did_you_mean
 import numpy as np
 
+from neuronindex.errors import LayerError, NotFoundError, UsageError, did_you_mean
+from neuronindex.nets.layers import stored_names
+from neuronindex.science.hierarchy import POOLINGS
 
-def _layer(con, model: str | None, layer: str | None):
+
+def stored_layer(con, model: str | None, layer: str | None):
     """(model id, model name, layer row dict) of a stored layer; the deepest without `layer`."""
     models = con.execute("SELECT id, name FROM models ORDER BY id").fetchall()
     if not models:
@@ -42,7 +40,7 @@ def _layer(con, model: str | None, layer: str | None):
     return model_id, model, found[0]
 
 
-def _check_pooling(pooling: str) -> str:
+def check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise UsageError(f"unknown pooling {pooling!r}; use max (spatial maximum) or mean (spatial mean)")
     return pooling
@@ -50,7 +48,7 @@ def _check_pooling(pooling: str) -> str:
 
 def class_vectors(con, layer_id: int, pooling: str = "max") -> tuple[list[int], np.ndarray]:
     """(class ids, (classes, channels) class means) of a layer's neurons (channels, not directions)."""
-    column = "mean_activation" if _check_pooling(pooling) == "max" else "mean_spatial"
+    column = "mean_activation" if check_pooling(pooling) == "max" else "mean_spatial"
     rows = con.execute(
         f"SELECT cm.class_id, n.channel, cm.{column} FROM class_means cm JOIN neurons n ON n.id = cm.neuron_id "
         "WHERE n.layer_id = ? AND n.kind = 'channel' AND coalesce(cm.n_images, 0) > 0 ORDER BY cm.class_id, n.channel",
@@ -68,7 +66,7 @@ def class_vectors(con, layer_id: int, pooling: str = "max") -> tuple[list[int], 
     return classes, np.nan_to_num(out)
 
 
-def _chains(con, class_ids: list[int]) -> list[list[int]] | None:
+def class_chains(con, class_ids: list[int]) -> list[list[int]] | None:
     """Each class's chain of ancestors in the classes table (self first), for classes with a WordNet
     id; None unless every class has one (an ImageNet-style dataset)."""
     rows = con.execute("SELECT id, parent_id, wnid FROM classes").fetchall()
@@ -90,7 +88,7 @@ def resolve_pooling(con, layer_id: int, pooling: str | None) -> str:
     """None (auto): mean when the index has spatial means (the global average pool a classifier
     reads, closest to the seed's vectorised last conv layer), else max."""
     if pooling is not None:
-        return _check_pooling(pooling)
+        return check_pooling(pooling)
     has_mean = con.execute("SELECT count(*) FROM class_means cm JOIN neurons n ON n.id = cm.neuron_id "
                            "WHERE n.layer_id = ? AND cm.mean_spatial IS NOT NULL AND NOT isnan(cm.mean_spatial)",
                            [layer_id]).fetchone()[0]
@@ -122,9 +120,9 @@ def _rows(con, sql: str, params) -> list[dict]:
 
 def stored(con, model: str | None = None, layer: str | None = None, pooling: str | None = None) -> dict:
     """The stored hierarchy row of a model (at `layer`, else the deepest layer that has one)."""
-    model_id, model, lay = _layer(con, model, layer)
+    model_id, model, lay = stored_layer(con, model, layer)
     if pooling is not None:
-        _check_pooling(pooling)
+        check_pooling(pooling)
     found = _rows(con, "SELECT h.*, l.name AS layer, l.position, c.name AS centre, b.name AS hub FROM hierarchies h "
                        "JOIN layers l ON l.id = h.layer_id LEFT JOIN classes c ON c.id = h.centre_class_id "
                        "LEFT JOIN classes b ON b.id = h.hub_class_id WHERE h.model_id = ? "
@@ -209,7 +207,7 @@ def classes_under(nodes: list[dict], node: int) -> list[dict]:
 def stored_tree(con, class_name: str, layer: str | None = None, model: str | None = None,
                 pooling: str = "max") -> tuple[dict, list[dict]]:
     """(the tree's row, its nodes with the critical filters' keys and the leaves' image paths)."""
-    model_id, model, lay = _layer(con, model, layer)
+    model_id, model, lay = stored_layer(con, model, layer)
     found = _rows(con, "SELECT t.*, c.name AS class, l.name AS layer FROM prediction_trees t "
                        "JOIN classes c ON c.id = t.class_id JOIN layers l ON l.id = t.layer_id "
                        "WHERE t.model_id = ? AND t.layer_id = ? AND (c.name = ? OR c.wnid = ?) AND t.pooling = ?",

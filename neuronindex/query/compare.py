@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.checks import check_k
+from neuronindex.errors import NotFoundError, UsageError
 
 MIN_SHARED = 10
 

@@ -2,13 +2,11 @@
 and whether the embeddings changed since it was made."""
 from __future__ import annotations
 
-from neuronindex.errors import LayerError
-from neuronindex.nets.layers import stored_names
-from neuronindex.store.vectors import fingerprint, rows
-from neuronindex.errors import NotFoundError
-from neuronindex.errors import UsageError
 import json
 
+from neuronindex.errors import LayerError, NotFoundError, UsageError
+from neuronindex.nets.layers import stored_names
+from neuronindex.store.vectors import fingerprint, rows
 
 SPACES = {"neurons": "prototype", "crops": "patch"}
 

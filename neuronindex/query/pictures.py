@@ -23,7 +23,6 @@ decoded-image cache; the service caches the PNGs per index version.
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from neuronindex.errors import NotFoundError, UsageError

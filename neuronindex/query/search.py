@@ -29,12 +29,13 @@ import time
 from dataclasses import dataclass, field
 
 import duckdb
-
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
 from neuronindex import store
 from neuronindex.errors import QueryError, QueryTimeout, did_you_mean
-from neuronindex.science.selectivity import ACHROMATIC, COLOR_NAMES, COLOR_THRESHOLD
+from neuronindex.science.colornames import ACHROMATIC
+from neuronindex.science.colornames import TERMS as COLOR_NAMES
+from neuronindex.science.selectivity import COLOR_THRESHOLD
 from neuronindex.settings import Settings
 
 FIELDS = {

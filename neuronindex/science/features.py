@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+
 from neuronindex.nets.extract import Extractor, image_batches
 
 SPRITE_CROPS = 12

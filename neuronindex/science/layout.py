@@ -2,11 +2,13 @@
 Barnes-Hut, PCA initialisation) or UMAP (the `umap` extra) of L2-normalised vectors, scaled to [0, 1]
 keeping the aspect."""
 from __future__ import annotations
-from neuronindex.errors import UsageError
-from neuronindex.settings import default
-import numpy as np
+
 import warnings
 
+import numpy as np
+
+from neuronindex.errors import UsageError
+from neuronindex.settings import default
 
 METHODS = ("tsne", "umap")
 

@@ -43,10 +43,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from neuronindex.science.colornames import ACHROMATIC, CHROMATIC, TERMS as COLOR_NAMES  # noqa: F401 - ACHROMATIC is re-exported
-
+from neuronindex.science.colornames import CHROMATIC, chromatic_name, probabilities
+from neuronindex.science.colornames import TERMS as COLOR_NAMES
 from neuronindex.settings import default
-from neuronindex.science.colornames import chromatic_name, probabilities
 
 COLOR_THRESHOLD = default("color_threshold")  # alpha >= 0.4: colour selective (Rafegas et al. 2020, Fig. 7)
 COLOR_PAIR = default("color_pair")  # the second end's least salience, as a share of the first's

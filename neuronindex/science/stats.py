@@ -184,7 +184,7 @@ class LayerStats:
                  ((vals, np.float32), (loc, np.int64), (ids, np.int64), (widths, np.int64))]
         lib = kernels.native()
         if lib is None or not all(a.flags.c_contiguous for a in lists):
-            return kernels._merge_top(*lists, *batch)
+            return kernels.merge_top(*lists, *batch)
         C, L = self.values.shape
         if batch[0].shape != batch[1].shape or batch[0].shape[1] != C or batch[2].shape != batch[0].shape[:1] \
                 or batch[3].shape != (C,):

@@ -8,12 +8,18 @@ from urllib.parse import quote
 from fastapi import FastAPI
 
 from neuronindex.errors import NeuronIndexError, UsageError
-from neuronindex.settings import default
 from neuronindex.service import routes_api, routes_pages
-from neuronindex.service.auth import LOGIN, Throttle, authorised, presented_credentials, same_origin
+from neuronindex.service.auth import (
+    LOGIN,
+    Throttle,
+    authorised,
+    presented_credentials,
+    same_origin,
+)
 from neuronindex.service.common import LiveIndex, Pool, error
 from neuronindex.service.connections import GuardedH11, quiet_floods, set_limits
-from neuronindex.settings import Settings
+from neuronindex.settings import Settings, default
+
 
 class Guard:
     """Checks that need no index, before any routing (plain ASGI: no per-request task or copy):

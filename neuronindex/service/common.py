@@ -27,12 +27,18 @@ from fastapi.responses import JSONResponse, Response
 
 from neuronindex.api import Index
 from neuronindex.cache import LRU
-from neuronindex.errors import BusyError, NeuronIndexError, QueryTimeout, UsageError
+from neuronindex.data import check_pixels, to_rgb
+from neuronindex.errors import (
+    BusyError,
+    DataError,
+    IndexNotFoundError,
+    NeuronIndexError,
+    QueryTimeout,
+    UsageError,
+)
 from neuronindex.formats import plain
-from neuronindex.store.directory import INDEX_FILE, IndexDirectory
-from neuronindex.data import _to_rgb, check_pixels
-from neuronindex.errors import DataError, IndexNotFoundError
 from neuronindex.settings import Settings
+from neuronindex.store.directory import INDEX_FILE, IndexDirectory
 
 
 class Version:
@@ -294,7 +300,7 @@ def decode_upload(data: bytes, settings: Settings | None = None):
                                  f"{settings.upload_max_pixels / 1e6:.0f} Mpx an upload other than a JPEG may have "
                                  "(settings: upload_max_pixels); send a smaller image or a JPEG")
             im.load()
-            rgb = _to_rgb(_reduced(im, side))
+            rgb = to_rgb(_reduced(im, side))
         _give_back_memory()
         return rgb, (rgb.size[0] / w, rgb.size[1] / h)
     except DataError as exc:

@@ -10,9 +10,18 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from neuronindex.checks import parse_box
 from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.formats import plain
-from neuronindex.service.common import (answer, answer_key, decode_upload, encode_json, error, json_rows, neuron_payload, png_bytes)
 from neuronindex.query.export import EXPORT_FORMATS
 from neuronindex.report import figure_names, hierarchy_pngs, map_png, render_figures
+from neuronindex.service.common import (
+    answer,
+    answer_key,
+    decode_upload,
+    encode_json,
+    error,
+    json_rows,
+    neuron_payload,
+    png_bytes,
+)
 from neuronindex.settings import rows
 
 router = APIRouter(prefix="/api")

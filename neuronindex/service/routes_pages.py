@@ -7,13 +7,12 @@ from pathlib import Path
 from fastapi import APIRouter, Request
 from fastapi.templating import Jinja2Templates
 
-from neuronindex.settings import default
-from neuronindex.errors import NeuronIndexError
+from neuronindex.errors import NeuronIndexError, NotFoundError, UsageError, did_you_mean
+from neuronindex.query import categories
+from neuronindex.report import FIGURE_TITLES, point_colours
 from neuronindex.service.auth import COOKIE, session_value
 from neuronindex.service.common import answer, neuron_payload, safe_similar
-from neuronindex.errors import did_you_mean, NotFoundError, UsageError
-from neuronindex.report import FIGURE_TITLES, point_colours
-from neuronindex.query import categories
+from neuronindex.settings import default
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 router = APIRouter()

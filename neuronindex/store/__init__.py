@@ -21,7 +21,15 @@ from pathlib import Path
 
 import duckdb
 
-from neuronindex.errors import (DiskFullError, ForeignSQLError, IndexBusyError, IndexNotFoundError, SchemaVersionError, UsageError, disk_full)
+from neuronindex.errors import (
+    DiskFullError,
+    ForeignSQLError,
+    IndexBusyError,
+    IndexNotFoundError,
+    SchemaVersionError,
+    UsageError,
+    disk_full,
+)
 from neuronindex.settings import default
 from neuronindex.store.directory import INDEX_FILE, IndexDirectory
 
@@ -283,7 +291,8 @@ def writer_lock(directory: str | os.PathLike, wait: bool = True) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def staged(directory: str | os.PathLike, wait: bool = True, small: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def staged(directory: str | os.PathLike, wait: bool = True, small: bool = False,
+           search: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     """A writable copy of the index (or a new one), published atomically when the block succeeds.
 
     Holds the writer lock from copy to publish, so two writers never lose each other's work; the
@@ -296,15 +305,18 @@ def staged(directory: str | os.PathLike, wait: bool = True, small: bool = False)
     file. Readers that open the index meanwhile wait for the commit (`connect`); one killed
     half-way leaves the index as it was (DuckDB's log drops the unfinished transaction). With a
     reader open (a running `neuronindex serve`), the copy is made as above.
+
+    `search=False`: the block changes nothing the search tables are made from (neurons, their
+    classes, visualizations), so they are not rebuilt.
     """
     directory = IndexDirectory(directory)
     with writer_lock(directory, wait):
         con = _in_place(directory) if small and default("in_place_publish") and directory.exists() else None
         if con is not None:
-            with _published_in_place(directory, con) as con:
+            with _published_in_place(directory, con, search) as con:
                 yield con
             return
-        with _staged(directory) as con:
+        with _staged(directory, search) as con:
             yield con
 
 
@@ -326,12 +338,14 @@ def _in_place(directory: IndexDirectory) -> duckdb.DuckDBPyConnection | None:
 
 
 @contextlib.contextmanager
-def _published_in_place(directory: IndexDirectory, con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+def _published_in_place(directory: IndexDirectory, con: duckdb.DuckDBPyConnection,
+                        search: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     try:
         execute(con, "BEGIN TRANSACTION")
         try:
             yield con
-            refresh_search(con)
+            if search:
+                refresh_search(con)
             execute(con, "COMMIT")
         except BaseException:
             with contextlib.suppress(Exception):
@@ -350,7 +364,7 @@ def _published_in_place(directory: IndexDirectory, con: duckdb.DuckDBPyConnectio
 
 
 @contextlib.contextmanager
-def _staged(directory: IndexDirectory) -> Iterator[duckdb.DuckDBPyConnection]:
+def _staged(directory: IndexDirectory, search: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
     target = directory.database
     stage = directory.stage()
     _remove(directory.stale_stages())  # we hold the lock: these writers are gone
@@ -362,10 +376,11 @@ def _staged(directory: IndexDirectory) -> Iterator[duckdb.DuckDBPyConnection]:
         # nothing stored in the file runs with file access, and no stored macro shadows a built-in
         lock_down(con)
         _drop_macros(con)
-        apply_migrations(con)
-        restore_sql(con)
+        # a migration, or SQL rewritten from the schema, may change what the search tables hold
+        rebuilt = bool(apply_migrations(con)) | bool(restore_sql(con))
         yield con
-        refresh_search(con)
+        if search or rebuilt:
+            refresh_search(con)
         execute(con, "CHECKPOINT")
         total, free, block = execute(con, "SELECT total_blocks, free_blocks, block_size FROM pragma_database_size() "
                                           "WHERE database_name = current_database()")[0]

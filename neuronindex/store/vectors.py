@@ -16,7 +16,6 @@ built from; a stale file is rebuilt on use.
 """
 from __future__ import annotations
 
-from neuronindex.settings import default
 import hashlib
 import json
 import math
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from neuronindex.errors import StaleVectorsError
+from neuronindex.settings import default
 from neuronindex.store.directory import IndexDirectory
 
 EXACT_LIMIT = default("exact_limit")

@@ -2,11 +2,9 @@
 through Arrow into DuckDB, in slices of at most INSERT_BYTES."""
 from __future__ import annotations
 
-
 import numpy as np
 
 from neuronindex.store import execute
-
 
 INSERT_BYTES = 32 * 2**20
 

@@ -6,7 +6,9 @@ B images of (h, w) as parameters, `rgb()` -> (B, 3, h, w) in [0, 1] with autogra
   PixelImage    the RGB pixels through a sigmoid (blurred every few steps by the render loop)
   RawImage      the pixels themselves, clipped to [0, 1] after every step (Dai 2020's real-image runs)"""
 from __future__ import annotations
+
 import math
+
 import numpy as np
 
 

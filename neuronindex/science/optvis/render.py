@@ -3,23 +3,21 @@ parameters (`VizParams`), the render loop (`optimise`: Adam on a parameterised i
 transformations, regularised), the differentiable forward it runs, and what is measured on the result."""
 from __future__ import annotations
 
-from neuronindex.nets.extract import Extractor
-from neuronindex.science.selectivity import color_selectivity
-from neuronindex.science.optvis.param import FourierImage
-from neuronindex.science.optvis.param import PixelImage
-from neuronindex.science.optvis.param import RawImage
-from neuronindex.errors import UsageError
-from dataclasses import asdict
-from dataclasses import dataclass
-from neuronindex.settings import default
 import hashlib
 import json
 import math
-import numpy as np
-from neuronindex.science.optvis.transforms import random_affine
 import time
-from neuronindex.science.optvis.objectives import total_variation
+from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from neuronindex.errors import UsageError
+from neuronindex.nets.extract import Extractor
+from neuronindex.science.optvis.objectives import total_variation
+from neuronindex.science.optvis.param import FourierImage, PixelImage, RawImage
+from neuronindex.science.optvis.transforms import random_affine
+from neuronindex.science.selectivity import color_selectivity
+from neuronindex.settings import default
 
 TRACE_EVERY = 32
 
