@@ -7,7 +7,14 @@ The CLI and the HTTP service call these and only format.
 from __future__ import annotations
 
 import base64
+import html
 import io
+import time
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image, ImageDraw
 
 from neuronindex.checks import check_k, unit_kinds
 from neuronindex.data import load_image
@@ -63,7 +70,6 @@ class Result:
         return pd.DataFrame(self._rows, columns=self.columns)
 
     def arrow(self):
-        import pyarrow as pa
 
         return pa.Table.from_pylist(self._rows)
 
@@ -72,7 +78,6 @@ class Result:
         return to_table(self._rows[:20], self.columns) + (f"... {len(self)} rows\n" if len(self) > 20 else "")
 
     def _repr_html_(self):
-        import html
 
         head = "".join(f"<th>{html.escape(c)}</th>" for c in (["nf"] if self._has_nf() else []) + self.columns)
         body = []
@@ -152,13 +157,11 @@ class Neuron:
 
     def viz_image(self, objective: str | None = None):
         """Its optimised image as a PIL image (the unit objective's when both are stored)."""
-        from PIL import Image
 
         return Image.open(io.BytesIO(self.index.viz_png(self.key, objective)))
 
     def nf_image(self):
         """The Neuron Feature as a PIL RGBA image (alpha 0 where no crop saw the pixel)."""
-        from PIL import Image
 
         png = self.nf_png()
         if png is None:
@@ -170,7 +173,6 @@ class Neuron:
         return self.index.sprite_png(self.key)
 
     def sprite_image(self):
-        from PIL import Image
 
         return Image.open(io.BytesIO(self.sprite_png()))
 
@@ -192,7 +194,6 @@ class Neuron:
 
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
-        from PIL import Image, ImageDraw
 
         sprite = self.sprite_image().convert("RGB")
         thumb = sprite.height
@@ -293,7 +294,6 @@ class Index(Reader):
         (with context: each neuron's first top images whole with its heatmap, behind a toggle;
         left out, with a note on stderr, when the model cannot be loaded here). The whole export
         stops with a QueryTimeout past `time_limit` seconds (default: export_time_limit)."""
-        import time
 
 
         limit = self.settings.export_time_limit if time_limit is None else time_limit
@@ -345,7 +345,6 @@ class Index(Reader):
                                [space, n.id]).fetchone()
         if row is None:
             raise NotFoundError(f"neuron {key} has no {space} vector (dead, or the index has no embeddings)")
-        import numpy as np
 
         wanted = k + 1 if kinds is None else CANDIDATES * (k + 1)
         hits = [h for h in self.vectors.search(space, row[1], np.array(row[0]), wanted, self.con)
@@ -365,8 +364,6 @@ class Index(Reader):
         each unit comes once, with its nearest crop and `crops`, how many of its crops were among
         the nearest (`per_unit=False`: every crop). Inputs are checked before the model is loaded.
         """
-        import numpy as np
-        import torch
 
 
         if mode not in ("embedding", "response"):
@@ -468,8 +465,6 @@ class Index(Reader):
         """The receptive-field crop of the rank-th top (or bottom) image, cut from the image as the
         model saw it (grey where the field leaves the image); the whole image where a bottom entry
         has no location."""
-        import numpy as np
-        from PIL import Image
 
 
         table = {"top": "topk", "bottom": "bottomk"}[side]

@@ -23,11 +23,14 @@ import csv
 import hashlib
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from neuronindex import wordnet
 from neuronindex.errors import DataError, did_you_mean
@@ -105,7 +108,6 @@ class ImageSet:
 
 
 def to_rgb(image):
-    from PIL import Image, ImageOps
 
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -120,7 +122,6 @@ def to_rgb(image):
 def _to_8bit(image):
     """16-bit and 32-bit greyscale (PNG, TIFF) scaled to 8 bits by their type's range, not clipped:
     I;16 and 16-bit data held as I by 257, floats in [0, 1] by 255."""
-    from PIL import Image
 
     a = np.asarray(image)
     if image.mode == "F":
@@ -139,7 +140,6 @@ def check_pixels(image, what: str) -> None:
 
 
 def load_image(path: str | os.PathLike):
-    from PIL import Image
 
     Image.MAX_IMAGE_PIXELS = None  # check_pixels decides, from the header, before anything is decoded
     try:
@@ -318,7 +318,6 @@ _WARNED: set[str] = set()
 
 def _warn(message: str) -> None:
     """One clear line on stderr, once per process for the same message."""
-    import sys
 
     if message not in _WARNED:
         _WARNED.add(message)
@@ -510,7 +509,6 @@ def survey(images: ImageSet, check: bool = True, progress: bool = False) -> dict
     """Counts per class and problems found (decoding every image when `check`)."""
     problems = list(images.problems)
     if check:
-        from tqdm import tqdm
 
         for r in tqdm(images.images, desc="checking images", unit="img", disable=not progress):
             try:

@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn as nn
+from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 import neuronindex
 from neuronindex.data import load_image, open_source
@@ -38,7 +43,6 @@ VERSION = 1  # bump when the generator or the model changes: caches are keyed on
 
 
 def _draw(kind: str, rng: np.random.Generator) -> np.ndarray:
-    from PIL import Image, ImageDraw
 
     bg = tuple(int(v) for v in rng.integers(40, 216, 3))
     img = Image.new("RGB", (SIZE, SIZE), bg)
@@ -68,7 +72,6 @@ def _draw(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_images(root: Path, per_class: int, seed: int) -> Path:
-    from PIL import Image
 
     rng = np.random.default_rng(seed)
     for kind, parent in CLASSES.items():
@@ -81,7 +84,6 @@ def write_images(root: Path, per_class: int, seed: int) -> Path:
 
 def demo_cnn():
     """The demo's small VGG-style CNN (random weights; the demo trains it)."""
-    import torch.nn as nn
 
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
@@ -109,8 +111,6 @@ def _arrays(root: Path):
 
 
 def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: int, progress: bool = True) -> float:
-    import torch
-    from tqdm import tqdm
 
     torch.manual_seed(seed)
     model = demo_cnn()
@@ -156,7 +156,6 @@ def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs:
     train_root, test_root = out / "images" / "train", out / "images" / "test"
     weights, index = out / "model.pt", out / "index"
     if fresh or not train_root.exists():
-        import shutil
 
         for p in (out / "images", index):
             shutil.rmtree(p, ignore_errors=True)

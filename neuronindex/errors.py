@@ -6,6 +6,8 @@ HTTP service) translate errors once and never show a traceback for a user mistak
 from __future__ import annotations
 
 import difflib
+import errno
+import shutil
 from collections.abc import Iterable
 
 
@@ -113,8 +115,6 @@ def disk_full(exc: BaseException, where=None) -> bool:
     """An error that says the disk (or a quota) is full: OSError ENOSPC / EDQUOT, DuckDB's IO error
     wrapping it, or DuckDB failing to spill to a temp folder on a disk with (almost) no room left
     (`where`: a path on that disk)."""
-    import errno
-    import shutil
 
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return True

@@ -9,6 +9,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 from decimal import Decimal
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from neuronindex.errors import UsageError
 
 TEXT_FORMATS = ("table", "csv", "json", "jsonl")
@@ -90,8 +93,6 @@ def _short(v, width: int) -> str:
 
 
 def to_parquet_bytes(rows: Sequence[dict]) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.Table.from_pylist([{k: plain(v) for k, v in r.items()} for r in rows])
     buf = io.BytesIO()

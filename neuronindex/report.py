@@ -24,6 +24,7 @@ import io
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from neuronindex.errors import NotFoundError, UsageError, did_you_mean
 from neuronindex.formats import to_table
@@ -528,7 +529,6 @@ def map_png(idx, model: str, layer: str, space: str = "neurons", color: str = "c
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from PIL import Image
 
     m = idx.map(layer, space, model)
     rows = m.rows()

@@ -132,7 +132,7 @@ def _serve(command: str, cwd) -> None:
         while True:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=2) as r:
-                    assert [m["name"] for m in json.load(r)] == ["demo_cnn"]
+                    assert [m["name"] for m in json.load(r)["rows"]] == ["demo_cnn"]
                     break
             except OSError:
                 assert server.poll() is None, server.stderr.read()

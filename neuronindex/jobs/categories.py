@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
+import torch
 
 from neuronindex import store
 from neuronindex.errors import IndexNotFoundError, UsageError
@@ -105,7 +107,6 @@ def publish_hierarchy(index_dir, model: str | None = None, layer: str | None = N
 def image_vectors(idx, model: str, layer_row: dict, images: list[tuple[int, str, str]], pooling: str,
                   batch_size: int = 32) -> np.ndarray:
     """(images, channels) pooled feature vectors of a layer, by one forward of the images."""
-    import torch
 
     net = idx.network(model, layer_row["name"])
     pre = net.loaded.preprocessing
@@ -157,7 +158,6 @@ def tree(index_dir, class_name: str, layer: str | None = None, model: str | None
             "n_images": [n], "class_images": [total], "n_filters": [x.shape[1]], "max_images": [max_images],
             "seed": [seed], "root": [nodes[-1]["node"]], "seconds": [seconds],
             "created": [time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())]})
-        import pyarrow as pa
 
         insert(con, "prediction_tree_nodes", {
             "tree_id": [tid] * len(nodes), "node": [nd["node"] for nd in nodes],

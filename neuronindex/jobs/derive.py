@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import torch
 
 from neuronindex.jobs.publish import StoredIngest
 from neuronindex.nets.extract import Extractor
@@ -77,7 +82,6 @@ def run_all(run, results: list[dict], progress: bool = True, timings: dict | Non
     timings = timings if timings is not None else {}
     missing = [s for s in run.selections if s.layer.field is None]
     if missing:
-        import sys
 
         why = "; ".join(f"{s.name}: {s.layer.field_note or 'TorchScript models have no traced graph'}" for s in missing)
         print(f"no receptive field for {', '.join(s.name for s in missing)} ({why}): Neuron Features, colour and "
@@ -152,7 +156,6 @@ class Reforward:
         return batch
 
     def __call__(self, batch, local, entries):
-        import torch
 
         entries, local = self.entries(entries, local)
         if len(entries) == 0:
@@ -205,8 +208,6 @@ class PatchVectors(Reforward):
     in a .npy file that the publish reads one layer at a time (`rows`)."""
 
     def __init__(self, extractor, selections, plan, owners, channels, spill: Path | None = None):
-        import tempfile
-        import weakref
 
         super().__init__(extractor, selections, plan, owners)
         self.channels = list(channels)  # the layer's own channels (directions follow in its vectors)
@@ -283,7 +284,6 @@ class GreyResponses(Reforward):
         return entries[use], local[use]
 
     def images(self, batch):
-        import torch
 
         luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
         return luminance[..., None].expand(*luminance.shape, 3).contiguous()
@@ -346,7 +346,6 @@ def write_features(con, stored: StoredIngest, owners, feats, self_resp, params, 
     ids = neuron_id_array(stored, owners)
     _forget(con, "neuron_features", ids[keep])
     feats = [f if k else None for f, k in zip(feats, keep)]
-    import pyarrow as pa
 
     written = [n for n, f in enumerate(feats) if f is not None]
     for start in range(0, len(written), 256):  # a few hundred rows at a time: no second copy of them all
@@ -473,7 +472,6 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
     model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
     layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
     layer_of = [layer_ids[s.layer.position] for s in selections]
-    import pyarrow as pa
 
 
     def put(space, lid, nid, rank, vectors):

@@ -2,6 +2,7 @@
 added to an index, with one units pass over the ingest's images and pass 2 for the new units only."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -48,7 +49,6 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     """Index user directions (rows of `vectors`, over the layer's channels) of a stored layer, as
     an ingest does its directions: one pass over the ingest's images for their top and bottom
     lists, then pass 2 and the indexes for the new units only; published atomically."""
-    import json
 
 
     con = store.connect(index_dir)

@@ -26,6 +26,8 @@ import shutil
 import time
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from neuronindex.errors import NeuronIndexError, UsageError
 from neuronindex.jobs.derive import (
@@ -63,7 +65,6 @@ def _ray():
 
 def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     """Pass 1 over shard `shard` of `shards` of the run described by `meta`: its state as .npz bytes."""
-    import torch
 
 
     torch.set_num_threads(max(1, threads))
@@ -77,7 +78,6 @@ def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], s
     canvases and sprites, and with `owners` (the plan's (layer, channel) per neuron: the re-forwards
     run) the greyscale responses (per plan entry, NaN where this part saw none) and the patch
     vectors [(entries, vectors, layer)] of its top crops."""
-    import torch
 
 
     class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver
@@ -109,7 +109,6 @@ def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
     shared: dict = {}
 
     def pass2(run, plan, neurons, reforwards, progress, desc):
-        from tqdm import tqdm
 
 
         ray = _ray()
@@ -195,7 +194,6 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
                   derive: bool = True, labels: str = "auto", class_list: str | None = None, wait: bool = True,
                   visualize=None, num_cpus: int | None = None) -> dict:
     """`ingest.ingest` with pass 1 spread over Ray tasks (see the module notes); same summary."""
-    from tqdm import tqdm
 
 
     ray = _ray()

@@ -13,6 +13,7 @@ to an uninterrupted run. A run over a shard of the images (`shard=(i, n)`) can s
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -21,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from neuronindex import store
 from neuronindex.data import ImageSet, open_source
@@ -33,7 +36,7 @@ from neuronindex.jobs.publish import write_ingest
 from neuronindex.jobs.units import extend_results, units_pass
 from neuronindex.names import valid_name
 from neuronindex.nets.extract import Extractor, image_batches
-from neuronindex.nets.layers import trace
+from neuronindex.nets.layers import ModelGraph, Selection, trace
 from neuronindex.nets.models import LoadedModel, Preprocessing, load_model
 from neuronindex.science import directions as dirs
 from neuronindex.science.directions import DirectionSpec
@@ -103,10 +106,10 @@ class IngestParams:
 class Run:
     """Everything an ingest needs, rebuilt identically from `meta` (for resume and merge)."""
     meta: dict
-    loaded: object
-    graph: object
-    selections: list
-    images: object
+    loaded: LoadedModel
+    graph: ModelGraph
+    selections: list[Selection]
+    images: ImageSet
     params: IngestParams
     problems: dict[int, str] = field(default_factory=dict)
     directions: list = field(default_factory=list)  # per selection: directions.LayerDirections or None
@@ -199,8 +202,6 @@ def new_state(run: Run) -> Pass1State:
 def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bool = True, checkpoint=None,
           checkpoint_seconds: float = 120.0) -> Pass1State:
     """Stream the run's images (from batch `done` on) through the model into the pass-1 state."""
-    import torch
-    from tqdm import tqdm
 
 
     state = state if state is not None else new_state(run)
@@ -240,7 +241,6 @@ def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bo
 
 def state_bytes(run: Run, state: Pass1State, batches_done: int) -> bytes:
     """The pass-1 state (numpy arrays + JSON meta) as the bytes of an .npz file (no pickle)."""
-    import io
 
     arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
                                                      "batches_done": batches_done,

@@ -18,6 +18,7 @@ import json
 import time
 
 import numpy as np
+from tqdm import tqdm
 
 from neuronindex import store
 from neuronindex.errors import LayerError, NotFoundError, UsageError, did_you_mean
@@ -36,7 +37,6 @@ def make_maps(index_dir, layers: list[str] | None = None, model: str | None = No
         force: bool = False, progress: bool = True, wait: bool = True) -> list[dict]:
     """Make (or keep, when up to date with the same parameters) the maps of the stored layers (all,
     or those named) in the given spaces, publishing each as it is made. Returns one row per map."""
-    from tqdm import tqdm
 
 
     for s in spaces:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
+import pyarrow as pa
 
 from neuronindex.science.directions import extended_field
 from neuronindex.science.stats import bucket_values, histogram
@@ -172,7 +173,6 @@ def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, l
 def write_histograms(con, ids, res) -> None:
     """`activation_histograms` rows of one layer's units (when pass 1 streamed histograms): equal
     bins from the exact extremes where known (a_max; the lowest bottom value), else the buckets'."""
-    import pyarrow as pa
 
 
     hist = res.hist
@@ -229,7 +229,6 @@ def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
         for k in ("kind", "name", "ordinal", "filter", "pooling", "variance", "explained", "singular_value",
                   "n_images", "vector", "weights", "offset"):
             cols[k].append(r[k])
-    import pyarrow as pa
 
     cols["offset_"] = cols.pop("offset")
     con.register("_dirs", pa.table({**{k: v for k, v in cols.items() if k not in ("vector", "weights")},

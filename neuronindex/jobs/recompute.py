@@ -5,6 +5,8 @@ with new Neuron Features, indexes and embeddings, published atomically; pass 1 i
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from neuronindex import store
@@ -75,7 +77,6 @@ def same_images(index_dir, dataset_id: int, images) -> bool:
 
 def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
     """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
-    import json
 
 
     con = store.connect(index_dir)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import fields
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from neuronindex.nets.extract import Extractor, image_batches
 from neuronindex.nets.summaries import combine, summarize
@@ -27,8 +29,6 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
     Returns, per layer, the direction units' results (the keys of `LayerStats.result`, with
     `bottom_*` from the negated maps, `act_min` and `pooled_var`), or None.
     """
-    import torch
-    from tqdm import tqdm
 
 
     p = run.params

@@ -41,6 +41,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import torch
+from tqdm import tqdm
 
 from neuronindex import store
 from neuronindex.data import load_image
@@ -208,7 +211,6 @@ def _output_index(name: str, names: list[str]) -> int:
 
 
 def _n_outputs(m: _Model) -> int:
-    import torch
 
     if m.n_outputs is None:
         h, w = m.loaded.preprocessing.input_size
@@ -219,7 +221,6 @@ def _n_outputs(m: _Model) -> int:
 
 def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
     """One batch of one layer's units: optimised, measured, as rows for `visualizations`."""
-    import torch
 
 
     C = layer.channels
@@ -297,7 +298,6 @@ def _done(idx, model_id: int, wanted: dict) -> set:
 
 
 def _publish(index_dir, rows: list[dict], wait: bool = True) -> None:
-    import pyarrow as pa
 
 
     if not rows:
@@ -327,7 +327,6 @@ def visualize_layers(index_dir, layers: list[str] | None = None, model: str | No
     Resumable and idempotent: targets already stored with the same parameters are skipped, and
     what is done is published every `checkpoint_every` seconds, so an interrupted run loses at
     most that much. Returns counts and the time taken."""
-    from tqdm import tqdm
 
 
     params = params or VizParams()
@@ -394,7 +393,6 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     its maximum), and the first step at which the model predicts the target (`flip_step`). Options
     default to `start_params` (plain pixels, small steps, no transformations). `output`: also write
     the image and OUTPUT-diff.png."""
-    import torch
 
 
     if objective not in ("class", "prob"):

@@ -10,10 +10,13 @@ decode in parallel with the forward pass.
 """
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Iterator
 
 import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
 
 from neuronindex.data import GeometricDataset
 from neuronindex.errors import UsageError
@@ -33,7 +36,6 @@ class Extractor:
     def __init__(self, loaded, nodes: list[str], device: str = "cpu", amp: bool = False, projector=None):
         """projector (directions.Projector): each map it knows comes back with its direction maps
         appended after the channels (a direction is a unit whose map is a projection)."""
-        import torch
 
         self.loaded = loaded
         self.projector = projector if projector else None
@@ -68,7 +70,6 @@ class Extractor:
         spatial mean per (image, channel), then read with `spatial_means()`. low_threshold: the
         bottom lists' k-th lowest values; pairs at or below get their location (`low_locations()`).
         """
-        import torch
 
         if self._taps is None:
 
@@ -105,7 +106,6 @@ class Extractor:
         Taps inside the graph take the points as each map is made, so no map is kept or returned
         (SqueezeNet's nine maps are 1.1 GB for 64 images) and in-place activations stay in place.
         Nodes without points cost nothing but their forward."""
-        import torch
 
         if self._gather is None:
             wanted: dict = {}
@@ -135,7 +135,6 @@ class Extractor:
 
     def __call__(self, images_uint8) -> dict:
         """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""
-        import torch
 
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
@@ -161,7 +160,6 @@ class Extractor:
 
     def forward_normalized(self, x) -> dict:
         """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
-        import torch
 
         with torch.inference_mode():
             x = x.to(self.device)
@@ -179,7 +177,6 @@ def redirected_relu(x):
 
 
 def _redirected_backward(x, g):
-    import torch
 
     plain = torch.where(x > 0, g, torch.zeros_like(g))
     # a loss gradient g > 0 at a negative unit would lower it further: keep those at zero
@@ -196,7 +193,6 @@ def _redirected_relu_function():
 def relu_function(name: str, backward):
     """An autograd Function computing relu(x) whose backward is backward(x, g) (the redirected
     ReLU here, the deconvnet and guided rules in pictures.py)."""
-    import torch
 
     class RuleReLU(torch.autograd.Function):
         @staticmethod
@@ -216,7 +212,6 @@ def relu_function(name: str, backward):
 def redirect_relus(module, relu=None):
     """A copy of an fx GraphModule whose ReLUs (modules, torch.relu, F.relu, Tensor.relu) are
     `relu` (default `redirected_relu`; pictures.py gives the deconvnet rules); values unchanged."""
-    import copy
 
     # a deep copy of a GraphModule comes back in training mode (BatchNorm on batch statistics), and
     # torchvision's extractor swaps graphs on train()/eval(): set eval mode before the surgery
@@ -236,7 +231,6 @@ def redirect_relus(module, relu=None):
 
 
 def _collate(batch):
-    import torch
 
     arrays, positions, problems = zip(*batch)
     return torch.from_numpy(np.stack(arrays)), torch.tensor(positions, dtype=torch.long), list(problems)
@@ -245,7 +239,6 @@ def _collate(batch):
 def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
                   positions: list[int] | None = None) -> Iterator:
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
-    from torch.utils.data import DataLoader, Subset
 
 
     dataset = GeometricDataset(images, preprocessing)
@@ -259,7 +252,6 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
 
 def predict(loaded, images, batch_size: int = 128, workers: int = 0, device: str = "cpu") -> np.ndarray:
     """Class index predicted for every image (the model's own output)."""
-    import torch
 
     module = loaded.module.to(device).eval()
     out = []

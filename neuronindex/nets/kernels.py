@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
+import sys
 
 import numba
 import numpy as np
+import torch
 
 
 def native():
@@ -20,7 +23,6 @@ def native():
     NEURONINDEX_NATIVE=0; the numba kernels stand in for them."""
     global _native
     if _native is False:
-        import torch  # noqa: F401 - torch's libgomp first, so the kernels run on torch's threads
 
         _native = None
         if os.environ.get("NEURONINDEX_NATIVE", "1") != "0":
@@ -31,7 +33,6 @@ def native():
                 module = None
             runtimes = openmp_runtimes()
             if module is not None and not shares_torch_openmp(runtimes, os.path.dirname(torch.__file__)):
-                import sys
 
                 print(f"warning: the native pass-1 kernels would run on a second OpenMP runtime ({', '.join(runtimes)}) "
                       "beside torch's; using the numba kernels (same results, slower pass 1). Rebuild neuronindex "
@@ -57,7 +58,6 @@ def shares_torch_openmp(runtimes: list[str], torch_dir: str) -> bool:
 
 def openmp_runtimes() -> list[str]:
     """The OpenMP runtime libraries mapped into this process (Linux; [] where that cannot be read)."""
-    import re
 
     try:
         with open("/proc/self/maps") as maps:
@@ -79,7 +79,6 @@ def row_stride(a: np.ndarray, dtype, shape) -> int:
 def map_layout(acts) -> tuple:
     """(1, acts) for a channels-last map, else (0, its channels-first contiguous copy or itself):
     the layout argument and the tensor the native reduction reads."""
-    import torch
 
     last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
     return (1, acts) if last else (0, acts.contiguous())

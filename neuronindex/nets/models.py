@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
 
 from neuronindex.errors import ModelError, UsageError, did_you_mean
 
@@ -70,7 +74,6 @@ class Preprocessing:
 
     def geometric(self, image):
         """PIL RGB image -> PIL RGB image of exactly input_size, as the model sees it."""
-        from PIL import Image
 
         h, w = self.input_size
         if self.geometry == "resize":
@@ -112,7 +115,6 @@ class Preprocessing:
 
     def _standardise(self, x):
         """(B, 3, H, W) in pixel scale, RGB -> the model's channel order, (x - mean) / std."""
-        import torch
 
         if self.channel_order == "bgr":
             x = x.flip(1)
@@ -162,8 +164,6 @@ def state_fingerprint(module) -> str:
 # ---------------------------------------------------------------- CIFAR ResNets (He et al. 2016)
 
 def _cifar_resnet(depth: int):
-    import torch.nn as nn
-    import torch.nn.functional as F
 
     class ShortcutA(nn.Module):
         """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""
@@ -219,7 +219,6 @@ def _cifar_resnet(depth: int):
 # ---------------------------------------------------------------- checkpoints
 
 def read_state_dict(path: str | Path) -> dict:
-    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -290,7 +289,6 @@ def load_model(
 
 
 def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
-    import torch
 
     try:
         depth = int(spec[len("cifar-resnet"):])
@@ -309,7 +307,6 @@ def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
-    import torch
     import torchvision.models as tvm
 
     arch = spec.split(":", 1)[1]
@@ -354,7 +351,6 @@ def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
 
 def _load_timm(spec: str, weights: str | None) -> LoadedModel:
     """timm:NAME[?key=value&...]: keyword arguments go to timm.create_model (`output_stride=8` dilates)."""
-    import torch
 
     try:
         import timm
@@ -389,7 +385,6 @@ def _load_timm(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
-    import torch
 
     path = Path(spec.split(":", 1)[1])
     if not path.is_file():
@@ -405,7 +400,6 @@ def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_python(spec: str, weights: str | None) -> LoadedModel:
-    import torch.nn as nn
 
     target = spec.split(":", 1)[1]
     if ":" not in target:

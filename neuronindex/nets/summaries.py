@@ -7,6 +7,7 @@ through the compiled kernels (`kernels`), elsewhere through torch reductions (`s
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from neuronindex.nets import kernels
 
@@ -20,7 +21,6 @@ def summarize(acts, threshold):
     W). On the CPU one compiled pass over the map (in its own memory layout) takes all three
     (`summarize_into`); elsewhere torch reductions do (`summarize_torch`).
     """
-    import torch
 
     if acts.device.type != "cpu" or acts.dtype != torch.float32 or acts.numel() == 0:
         return summarize_torch(acts, threshold)
@@ -35,7 +35,6 @@ def summarize(acts, threshold):
 def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
-    import torch
 
     B, C, H, W = acts.shape
     lib = kernels.native()
@@ -83,7 +82,6 @@ class Summaries:
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
         self.lib = None
         if self.spatial_means:
-            import torch
 
             self.means = torch.empty((batch, int(self.starts[-1])), dtype=torch.float64, device=threshold.device)
         if not self.compiled:
@@ -103,7 +101,6 @@ class Summaries:
             if self.lib is not None:
                 # the native kernel writes layer i's columns from these addresses on; add() only
                 # offsets them (the Python around 55 kernel calls is otherwise ~1% of a forward)
-                import torch
 
                 self.addresses = [a.__array_interface__["data"][0] for a in (self.bar, self.values, self.loc, self.firing)]
                 self.threads = torch.get_num_threads()
@@ -129,7 +126,6 @@ class Summaries:
         only, while the map is still at hand."""
         if self.low_bar is None:
             return
-        import torch
 
         s, e = self.starts[i], self.starts[i + 1]
         values = self.values[:, s:e] if self.compiled else self.parts[i][0].float().cpu().numpy()
@@ -140,7 +136,6 @@ class Summaries:
 
     def low_locations(self):
         """(B, channels) flat location of the maximum for pairs that can enter a bottom list, -1 elsewhere."""
-        import torch
 
         return None if self.low_loc is None else torch.from_numpy(self.low_loc)
 
@@ -148,7 +143,6 @@ class Summaries:
         """relu(x), summarised as layer i's map, and returned: the native kernel rectifies and
         summarises in one read of x (a ReLU's output is otherwise written, then read back).
         inplace: rectify x itself, as an in-place ReLU does, and return it."""
-        import torch
 
         if self.lib is not None:
             last, dense = kernels.map_layout(x)
@@ -164,7 +158,6 @@ class Summaries:
     def _native(self, i: int, acts, out) -> bool:
         """Layer i's map summarised by the native kernel (rectified into `out` first, unless None);
         False where another path must do it."""
-        import torch
 
         s, e = self.starts[i], self.starts[i + 1]
         B, C, H, W = acts.shape
@@ -186,7 +179,6 @@ class Summaries:
             self.means[:, s:e] = acts.mean(dim=(2, 3))  # float32 sums: exact to ~1e-7 relative
 
     def result(self) -> tuple:
-        import torch
 
         if self.compiled:
             return tuple(torch.from_numpy(a) for a in (self.values, self.firing, self.loc, self.per_image, self.width))
@@ -199,7 +191,6 @@ def summarize_torch(acts, threshold):
     Taking the argmax of every map costs several times an amax, so only pairs that can still
     enter a top list get one.
     """
-    import torch
 
     B, C, H, W = acts.shape
     # sign() then a float sum: several times faster than reducing a boolean mask; float32 counts
@@ -226,7 +217,6 @@ def summarize_torch(acts, threshold):
 
 def combine(summaries: list) -> tuple:
     """One summary over the channels of several layers (concatenated in order)."""
-    import torch
 
     vals = torch.cat([s[0] for s in summaries], 1)
     firing = torch.cat([s[1].double() for s in summaries])

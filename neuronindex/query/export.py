@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import base64
 import html
+import io
+import sys
 from pathlib import Path
+
+import pyarrow.parquet as pq
+from PIL import Image
 
 from neuronindex.errors import UsageError
 from neuronindex.formats import FORMATS, render
@@ -96,9 +101,7 @@ def separated(sprite: bytes | None, gap: int = 3, per_row: int = 8, most: int = 
     `most`, each `side` pixels, nearest-neighbour) with a white gap between crops."""
     if not sprite:
         return sprite
-    import io
 
-    from PIL import Image
 
     with Image.open(io.BytesIO(sprite)) as im:
         im = im.convert("RGB")
@@ -132,7 +135,6 @@ def export(con, rows: list[dict], fmt: str, path: str | Path, title: str, contex
     data = contact_sheet(con, rows, title, context) if fmt == "html" else render(rows, fmt)
     data = data if isinstance(data, bytes) else data.encode()
     if str(path) == "-":  # standard output, as `-o -` means to every Unix tool
-        import sys
 
         sys.stdout.buffer.write(data)
         sys.stdout.flush()
@@ -143,7 +145,6 @@ def export(con, rows: list[dict], fmt: str, path: str | Path, title: str, contex
 
 def dump(con, folder: str | Path) -> list[str]:
     """Every table as FOLDER/<table>.parquet."""
-    import pyarrow.parquet as pq
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

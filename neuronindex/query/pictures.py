@@ -24,6 +24,8 @@ decoded-image cache; the service caches the PNGs per index version.
 from __future__ import annotations
 
 import numpy as np
+import torch
+from PIL import Image, ImageDraw
 
 from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.nets.extract import redirect_relus, relu_function
@@ -68,7 +70,6 @@ def _seen(idx, e: dict) -> np.ndarray:
 def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, dict]:
     """(the unit's activation map on the rank-th image, (H', W') float32; the stored entry). The
     layer's maps of an image are computed once per opened index (its other units reuse them)."""
-    import torch
 
     e = _entry(idx, key, rank, side)
     seen = _seen(idx, e)
@@ -107,7 +108,6 @@ def context(idx, key: str, rank: int = 1, side: str = "top", alpha: float = 0.55
     """The whole rank-th image with the unit's heatmap (activation / a_max, clipped to [0, 1]) and
     its receptive field drawn; a PIL RGB image at the model's input size."""
     from matplotlib import colormaps
-    from PIL import Image, ImageDraw
 
     amap, e = unit_map(idx, key, rank, side)
     seen = _seen(idx, e)
@@ -181,7 +181,6 @@ def _rule_module(idx, e: dict, rule: str):
 def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet") -> tuple[np.ndarray, dict]:
     """(the projection of the unit's activation at its stored location back to the input, (H, W, 3)
     float (gradient with respect to the 0..1 RGB image); the stored entry)."""
-    import torch
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; use deconvnet, guided or backprop")
@@ -201,7 +200,6 @@ def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: 
 def reconstruction(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
     """The reconstruction as a PIL RGB image: cropped to the receptive field (whole=False; grey
     outside the image) or over the whole input; grey is zero, 0.5 + 0.5 g / max|g| per channel."""
-    from PIL import Image
 
     g, e = reconstruction_array(idx, key, rank, side, rule)
     peak = float(np.abs(g).max())

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 import duckdb
+from duckdb_engine import Dialect
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
 from neuronindex import store
@@ -328,7 +329,6 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
 
 def _dialect():
     """SQLAlchemy's DuckDB dialect (duckdb_engine), with `?` parameters as DuckDB's Python API binds them."""
-    from duckdb_engine import Dialect
 
     return Dialect(paramstyle="qmark")
 

@@ -35,9 +35,10 @@ more pass (`units_pass`) forwards every image to the deepest layer with directio
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
+import torch
 
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
@@ -296,7 +297,6 @@ def valid_name(name: str) -> str:
 class Projector:
     """Appends each layer's direction maps to its map: (B, C, H, W) -> (B, C + D, H, W)."""
     def __init__(self, nodes: list[str], directions: list):
-        import torch
 
         self.by_node = {}
         for node, d in zip(nodes, directions):
@@ -309,7 +309,6 @@ class Projector:
 
     def project(self, node: str, a):
         """The direction maps (B, D, H, W) of a layer's map a."""
-        import torch
 
         w, b = self.by_node[node]
         w, b = w.to(a.device, a.dtype), b.to(a.device, a.dtype)
@@ -317,7 +316,6 @@ class Projector:
 
     def extend_vectors(self, node: str, v):
         """Vectors (n, C) of a layer's channels -> (n, C + D) with its direction values appended."""
-        import torch
 
         if node not in self.by_node:
             return v
@@ -325,7 +323,6 @@ class Projector:
         return torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
 
     def extend(self, maps: dict) -> dict:
-        import torch
 
         return {n: torch.cat([m, self.project(n, m)], 1) if n in self.by_node else m for n, m in maps.items()}
 
@@ -341,7 +338,6 @@ def extended_field(f, d: int):
 
 def extended_selections(selections, directions):
     """Selections whose layers hold C + D units (channels, then directions) for pass 2 and the indexes."""
-    from dataclasses import replace
 
     out = []
     for sel, d in zip(selections, directions):

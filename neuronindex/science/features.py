@@ -19,14 +19,20 @@ any index is unaffected.)
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import functools
 import io
+import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numba
 import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
 
 from neuronindex.nets.extract import Extractor, image_batches
 
@@ -75,7 +81,6 @@ class NeuronFeature:
 
 
 def nf_png(nf: np.ndarray, valid: np.ndarray) -> bytes:
-    from PIL import Image
 
     rgba = np.concatenate([np.clip(np.rint(nf), 0, 255).astype(np.uint8),
                            (valid * 255).astype(np.uint8)[..., None]], axis=2)
@@ -85,7 +90,6 @@ def nf_png(nf: np.ndarray, valid: np.ndarray) -> bytes:
 
 
 def png_bytes(array: np.ndarray) -> bytes:
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "PNG", compress_level=PNG_LEVEL)
@@ -168,7 +172,6 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     `partial` the unfinished `Canvases` come back instead, to be merged (`Canvases.merge`) and
     finished (`finish_canvases`) where all parts meet.
     """
-    from tqdm import tqdm
 
 
     lo, hi = neurons if neurons is not None else (0, plan.n_neurons)
@@ -244,7 +247,6 @@ class StoredFeature:
 def encode(features: list, threads: int | None = None) -> list:
     """NeuronFeatures -> StoredFeatures (None stays None), PNGs encoded on every core (zlib releases
     the GIL: SqueezeNet's 2,656 NFs and sprites take 18 s on one)."""
-    import os
 
     def one(f):
         if f is None:
@@ -273,8 +275,6 @@ def _malloc_trim():
     """glibc's malloc_trim (a no-op elsewhere): gives freed heap pages back to the system. glibc
     keeps them otherwise, and the re-forwards of the pass-2 callbacks free large maps every batch:
     cifar-resnet56 all-conv peaked at 5.9 GB resident instead of 3.3 GB of live memory."""
-    import ctypes
-    import ctypes.util
 
     try:
         return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
@@ -352,7 +352,6 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     sees in a full-size input (`crop_geometry`). Where that smaller forward fails (a model that
     needs its full input size) the full input is used; both give the same value.
     """
-    from tqdm import tqdm
 
 
     out = np.full(len(owners), np.nan)
@@ -407,7 +406,6 @@ def crop_geometry(layer, input_size, full: bool = False) -> dict:
 
 def _nf_forward(extractor, layer, chunk, owners, features, preprocessing, geometry) -> np.ndarray:
     """The activations of `chunk`'s neurons, each on its NF placed in the geometry's window."""
-    import torch
 
     oy, ox = geometry["origin"]
     h, w = geometry["size"]

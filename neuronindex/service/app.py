@@ -5,7 +5,12 @@ import json
 import os
 from urllib.parse import quote
 
+import uvicorn
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import RedirectResponse
 
 from neuronindex.errors import NeuronIndexError, UsageError
 from neuronindex.service import routes_api, routes_pages
@@ -53,7 +58,6 @@ class Guard:
                 if guessing:
                     self.throttle.failed(client)
                 if scope["method"] == "GET" and not scope["path"].startswith(("/api/", "/openapi")):
-                    from starlette.responses import RedirectResponse
 
                     here = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
                     problem = RedirectResponse(f"{LOGIN}?next={quote(here, safe='')}", status_code=303)
@@ -77,7 +81,6 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     every limit and default the service and its index use; the other arguments, when given,
     override the matching setting (max_upload, serve_threads, serve_heavy, serve_queue,
     response_cache, serve_duckdb_threads)."""
-    from fastapi_offline import FastAPIOffline
 
     # the API docs (/docs, /redoc) with their scripts served from the package: they work offline
     app = FastAPIOffline(title="neuronindex", description="What every neuron of a CNN responds to, and which respond to this.",
@@ -105,8 +108,6 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     async def unexpected(_request, exc: Exception):  # no stack traces to clients
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-    from fastapi.exceptions import RequestValidationError
-    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
@@ -138,7 +139,6 @@ def serve(directory, host: str = "127.0.0.1", port: int = 8000, token: str | Non
           **connection_limits) -> None:
     """Run the service (uvicorn). `connection_limits`: header_timeout, body_timeout,
     max_connections, max_client_connections (default: the settings)."""
-    import uvicorn
 
     set_limits(**connection_limits)
     if host not in ("127.0.0.1", "localhost", "::1") and not token:

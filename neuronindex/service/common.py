@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import json
@@ -22,8 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
+from PIL import Image
 
 from neuronindex.api import Index
 from neuronindex.cache import LRU
@@ -262,7 +266,6 @@ def direction_payload(idx, n) -> dict | None:
     d = n.direction()
     if d is None:
         return None
-    import numpy as np
 
     u = np.asarray(d.pop("vector"), dtype=float)
     d.pop("weights")
@@ -283,7 +286,6 @@ def decode_upload(data: bytes, settings: Settings | None = None):
     the scale (sx, sy) from its pixels to the reduced ones. Memory is bounded before decoding: a
     JPEG is decoded at a reduced scale (DCT scaling), any other format is refused from its header
     above `upload_max_pixels`; the freed decode buffers are handed back to the system."""
-    from PIL import Image
 
 
     settings = settings or Settings()
@@ -311,7 +313,6 @@ def decode_upload(data: bytes, settings: Settings | None = None):
 
 def _reduced(im, side: int):
     """The image with its longest side at most `side`: a box filter by a whole factor, then a resize."""
-    from PIL import Image
 
     if max(im.size) <= side:
         return im
@@ -329,8 +330,6 @@ def _reduced(im, side: int):
 def _give_back_memory() -> None:
     """glibc keeps freed heap pages for reuse; hand them back so one large upload does not leave
     the server hundreds of MB larger (no-op elsewhere)."""
-    import ctypes
-    import ctypes.util
 
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

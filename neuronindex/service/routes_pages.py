@@ -2,9 +2,12 @@
 (on a worker thread, through `common.answer`, like them)."""
 from __future__ import annotations
 
+import hmac
+import math
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from neuronindex.errors import NeuronIndexError, NotFoundError, UsageError, did_you_mean
@@ -22,7 +25,6 @@ HTML = "text/html; charset=utf-8"
 def num(value) -> str:
     """A number as a page shows it: three significant digits, thousands whole with separators;
     an empty value as a dash, a flag as yes / no."""
-    import math
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "\u2014"
@@ -42,7 +44,6 @@ def num(value) -> str:
 def fixed(value, digits: int = 3, sign: bool = False) -> str:
     """A number with a fixed number of decimals; an empty value (an index built without WordNet,
     an isolated class) as a dash instead of a failed page."""
-    import math
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "\u2014"
@@ -96,7 +97,6 @@ async def page(request: Request, name: str, make) -> object:
     """Render template `name` with make(index)'s context; image URLs carry the version tag `v`.
     A page that cannot be made (unknown neuron, bad parameter) is an HTML page saying why, with
     the error's status: a browser never shows raw JSON."""
-    from fastapi.responses import HTMLResponse
 
     def render(idx):
         return TEMPLATES.get_template(name).render({"v": idx.version.tag, **make(idx)})
@@ -117,7 +117,6 @@ async def page(request: Request, name: str, make) -> object:
 @router.get("/login")
 async def login_form(request: Request, next: str = "/"):
     """The gallery's login form (only when the service runs with --token)."""
-    from fastapi.responses import HTMLResponse, RedirectResponse
 
     if request.app.state.token is None:
         return RedirectResponse(_local(next), status_code=303)
@@ -126,9 +125,7 @@ async def login_form(request: Request, next: str = "/"):
 @router.post("/login")
 async def login(request: Request):
     """Check the token (constant time) and set the session cookie: HttpOnly, SameSite=Strict."""
-    import hmac
 
-    from fastapi.responses import HTMLResponse, RedirectResponse
 
     form = await request.form()
     token, target = str(form.get("token", "")), _local(str(form.get("next", "/")))
@@ -149,7 +146,6 @@ async def login(request: Request):
 @router.post("/logout")
 async def logout(request: Request):
     """Only by POST from this site's own pages (the guard checks the origin)."""
-    from fastapi.responses import RedirectResponse
 
     out = RedirectResponse("/login", status_code=303)
     out.delete_cookie(COOKIE, path="/")

@@ -11,6 +11,7 @@ import contextlib
 import os
 import re
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,7 +41,6 @@ CATALOG = "idx"
 def reader_config(memory_limit: str | None = None, temp_limit: str | None = None, threads: int | None = None) -> dict:
     """DuckDB settings of a reader's in-memory instance: no extension installs, bounded memory and
     spill (to a private folder under the system's temp directory, not beside the index)."""
-    import tempfile
 
     return {"autoinstall_known_extensions": False, "autoload_known_extensions": False,
             "memory_limit": memory_limit or default("reader_memory_limit"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 
 
 def color_sqrt(pixels: np.ndarray | None) -> np.ndarray:
@@ -54,14 +55,12 @@ class _Image:
 
 def _noise(shape, gens, sd):
     """One seeded draw per image (each image's own generator: its result does not depend on the batch)."""
-    import torch
 
     return torch.stack([torch.randn(*shape, generator=g) for g in gens]) * sd
 
 
 class FourierImage(_Image):
     def __init__(self, b, h, w, color, decay, sd, gens, start=None):
-        import torch
 
         self.h, self.w = h, w
         fy = torch.fft.fftfreq(h)[:, None]
@@ -78,7 +77,6 @@ class FourierImage(_Image):
             self.p = torch.view_as_real(spec).contiguous().requires_grad_()
 
     def rgb(self):
-        import torch
 
         spec = torch.view_as_complex(self.p) * self.scale
         x = torch.fft.irfft2(spec, s=(self.h, self.w), norm="ortho") / 4
@@ -87,7 +85,6 @@ class FourierImage(_Image):
 
 class PixelImage(_Image):
     def __init__(self, b, h, w, sd, gens, start=None):
-        import torch
 
         if start is None:
             self.p = _noise((3, h, w), gens, sd).requires_grad_()
@@ -95,12 +92,10 @@ class PixelImage(_Image):
             self.p = torch.logit(start.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_()
 
     def rgb(self):
-        import torch
 
         return torch.sigmoid(self.p)
 
     def blur(self, sigma: float) -> None:
-        import torch
         from torchvision.transforms.functional import gaussian_blur
 
         k = max(3, 2 * math.ceil(3 * sigma) + 1)
@@ -123,7 +118,6 @@ class RawImage(PixelImage):
         return self.p
 
     def clip(self) -> None:
-        import torch
 
         with torch.no_grad():
             self.p.clamp_(0, 1)

@@ -4,12 +4,15 @@ transformations, regularised), the differentiable forward it runs, and what is m
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
+from PIL import Image
 
 from neuronindex.errors import UsageError
 from neuronindex.nets.extract import Extractor
@@ -129,7 +132,6 @@ def optimise(forward, objective, b: int, size, params: VizParams, color, start=N
     forward(x01 (B, 3, h, w) float in [0, 1]) -> {node: map} with autograd; params resolved;
     start: None (noise) or (B, 3, h, w) in [0, 1]; seeds: one per image (default: params.seed + i),
     for its noise and its transformations. Deterministic for given seeds."""
-    import torch
 
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else [int(params.seed) + i for i in range(b)]
@@ -229,9 +231,7 @@ def color_stats(image: np.ndarray, box=None) -> tuple:
 
 
 def png(image: np.ndarray) -> bytes:
-    import io
 
-    from PIL import Image
 
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG", compress_level=3)
