@@ -13,7 +13,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 from PIL import Image, ImageDraw
 
 from neuronindex.checks import check_k, unit_kinds
@@ -364,6 +363,8 @@ class Index(Reader):
         each unit comes once, with its nearest crop and `crops`, how many of its crops were among
         the nearest (`per_unit=False`: every crop). Inputs are checked before the model is loaded.
         """
+        import torch
+
 
 
         if mode not in ("embedding", "response"):

@@ -22,8 +22,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn as nn
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
@@ -84,6 +82,8 @@ def write_images(root: Path, per_class: int, seed: int) -> Path:
 
 def demo_cnn():
     """The demo's small VGG-style CNN (random weights; the demo trains it)."""
+    import torch.nn as nn
+
 
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
@@ -111,6 +111,8 @@ def _arrays(root: Path):
 
 
 def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: int, progress: bool = True) -> float:
+
+    import torch
 
     torch.manual_seed(seed)
     model = demo_cnn()

@@ -6,7 +6,6 @@ import time
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from neuronindex import store
 from neuronindex.errors import IndexNotFoundError, UsageError
@@ -107,6 +106,8 @@ def publish_hierarchy(index_dir, model: str | None = None, layer: str | None = N
 def image_vectors(idx, model: str, layer_row: dict, images: list[tuple[int, str, str]], pooling: str,
                   batch_size: int = 32) -> np.ndarray:
     """(images, channels) pooled feature vectors of a layer, by one forward of the images."""
+    import torch
+
 
     net = idx.network(model, layer_row["name"])
     pre = net.loaded.preprocessing

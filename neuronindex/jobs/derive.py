@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from neuronindex.jobs.publish import StoredIngest
 from neuronindex.nets.extract import Extractor
@@ -157,6 +156,8 @@ class Reforward:
 
     def __call__(self, batch, local, entries):
 
+        import torch
+
         entries, local = self.entries(entries, local)
         if len(entries) == 0:
             return
@@ -284,6 +285,8 @@ class GreyResponses(Reforward):
         return entries[use], local[use]
 
     def images(self, batch):
+
+        import torch
 
         luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
         return luminance[..., None].expand(*luminance.shape, 3).contiguous()

@@ -26,7 +26,6 @@ import shutil
 import time
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from neuronindex.errors import NeuronIndexError, UsageError
@@ -65,6 +64,8 @@ def _ray():
 
 def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     """Pass 1 over shard `shard` of `shards` of the run described by `meta`: its state as .npz bytes."""
+    import torch
+
 
 
     torch.set_num_threads(max(1, threads))
@@ -78,6 +79,8 @@ def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], s
     canvases and sprites, and with `owners` (the plan's (layer, channel) per neuron: the re-forwards
     run) the greyscale responses (per plan entry, NaN where this part saw none) and the patch
     vectors [(entries, vectors, layer)] of its top crops."""
+    import torch
+
 
 
     class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from neuronindex import store
@@ -202,6 +201,8 @@ def new_state(run: Run) -> Pass1State:
 def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bool = True, checkpoint=None,
           checkpoint_seconds: float = 120.0) -> Pass1State:
     """Stream the run's images (from batch `done` on) through the model into the pass-1 state."""
+    import torch
+
 
 
     state = state if state is not None else new_state(run)

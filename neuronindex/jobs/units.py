@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import fields
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from neuronindex.nets.extract import Extractor, image_batches
@@ -29,6 +28,8 @@ def units_pass(run, directions: list, progress: bool = True) -> list[dict | None
     Returns, per layer, the direction units' results (the keys of `LayerStats.result`, with
     `bottom_*` from the negated maps, `act_min` and `pooled_var`), or None.
     """
+    import torch
+
 
 
     p = run.params

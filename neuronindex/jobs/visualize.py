@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from neuronindex import store
@@ -212,6 +211,8 @@ def _output_index(name: str, names: list[str]) -> int:
 
 def _n_outputs(m: _Model) -> int:
 
+    import torch
+
     if m.n_outputs is None:
         h, w = m.loaded.preprocessing.input_size
         with torch.no_grad():
@@ -221,6 +222,8 @@ def _n_outputs(m: _Model) -> int:
 
 def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
     """One batch of one layer's units: optimised, measured, as rows for `visualizations`."""
+    import torch
+
 
 
     C = layer.channels
@@ -393,6 +396,8 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     its maximum), and the first step at which the model predicts the target (`flip_step`). Options
     default to `start_params` (plain pixels, small steps, no transformations). `output`: also write
     the image and OUTPUT-diff.png."""
+    import torch
+
 
 
     if objective not in ("class", "prob"):

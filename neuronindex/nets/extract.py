@@ -15,8 +15,6 @@ import functools
 from collections.abc import Iterator
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Subset
 
 from neuronindex.data import GeometricDataset
 from neuronindex.errors import UsageError
@@ -36,6 +34,8 @@ class Extractor:
     def __init__(self, loaded, nodes: list[str], device: str = "cpu", amp: bool = False, projector=None):
         """projector (directions.Projector): each map it knows comes back with its direction maps
         appended after the channels (a direction is a unit whose map is a projection)."""
+        import torch
+
 
         self.loaded = loaded
         self.projector = projector if projector else None
@@ -70,6 +70,8 @@ class Extractor:
         spatial mean per (image, channel), then read with `spatial_means()`. low_threshold: the
         bottom lists' k-th lowest values; pairs at or below get their location (`low_locations()`).
         """
+        import torch
+
 
         if self._taps is None:
 
@@ -106,6 +108,8 @@ class Extractor:
         Taps inside the graph take the points as each map is made, so no map is kept or returned
         (SqueezeNet's nine maps are 1.1 GB for 64 images) and in-place activations stay in place.
         Nodes without points cost nothing but their forward."""
+        import torch
+
 
         if self._gather is None:
             wanted: dict = {}
@@ -135,6 +139,8 @@ class Extractor:
 
     def __call__(self, images_uint8) -> dict:
         """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""
+        import torch
+
 
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
@@ -160,6 +166,8 @@ class Extractor:
 
     def forward_normalized(self, x) -> dict:
         """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
+        import torch
+
 
         with torch.inference_mode():
             x = x.to(self.device)
@@ -178,6 +186,8 @@ def redirected_relu(x):
 
 def _redirected_backward(x, g):
 
+    import torch
+
     plain = torch.where(x > 0, g, torch.zeros_like(g))
     # a loss gradient g > 0 at a negative unit would lower it further: keep those at zero
     redirected = torch.where((x <= 0) & (g > 0), torch.zeros_like(g), g)
@@ -193,6 +203,8 @@ def _redirected_relu_function():
 def relu_function(name: str, backward):
     """An autograd Function computing relu(x) whose backward is backward(x, g) (the redirected
     ReLU here, the deconvnet and guided rules in pictures.py)."""
+    import torch
+
 
     class RuleReLU(torch.autograd.Function):
         @staticmethod
@@ -232,6 +244,8 @@ def redirect_relus(module, relu=None):
 
 def _collate(batch):
 
+    import torch
+
     arrays, positions, problems = zip(*batch)
     return torch.from_numpy(np.stack(arrays)), torch.tensor(positions, dtype=torch.long), list(problems)
 
@@ -239,6 +253,8 @@ def _collate(batch):
 def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
                   positions: list[int] | None = None) -> Iterator:
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
+    from torch.utils.data import DataLoader, Subset
+
 
 
     dataset = GeometricDataset(images, preprocessing)
@@ -252,6 +268,8 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
 
 def predict(loaded, images, batch_size: int = 128, workers: int = 0, device: str = "cpu") -> np.ndarray:
     """Class index predicted for every image (the model's own output)."""
+    import torch
+
 
     module = loaded.module.to(device).eval()
     out = []

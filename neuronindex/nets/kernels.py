@@ -14,13 +14,14 @@ import sys
 
 import numba
 import numpy as np
-import torch
 
 
 def native():
     """The native pass-1 kernels (`neuronindex._pass1`, built at install from _pass1.cpp), or None
     where they were not built, where they would not share torch's OpenMP runtime, or with
     NEURONINDEX_NATIVE=0; the numba kernels stand in for them."""
+    import torch
+
     global _native
     if _native is False:
 
@@ -79,6 +80,8 @@ def row_stride(a: np.ndarray, dtype, shape) -> int:
 def map_layout(acts) -> tuple:
     """(1, acts) for a channels-last map, else (0, its channels-first contiguous copy or itself):
     the layout argument and the tensor the native reduction reads."""
+    import torch
+
 
     last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
     return (1, acts) if last else (0, acts.contiguous())

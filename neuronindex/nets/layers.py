@@ -16,8 +16,6 @@ import copy
 import operator
 from dataclasses import dataclass, field
 
-import torch
-from torch.fx.passes.shape_prop import ShapeProp
 
 from neuronindex.errors import LayerError, did_you_mean
 from neuronindex.nets.receptive import Field, propagate
@@ -188,6 +186,9 @@ def _output_nodes(gm) -> dict:
 
 def _shapes(gm, size) -> dict[str, tuple]:
 
+    import torch
+    from torch.fx.passes.shape_prop import ShapeProp
+
     x = torch.zeros(1, 3, *size)
     try:
         with torch.no_grad():
@@ -277,6 +278,8 @@ class ScriptTaps:
 
     def __init__(self, module):
 
+        import torch
+
         graph = module.forward.graph.copy()
         taps: dict[str, object] = {}
         for node in graph.nodes():
@@ -308,6 +311,8 @@ class ScriptTaps:
 
 def _hooked(module, size) -> ModelGraph:
     """Layers of an untraceable (TorchScript) model: its top-level submodules with 4-D outputs."""
+    import torch
+
 
     taps = ScriptTaps(module)
     with torch.no_grad():

@@ -26,9 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from PIL import Image
 
 from neuronindex.errors import ModelError, UsageError, did_you_mean
@@ -115,6 +112,8 @@ class Preprocessing:
 
     def _standardise(self, x):
         """(B, 3, H, W) in pixel scale, RGB -> the model's channel order, (x - mean) / std."""
+        import torch
+
 
         if self.channel_order == "bgr":
             x = x.flip(1)
@@ -164,6 +163,9 @@ def state_fingerprint(module) -> str:
 # ---------------------------------------------------------------- CIFAR ResNets (He et al. 2016)
 
 def _cifar_resnet(depth: int):
+
+    import torch.nn as nn
+    import torch.nn.functional as F
 
     class ShortcutA(nn.Module):
         """Option A: subsample by 2 and zero-pad the new channels (no parameters)."""
@@ -219,6 +221,8 @@ def _cifar_resnet(depth: int):
 # ---------------------------------------------------------------- checkpoints
 
 def read_state_dict(path: str | Path) -> dict:
+
+    import torch
 
     path = Path(path)
     if not path.is_file():
@@ -290,6 +294,8 @@ def load_model(
 
 def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
 
+    import torch
+
     try:
         depth = int(spec[len("cifar-resnet"):])
     except ValueError:
@@ -307,6 +313,8 @@ def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
+    import torch
+
     import torchvision.models as tvm
 
     arch = spec.split(":", 1)[1]
@@ -351,6 +359,8 @@ def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
 
 def _load_timm(spec: str, weights: str | None) -> LoadedModel:
     """timm:NAME[?key=value&...]: keyword arguments go to timm.create_model (`output_stride=8` dilates)."""
+    import torch
+
 
     try:
         import timm
@@ -386,6 +396,8 @@ def _load_timm(spec: str, weights: str | None) -> LoadedModel:
 
 def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
 
+    import torch
+
     path = Path(spec.split(":", 1)[1])
     if not path.is_file():
         raise ModelError(f"TorchScript file {path} does not exist")
@@ -400,6 +412,8 @@ def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_python(spec: str, weights: str | None) -> LoadedModel:
+
+    import torch.nn as nn
 
     target = spec.split(":", 1)[1]
     if ":" not in target:

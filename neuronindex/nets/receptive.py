@@ -17,7 +17,6 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch.nn as nn
 
 
 @dataclass
@@ -221,6 +220,8 @@ def propagate(gm, shapes: dict[str, tuple], reasons: dict[str, str] | None = Non
     effect is not understood gets None, and so does everything computed from it; `reasons`, when
     given, receives for each such node the operation that stopped the propagation.
     """
+    import torch.nn as nn
+
 
     reasons = reasons if reasons is not None else {}
     modules = dict(gm.named_modules())

@@ -7,7 +7,6 @@ through the compiled kernels (`kernels`), elsewhere through torch reductions (`s
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from neuronindex.nets import kernels
 
@@ -21,6 +20,8 @@ def summarize(acts, threshold):
     W). On the CPU one compiled pass over the map (in its own memory layout) takes all three
     (`summarize_into`); elsewhere torch reductions do (`summarize_torch`).
     """
+    import torch
+
 
     if acts.device.type != "cpu" or acts.dtype != torch.float32 or acts.numel() == 0:
         return summarize_torch(acts, threshold)
@@ -35,6 +36,8 @@ def summarize(acts, threshold):
 def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
+    import torch
+
 
     B, C, H, W = acts.shape
     lib = kernels.native()
@@ -76,6 +79,8 @@ class Summaries:
         """Start a batch of `batch` images; threshold (channels,) is the combined k-th value;
         low_threshold (channels,), if given, the k-th lowest value of the bottom lists: pairs at or
         below it get the location of their maximum too (`low_locations`)."""
+        import torch
+
         self.threshold = threshold
         self.low_bar = None if low_threshold is None else low_threshold.float().cpu().numpy()
         self.low_loc = None if low_threshold is None else np.full((batch, int(self.starts[-1])), -1, dtype=np.int64)
@@ -124,6 +129,8 @@ class Summaries:
         """Locations (first maximum) of the pairs that can enter a bottom list: values at or below
         the channel's k-th lowest. Few once the lists fill, so a gather and an argmax of those maps
         only, while the map is still at hand."""
+        import torch
+
         if self.low_bar is None:
             return
 
@@ -136,6 +143,8 @@ class Summaries:
 
     def low_locations(self):
         """(B, channels) flat location of the maximum for pairs that can enter a bottom list, -1 elsewhere."""
+        import torch
+
 
         return None if self.low_loc is None else torch.from_numpy(self.low_loc)
 
@@ -143,6 +152,8 @@ class Summaries:
         """relu(x), summarised as layer i's map, and returned: the native kernel rectifies and
         summarises in one read of x (a ReLU's output is otherwise written, then read back).
         inplace: rectify x itself, as an in-place ReLU does, and return it."""
+        import torch
+
 
         if self.lib is not None:
             last, dense = kernels.map_layout(x)
@@ -158,6 +169,8 @@ class Summaries:
     def _native(self, i: int, acts, out) -> bool:
         """Layer i's map summarised by the native kernel (rectified into `out` first, unless None);
         False where another path must do it."""
+        import torch
+
 
         s, e = self.starts[i], self.starts[i + 1]
         B, C, H, W = acts.shape
@@ -180,6 +193,8 @@ class Summaries:
 
     def result(self) -> tuple:
 
+        import torch
+
         if self.compiled:
             return tuple(torch.from_numpy(a) for a in (self.values, self.firing, self.loc, self.per_image, self.width))
         return combine(self.parts)
@@ -191,6 +206,8 @@ def summarize_torch(acts, threshold):
     Taking the argmax of every map costs several times an amax, so only pairs that can still
     enter a top list get one.
     """
+    import torch
+
 
     B, C, H, W = acts.shape
     # sign() then a float sum: several times faster than reducing a boolean mask; float32 counts
@@ -217,6 +234,8 @@ def summarize_torch(acts, threshold):
 
 def combine(summaries: list) -> tuple:
     """One summary over the channels of several layers (concatenated in order)."""
+    import torch
+
 
     vals = torch.cat([s[0] for s in summaries], 1)
     firing = torch.cat([s[1].double() for s in summaries])

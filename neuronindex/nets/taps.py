@@ -13,20 +13,17 @@ TorchScript models have no fx graph: `ScriptTapped` runs them whole and feeds th
 from __future__ import annotations
 
 import copy
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+import warnings
 
 
-class SummaryTap(nn.Module):
+
+class SummaryTap:
     """After selected node `index`: its map goes to `sink.add(index, map)`; nothing flows on."""
 
     def __init__(self, index: int, sink):
-        super().__init__()
         self.index, self.sink = index, sink
 
-    def forward(self, x):
+    def __call__(self, x):
         self.sink.add(self.index, x)
 
 
@@ -38,25 +35,29 @@ class ReluSummaryTap(SummaryTap):
         super().__init__(index, sink)
         self.inplace = inplace
 
-    def forward(self, x):
+    def __call__(self, x):
         return self.sink.add_relu(self.index, x, self.inplace)
 
 
-class PointTap(nn.Module):
+class PointTap:
     """After selected node `index`: when `points[index]` holds (b, y, x) index tensors, the
     vectors x[b, :, y, x] go to `taken[index]` (float); otherwise nothing is done."""
 
     def __init__(self, index: int, points: dict, taken: dict):
-        super().__init__()
         self.index, self.points, self.taken = index, points, taken
 
-    def forward(self, x):
+    def __call__(self, x):
         at = self.points.get(self.index)
         if at is not None:
             self.taken[self.index] = x[at[0], :, at[1], at[2]].float()
 
 
-def tapped(module: nn.Module, nodes: list[str], device, make_tap, fuse_relu: bool) -> torch.fx.GraphModule:
+def run_tap(x, tap):
+    """What the graph calls after a selected node: the tap (an attribute of the graph module)."""
+    return tap(x)
+
+
+def tapped(module, nodes: list[str], device, make_tap, fuse_relu: bool):
     """A copy of `module`'s feature extractor over `nodes` with `make_tap(i, relu, inplace)` after
     selected node i, whose maps are not returned. With fuse_relu, a selected ReLU is replaced by
     its tap (relu=True), which must return the rectified map.
@@ -64,7 +65,8 @@ def tapped(module: nn.Module, nodes: list[str], device, make_tap, fuse_relu: boo
     Built from the model as it is, in-place activations included: a tap runs right after its
     node, before anything can modify that value in place, so the out-of-place copies that
     returned maps need (10% of resnet18's forward) are not needed here. torchvision's extractor
-    swaps graphs on train()/eval(), so eval mode is set before the surgery."""
+    swaps graphs on train()/eval(), so eval mode is set before the surgery. A tap is a plain object
+    held by the graph module and called through `run_tap` (a torch.fx.GraphModule results)."""
     from torchvision.models.feature_extraction import create_feature_extractor
 
     model = copy.deepcopy(module)  # its own parameters
@@ -77,13 +79,19 @@ def tapped(module: nn.Module, nodes: list[str], device, make_tap, fuse_relu: boo
     for i, name in enumerate(nodes):
         node, tap = wanted[name], f"_neuronindex_tap_{i}"
         source, inplace = relu_input(gm, node) if fuse_relu else (None, False)
-        gm.add_module(tap, make_tap(i, source is not None, inplace))
-        with graph.inserting_after(node):
-            fused = graph.call_module(tap, (node if source is None else source,))
+        setattr(gm, tap, make_tap(i, source is not None, inplace))
+        with graph.inserting_after(node), warnings.catch_warnings():
+            # a tap is neither a module nor a tensor: fx says so, and calls it all the same
+            warnings.filterwarnings("ignore", message="Attempted to insert a get_attr Node")
+            held = graph.get_attr(tap)
+        with graph.inserting_after(held):
+            fused = graph.call_function(run_tap, (node if source is None else source, held))
         if source is not None:  # the rectified map flows on to the ReLU's users
             node.replace_all_uses_with(fused)
             graph.erase_node(node)
-    graph.lint()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not reference an nn.Module")
+        graph.lint()
     gm.recompile()
     return gm
 
@@ -92,7 +100,7 @@ class ScriptTapped:
     """A TorchScript network (no fx graph) run whole, each selected node's map then given to its
     tap: the same interface as `tapped`'s graph, without the memory saving."""
 
-    def __init__(self, module, nodes: list[str], taps: list[nn.Module]):
+    def __init__(self, module, nodes: list[str], taps: list):
         self.module, self.nodes, self.taps = module, list(nodes), list(taps)
 
     def __call__(self, x):
@@ -105,6 +113,10 @@ def relu_input(gm, node) -> tuple:
     """(input, in place) of `node` when it is a ReLU of one tensor (an nn.ReLU module, torch.relu,
     F.relu or Tensor.relu), which a tap can replace, rectifying that input in place or not as the
     ReLU did; else (None, False)."""
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
     if len(node.args) != 1 or set(node.kwargs) - {"inplace"} or not hasattr(node.args[0], "users"):
         return None, False
     inplace = bool(node.kwargs.get("inplace"))

@@ -24,7 +24,6 @@ decoded-image cache; the service caches the PNGs per index version.
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from neuronindex.errors import NotFoundError, UsageError
@@ -70,6 +69,8 @@ def _seen(idx, e: dict) -> np.ndarray:
 def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, dict]:
     """(the unit's activation map on the rank-th image, (H', W') float32; the stored entry). The
     layer's maps of an image are computed once per opened index (its other units reuse them)."""
+    import torch
+
 
     e = _entry(idx, key, rank, side)
     seen = _seen(idx, e)
@@ -181,6 +182,8 @@ def _rule_module(idx, e: dict, rule: str):
 def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet") -> tuple[np.ndarray, dict]:
     """(the projection of the unit's activation at its stored location back to the input, (H, W, 3)
     float (gradient with respect to the 0..1 RGB image); the stored entry)."""
+    import torch
+
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; use deconvnet, guided or backprop")

@@ -38,7 +38,6 @@ import re
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-import torch
 
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
@@ -298,6 +297,8 @@ class Projector:
     """Appends each layer's direction maps to its map: (B, C, H, W) -> (B, C + D, H, W)."""
     def __init__(self, nodes: list[str], directions: list):
 
+        import torch
+
         self.by_node = {}
         for node, d in zip(nodes, directions):
             if d is not None and len(d):
@@ -309,6 +310,8 @@ class Projector:
 
     def project(self, node: str, a):
         """The direction maps (B, D, H, W) of a layer's map a."""
+        import torch
+
 
         w, b = self.by_node[node]
         w, b = w.to(a.device, a.dtype), b.to(a.device, a.dtype)
@@ -316,6 +319,8 @@ class Projector:
 
     def extend_vectors(self, node: str, v):
         """Vectors (n, C) of a layer's channels -> (n, C + D) with its direction values appended."""
+        import torch
+
 
         if node not in self.by_node:
             return v
@@ -323,6 +328,8 @@ class Projector:
         return torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
 
     def extend(self, maps: dict) -> dict:
+
+        import torch
 
         return {n: torch.cat([m, self.project(n, m)], 1) if n in self.by_node else m for n, m in maps.items()}
 

@@ -30,7 +30,6 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -406,6 +405,8 @@ def crop_geometry(layer, input_size, full: bool = False) -> dict:
 
 def _nf_forward(extractor, layer, chunk, owners, features, preprocessing, geometry) -> np.ndarray:
     """The activations of `chunk`'s neurons, each on its NF placed in the geometry's window."""
+    import torch
+
 
     oy, ox = geometry["origin"]
     h, w = geometry["size"]

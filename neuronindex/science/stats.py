@@ -32,7 +32,6 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import numpy as np
-import torch
 
 from neuronindex.nets import kernels, summaries
 
@@ -48,6 +47,8 @@ HIST_ZERO = HIST_SIDE
 class LayerStats:
     def __init__(self, channels: int, top_k: int = 100, curve_len: int = 400, n_classes: int = 0,
                  probe_size: int = 2048, device="cpu", spatial_means: bool = False, bottom_k: int = 0):
+
+        import torch
 
         self.channels, self.top_k, self.curve_len = channels, top_k, curve_len
         self.n_classes, self.probe_size = n_classes, probe_size
@@ -93,6 +94,8 @@ class LayerStats:
 
     def add(self, acts, ids, labels=None) -> None:
         """acts (B, C, H, W); ids (B,) image positions, increasing; labels (B,) class index or -1."""
+        import torch
+
         if acts.shape[0] == 0:
             return
 
@@ -109,6 +112,8 @@ class LayerStats:
         """Fold in one batch summarised by `summarize` (with this object's threshold); means
         (B, C): each map's spatial mean, for the class means of Morcos et al.'s CSI; low_loc (B, C):
         the flat location of the maximum of the pairs at or below `low_threshold()` (-1 elsewhere)."""
+        import torch
+
 
         vals, firing, loc, per_image, width = summary  # per_image, width: int or (C,) tensors
         B = vals.shape[0]
@@ -141,6 +146,8 @@ class LayerStats:
 
     def _update_bottom(self, vals, ids, low_loc=None, width=1) -> None:
         """Merge the batch into the running bottom lists (value ascending, then image ascending)."""
+        import torch
+
 
         if self.bottom_k == 0:
             return
@@ -170,6 +177,8 @@ class LayerStats:
 
     def _update_top(self, vals, loc, width, ids) -> None:
         """Merge the batch's candidates (loc >= 0) into the running top lists."""
+        import torch
+
 
         if self.values.device.type != "cpu":
             return self._update_top_torch(vals, loc, width, ids)
@@ -190,6 +199,8 @@ class LayerStats:
 
     def _update_top_torch(self, vals, loc, width, ids) -> None:
         """`_update_top` by sorting (any device)."""
+        import torch
+
 
         ordered = bool(ids.min() > self.last_id) and (len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
         self.last_id = max(self.last_id, int(ids.max()))
@@ -231,6 +242,8 @@ class LayerStats:
     # ------------------------------------------------------------------ merge / state
     def merge(self, other: "LayerStats") -> None:
         """Fold another run over a disjoint set of images into this one."""
+        import torch
+
 
         dev = self.mean.device
         self._fold_moments(other.count, other.mean.to(dev), other.m2.to(dev))
@@ -296,6 +309,8 @@ class LayerStats:
 
     @classmethod
     def from_state(cls, state: dict, device="cpu") -> "LayerStats":
+
+        import torch
 
         C, k, curve, n_classes, probe, count, last_id = (int(v) for v in state["meta"])
         stats = cls(C, k, curve, n_classes, probe, device)
@@ -369,6 +384,8 @@ def hist_buckets(vals):
     with e = HIST_LOW + p // 8, j = p % 8 (6.25-12.5% wide), HIST_ZERO - 1 - p its mirror -v,
     HIST_ZERO exact zero (and NaN); magnitudes below 2^HIST_LOW (about 1e-6) or from 2^-HIST_LOW
     (about 1e6) up fall into the end buckets. Exact: no rounding decides a bucket."""
+    import torch
+
 
     x = torch.nan_to_num(vals.float(), nan=0.0).contiguous()
     bits = x.view(torch.int32) & 0x7FFFFFFF
@@ -416,6 +433,8 @@ def histogram(counts: np.ndarray, lo: float | None = None, hi: float | None = No
 
 def _lexsort(values, ids):
     """Column order per row: value descending, then id ascending."""
+    import torch
+
 
     by_id = torch.sort(ids, dim=1, stable=True).indices
     v = torch.gather(values, 1, by_id)

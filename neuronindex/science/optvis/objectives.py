@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 
 def total_variation(x):
@@ -49,6 +48,8 @@ class _MapObjective:
         return [self.node]
 
     def maps(self, out):
+        import torch
+
         a = out[self.node]
         w, off = self.weights.to(a.device, a.dtype), self.offsets.to(a.device, a.dtype)
         return torch.einsum("bchw,bc->bhw", a, w) + off.view(-1, 1, 1)
@@ -117,6 +118,8 @@ class ChannelTerm(_Term):
     offset: float = 0.0
 
     def _map(self, out, b):
+        import torch
+
         a = out[self.node][b]
         return torch.einsum("chw,c->hw", a, torch.as_tensor(self.vector, dtype=a.dtype, device=a.device)) + self.offset
 
@@ -148,6 +151,8 @@ class ProbTerm(ClassTerm):
     """A class's softmax probability."""
 
     def of(self, out, b, output_node):
+        import torch
+
         return torch.softmax(out[output_node][b].flatten(), 0)[self.output]
 
 
@@ -176,6 +181,8 @@ class SumObjective:
         return list(dict.fromkeys(nodes))
 
     def value(self, out):
+        import torch
+
         values = []
         for b, terms in enumerate(self.sums):
             v = 0.0

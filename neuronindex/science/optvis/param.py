@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
 
 
 def color_sqrt(pixels: np.ndarray | None) -> np.ndarray:
@@ -55,12 +54,16 @@ class _Image:
 
 def _noise(shape, gens, sd):
     """One seeded draw per image (each image's own generator: its result does not depend on the batch)."""
+    import torch
+
 
     return torch.stack([torch.randn(*shape, generator=g) for g in gens]) * sd
 
 
 class FourierImage(_Image):
     def __init__(self, b, h, w, color, decay, sd, gens, start=None):
+
+        import torch
 
         self.h, self.w = h, w
         fy = torch.fft.fftfreq(h)[:, None]
@@ -78,6 +81,8 @@ class FourierImage(_Image):
 
     def rgb(self):
 
+        import torch
+
         spec = torch.view_as_complex(self.p) * self.scale
         x = torch.fft.irfft2(spec, s=(self.h, self.w), norm="ortho") / 4
         return torch.sigmoid(torch.einsum("ij,bjhw->bihw", self.color, x))
@@ -86,6 +91,8 @@ class FourierImage(_Image):
 class PixelImage(_Image):
     def __init__(self, b, h, w, sd, gens, start=None):
 
+        import torch
+
         if start is None:
             self.p = _noise((3, h, w), gens, sd).requires_grad_()
         else:
@@ -93,9 +100,13 @@ class PixelImage(_Image):
 
     def rgb(self):
 
+        import torch
+
         return torch.sigmoid(self.p)
 
     def blur(self, sigma: float) -> None:
+        import torch
+
         from torchvision.transforms.functional import gaussian_blur
 
         k = max(3, 2 * math.ceil(3 * sigma) + 1)
@@ -118,6 +129,8 @@ class RawImage(PixelImage):
         return self.p
 
     def clip(self) -> None:
+
+        import torch
 
         with torch.no_grad():
             self.p.clamp_(0, 1)

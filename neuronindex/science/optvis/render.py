@@ -11,7 +11,6 @@ import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from neuronindex.errors import UsageError
@@ -132,6 +131,8 @@ def optimise(forward, objective, b: int, size, params: VizParams, color, start=N
     forward(x01 (B, 3, h, w) float in [0, 1]) -> {node: map} with autograd; params resolved;
     start: None (noise) or (B, 3, h, w) in [0, 1]; seeds: one per image (default: params.seed + i),
     for its noise and its transformations. Deterministic for given seeds."""
+    import torch
+
 
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else [int(params.seed) + i for i in range(b)]

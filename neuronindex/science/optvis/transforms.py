@@ -2,14 +2,15 @@
 al. 2017): one random affine resampling per image (translation, scale, rotation)."""
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 
 
 def random_affine(x, gens, jitter: float, scale: float, rotate: float):
     """Each image of x (B, 3, h, w) translated by up to `jitter` px, scaled by 1 +- `scale` and
     rotated by up to `rotate` degrees (independent draws per image), one bilinear resampling
     reflected at the border; the size stays, so a unit keeps its place in the map."""
+    import torch
+    import torch.nn.functional as F
+
 
     b, _, h, w = x.shape
     if not (jitter or scale or rotate):
