@@ -23,6 +23,7 @@ from neuronindex.nets.extract import Extractor
 from neuronindex.science import features as features_mod
 from neuronindex.science import selectivity as sel
 from neuronindex.science.directions import Projector, extended_selections
+from neuronindex.science.stats import UnitResults
 from neuronindex.store import execute
 from neuronindex.store import vectors as vec
 from neuronindex.store.writer import insert
@@ -73,7 +74,7 @@ def local_pass2(run, plan, neurons, reforwards, progress: bool, desc: str) -> li
                                 progress=progress, neurons=neurons, on_batch=on_batch, desc=desc)
 
 
-def run_all(run, results: list[dict], progress: bool = True, timings: dict | None = None,
+def run_all(run, results: list[UnitResults], progress: bool = True, timings: dict | None = None,
             spill: Path | None = None, pass2=None) -> Derived:
     """Pass 2, NF self-response and the indexes of a run's pass-1 results. The patch vectors wait
     in files under `spill` (default: the system's temp folder) until they are written. `pass2`

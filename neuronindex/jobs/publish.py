@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from neuronindex.science.directions import extended_field
-from neuronindex.science.stats import bucket_values, histogram
+from neuronindex.science.stats import UnitResults, bucket_values, histogram
 from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert, run_many
@@ -113,7 +113,7 @@ def sync_classes(con, dataset_id: int, images) -> int:
     return len(added) + renamed
 
 
-def write_units(con, res: dict, ids, channels, key_prefix: str, model_id: int, layer_id: int, ingest_id: int,
+def write_units(con, res: UnitResults, ids, channels, key_prefix: str, model_id: int, layer_id: int, ingest_id: int,
                 f, first_image: int, label_class_ids) -> None:
     """Rows of a layer's units (neurons and directions alike): `neurons`, `topk`, `bottomk`,
     `curves`, `class_means`, `probe`. res and f (their receptive fields) hold exactly these units;
@@ -243,7 +243,7 @@ def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
         con.unregister("_dirs")
 
 
-def write_ingest(con, run, results: list[dict], derived, timings: dict, started: float) -> dict:
+def write_ingest(con, run, results: list[UnitResults], derived, timings: dict, started: float) -> dict:
 
     loaded = run.loaded
     dataset_id, first_image, class_ids = write_dataset(con, run.images)

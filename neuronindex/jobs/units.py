@@ -21,11 +21,11 @@ from neuronindex.science.stats import (
 )
 
 
-def units_pass(run, directions: list, progress: bool = True) -> list[dict | None]:
+def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults | None]:
     """One more pass over every image for what pass 1 could not know: each direction's top and
     bottom lists with locations and its statistics, as a neuron's, over its projection map.
 
-    Returns, per layer, the direction units' results (the keys of `LayerStats.result`, with
+    Returns, per layer, the direction units' UnitResults (as `LayerStats.result` gives them, with
     `bottom_*` from the negated maps, `act_min` and `pooled_var`), or None.
     """
     import torch

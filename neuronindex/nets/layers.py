@@ -16,7 +16,6 @@ import copy
 import operator
 from dataclasses import dataclass, field
 
-
 from neuronindex.errors import LayerError, did_you_mean
 from neuronindex.nets.receptive import Field, propagate
 

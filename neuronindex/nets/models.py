@@ -314,7 +314,6 @@ def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
 
 def _load_torchvision(spec: str, weights: str | None) -> LoadedModel:
     import torch
-
     import torchvision.models as tvm
 
     arch = spec.split(":", 1)[1]

@@ -16,7 +16,6 @@ import copy
 import warnings
 
 
-
 class SummaryTap:
     """After selected node `index`: its map goes to `sink.add(index, map)`; nothing flows on."""
 

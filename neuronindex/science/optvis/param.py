@@ -106,7 +106,6 @@ class PixelImage(_Image):
 
     def blur(self, sigma: float) -> None:
         import torch
-
         from torchvision.transforms.functional import gaussian_blur
 
         k = max(3, 2 * math.ceil(3 * sigma) + 1)

@@ -3,7 +3,6 @@ al. 2017): one random affine resampling per image (translation, scale, rotation)
 from __future__ import annotations
 
 
-
 def random_affine(x, gens, jitter: float, scale: float, rotate: float):
     """Each image of x (B, 3, h, w) translated by up to `jitter` px, scaled by 1 +- `scale` and
     rotated by up to `rotate` degrees (independent draws per image), one bilinear resampling
