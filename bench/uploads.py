@@ -28,10 +28,10 @@ from PIL import Image
 path, how = sys.argv[1], sys.argv[2]
 Image.MAX_IMAGE_PIXELS = None
 data = open(path, "rb").read()
-from neuronindex.service.common import decode_upload, _give_back_memory
-from neuronindex.data import _to_rgb
+from neuronindex.service.common import decode_upload, give_back_memory
+from neuronindex.data import to_rgb
 from neuronindex.errors import NeuronIndexError
-_give_back_memory()
+give_back_memory()
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -46,13 +46,13 @@ try:
     else:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            image = _to_rgb(im)
+            image = to_rgb(im)
     size = image.size
 except NeuronIndexError as exc:
     outcome, size = "refused: " + exc.message[:60], None
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 image = None
-_give_back_memory()
+give_back_memory()
 print(json.dumps({"bytes": len(data), "size": size, "outcome": outcome,
                   "peak_mb": max(0.0, peak - max(before, peak_before)), "after_mb": rss() - before}))
 """

@@ -121,8 +121,7 @@ def test_small_publish_in_place_that_fails_changes_nothing(hierarchy_index, tmp_
     import os
 
     index = _copy_index(hierarchy_index, tmp_path / "index")
-    con = duckdb.connect(":memory:")
-    store._attach(con, index / "index.duckdb")
+    con = store.connect(index)
     before = con.execute("SELECT count(*) FROM hierarchies").fetchone()[0]
     con.close()
     inode = os.stat(index / "index.duckdb").st_ino

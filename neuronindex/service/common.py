@@ -303,7 +303,7 @@ def decode_upload(data: bytes, settings: Settings | None = None):
                                  "(settings: upload_max_pixels); send a smaller image or a JPEG")
             im.load()
             rgb = to_rgb(_reduced(im, side))
-        _give_back_memory()
+        give_back_memory()
         return rgb, (rgb.size[0] / w, rgb.size[1] / h)
     except DataError as exc:
         raise UsageError(exc.message) from None
@@ -327,7 +327,7 @@ def _reduced(im, side: int):
     return im
 
 
-def _give_back_memory() -> None:
+def give_back_memory() -> None:
     """glibc keeps freed heap pages for reuse; hand them back so one large upload does not leave
     the server hundreds of MB larger (no-op elsewhere)."""
 
