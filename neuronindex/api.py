@@ -492,14 +492,14 @@ class Index(Reader):
     def context(self, key: str, rank: int = 1, side: str = "top"):
         """The rank-th top (or bottom) image of a unit whole, as the model saw it, with the unit's
         activation map over it as a heatmap (aligned by the receptive field; colour = activation /
-        a_max) and its field at the stored location boxed: a PIL RGB image (pictures.context)."""
+        a_max) and its field at the stored location boxed: a PIL RGB image (query.pictures.context)."""
 
         return context(self, key, rank, side)
 
     def reconstruction(self, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
         """The unit's activation on its rank-th image projected back to pixels (Yu et al. 2014; Zeiler &
         Fergus's deconvnet, or rule='guided' / 'backprop'), cropped to the receptive field unless
-        whole: a PIL RGB image, grey = 0 (pictures.reconstruction)."""
+        whole: a PIL RGB image, grey = 0 (query.pictures.reconstruction)."""
 
         return reconstruction(self, key, rank, side, rule, whole)
 

@@ -295,7 +295,7 @@ def ingest(model, images, layers, index_dir, *, weights=None, name=None, preproc
     """Run an ingest end to end and publish it into `index_dir`; returns a summary dict.
 
     With `state_out`, only pass 1 runs (typically on a shard) and its mergeable state is saved
-    there instead of publishing. `visualize` (visualize.VizParams): then optimise an image for
+    there instead of publishing. `visualize` (optvis.render.VizParams): then optimise an image for
     every neuron of the ingested layers (`neuronindex visualize`), published on its own.
     """
     index_dir = IndexDirectory(index_dir)

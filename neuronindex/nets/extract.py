@@ -154,7 +154,7 @@ class Extractor:
 
     def differentiable(self, x01) -> dict:
         """Float images (B, 3, H, W) RGB in [0, 1] -> {node: activation} with autograd to the input
-        (the weights stay fixed): for optimising images (visualize.py). No directions appended.
+        (the weights stay fixed): for optimising images (science/optvis). No directions appended.
 
         Every ReLU of the graph passes its gradient by `redirected_relu`: the values are ReLU's, and
         so is the gradient wherever it reaches an image at all."""
@@ -202,7 +202,7 @@ def _redirected_relu_function():
 @functools.lru_cache(maxsize=None)
 def relu_function(name: str, backward):
     """An autograd Function computing relu(x) whose backward is backward(x, g) (the redirected
-    ReLU here, the deconvnet and guided rules in pictures.py)."""
+    ReLU here, the deconvnet and guided rules in query/pictures.py)."""
     import torch
 
 
