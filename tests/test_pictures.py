@@ -114,7 +114,8 @@ def test_stored_histograms_agree_with_brute_force(edge_index):
 
 def test_context_heatmap_is_the_unit_map_aligned_by_its_field(edge_index):
     import neuronindex
-    from neuronindex.query.pictures import unit_map, upsample
+    from neuronindex.query.pictures import unit_map
+    from neuronindex.science.dissection import upsample
 
     with neuronindex.open(edge_index) as idx:
         key = "tiny_cnn/conv1/1"

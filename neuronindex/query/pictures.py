@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from neuronindex.errors import NotFoundError, UsageError
+from neuronindex.science.dissection import upsample
 from neuronindex.nets.extract import redirect_relus, relu_function
 
 RULES = ("deconvnet", "guided", "backprop")
@@ -85,24 +86,6 @@ def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, d
     if e["kind"] == "channel":
         return maps[e["channel"]], e
     return np.einsum("c,chw->hw", e["weights"], maps) + e["offset"], e
-
-
-def upsample(amap: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
-             stride: float) -> np.ndarray:
-    """A unit map (H', W') at input resolution `size` (H, W): pixel p takes the map bilinearly
-    interpolated at unit coordinate (p - (start + (field - 1) / 2)) / stride, clamped to the map."""
-    out_h, out_w = size
-    coords = []
-    for n_pix, n_units, s0, f in ((out_h, amap.shape[0], start[0], field[0]), (out_w, amap.shape[1], start[1], field[1])):
-        u = (np.arange(n_pix) - (s0 + (f - 1) / 2)) / max(stride, 1e-12)
-        coords.append(np.clip(u, 0, n_units - 1))
-    uy, ux = coords
-    y0, x0 = np.floor(uy).astype(int), np.floor(ux).astype(int)
-    y1, x1 = np.minimum(y0 + 1, amap.shape[0] - 1), np.minimum(x0 + 1, amap.shape[1] - 1)
-    fy, fx = (uy - y0)[:, None], (ux - x0)[None, :]
-    top = amap[y0][:, x0] * (1 - fx) + amap[y0][:, x1] * fx
-    bottom = amap[y1][:, x0] * (1 - fx) + amap[y1][:, x1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
 
 
 def context(idx, key: str, rank: int = 1, side: str = "top", alpha: float = 0.55):

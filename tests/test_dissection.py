@@ -1,0 +1,117 @@
+"""Network Dissection's arithmetic (science.dissection) against exact quantiles and brute force."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from neuronindex.science import dissection as d
+
+
+def test_bucket_thresholds_bound_the_exact_quantile():
+    """The threshold is the lower edge of the quantile's bucket: never above the exact top-q
+    quantile, less than one bucket (1/64 of its octave) below it, and at least a share q of the values
+    reach it; batches and merged halves count the same."""
+    rng = np.random.default_rng(0)
+    maps = np.concatenate([rng.normal(0.5, 2.0, size=(40, 3, 7, 7)),          # signed values
+                           np.maximum(rng.normal(0, 1, size=(40, 3, 7, 7)), 0)], 0).astype(np.float32)
+    maps[:, 2] = np.abs(maps[:, 2]) * 1e-3 + 3.0                               # a narrow positive unit
+    whole, halves = d.TopQuantile(3), [d.TopQuantile(3), d.TopQuantile(3)]
+    for s in range(0, 80, 9):
+        whole.add(maps[s:s + 9])
+        halves[s // 45].add(maps[s:s + 9])
+    halves[0].merge(halves[1])
+    np.testing.assert_array_equal(halves[0].counts, whole.counts)
+    for q in (0.005, 0.05, 0.5, 0.9):
+        t = whole.threshold(q)
+        for k in range(3):
+            v = np.sort(maps[:, k].ravel())[::-1]
+            exact = v[int(np.ceil(q * v.size)) - 1]  # the value at rank ceil(q n) from the top
+            assert t[k] <= exact, (q, k)
+            bound = abs(exact) / 64 + 1e-30  # one bucket: 1/64 of the value's octave
+            assert exact - t[k] < bound, (q, k, exact, t[k])
+            assert (v >= t[k]).mean() >= q
+
+
+def test_zero_and_empty_units():
+    """A unit silent on 99.9% of its positions has T = 0 at q = 0.005; a unit never seen, NaN."""
+    tq = d.TopQuantile(2)
+    a = np.zeros((10, 2, 10, 10), np.float32)
+    a[0, 0, 0, 0] = 5.0
+    tq.add(a)
+    assert tq.threshold(0.005)[0] == 0.0 and tq.threshold(0.001)[0] == pytest.approx(5.0, rel=0.011)
+    assert np.isnan(d.TopQuantile(1).threshold(0.005)[0])
+
+
+def _brute_iou(masks, annotations, category_of):
+    """IoU by definition: over the images annotated for the concept's category, |M ∩ L| / |M ∪ L|."""
+    K, C = masks[0].shape[0], len(category_of) - 1
+    out = np.zeros((K, C + 1))
+    for k in range(K):
+        for c in range(1, C + 1):
+            inter = union = 0
+            for m, ann in zip(masks, annotations):
+                if category_of[c] not in ann:
+                    continue
+                lab = np.zeros(m.shape[1:], bool)
+                for lm in ann[category_of[c]]:
+                    lab |= lm == c
+                inter += np.sum(m[k] & lab)
+                union += np.sum(m[k] | lab)
+            out[k, c] = inter / union if union else 0.0
+    return out
+
+
+def test_iou_tallies_equal_brute_force_and_merge():
+    rng = np.random.default_rng(1)
+    category_of = np.array([0, 0, 0, 1, 1, 1, 2])  # concepts 1-2: category 0, 3-5: 1, 6: 2 (image level)
+    masks, annotations = [], []
+    for i in range(12):
+        masks.append(rng.random((4, 9, 11)) < rng.uniform(0.05, 0.5))
+        ann = {}
+        if i % 3:  # some images lack category 0
+            ann[0] = [rng.choice([0, 1, 2], size=(9, 11))]
+        if i % 2 == 0:  # category 1 has two label maps (a pixel can carry two parts)
+            ann[1] = [rng.choice([0, 3, 4], size=(9, 11)), rng.choice([0, 5], size=(9, 11))]
+        if i % 4 == 1:
+            ann[2] = [np.full((9, 11), 6)]  # an image-level concept covers every pixel
+        masks.append(masks.pop())
+        annotations.append(ann)
+    whole, parts = d.IoUTally(4, category_of), [d.IoUTally(4, category_of), d.IoUTally(4, category_of)]
+    for i, (m, ann) in enumerate(zip(masks, annotations)):
+        whole.add(m, ann)
+        parts[i % 2].add(m, ann)
+    parts[0].merge(parts[1])
+    expected = _brute_iou(masks, annotations, category_of)
+    np.testing.assert_allclose(whole.iou(), expected, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(parts[0].iou(), expected, rtol=0, atol=1e-12)
+    assert (expected[:, 1:] > 0).all()  # the case exercises every concept
+
+
+def test_a_unit_that_fires_exactly_on_a_concept_has_iou_one():
+    """A planted unit: its map is high exactly on concept 2's pixels. Thresholded at its own top
+    quantile (the concept covers 20% of the pixels, q = 0.2), IoU with concept 2 is 1, with the
+    other concept of the category the share that cannot overlap is 0."""
+    rng = np.random.default_rng(2)
+    category_of = np.array([0, 0, 0])
+    labels = [rng.choice([0, 1, 2], p=[0.5, 0.3, 0.2], size=(8, 8)) for _ in range(30)]
+    maps = np.stack([np.where(lab == 2, 3.0 + rng.random((8, 8)), rng.random((8, 8)))[None] for lab in labels])
+    tq = d.TopQuantile(1)
+    tq.add(maps)
+    share = np.mean([np.mean(lab == 2) for lab in labels])
+    t = tq.threshold(share)
+    tally = d.IoUTally(1, category_of)
+    for m, lab in zip(maps, labels):
+        tally.add(m >= t[:, None, None], {0: [lab]})
+    iou = tally.iou()
+    assert iou[0, 2] == 1.0 and iou[0, 1] == 0.0
+
+
+def test_upsample_puts_a_unit_at_the_centre_of_its_field():
+    """Unit (i, j) of a stride-4 map with 8-px fields starting at -2: its centre is pixel
+    -2 + 4 i + 3.5; a one-hot map peaks there (between the two middle pixels of the field)."""
+    amap = np.zeros((5, 5), np.float32)
+    amap[2, 3] = 1.0
+    up = d.upsample(amap, (20, 20), (-2, -2), (8, 8), 4)
+    y, x = np.unravel_index(np.argmax(up), up.shape)
+    assert (y, x) in {(9, 13), (10, 13), (9, 14), (10, 14)}
+    assert up[9, 13] == pytest.approx(up[10, 14]) == pytest.approx(0.875 * 0.875)
