@@ -96,7 +96,6 @@ def load_model_from_options(spec, weights=None, input_size=None, resize_policy=N
                             std=None, channel_order=None, pixel_scale=None, name=None):
     from dataclasses import asdict
 
-
     loaded = load_model(spec, weights, name=name)
     changes = {k: v for k, v in {
         "input_size": tuple(input_size) if input_size else None, "geometry": resize_policy, "resize": resize,

@@ -69,15 +69,12 @@ class Result:
         return pd.DataFrame(self._rows, columns=self.columns)
 
     def arrow(self):
-
         return pa.Table.from_pylist(self._rows)
 
     def __repr__(self):
-
         return to_table(self._rows[:20], self.columns) + (f"... {len(self)} rows\n" if len(self) > 20 else "")
 
     def _repr_html_(self):
-
         head = "".join(f"<th>{html.escape(c)}</th>" for c in (["nf"] if self._has_nf() else []) + self.columns)
         body = []
         for r in self._rows[:200]:
@@ -156,12 +153,10 @@ class Neuron:
 
     def viz_image(self, objective: str | None = None):
         """Its optimised image as a PIL image (the unit objective's when both are stored)."""
-
         return Image.open(io.BytesIO(self.index.viz_png(self.key, objective)))
 
     def nf_image(self):
         """The Neuron Feature as a PIL RGBA image (alpha 0 where no crop saw the pixel)."""
-
         png = self.nf_png()
         if png is None:
             raise NotFoundError(f"neuron {self.key} has no Neuron Feature (dead, or pass 2 did not run)")
@@ -172,7 +167,6 @@ class Neuron:
         return self.index.sprite_png(self.key)
 
     def sprite_image(self):
-
         return Image.open(io.BytesIO(self.sprite_png()))
 
     def crop(self, rank: int, side: str = "top"):
@@ -193,7 +187,6 @@ class Neuron:
 
     def picture(self):
         """The NF above its top crops, as one PIL image (what `neuronindex show` writes)."""
-
         sprite = self.sprite_image().convert("RGB")
         thumb = sprite.height
         n = sprite.width // thumb
@@ -294,7 +287,6 @@ class Index(Reader):
         left out, with a note on stderr, when the model cannot be loaded here). The whole export
         stops with a QueryTimeout past `time_limit` seconds (default: export_time_limit)."""
 
-
         limit = self.settings.export_time_limit if time_limit is None else time_limit
         deadline = time.perf_counter() + limit
         rows = self.search(text, min(limit, self.settings.search_time_limit)).rows()
@@ -321,11 +313,9 @@ class Index(Reader):
             return export(self.con, rows, fmt, path, f"neuronindex: {text}")
 
     def dump(self, folder) -> list[str]:
-
         return dump(self.con, folder)
 
     def schema(self) -> Result:
-
         return Result(schema(self.con))
 
     # ------------------------------------------------------------------ vectors
@@ -364,8 +354,6 @@ class Index(Reader):
         the nearest (`per_unit=False`: every crop). Inputs are checked before the model is loaded.
         """
         import torch
-
-
 
         if mode not in ("embedding", "response"):
             raise UsageError(f"unknown mode {mode!r}; use embedding or response")
@@ -457,7 +445,6 @@ class Index(Reader):
         return Result(rows, list(rows[0]), index=self)
 
     def _vocabulary(self):
-
         if self._shared.vocab is None:
             self._shared.vocab = Vocabulary.load(self.con)
         return self._shared.vocab
@@ -466,7 +453,6 @@ class Index(Reader):
         """The receptive-field crop of the rank-th top (or bottom) image, cut from the image as the
         model saw it (grey where the field leaves the image); the whole image where a bottom entry
         has no location."""
-
 
         table = {"top": "topk", "bottom": "bottomk"}[side]
         row = self.con.execute(

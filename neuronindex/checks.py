@@ -19,7 +19,6 @@ def unit_kinds(kind: str | None) -> tuple[str, ...] | None:
 
 
 def check_k(k) -> None:
-
     if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= 10_000:
         raise UsageError(f"k must be a whole number from 1 to 10000, not {k!r}")
 

@@ -108,7 +108,6 @@ class ImageSet:
 
 
 def to_rgb(image):
-
     image = ImageOps.exif_transpose(image)
     if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         image = _to_8bit(image)
@@ -140,7 +139,6 @@ def check_pixels(image, what: str) -> None:
 
 
 def load_image(path: str | os.PathLike):
-
     Image.MAX_IMAGE_PIXELS = None  # check_pixels decides, from the header, before anything is decoded
     try:
         with Image.open(path) as im:
@@ -318,7 +316,6 @@ _WARNED: set[str] = set()
 
 def _warn(message: str) -> None:
     """One clear line on stderr, once per process for the same message."""
-
     if message not in _WARNED:
         _WARNED.add(message)
         print(f"warning: {message}", file=sys.stderr)

@@ -41,7 +41,6 @@ VERSION = 1  # bump when the generator or the model changes: caches are keyed on
 
 
 def _draw(kind: str, rng: np.random.Generator) -> np.ndarray:
-
     bg = tuple(int(v) for v in rng.integers(40, 216, 3))
     img = Image.new("RGB", (SIZE, SIZE), bg)
     d = ImageDraw.Draw(img)
@@ -70,7 +69,6 @@ def _draw(kind: str, rng: np.random.Generator) -> np.ndarray:
 
 
 def write_images(root: Path, per_class: int, seed: int) -> Path:
-
     rng = np.random.default_rng(seed)
     for kind, parent in CLASSES.items():
         folder = root / parent / kind
@@ -84,7 +82,6 @@ def demo_cnn():
     """The demo's small VGG-style CNN (random weights; the demo trains it)."""
     import torch.nn as nn
 
-
     def block(cin, cout):
         return [nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU()]
 
@@ -97,12 +94,10 @@ def demo_cnn():
 
 
 def preprocessing():
-
     return Preprocessing(input_size=(SIZE, SIZE), geometry="resize", resize=None)
 
 
 def _arrays(root: Path):
-
     images = open_source(str(root))
     names = sorted(CLASSES)
     x = np.stack([np.asarray(load_image(r.path)) for r in images.images])
@@ -111,7 +106,6 @@ def _arrays(root: Path):
 
 
 def train(train_root: Path, test_root: Path, weights: Path, epochs: int, seed: int, progress: bool = True) -> float:
-
     import torch
 
     torch.manual_seed(seed)

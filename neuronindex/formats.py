@@ -93,7 +93,6 @@ def _short(v, width: int) -> str:
 
 
 def to_parquet_bytes(rows: Sequence[dict]) -> bytes:
-
     table = pa.Table.from_pylist([{k: plain(v) for k, v in r.items()} for r in rows])
     buf = io.BytesIO()
     pq.write_table(table, buf)

@@ -115,3 +115,25 @@ def test_upsample_puts_a_unit_at_the_centre_of_its_field():
     y, x = np.unravel_index(np.argmax(up), up.shape)
     assert (y, x) in {(9, 13), (10, 13), (9, 14), (10, 14)}
     assert up[9, 13] == pytest.approx(up[10, 14]) == pytest.approx(0.875 * 0.875)
+
+
+def test_colour_concepts_name_every_pixel_as_the_colour_model_does():
+    """Colour-concept ids equal the colour model's name of each pixel, one by one; a red disc on
+    grey gives the `red` concept exactly on the disc."""
+    from neuronindex.science import colornames
+    from neuronindex.science.concepts import COLOUR_CONCEPTS, colour_labels
+
+    rng = np.random.default_rng(5)
+    pixels = rng.integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    labels = colour_labels(pixels)
+    for y in range(6):
+        for x in range(7):
+            assert COLOUR_CONCEPTS[labels[y, x] - 1] == colornames.name(pixels[y, x] / 255.0)
+    img = np.full((16, 16, 3), 128, np.uint8)
+    yy, xx = np.mgrid[:16, :16]
+    disc = (yy - 8) ** 2 + (xx - 8) ** 2 <= 16
+    img[disc] = (220, 30, 35)
+    labels = colour_labels(img)
+    red = COLOUR_CONCEPTS.index("red") + 1
+    np.testing.assert_array_equal(labels == red, disc)
+    assert set(np.unique(labels[~disc])) == {COLOUR_CONCEPTS.index("grey") + 1}

@@ -108,7 +108,6 @@ def image_vectors(idx, model: str, layer_row: dict, images: list[tuple[int, str,
     """(images, channels) pooled feature vectors of a layer, by one forward of the images."""
     import torch
 
-
     net = idx.network(model, layer_row["name"])
     pre = net.loaded.preprocessing
     out = []

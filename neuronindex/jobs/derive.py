@@ -156,7 +156,6 @@ class Reforward:
         return batch
 
     def __call__(self, batch, local, entries):
-
         import torch
 
         entries, local = self.entries(entries, local)
@@ -210,7 +209,6 @@ class PatchVectors(Reforward):
     in a .npy file that the publish reads one layer at a time (`rows`)."""
 
     def __init__(self, extractor, selections, plan, owners, channels, spill: Path | None = None):
-
         super().__init__(extractor, selections, plan, owners)
         self.channels = list(channels)  # the layer's own channels (directions follow in its vectors)
         if spill is not None:
@@ -237,7 +235,6 @@ class PatchVectors(Reforward):
         self._entries[li].append(e)
 
     def finish(self) -> None:
-
         for li, f in self._files.items():
             f.close()
             raw_path = self.dir / f"raw-{li}.f32"
@@ -286,7 +283,6 @@ class GreyResponses(Reforward):
         return entries[use], local[use]
 
     def images(self, batch):
-
         import torch
 
         luminance = (batch.float() @ torch.tensor([0.299, 0.587, 0.114])).round().clamp(0, 255).to(torch.uint8)
@@ -476,7 +472,6 @@ def write_embeddings(con, stored: StoredIngest, owners, plan, patches, results, 
     model_id = execute(con, "SELECT model_id FROM ingests WHERE id = ?", [ingest_id])[0][0]
     layer_ids = dict(execute(con, "SELECT position, id FROM layers WHERE ingest_id = ?", [ingest_id]))
     layer_of = [layer_ids[s.layer.position] for s in selections]
-
 
     def put(space, lid, nid, rank, vectors):
         n = len(nid)

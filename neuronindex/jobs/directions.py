@@ -50,7 +50,6 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     an ingest does its directions: one pass over the ingest's images for their top and bottom
     lists, then pass 2 and the indexes for the new units only; published atomically."""
 
-
     con = store.connect(index_dir)
     try:
         models = [r[0] for r in execute(con, "SELECT name FROM models ORDER BY id")]

@@ -66,8 +66,6 @@ def pass1_shard(meta: dict, shard: int, shards: int, threads: int) -> bytes:
     """Pass 1 over shard `shard` of `shards` of the run described by `meta`: its state as .npz bytes."""
     import torch
 
-
-
     torch.set_num_threads(max(1, threads))
     run = run_from_meta(meta, shard=(shard, shards))
     state = pass1(run, progress=False)
@@ -80,8 +78,6 @@ def pass2_part(meta: dict, directions, plan, owners, neurons: tuple[int, int], s
     run) the greyscale responses (per plan entry, NaN where this part saw none) and the patch
     vectors [(entries, vectors, layer)] of its top crops."""
     import torch
-
-
 
     class Patches(Reforward):  # PatchVectors' choice of entries; the vectors go back to the driver
         entries = PatchVectors.entries
@@ -112,8 +108,6 @@ def ray_pass2(parts: int, cpus_per_worker: float, gpus_per_worker: float):
     shared: dict = {}
 
     def pass2(run, plan, neurons, reforwards, progress, desc):
-
-
         ray = _ray()
         keep = features.needed_entries(plan, neurons, bool(reforwards))
         needed = np.unique(plan.image[keep])
@@ -197,7 +191,6 @@ def ingest_on_ray(model, images, layers, index_dir, *, address: str | None = Non
                   derive: bool = True, labels: str = "auto", class_list: str | None = None, wait: bool = True,
                   visualize=None, num_cpus: int | None = None) -> dict:
     """`ingest.ingest` with pass 1 spread over Ray tasks (see the module notes); same summary."""
-
 
     ray = _ray()
     if params is not None and params.shard is not None:

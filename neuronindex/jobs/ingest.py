@@ -78,7 +78,6 @@ class IngestParams:
     random_quantile: float = default("random_quantile")
 
     def direction_spec(self):
-
         return DirectionSpec.parse(self.directions, pooling=self.direction_pooling, svd_rank=self.svd_rank,
                                    svd_max=self.svd_max, random_n=self.random_directions,
                                    random_quantile=self.random_quantile)
@@ -170,7 +169,6 @@ def prepare(model, images, layers, *, weights=None, name=None, preprocessing=Non
 
 
 def run_from_meta(meta: dict, **overrides) -> Run:
-
     params = IngestParams(**{**meta["params"], **overrides})
     if params.shard is not None:
         params.shard = tuple(params.shard)
@@ -202,8 +200,6 @@ def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bo
           checkpoint_seconds: float = 120.0) -> Pass1State:
     """Stream the run's images (from batch `done` on) through the model into the pass-1 state."""
     import torch
-
-
 
     state = state if state is not None else new_state(run)
     stats = state.stats
@@ -242,7 +238,6 @@ def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bo
 
 def state_bytes(run: Run, state: Pass1State, batches_done: int) -> bytes:
     """The pass-1 state (numpy arrays + JSON meta) as the bytes of an .npz file (no pickle)."""
-
     arrays = {"__meta__": np.frombuffer(json.dumps({**run.meta, "params": asdict(run.params),
                                                      "batches_done": batches_done,
                                                      "problems": run.problems}).encode(), dtype=np.uint8)}
@@ -269,7 +264,6 @@ def save_state(path: Path, run: Run, state: Pass1State, batches_done: int) -> No
 
 
 def load_state(path: Path, device: str = "cpu") -> tuple[dict, Pass1State]:
-
     if not Path(path).is_file():
         raise IngestError(f"state file {path} does not exist")
     try:

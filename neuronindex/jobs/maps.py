@@ -38,7 +38,6 @@ def make_maps(index_dir, layers: list[str] | None = None, model: str | None = No
     """Make (or keep, when up to date with the same parameters) the maps of the stored layers (all,
     or those named) in the given spaces, publishing each as it is made. Returns one row per map."""
 
-
     for s in spaces:
         if s not in SPACES:
             raise UsageError(f"unknown map space {s!r}; use neurons (prototype embeddings) or crops (patch embeddings)")
@@ -111,7 +110,6 @@ def _layers(idx, model: str | None, layers: list[str] | None) -> list[tuple]:
 
 
 def _publish(index_dir, made, method: str, seed: int, wait: bool) -> None:
-
     with store.staged(index_dir, wait=wait, small=True, search=False) as con:
         for model_id, lay, space, ids, xy, params, fp, seconds in made:
             old = execute(con, "SELECT id FROM maps WHERE layer_id = ? AND space = ?", [lay["id"], space])

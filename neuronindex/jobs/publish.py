@@ -174,7 +174,6 @@ def write_histograms(con, ids, res) -> None:
     """`activation_histograms` rows of one layer's units (when pass 1 streamed histograms): equal
     bins from the exact extremes where known (a_max; the lowest bottom value), else the buckets'."""
 
-
     hist = res.hist
     if hist is None:
         return
@@ -244,7 +243,6 @@ def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
 
 
 def write_ingest(con, run, results: list[UnitResults], derived, timings: dict, started: float) -> dict:
-
     loaded = run.loaded
     dataset_id, first_image, class_ids = write_dataset(con, run.images)
     if run.problems:

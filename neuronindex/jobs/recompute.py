@@ -77,8 +77,6 @@ def same_images(index_dir, dataset_id: int, images) -> bool:
 
 def recompute(index_dir, model: str | None = None, progress: bool = True, **overrides) -> list[dict]:
     """Recompute pass 2 and the derived indexes of stored ingests (e.g. with another NF threshold)."""
-
-
     con = store.connect(index_dir)
     try:
         rows = execute(con, "SELECT i.id, m.name, m.spec, m.weights, m.preprocessing, i.parameters, d.source, "

@@ -30,8 +30,6 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
     """
     import torch
 
-
-
     p = run.params
     nodes = [s.layer.name for s in run.selections]
     sizes = [len(d) if d is not None else 0 for d in directions]

@@ -118,7 +118,6 @@ class _Model:
 
 
 def _open_model(idx, name: str, rows) -> _Model:
-
     spec, weights, pre, model_id = rows
     loaded = load_model(spec, weights, Preprocessing.from_json(pre), name)
     images = []
@@ -210,7 +209,6 @@ def _output_index(name: str, names: list[str]) -> int:
 
 
 def _n_outputs(m: _Model) -> int:
-
     import torch
 
     if m.n_outputs is None:
@@ -223,8 +221,6 @@ def _n_outputs(m: _Model) -> int:
 def _run_units(m: _Model, layer, targets: list[_Target], params: VizParams, device: str) -> list[dict]:
     """One batch of one layer's units: optimised, measured, as rows for `visualizations`."""
     import torch
-
-
 
     C = layer.channels
     rectify = all(t.vector is None for t in targets) and layer.pre_activation is not None
@@ -301,8 +297,6 @@ def _done(idx, model_id: int, wanted: dict) -> set:
 
 
 def _publish(index_dir, rows: list[dict], wait: bool = True) -> None:
-
-
     if not rows:
         return
     with store.staged(index_dir, wait=wait, small=True) as con:
@@ -330,7 +324,6 @@ def visualize_layers(index_dir, layers: list[str] | None = None, model: str | No
     Resumable and idempotent: targets already stored with the same parameters are skipped, and
     what is done is published every `checkpoint_every` seconds, so an interrupted run loses at
     most that much. Returns counts and the time taken."""
-
 
     params = params or VizParams()
     params.validate()
@@ -397,8 +390,6 @@ def from_image(index_dir, image, target: str, model: str | None = None, params: 
     default to `start_params` (plain pixels, small steps, no transformations). `output`: also write
     the image and OUTPUT-diff.png."""
     import torch
-
-
 
     if objective not in ("class", "prob"):
         raise UsageError(f"a start image is pushed towards a class: objective class (logit) or prob, not {objective!r}")

@@ -36,7 +36,6 @@ class Extractor:
         appended after the channels (a direction is a unit whose map is a projection)."""
         import torch
 
-
         self.loaded = loaded
         self.projector = projector if projector else None
         self.nodes = list(nodes)
@@ -71,7 +70,6 @@ class Extractor:
         bottom lists' k-th lowest values; pairs at or below get their location (`low_locations()`).
         """
         import torch
-
 
         if self._taps is None:
 
@@ -110,7 +108,6 @@ class Extractor:
         Nodes without points cost nothing but their forward."""
         import torch
 
-
         if self._gather is None:
             wanted: dict = {}
             taken: dict = {}
@@ -141,7 +138,6 @@ class Extractor:
         """uint8 (B, H, W, 3) tensor -> {node: activation tensor (B, C, H', W')} on the device."""
         import torch
 
-
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -168,7 +164,6 @@ class Extractor:
         """Already-normalised float input (B, 3, H, W) -> {node: activation}."""
         import torch
 
-
         with torch.inference_mode():
             x = x.to(self.device)
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
@@ -185,7 +180,6 @@ def redirected_relu(x):
 
 
 def _redirected_backward(x, g):
-
     import torch
 
     plain = torch.where(x > 0, g, torch.zeros_like(g))
@@ -204,7 +198,6 @@ def relu_function(name: str, backward):
     """An autograd Function computing relu(x) whose backward is backward(x, g) (the redirected
     ReLU here, the deconvnet and guided rules in query/pictures.py)."""
     import torch
-
 
     class RuleReLU(torch.autograd.Function):
         @staticmethod
@@ -243,7 +236,6 @@ def redirect_relus(module, relu=None):
 
 
 def _collate(batch):
-
     import torch
 
     arrays, positions, problems = zip(*batch)
@@ -254,8 +246,6 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
                   positions: list[int] | None = None) -> Iterator:
     """Yield (uint8 (B,H,W,3), positions (B,), problems [str]) in position order."""
     from torch.utils.data import DataLoader, Subset
-
-
 
     dataset = GeometricDataset(images, preprocessing)
     if positions is not None:
@@ -269,7 +259,6 @@ def image_batches(images, preprocessing, batch_size: int = 64, workers: int = 0,
 def predict(loaded, images, batch_size: int = 128, workers: int = 0, device: str = "cpu") -> np.ndarray:
     """Class index predicted for every image (the model's own output)."""
     import torch
-
 
     module = loaded.module.to(device).eval()
     out = []

@@ -59,7 +59,6 @@ def shares_torch_openmp(runtimes: list[str], torch_dir: str) -> bool:
 
 def openmp_runtimes() -> list[str]:
     """The OpenMP runtime libraries mapped into this process (Linux; [] where that cannot be read)."""
-
     try:
         with open("/proc/self/maps") as maps:
             return sorted({line.split()[-1] for line in maps if re.search(r"/lib(g|i5|i)?omp[^/]*\.so", line)})
@@ -81,7 +80,6 @@ def map_layout(acts) -> tuple:
     """(1, acts) for a channels-last map, else (0, its channels-first contiguous copy or itself):
     the layout argument and the tensor the native reduction reads."""
     import torch
-
 
     last = acts.is_contiguous(memory_format=torch.channels_last) and not acts.is_contiguous()
     return (1, acts) if last else (0, acts.contiguous())

@@ -125,7 +125,6 @@ def _kind(node, modules) -> str:
     return str(node.target)
 
 
-
 def _is_add(node) -> bool:
     if node.op == "call_function":
         return node.target in (operator.add, operator.iadd) or getattr(node.target, "__name__", "") in ADD_TARGETS
@@ -184,7 +183,6 @@ def _output_nodes(gm) -> dict:
 
 
 def _shapes(gm, size) -> dict[str, tuple]:
-
     import torch
     from torch.fx.passes.shape_prop import ShapeProp
 
@@ -276,7 +274,6 @@ class ScriptTaps:
     """
 
     def __init__(self, module):
-
         import torch
 
         graph = module.forward.graph.copy()
@@ -311,7 +308,6 @@ class ScriptTaps:
 def _hooked(module, size) -> ModelGraph:
     """Layers of an untraceable (TorchScript) model: its top-level submodules with 4-D outputs."""
     import torch
-
 
     taps = ScriptTaps(module)
     with torch.no_grad():

@@ -71,7 +71,6 @@ class Preprocessing:
 
     def geometric(self, image):
         """PIL RGB image -> PIL RGB image of exactly input_size, as the model sees it."""
-
         h, w = self.input_size
         if self.geometry == "resize":
             return image.resize((w, h), Image.BILINEAR)
@@ -113,7 +112,6 @@ class Preprocessing:
     def _standardise(self, x):
         """(B, 3, H, W) in pixel scale, RGB -> the model's channel order, (x - mean) / std."""
         import torch
-
 
         if self.channel_order == "bgr":
             x = x.flip(1)
@@ -163,7 +161,6 @@ def state_fingerprint(module) -> str:
 # ---------------------------------------------------------------- CIFAR ResNets (He et al. 2016)
 
 def _cifar_resnet(depth: int):
-
     import torch.nn as nn
     import torch.nn.functional as F
 
@@ -221,7 +218,6 @@ def _cifar_resnet(depth: int):
 # ---------------------------------------------------------------- checkpoints
 
 def read_state_dict(path: str | Path) -> dict:
-
     import torch
 
     path = Path(path)
@@ -293,7 +289,6 @@ def load_model(
 
 
 def _load_cifar(spec: str, weights: str | None) -> LoadedModel:
-
     import torch
 
     try:
@@ -360,7 +355,6 @@ def _load_timm(spec: str, weights: str | None) -> LoadedModel:
     """timm:NAME[?key=value&...]: keyword arguments go to timm.create_model (`output_stride=8` dilates)."""
     import torch
 
-
     try:
         import timm
     except ImportError:
@@ -394,7 +388,6 @@ def _load_timm(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
-
     import torch
 
     path = Path(spec.split(":", 1)[1])
@@ -411,7 +404,6 @@ def _load_torchscript(spec: str, weights: str | None) -> LoadedModel:
 
 
 def _load_python(spec: str, weights: str | None) -> LoadedModel:
-
     import torch.nn as nn
 
     target = spec.split(":", 1)[1]

@@ -222,7 +222,6 @@ def propagate(gm, shapes: dict[str, tuple], reasons: dict[str, str] | None = Non
     """
     import torch.nn as nn
 
-
     reasons = reasons if reasons is not None else {}
     modules = dict(gm.named_modules())
     fields: dict[str, Field | None] = {}

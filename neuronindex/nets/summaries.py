@@ -22,7 +22,6 @@ def summarize(acts, threshold):
     """
     import torch
 
-
     if acts.device.type != "cpu" or acts.dtype != torch.float32 or acts.numel() == 0:
         return summarize_torch(acts, threshold)
     B, C, H, W = acts.shape
@@ -37,7 +36,6 @@ def summarize_into(acts, threshold, values, loc, firing) -> None:
     """`summarize` of a float32 CPU map written into numpy arrays (which may be column slices of
     larger ones): values (B, C) and loc (B, C) are set, firing (C,) is added to."""
     import torch
-
 
     B, C, H, W = acts.shape
     lib = kernels.native()
@@ -145,7 +143,6 @@ class Summaries:
         """(B, channels) flat location of the maximum for pairs that can enter a bottom list, -1 elsewhere."""
         import torch
 
-
         return None if self.low_loc is None else torch.from_numpy(self.low_loc)
 
     def add_relu(self, i: int, x, inplace: bool = False):
@@ -153,7 +150,6 @@ class Summaries:
         summarises in one read of x (a ReLU's output is otherwise written, then read back).
         inplace: rectify x itself, as an in-place ReLU does, and return it."""
         import torch
-
 
         if self.lib is not None:
             last, dense = kernels.map_layout(x)
@@ -170,7 +166,6 @@ class Summaries:
         """Layer i's map summarised by the native kernel (rectified into `out` first, unless None);
         False where another path must do it."""
         import torch
-
 
         s, e = self.starts[i], self.starts[i + 1]
         B, C, H, W = acts.shape
@@ -192,7 +187,6 @@ class Summaries:
             self.means[:, s:e] = acts.mean(dim=(2, 3))  # float32 sums: exact to ~1e-7 relative
 
     def result(self) -> tuple:
-
         import torch
 
         if self.compiled:
@@ -207,7 +201,6 @@ def summarize_torch(acts, threshold):
     enter a top list get one.
     """
     import torch
-
 
     B, C, H, W = acts.shape
     # sign() then a float sum: several times faster than reducing a boolean mask; float32 counts
@@ -235,7 +228,6 @@ def summarize_torch(acts, threshold):
 def combine(summaries: list) -> tuple:
     """One summary over the channels of several layers (concatenated in order)."""
     import torch
-
 
     vals = torch.cat([s[0] for s in summaries], 1)
     firing = torch.cat([s[1].double() for s in summaries])

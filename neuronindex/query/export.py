@@ -102,7 +102,6 @@ def separated(sprite: bytes | None, gap: int = 3, per_row: int = 8, most: int = 
     if not sprite:
         return sprite
 
-
     with Image.open(io.BytesIO(sprite)) as im:
         im = im.convert("RGB")
         t = im.height
@@ -145,7 +144,6 @@ def export(con, rows: list[dict], fmt: str, path: str | Path, title: str, contex
 
 def dump(con, folder: str | Path) -> list[str]:
     """Every table as FOLDER/<table>.parquet."""
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     written = []

@@ -72,7 +72,6 @@ def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, d
     layer's maps of an image are computed once per opened index (its other units reuse them)."""
     import torch
 
-
     e = _entry(idx, key, rank, side)
     seen = _seen(idx, e)
     net = idx.network(e["model"], e["layer"])
@@ -166,7 +165,6 @@ def reconstruction_array(idx, key: str, rank: int = 1, side: str = "top", rule: 
     """(the projection of the unit's activation at its stored location back to the input, (H, W, 3)
     float (gradient with respect to the 0..1 RGB image); the stored entry)."""
     import torch
-
 
     if rule not in RULES:
         raise UsageError(f"unknown rule {rule!r}; use deconvnet, guided or backprop")

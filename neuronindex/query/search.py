@@ -329,7 +329,6 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
 
 def _dialect():
     """SQLAlchemy's DuckDB dialect (duckdb_engine), with `?` parameters as DuckDB's Python API binds them."""
-
     return Dialect(paramstyle="qmark")
 
 

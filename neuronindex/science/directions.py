@@ -296,7 +296,6 @@ def valid_name(name: str) -> str:
 class Projector:
     """Appends each layer's direction maps to its map: (B, C, H, W) -> (B, C + D, H, W)."""
     def __init__(self, nodes: list[str], directions: list):
-
         import torch
 
         self.by_node = {}
@@ -312,7 +311,6 @@ class Projector:
         """The direction maps (B, D, H, W) of a layer's map a."""
         import torch
 
-
         w, b = self.by_node[node]
         w, b = w.to(a.device, a.dtype), b.to(a.device, a.dtype)
         return torch.einsum("dc,bchw->bdhw", w, a) + b.view(1, -1, 1, 1)
@@ -321,14 +319,12 @@ class Projector:
         """Vectors (n, C) of a layer's channels -> (n, C + D) with its direction values appended."""
         import torch
 
-
         if node not in self.by_node:
             return v
         w, b = self.by_node[node]
         return torch.cat([v, v @ w.to(v.device, v.dtype).T + b.to(v.device, v.dtype)], 1)
 
     def extend(self, maps: dict) -> dict:
-
         import torch
 
         return {n: torch.cat([m, self.project(n, m)], 1) if n in self.by_node else m for n, m in maps.items()}
@@ -345,7 +341,6 @@ def extended_field(f, d: int):
 
 def extended_selections(selections, directions):
     """Selections whose layers hold C + D units (channels, then directions) for pass 2 and the indexes."""
-
     out = []
     for sel, d in zip(selections, directions):
         n = len(d) if d is not None else 0

@@ -80,7 +80,6 @@ class NeuronFeature:
 
 
 def nf_png(nf: np.ndarray, valid: np.ndarray) -> bytes:
-
     rgba = np.concatenate([np.clip(np.rint(nf), 0, 255).astype(np.uint8),
                            (valid * 255).astype(np.uint8)[..., None]], axis=2)
     buf = io.BytesIO()
@@ -89,7 +88,6 @@ def nf_png(nf: np.ndarray, valid: np.ndarray) -> bytes:
 
 
 def png_bytes(array: np.ndarray) -> bytes:
-
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, "PNG", compress_level=PNG_LEVEL)
     return buf.getvalue()
@@ -171,7 +169,6 @@ def compute(plan: CropPlan, images, preprocessing, workers: int = 0, batch_size:
     `partial` the unfinished `Canvases` come back instead, to be merged (`Canvases.merge`) and
     finished (`finish_canvases`) where all parts meet.
     """
-
 
     lo, hi = neurons if neurons is not None else (0, plan.n_neurons)
     mine = (plan.neuron >= lo) & (plan.neuron < hi)
@@ -352,7 +349,6 @@ def self_response(extractor, selections, owners, features, act_max_by_layer, pre
     needs its full input size) the full input is used; both give the same value.
     """
 
-
     out = np.full(len(owners), np.nan)
     todo = [n for n, f in enumerate(features) if f is not None and f.n_used > 0]
     bar = tqdm(total=len(todo), unit="neuron", desc="NF self-response", disable=not progress, dynamic_ncols=True)
@@ -406,7 +402,6 @@ def crop_geometry(layer, input_size, full: bool = False) -> dict:
 def _nf_forward(extractor, layer, chunk, owners, features, preprocessing, geometry) -> np.ndarray:
     """The activations of `chunk`'s neurons, each on its NF placed in the geometry's window."""
     import torch
-
 
     oy, ox = geometry["origin"]
     h, w = geometry["size"]

@@ -114,7 +114,6 @@ class LayerStats:
         the flat location of the maximum of the pairs at or below `low_threshold()` (-1 elsewhere)."""
         import torch
 
-
         vals, firing, loc, per_image, width = summary  # per_image, width: int or (C,) tensors
         B = vals.shape[0]
         if B == 0:
@@ -148,7 +147,6 @@ class LayerStats:
         """Merge the batch into the running bottom lists (value ascending, then image ascending)."""
         import torch
 
-
         if self.bottom_k == 0:
             return
         vals = vals.to(self.low_values.device, torch.float32)
@@ -179,7 +177,6 @@ class LayerStats:
         """Merge the batch's candidates (loc >= 0) into the running top lists."""
         import torch
 
-
         if self.values.device.type != "cpu":
             return self._update_top_torch(vals, loc, width, ids)
         self.last_id = max(self.last_id, int(ids.max()))
@@ -200,7 +197,6 @@ class LayerStats:
     def _update_top_torch(self, vals, loc, width, ids) -> None:
         """`_update_top` by sorting (any device)."""
         import torch
-
 
         ordered = bool(ids.min() > self.last_id) and (len(ids) < 2 or bool((ids[1:] > ids[:-1]).all()))
         self.last_id = max(self.last_id, int(ids.max()))
@@ -243,7 +239,6 @@ class LayerStats:
     def merge(self, other: "LayerStats") -> None:
         """Fold another run over a disjoint set of images into this one."""
         import torch
-
 
         dev = self.mean.device
         self._fold_moments(other.count, other.mean.to(dev), other.m2.to(dev))
@@ -309,7 +304,6 @@ class LayerStats:
 
     @classmethod
     def from_state(cls, state: dict, device="cpu") -> "LayerStats":
-
         import torch
 
         C, k, curve, n_classes, probe, count, last_id = (int(v) for v in state["meta"])
@@ -386,7 +380,6 @@ def hist_buckets(vals):
     (about 1e6) up fall into the end buckets. Exact: no rounding decides a bucket."""
     import torch
 
-
     x = torch.nan_to_num(vals.float(), nan=0.0).contiguous()
     bits = x.view(torch.int32) & 0x7FFFFFFF
     p = ((bits >> (23 - HIST_SUB)) - ((127 + HIST_LOW) << HIST_SUB)).clamp_(0, HIST_SIDE - 1)
@@ -434,7 +427,6 @@ def histogram(counts: np.ndarray, lo: float | None = None, hi: float | None = No
 def _lexsort(values, ids):
     """Column order per row: value descending, then id ascending."""
     import torch
-
 
     by_id = torch.sort(ids, dim=1, stable=True).indices
     v = torch.gather(values, 1, by_id)

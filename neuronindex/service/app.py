@@ -108,7 +108,6 @@ def create_app(directory: str | os.PathLike, token: str | None = None, max_uploa
     async def unexpected(_request, exc: Exception):  # no stack traces to clients
         return error(500, f"internal error ({type(exc).__name__}); see the server log")
 
-
     @app.exception_handler(RequestValidationError)
     async def invalid(_request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}

@@ -287,7 +287,6 @@ def decode_upload(data: bytes, settings: Settings | None = None):
     JPEG is decoded at a reduced scale (DCT scaling), any other format is refused from its header
     above `upload_max_pixels`; the freed decode buffers are handed back to the system."""
 
-
     settings = settings or Settings()
     side = settings.upload_max_side
     Image.MAX_IMAGE_PIXELS = None  # the checks below decide, from the header, before anything is decoded
@@ -313,7 +312,6 @@ def decode_upload(data: bytes, settings: Settings | None = None):
 
 def _reduced(im, side: int):
     """The image with its longest side at most `side`: a box filter by a whole factor, then a resize."""
-
     if max(im.size) <= side:
         return im
     if im.mode not in ("L", "RGB", "RGBA", "I", "F", "LA", "La", "RGBa", "CMYK"):

@@ -126,7 +126,6 @@ async def login_form(request: Request, next: str = "/"):
 async def login(request: Request):
     """Check the token (constant time) and set the session cookie: HttpOnly, SameSite=Strict."""
 
-
     form = await request.form()
     token, target = str(form.get("token", "")), _local(str(form.get("next", "/")))
     expected = request.app.state.token
@@ -219,7 +218,6 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
 @router.get("/categories/{model}")
 async def categories_page(request: Request, model: str, layer: str | None = None, pooling: str | None = None):
     def make(idx):
-
         r = idx.categories(model, layer, pooling)
         near = idx.nearest_class_names(model, r.meta["layer"], r.meta["pooling"])
         stored = idx.hierarchies(model).rows()
@@ -240,7 +238,6 @@ async def tree_page(request: Request, model: str, layer: str, class_name: str, p
 @router.get("/map/{model}/{layer}")
 async def map_page(request: Request, model: str, layer: str, space: str = "neurons", color: str = "colour"):
     def make(idx):
-
         m = idx.map(layer, space, model)
         rows = m.rows()
         colours, legend = point_colours(rows, space, color)

@@ -49,7 +49,6 @@ def signatures(probe: np.ndarray) -> np.ndarray:
 
 def build(vectors: np.ndarray, exact_limit: int = EXACT_LIMIT, seed: int = 0):
     """A FAISS index over L2-normalised vectors; returns (index, parameters)."""
-
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     n, d = vectors.shape
     if n <= exact_limit:
@@ -69,7 +68,6 @@ def build(vectors: np.ndarray, exact_limit: int = EXACT_LIMIT, seed: int = 0):
 
 def tune_nprobe(index, vectors: np.ndarray, rng, queries: int = 200, k: int = 10) -> tuple[int, float]:
     """Smallest power-of-two nprobe whose recall@k against exact search reaches TARGET_RECALL."""
-
     sample = vectors[rng.choice(len(vectors), min(queries, len(vectors)), replace=False)]
     noisy = normalize(sample + rng.normal(0, 0.05, sample.shape).astype(np.float32))
     exact = faiss.IndexFlatIP(vectors.shape[1])
@@ -138,7 +136,6 @@ class VectorStore:
         return cached
 
     def _load(self, space: str, group: int, rebuild: bool, con):
-
         ids, vectors = rows(con, space, group)
         if len(vectors) == 0:
             return None, ids, {"type": "empty"}

@@ -62,7 +62,6 @@ def _float_lists(vectors: list[np.ndarray]):
 
 def _float_rows(matrix: np.ndarray):
     """A list<float32> Arrow column from the rows of an (n, d) array, sharing one values buffer."""
-
     n, d = matrix.shape
     if n * d >= 2**31:
         return _float_lists(list(matrix))

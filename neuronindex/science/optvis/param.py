@@ -56,13 +56,11 @@ def _noise(shape, gens, sd):
     """One seeded draw per image (each image's own generator: its result does not depend on the batch)."""
     import torch
 
-
     return torch.stack([torch.randn(*shape, generator=g) for g in gens]) * sd
 
 
 class FourierImage(_Image):
     def __init__(self, b, h, w, color, decay, sd, gens, start=None):
-
         import torch
 
         self.h, self.w = h, w
@@ -80,7 +78,6 @@ class FourierImage(_Image):
             self.p = torch.view_as_real(spec).contiguous().requires_grad_()
 
     def rgb(self):
-
         import torch
 
         spec = torch.view_as_complex(self.p) * self.scale
@@ -90,7 +87,6 @@ class FourierImage(_Image):
 
 class PixelImage(_Image):
     def __init__(self, b, h, w, sd, gens, start=None):
-
         import torch
 
         if start is None:
@@ -99,7 +95,6 @@ class PixelImage(_Image):
             self.p = torch.logit(start.clamp(1e-3, 1 - 1e-3)).clone().requires_grad_()
 
     def rgb(self):
-
         import torch
 
         return torch.sigmoid(self.p)
@@ -128,7 +123,6 @@ class RawImage(PixelImage):
         return self.p
 
     def clip(self) -> None:
-
         import torch
 
         with torch.no_grad():

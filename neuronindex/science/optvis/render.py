@@ -133,7 +133,6 @@ def optimise(forward, objective, b: int, size, params: VizParams, color, start=N
     for its noise and its transformations. Deterministic for given seeds."""
     import torch
 
-
     t0 = time.perf_counter()
     seeds = seeds if seeds is not None else [int(params.seed) + i for i in range(b)]
     gen = [torch.Generator().manual_seed(int(s)) for s in seeds]
@@ -232,8 +231,6 @@ def color_stats(image: np.ndarray, box=None) -> tuple:
 
 
 def png(image: np.ndarray) -> bytes:
-
-
     buf = io.BytesIO()
     Image.fromarray(image).save(buf, "PNG", compress_level=3)
     return buf.getvalue()

@@ -10,7 +10,6 @@ def random_affine(x, gens, jitter: float, scale: float, rotate: float):
     import torch
     import torch.nn.functional as F
 
-
     b, _, h, w = x.shape
     if not (jitter or scale or rotate):
         return x
