@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from neuronindex.errors import NotFoundError, UsageError
-from neuronindex.science.dissection import upsample
 from neuronindex.nets.extract import redirect_relus, relu_function
+from neuronindex.science.dissection import upsample
 
 RULES = ("deconvnet", "guided", "backprop")
 SIDES = ("top", "bottom")
