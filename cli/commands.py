@@ -17,6 +17,7 @@ from neuronindex.errors import UsageError
 from neuronindex.formats import plain, to_table
 from neuronindex.jobs import categories as categories_job
 from neuronindex.jobs import directions as directions_job
+from neuronindex.jobs import dissect as dissect_job
 from neuronindex.jobs import ingest as ingest_job
 from neuronindex.jobs import maps as maps_job
 from neuronindex.jobs import visualize as visualize_job
@@ -776,3 +777,23 @@ def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map
                       not quiet, not no_wait):
         took = f" in {r['seconds']:.1f} s" if "seconds" in r else ""
         click.echo(f"{r['model']} {r['layer']} {r['space']}: {r['points']} points, {r['status']}{took}")
+
+
+@cli.command()
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--concepts", type=click.Choice(list(dissect_job.SOURCES)), default="colour", show_default=True,
+              help="Concept set: colour (every pixel of the model's own images named by the colour model).")
+@click.option("--layers", "--layer", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
+@click.option("--model", default=None, help="The model (needed when the index holds several).")
+@click.option("--limit", type=int, default=None, help="Only the first N images.")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def dissect(index_dir, concepts, layer_spec, model, limit, no_wait, quiet):
+    """Network Dissection (Bau et al. 2017): every unit's IoU with each concept's masks, stored.
+
+    A unit's maps are thresholded at the top 0.5% of all its values (dissect_quantile), upsampled
+    by its receptive field; its label is its best concept where the IoU exceeds 0.04 (dissect_iou)."""
+    layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
+    for r in dissect_job.dissect(index_dir, concepts, layers, model, limit, progress=not quiet, wait=not no_wait):
+        click.echo(f"{r['model']} {r['layer']}: {r['interpretable']} of {r['units']} units interpretable "
+                   f"({r['labels'] or 'none'}) in {r['seconds']:.1f} s")

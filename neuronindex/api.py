@@ -125,6 +125,15 @@ class Neuron:
                   for r in rows if r["side"] == "bottom"]
         return top, bottom
 
+    def concepts(self) -> Result:
+        """The unit's best concepts by IoU from `neuronindex dissect` (Network Dissection, Bau et al.
+        2017): concept, category, source, iou, rank, its threshold, and `label` (rank 1 above the
+        dissection's IoU threshold)."""
+        return self.index.query(
+            "SELECT c.name AS concept, c.category, c.source, u.iou, u.rank, u.threshold, "
+            "(u.rank = 1 AND u.iou > d.iou_threshold) AS label FROM unit_concepts u JOIN concepts c ON c.id = u.concept_id "
+            "JOIN dissections d ON d.id = u.dissection_id WHERE u.neuron_id = ? ORDER BY c.source, u.rank", [self.id])
+
     def labels(self) -> dict:
         """What names the unit: its classes (share, rank, in the set, leaf), colour names with their
         shares, and its layer's pre-activation node."""
@@ -619,6 +628,17 @@ class Index(Reader):
         m = compare.matches(self, key, other, k, layer)
         rows = m.pop("rows")
         return Result(rows, ["key", "layer", "channel", "correlation", "dead"], index=self, **m)
+
+    def dissections(self, model: str | None = None) -> Result:
+        """Per dissected layer and concept set: units, interpretable units (best IoU above the
+        threshold), images, quantile, IoU threshold, seconds."""
+        return self.query(
+            "SELECT m.name AS model, l.name AS layer, d.source, d.n_images, d.quantile, d.iou_threshold, "
+            "(SELECT count(*) FROM neurons n WHERE n.layer_id = l.id AND n.kind = 'channel') AS units, "
+            "(SELECT count(*) FROM unit_concepts u WHERE u.dissection_id = d.id AND u.rank = 1 "
+            "AND u.iou > d.iou_threshold) AS interpretable, d.seconds FROM dissections d JOIN layers l ON "
+            "l.id = d.layer_id JOIN models m ON m.id = d.model_id WHERE (? IS NULL OR m.name = ?) "
+            "ORDER BY m.id, l.position, d.source", [model, model])
 
     def trees(self, model: str | None = None) -> Result:
         """Every stored prediction tree (of one model): model, layer, class, pooling, images, filters."""

@@ -26,6 +26,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 import neuronindex
+from neuronindex import store
 from neuronindex.data import load_image, open_source
 from neuronindex.jobs.ingest import IngestParams, ingest
 from neuronindex.nets.models import Preprocessing
@@ -161,6 +162,8 @@ def run_demo(out: str | Path = "neuronindex-demo", per_class: int = 300, epochs:
     if fresh or not weights.exists():
         state = {"config": config, "accuracy": train(train_root, test_root, weights, epochs, seed, progress)}
         state_path.write_text(json.dumps(state, indent=2))
+    if (index / "index.duckdb").exists():
+        store.migrate(index)  # an index a previous version made: brought to this schema
     if not (index / "index.duckdb").exists():
         ingest("python:neuronindex.demo:demo_cnn", str(train_root), "all-conv", index, weights=str(weights),
                name="demo_cnn", preprocessing=preprocessing(),

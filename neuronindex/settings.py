@@ -114,6 +114,11 @@ SETTINGS: tuple[Setting, ...] = (
                                        "while other requests run on the others (the CLI and Python API use all)."),
     Setting("response_cache", 64, "MB of answers (JSON, PNG) the service keeps per index version; the index is "
                                   "immutable between publishes, so a cached answer is exact."),
+    # Network Dissection (Bau et al. 2017)
+    Setting("dissect_quantile", 0.005, "Top share of all of a unit's map values over the concept images above which "
+                                       "its map counts as on (Network Dissection's 0.5%)."),
+    Setting("dissect_iou", 0.04, "IoU above which a unit's best concept labels it (Network Dissection's 0.04)."),
+    Setting("dissect_top", 5, "Best concepts stored per unit, by IoU."),
     Setting("in_place_publish", True, "Small publishes (a map, a tree, a category hierarchy, a batch of optimised "
                                       "images) write into the index in one transaction when no reader has it open, "
                                       "instead of into a copy of it; off: always a copy."),

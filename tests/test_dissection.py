@@ -137,3 +137,91 @@ def test_colour_concepts_name_every_pixel_as_the_colour_model_does():
     red = COLOUR_CONCEPTS.index("red") + 1
     np.testing.assert_array_equal(labels == red, disc)
     assert set(np.unique(labels[~disc])) == {COLOUR_CONCEPTS.index("grey") + 1}
+
+
+@pytest.fixture(scope="module")
+def dissected(hierarchy_index, tmp_path_factory):
+    """The tiny CNN over red, green and blue squares, dissected with colour concepts (a copy)."""
+    import shutil
+
+    from neuronindex.jobs.dissect import dissect
+
+    index = tmp_path_factory.mktemp("dissect") / "index"
+    shutil.copytree(hierarchy_index, index)
+    return index, dissect(index, "colour", progress=False)
+
+
+def test_stored_ious_equal_a_brute_force_dissection(dissected):
+    """Every stored IoU equals the definition computed here from plain forwards: each unit's maps
+    over all images, its stored threshold (checked against the exact top-0.5% quantile), masks
+    upsampled by the receptive field, IoU with each colour's pixels."""
+    import torch
+
+    import neuronindex
+    from neuronindex.science import colornames
+    from neuronindex.science.concepts import colour_labels
+
+    index, report = dissected
+    assert [r["layer"] for r in report] == ["conv1", "conv2"]
+    with neuronindex.open(index) as idx:
+        images = [r["path"] for r in idx.query("SELECT path FROM images ORDER BY id").rows()]
+        pre = idx.query("SELECT preprocessing FROM models").rows()[0]["preprocessing"]
+        seen = np.stack([idx.seen(p, "", pre) for p in images])
+        for layer in ("conv1", "conv2"):
+            lay = idx.layer_rows("tiny_cnn", layer)[0]
+            net = idx.network("tiny_cnn", layer)
+            maps = net.extractor(torch.from_numpy(seen))[lay["node"]].float().numpy()
+            stored = idx.query("SELECT n.channel, c.name, u.iou, u.threshold FROM unit_concepts u JOIN neurons n ON "
+                               "n.id = u.neuron_id JOIN concepts c ON c.id = u.concept_id WHERE n.layer_id = ?",
+                               [lay["id"]]).rows()
+            assert stored
+            geo = idx.query("SELECT channel, rf_y0, rf_x0, rf_h, rf_w FROM neurons WHERE layer_id = ? AND kind = 'channel'",
+                            [lay["id"]]).rows()
+            for r in stored:
+                ch, T = r["channel"], r["threshold"]
+                v = np.sort(maps[:, ch].ravel())[::-1]
+                exact = v[int(np.ceil(0.005 * v.size)) - 1]
+                assert T <= exact and exact - T < abs(exact) / 64 + 1e-12
+                g = geo[ch]
+                inter = union = 0
+                for img, m in zip(seen, maps[:, ch]):
+                    up = d.upsample(m, img.shape[:2], (g["rf_y0"], g["rf_x0"]), (g["rf_h"], g["rf_w"]), lay["rf_stride"])
+                    on = up >= T
+                    lab = colour_labels(img) == colornames.TERMS.index(r["name"]) + 1
+                    inter += np.sum(on & lab)
+                    union += np.sum(on | lab)
+                assert r["iou"] == pytest.approx(inter / union, abs=1e-12), (layer, ch, r["name"])
+
+
+def test_dissection_is_shown_by_the_cli_api_and_http(dissected, cli_runner):
+    """The first layer's red, green and blue detectors are labelled with their colour above the
+    IoU threshold; the CLI prints the per-layer counts; the API and HTTP give a unit's concepts."""
+    from fastapi.testclient import TestClient
+
+    import neuronindex
+    from neuronindex.service.app import create_app
+    from neuronindex_cli.main import cli
+
+    index, report = dissected
+    with neuronindex.open(index) as idx:
+        named = {}
+        for r in idx.search("conv1 limit:100").rows():
+            c = idx.neuron(r["key"]).concepts().rows()
+            if c and c[0]["label"]:
+                named[r["key"]] = (c[0]["concept"], r["color_name"])
+        assert named and {n for n, _ in named.values()} <= {"red", "green", "blue", "grey", "black", "white",
+                                                            "brown", "purple", "pink", "orange", "yellow"}
+        # where a unit is colour selective and labelled, the label is its colour name
+        agree = [k for k, (concept, colour) in named.items() if colour and concept == colour]
+        assert agree
+        summary = idx.dissections().rows()
+        assert [s["layer"] for s in summary] == ["conv1", "conv2"] and all(s["units"] for s in summary)
+        assert sum(s["interpretable"] for s in summary) == sum(r["interpretable"] for r in report)
+    key = next(iter(named))
+    body = TestClient(create_app(index)).get(f"/api/neurons/{key}/concepts").json()
+    assert body["ok"] is True and body["rows"][0]["concept"] == named[key][0]
+    out = cli_runner.invoke(cli, ["dissect", str(index), "--layers", "conv1", "-q"])
+    assert out.exit_code == 0, out.output
+    assert "conv1:" in out.output and "units interpretable" in out.output
+    bad = cli_runner.invoke(cli, ["dissect", str(index), "--layers", "nope", "-q"])
+    assert bad.exit_code != 0 and "nope" in bad.output and "Traceback" not in bad.output

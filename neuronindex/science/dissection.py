@@ -143,3 +143,20 @@ class IoUTally:
             out = np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)
         out[:, 0] = 0.0
         return out
+
+
+def upsample_units(maps: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
+                   stride: float) -> np.ndarray:
+    """`upsample` of K maps (K, H', W') that share one field geometry, at once: (K, H, W)."""
+    out_h, out_w = size
+    coords = []
+    for n_pix, n_units, s0, f in ((out_h, maps.shape[1], start[0], field[0]), (out_w, maps.shape[2], start[1], field[1])):
+        u = (np.arange(n_pix) - (s0 + (f - 1) / 2)) / max(stride, 1e-12)
+        coords.append(np.clip(u, 0, n_units - 1))
+    uy, ux = coords
+    y0, x0 = np.floor(uy).astype(int), np.floor(ux).astype(int)
+    y1, x1 = np.minimum(y0 + 1, maps.shape[1] - 1), np.minimum(x0 + 1, maps.shape[2] - 1)
+    fy, fx = (uy - y0)[None, :, None], (ux - x0)[None, None, :]
+    top = maps[:, y0][:, :, x0] * (1 - fx) + maps[:, y0][:, :, x1] * fx
+    bottom = maps[:, y1][:, :, x0] * (1 - fx) + maps[:, y1][:, :, x1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)

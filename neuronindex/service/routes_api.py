@@ -217,6 +217,12 @@ async def api_matches(request: Request, neuron: str, other: str, k: int = 10, la
     """The neurons of model `other` whose activations correlate best with `neuron`'s on the shared probe images."""
     return await answer(request, lambda idx: _result(idx.matches(neuron, other, k, layer)))
 
+@router.get("/neurons/{key:path}/concepts")
+async def api_concepts(request: Request, key: str):
+    """The unit's best concepts by IoU (Network Dissection; `neuronindex dissect`)."""
+    return await answer(request, lambda idx: {"ok": True, "key": key, "rows": json_rows(idx.neuron(key).concepts().rows())})
+
+
 @router.get("/neurons/{key:path}/similar")
 async def api_similar(request: Request, key: str, k: int = 12, space: str = "prototype", kind: str = "all"):
     return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.similar(key, k, space, kind).rows())})
