@@ -79,10 +79,10 @@ def _truncated_forward(loaded, selections):
 def peak_memory(spec, layers, size, batch, n_images):
     code = f"""
 import torch
-from neuronindex.extract import Extractor
-from neuronindex.layers import trace
-from neuronindex.models import Preprocessing, load_model
-from neuronindex.stats import LayerStats
+from neuronindex.nets.extract import Extractor
+from neuronindex.nets.layers import trace
+from neuronindex.nets.models import Preprocessing, load_model
+from neuronindex.science.stats import LayerStats
 loaded = load_model({spec!r})
 loaded.preprocessing = Preprocessing(input_size={size!r}, geometry="resize", resize=None)
 sel = trace(loaded).select({layers!r})

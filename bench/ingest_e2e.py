@@ -2,7 +2,7 @@
 
     python bench/ingest_e2e.py [--case squeezenet|resnet56|both] [--data ../shared/data]
 
-Each case runs `neuronindex.ingest.ingest` end to end (model load, image listing, pass 1, pass 2,
+Each case runs `neuronindex.jobs.ingest.ingest` end to end (model load, image listing, pass 1, pass 2,
 NF self-response, indexes, publish, FAISS files: a published, queryable index) in a fresh child
 process, and prints every phase's seconds, the whole wall time and its ratio to pass 1 (the
 target: <= 2.0x on SqueezeNet, <= 1.5x on resnet56), the child's peak resident memory (target
@@ -25,8 +25,8 @@ from pathlib import Path
 
 CHILD = r"""
 import json, sys, time
-from neuronindex.ingest import IngestParams, ingest
-from neuronindex.models import Preprocessing
+from neuronindex.jobs.ingest import IngestParams, ingest
+from neuronindex.nets.models import Preprocessing
 case, data, out, limit = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
 t0 = time.time()
 if case == "squeezenet":

@@ -2,7 +2,7 @@
 
     python bench/vectors.py [--sizes 100000 1000000]
 
-For each size: how neuronindex.vectors.build indexes it (flat up to 100k, tuned IVF above),
+For each size: how neuronindex.store.vectors.build indexes it (flat up to 100k, tuned IVF above),
 build time, single-query latency p50 / p99, and recall@10 against exact search.
 Targets: p50 < 5 ms at 1e5 (exact); p50 < 10 ms with recall@10 >= 0.95 at 1e6.
 """

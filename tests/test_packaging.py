@@ -49,7 +49,7 @@ def test_installed_wheel_runs(tmp_path):
     (wheel,) = (tmp_path / "w").glob("*.whl")
     run([sys.executable, "-m", "pip", "--python", venv / "bin" / "python", "install", "-q", "--no-deps",
          "--force-reinstall", wheel], timeout=300)
-    code = ("import neuronindex, neuronindex_cli, neuronindex.store as s, neuronindex.kernels as k; "
+    code = ("import neuronindex, neuronindex_cli, neuronindex.store as s, neuronindex.nets.kernels as k; "
             "print(neuronindex.__file__); print(s.code_version()); print(k.native() is not None)")
     out = run([venv / "bin" / "python", "-c", code], cwd=tmp_path)
     assert str(venv) in out.stdout.splitlines()[0]  # the installed copy, not the checkout

@@ -1,4 +1,4 @@
-"""Ingest on Ray (neuronindex.distributed): a local Ray instance started here, a real CIFAR ResNet on
+"""Ingest on Ray (neuronindex.jobs.distributed): a local Ray instance started here, a real CIFAR ResNet on
 real CIFAR-10 images, pass 1 and pass 2 split over workers, one worker killed mid-shard and the
 driver interrupted once; the index must equal a single-process run's, table by table."""
 from __future__ import annotations
