@@ -232,9 +232,7 @@ class Index(Reader):
 
     def query(self, sql: str, params=None) -> Result:
         """The library's own queries: no guard, no row cap, no time limit. User SQL goes through `sql`."""
-        cur = self.con.execute(sql, params or [])
-        columns = [d[0] for d in cur.description]
-        rows = [dict(zip(columns, r)) for r in cur.fetchall()]
+        columns, rows = self.fetch(sql, params)
         return Result(rows, columns)
 
     def models(self) -> Result:

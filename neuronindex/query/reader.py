@@ -96,11 +96,14 @@ class Reader:
         self.close()
 
     # ---------------------------------------------------------------- rows
-    def rows(self, sql: str, params=None) -> list[dict]:
-        """The library's own queries (no guard, no row cap, no time limit), as dicts."""
+    def fetch(self, sql: str, params=None) -> tuple[list[str], list[dict]]:
+        """The library's own queries (no guard, no row cap, no time limit): (columns, rows as dicts)."""
         cur = self.con.execute(sql, params or [])
         columns = [d[0] for d in cur.description]
-        return [dict(zip(columns, r)) for r in cur.fetchall()]
+        return columns, [dict(zip(columns, r)) for r in cur.fetchall()]
+
+    def rows(self, sql: str, params=None) -> list[dict]:
+        return self.fetch(sql, params)[1]
 
     def model_list(self) -> list[dict]:
         return self.rows(MODEL_SQL)

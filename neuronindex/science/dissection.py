@@ -85,18 +85,7 @@ def upsample(amap: np.ndarray, size: tuple[int, int], start: tuple[float, float]
     """A unit map (H', W') at input resolution `size` (H, W): pixel p takes the map bilinearly
     interpolated at unit coordinate (p - (start + (field - 1) / 2)) / stride, clamped to the map
     (unit (i, j) sits at the centre of its receptive field)."""
-    out_h, out_w = size
-    coords = []
-    for n_pix, n_units, s0, f in ((out_h, amap.shape[0], start[0], field[0]), (out_w, amap.shape[1], start[1], field[1])):
-        u = (np.arange(n_pix) - (s0 + (f - 1) / 2)) / max(stride, 1e-12)
-        coords.append(np.clip(u, 0, n_units - 1))
-    uy, ux = coords
-    y0, x0 = np.floor(uy).astype(int), np.floor(ux).astype(int)
-    y1, x1 = np.minimum(y0 + 1, amap.shape[0] - 1), np.minimum(x0 + 1, amap.shape[1] - 1)
-    fy, fx = (uy - y0)[:, None], (ux - x0)[None, :]
-    top = amap[y0][:, x0] * (1 - fx) + amap[y0][:, x1] * fx
-    bottom = amap[y1][:, x0] * (1 - fx) + amap[y1][:, x1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+    return upsample_units(np.asarray(amap)[None], size, start, field, stride)[0]
 
 
 class IoUTally:
@@ -148,6 +137,7 @@ class IoUTally:
 def upsample_units(maps: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
                    stride: float) -> np.ndarray:
     """`upsample` of K maps (K, H', W') that share one field geometry, at once: (K, H, W)."""
+    maps = np.asarray(maps)
     out_h, out_w = size
     coords = []
     for n_pix, n_units, s0, f in ((out_h, maps.shape[1], start[0], field[0]), (out_w, maps.shape[2], start[1], field[1])):
