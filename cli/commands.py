@@ -517,6 +517,9 @@ def demo(out, per_class, epochs, serve, port, quiet):
         click.echo(to_table([{k: r.get(k) for k in cols} for r in rows]), nl=False)
     click.echo(f"\nneurons of {t['last']} nearest to {t['nearest_image']}:")
     click.echo(to_table([{k: r.get(k) for k in ["score", "key", "kind", "top_class", "class_index"]} for r in t["nearest"]]), nl=False)
+    click.echo("\nNetwork Dissection with the demo's exact shape and colour masks (units labelled, unique detectors):")
+    click.echo(to_table([{k: r[k] for k in ("layer", "category", "units", "unique_detectors", "concepts")}
+                         for r in t["detectors"]]), nl=False)
     click.echo(f"\nHTML contact sheet of the first layer's red neurons: {t['sheet']}")
     checks = {"held-out accuracy >= 90%": result["accuracy"] >= 0.9, **t["checks"]}
     click.echo("\nchecks:")
@@ -781,8 +784,10 @@ def map_command(index_dir, layer_spec, model, space, method, map_perplexity, map
 
 @cli.command()
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--concepts", type=click.Choice(list(dissect_job.SOURCES)), default="colour", show_default=True,
-              help="Concept set: colour (every pixel of the model's own images named by the colour model).")
+@click.option("--concepts", default="colour", show_default=True,
+              help="Concept set: colour (every pixel of the model's own images named by the colour model), or a "
+                   "folder in the Broden layout (index.csv, label.csv) or the plain one (labels.csv, images/, "
+                   "masks/<category>/).")
 @click.option("--layers", "--layer", "layer_spec", default=None, help="Stored layers, comma-separated (default: every one).")
 @click.option("--model", default=None, help="The model (needed when the index holds several).")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
@@ -794,6 +799,9 @@ def dissect(index_dir, concepts, layer_spec, model, limit, no_wait, quiet):
     A unit's maps are thresholded at the top 0.5% of all its values (dissect_quantile), upsampled
     by its receptive field; its label is its best concept where the IoU exceeds 0.04 (dissect_iou)."""
     layers = [s.strip() for s in layer_spec.split(",") if s.strip()] if layer_spec else None
-    for r in dissect_job.dissect(index_dir, concepts, layers, model, limit, progress=not quiet, wait=not no_wait):
+    report = dissect_job.dissect(index_dir, concepts, layers, model, limit, progress=not quiet, wait=not no_wait)
+    for r in report:
         click.echo(f"{r['model']} {r['layer']}: {r['interpretable']} of {r['units']} units interpretable "
                    f"({r['labels'] or 'none'}) in {r['seconds']:.1f} s")
+    if report and report[0]["skipped"]:
+        click.echo(f"skipped {report[0]['skipped']} concept images that could not be read", err=True)

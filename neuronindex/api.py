@@ -638,6 +638,19 @@ class Index(Reader):
             "l.id = d.layer_id JOIN models m ON m.id = d.model_id WHERE (? IS NULL OR m.name = ?) "
             "ORDER BY m.id, l.position, d.source", [model, model])
 
+    def detectors(self, model: str | None = None, source: str | None = None) -> Result:
+        """Network Dissection's summary figure, per dissected layer, concept set and category: the
+        units labelled with a concept of the category (best IoU above the threshold) and the
+        unique detectors (distinct concepts that label at least one unit), with those concepts."""
+        return self.query(
+            "SELECT m.name AS model, l.name AS layer, d.source, c.category, count(*) AS units, "
+            "count(DISTINCT c.id) AS unique_detectors, string_agg(DISTINCT c.name, ', ' ORDER BY c.name) AS concepts "
+            "FROM unit_concepts u JOIN dissections d ON d.id = u.dissection_id JOIN concepts c ON c.id = u.concept_id "
+            "JOIN layers l ON l.id = d.layer_id JOIN models m ON m.id = d.model_id WHERE u.rank = 1 AND "
+            "u.iou > d.iou_threshold AND (? IS NULL OR m.name = ?) AND (? IS NULL OR d.source = ?) "
+            "GROUP BY m.id, m.name, l.position, l.name, d.source, c.category ORDER BY m.id, l.position, d.source, "
+            "c.category", [model, model, source, source])
+
     def trees(self, model: str | None = None) -> Result:
         """Every stored prediction tree (of one model): model, layer, class, pooling, images, filters."""
         return Result(categories.trees(self.con, model), index=self)

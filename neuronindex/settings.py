@@ -119,6 +119,8 @@ SETTINGS: tuple[Setting, ...] = (
                                        "its map counts as on (Network Dissection's 0.5%)."),
     Setting("dissect_iou", 0.04, "IoU above which a unit's best concept labels it (Network Dissection's 0.04)."),
     Setting("dissect_top", 5, "Best concepts stored per unit, by IoU."),
+    Setting("dissect_mask", 112, "Longer side, in pixels, of the masks maps are compared with (never above the "
+                                 "model's input; Broden's masks are 112 px): IoU costs grow with its square."),
     Setting("in_place_publish", True, "Small publishes (a map, a tree, a category hierarchy, a batch of optimised "
                                       "images) write into the index in one transaction when no reader has it open, "
                                       "instead of into a copy of it; off: always a copy."),

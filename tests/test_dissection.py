@@ -42,66 +42,85 @@ def test_zero_and_empty_units():
     assert np.isnan(d.TopQuantile(1).threshold(0.005)[0])
 
 
-def _brute_iou(masks, annotations, category_of):
-    """IoU by definition: over the images annotated for the concept's category, |M ∩ L| / |M ∪ L|."""
-    K, C = masks[0].shape[0], len(category_of) - 1
-    out = np.zeros((K, C + 1))
+def _case(seed, order=None):
+    """Maps of 4 units on 12 images (9 x 11, already at the masks' resolution) with annotations in
+    three categories: some images lack category 0, category 1 has two label maps per image (a
+    pixel can carry two parts), category 2 is image-level (its concept covers every pixel)."""
+    rng = np.random.default_rng(seed)
+    category_of = np.array([0, 0, 0, 1, 1, 1, 2])
+    maps = (rng.gamma(1.0, 1.0, size=(12, 4, 9, 11)) * rng.uniform(0.5, 2, size=(12, 1, 1, 1))).astype(np.float32)
+    maps[maps < 0.3] = 0.0  # ReLU-like: many exact zeros
+    if order is not None:
+        maps = maps[order(maps)]
+    annotations = []
+    for i in range(12):
+        ann = {}
+        if i % 3:
+            ann[0] = [rng.choice([0, 1, 2], size=(9, 11))]
+        if i % 2 == 0:
+            ann[1] = [rng.choice([0, 3, 4], size=(9, 11)), rng.choice([0, 5], size=(9, 11))]
+        if i % 4 == 1:
+            ann[2] = [np.full((9, 11), 6)]
+        annotations.append(ann)
+    return maps, annotations, category_of
+
+
+@pytest.mark.parametrize("order", [None, lambda m: np.argsort(m.reshape(12, -1).max(1))], ids=["shuffled", "rising"])
+@pytest.mark.parametrize("q", [0.005, 0.1])
+def test_one_pass_dissection_equals_the_two_pass_brute_force(order, q):
+    """IoU by definition, computed here from all maps kept: T_k from the exact quantile's bucket
+    (checked against the exact quantile), masks up >= T_k, then over the images annotated for the
+    concept's category |M ∩ L| / |M ∪ L|. The one-pass tally (which drops levels below each unit's
+    rising floor; `rising` orders the images so that the floor rises the slowest) gives the same
+    numbers, and two shards merged give them too."""
+    maps, annotations, category_of = _case(1, order)
+    K, C = 4, len(category_of) - 1
+    whole = d.Dissection(K, category_of, maps.size // K, q)
+    shards = [d.Dissection(K, category_of, maps.size // K, q) for _ in range(2)]
+    for s in range(0, 12, 5):
+        whole.add_maps(maps[s:s + 5])
+        shards[s % 2].add_maps(maps[s:s + 5])
+        for b in range(s, min(s + 5, 12)):
+            whole.add_image(maps[b], annotations[b])
+            shards[s % 2].add_image(maps[b], annotations[b])
+    shards[0].merge(shards[1])
+    T = whole.thresholds()
+    expected = np.zeros((K, C + 1))
     for k in range(K):
+        v = np.sort(maps[:, k].ravel())[::-1]
+        exact = v[int(np.ceil(q * v.size)) - 1]
+        assert T[k] <= exact and exact - T[k] < abs(exact) / 64 + 1e-30
         for c in range(1, C + 1):
             inter = union = 0
-            for m, ann in zip(masks, annotations):
+            for m, ann in zip(maps, annotations):
                 if category_of[c] not in ann:
                     continue
                 lab = np.zeros(m.shape[1:], bool)
                 for lm in ann[category_of[c]]:
                     lab |= lm == c
-                inter += np.sum(m[k] & lab)
-                union += np.sum(m[k] | lab)
-            out[k, c] = inter / union if union else 0.0
-    return out
-
-
-def test_iou_tallies_equal_brute_force_and_merge():
-    rng = np.random.default_rng(1)
-    category_of = np.array([0, 0, 0, 1, 1, 1, 2])  # concepts 1-2: category 0, 3-5: 1, 6: 2 (image level)
-    masks, annotations = [], []
-    for i in range(12):
-        masks.append(rng.random((4, 9, 11)) < rng.uniform(0.05, 0.5))
-        ann = {}
-        if i % 3:  # some images lack category 0
-            ann[0] = [rng.choice([0, 1, 2], size=(9, 11))]
-        if i % 2 == 0:  # category 1 has two label maps (a pixel can carry two parts)
-            ann[1] = [rng.choice([0, 3, 4], size=(9, 11)), rng.choice([0, 5], size=(9, 11))]
-        if i % 4 == 1:
-            ann[2] = [np.full((9, 11), 6)]  # an image-level concept covers every pixel
-        masks.append(masks.pop())
-        annotations.append(ann)
-    whole, parts = d.IoUTally(4, category_of), [d.IoUTally(4, category_of), d.IoUTally(4, category_of)]
-    for i, (m, ann) in enumerate(zip(masks, annotations)):
-        whole.add(m, ann)
-        parts[i % 2].add(m, ann)
-    parts[0].merge(parts[1])
-    expected = _brute_iou(masks, annotations, category_of)
+                on = m[k] >= T[k]
+                inter += np.sum(on & lab)
+                union += np.sum(on | lab)
+            expected[k, c] = inter / union if union else 0.0
     np.testing.assert_allclose(whole.iou(), expected, rtol=0, atol=1e-12)
-    np.testing.assert_allclose(parts[0].iou(), expected, rtol=0, atol=1e-12)
-    assert (expected[:, 1:] > 0).all()  # the case exercises every concept
+    np.testing.assert_allclose(shards[0].iou(), expected, rtol=0, atol=1e-12)
+    assert (expected[:, 1:] > 0).sum() >= K * C // 2  # the case exercises most pairs
+    assert whole.codes.size < K * whole.columns * 64  # the tally kept only levels near the threshold
 
 
 def test_a_unit_that_fires_exactly_on_a_concept_has_iou_one():
     """A planted unit: its map is high exactly on concept 2's pixels. Thresholded at its own top
-    quantile (the concept covers 20% of the pixels, q = 0.2), IoU with concept 2 is 1, with the
-    other concept of the category the share that cannot overlap is 0."""
+    quantile (the concept covers a share of the pixels, q = that share), IoU with concept 2 is 1,
+    with the other concept of the category 0."""
     rng = np.random.default_rng(2)
     category_of = np.array([0, 0, 0])
     labels = [rng.choice([0, 1, 2], p=[0.5, 0.3, 0.2], size=(8, 8)) for _ in range(30)]
     maps = np.stack([np.where(lab == 2, 3.0 + rng.random((8, 8)), rng.random((8, 8)))[None] for lab in labels])
-    tq = d.TopQuantile(1)
-    tq.add(maps)
     share = np.mean([np.mean(lab == 2) for lab in labels])
-    t = tq.threshold(share)
-    tally = d.IoUTally(1, category_of)
+    tally = d.Dissection(1, category_of, maps.size, share)
+    tally.add_maps(maps)
     for m, lab in zip(maps, labels):
-        tally.add(m >= t[:, None, None], {0: [lab]})
+        tally.add_image(m.astype(np.float32), {0: [lab]})
     iou = tally.iou()
     assert iou[0, 2] == 1.0 and iou[0, 1] == 0.0
 

@@ -92,7 +92,7 @@ def test_install_and_demo_command_as_written(tmp_path):
     out = tmp_path / "demo"
     first = subprocess.run(f"{command} --out {out}", shell=True, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert first.stdout.count("[ok]") == 3 and "FAILED" not in first.stdout
+    assert first.stdout.count("[ok]") == 4 and "FAILED" not in first.stdout
     assert "search 'red conv1_1':\n(no rows)" not in first.stdout
     assert (out / "index" / "index.duckdb").exists() and (out / "red-neurons.html").exists()
     red = subprocess.run(["neuronindex", "search", str(out / "index"), "red conv1"], capture_output=True, text=True)
@@ -101,7 +101,7 @@ def test_install_and_demo_command_as_written(tmp_path):
     index_time = (out / "index" / "index.duckdb").stat().st_mtime_ns
     again = subprocess.run(f"neuronindex demo --out {out} -q", shell=True, cwd=REPO, capture_output=True, text=True,
                            timeout=300)
-    assert again.returncode == 0 and again.stdout.count("[ok]") == 3
+    assert again.returncode == 0 and again.stdout.count("[ok]") == 4
     assert (out / "model.pt").stat().st_mtime_ns == model_time  # reused, not retrained
     assert (out / "index" / "index.duckdb").stat().st_mtime_ns == index_time
 

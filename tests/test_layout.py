@@ -1,7 +1,7 @@
 """The package's layering, read from the source (function-local imports included).
 
 Layers, bottom to top; a module imports only its own layer and those below it:
-  base     errors, settings, names, checks, formats, cache, data, wordnet, version
+  base     errors, settings, names, checks, formats, cache, data, conceptsets, wordnet, version
   store    store/ (DuckDB access, the index directory, bulk writes, FAISS vectors)
   nets     nets/ (models, layer tracing, receptive fields, taps, per-batch reductions)
   science  science/ (computations from arrays; imports nets, never storage)
@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"neuronindex": ROOT / "neuronindex", "neuronindex_cli": ROOT / "cli"}
-BASE = {"errors", "settings", "names", "checks", "formats", "cache", "data", "wordnet", "version"}
+BASE = {"errors", "settings", "names", "checks", "formats", "cache", "data", "conceptsets", "wordnet", "version"}
 ORDER = ["base", "store", "nets", "science", "query", "jobs", "facade", "edges"]
 # what each layer may import besides itself (science never touches storage; nets and store are apart)
 ALLOWED = {"base": set(), "store": {"base"}, "nets": {"base"}, "science": {"base", "nets"},

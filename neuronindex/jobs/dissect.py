@@ -1,13 +1,13 @@
 """`neuronindex dissect`: Network Dissection (Bau et al., CVPR 2017) of the stored layers of a model.
 
-Two passes over the concept images (the model's own ingested images, as it saw them): the first
-streams every unit's map values into `science.dissection.TopQuantile` for its threshold T_k (top
-`dissect_quantile`, 0.005); the second upsamples each map to the image by the unit's receptive
-field (`upsample_units`: unit (i, j) at the centre of its field, bilinear between), thresholds it at
-T_k and tallies its intersections and unions with the concept masks (`IoUTally`). No map is kept.
-Concept sets: `colour`, every pixel named by the colour model (`science.concepts`). Published
-(small, in place when no reader has the index open): the concepts, one `dissections` row per
-layer, and each unit's best `dissect_top` concepts with their IoU in `unit_concepts`.
+One pass over the concept images: each batch's maps go to `science.dissection.Dissection`, which
+counts every unit's map values for its threshold T_k (top `dissect_quantile`, 0.005) and tallies
+its upsampled map (`upsample_units`: unit (i, j) at the centre of its receptive field, bilinear
+between, at the masks' resolution) against the concept masks at the levels the threshold can
+still reach; no map is kept. Concept sets: `colour` (every pixel of the model's own images named
+by the colour model, `science.concepts`) or a folder (`conceptsets`: Broden or plain layout).
+Published (small, in place when no reader has the index open): the concepts, one `dissections`
+row per layer, and each unit's best `dissect_top` concepts with their IoU in `unit_concepts`.
 """
 from __future__ import annotations
 
@@ -15,25 +15,59 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from neuronindex import store
-from neuronindex.errors import UsageError
+from neuronindex.conceptsets import ConceptSet, open_concepts
+from neuronindex.errors import DataError, UsageError
+from neuronindex.nets.models import Preprocessing
 from neuronindex.query.reader import Reader
 from neuronindex.science.concepts import COLOUR_CATEGORY, COLOUR_CONCEPTS, colour_labels
-from neuronindex.science.dissection import IoUTally, TopQuantile, upsample_units
+from neuronindex.science.dissection import Dissection, upsample_units
 from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert
 
-SOURCES = ("colour",)
+
+def mask_size(input_size: tuple[int, int], longest: int) -> tuple[int, int]:
+    """The masks' resolution: the input's, scaled down so its longer side is at most `longest`."""
+    h, w = input_size
+    s = min(1.0, longest / max(h, w))
+    return max(1, round(h * s)), max(1, round(w * s))
 
 
-def _images(idx: Reader, model_id: int, limit: int | None) -> list[tuple[str, str]]:
-    rows = idx.rows("SELECT i.path, d.source FROM images i JOIN datasets d ON d.id = i.dataset_id JOIN ingests g "
-                    "ON g.dataset_id = d.id WHERE g.model_id = ? AND i.problem IS NULL ORDER BY i.id", [model_id])
-    rows = [(r["path"], r["source"]) for r in rows]
-    return rows[:limit] if limit else rows
+class _Colour:
+    """Colour concepts on the model's own images (no files)."""
+
+    def __init__(self, idx: Reader, model_id: int, pre: str, limit: int | None):
+        rows = idx.rows("SELECT i.path, d.source FROM images i JOIN datasets d ON d.id = i.dataset_id JOIN ingests g "
+                        "ON g.dataset_id = d.id WHERE g.model_id = ? AND i.problem IS NULL ORDER BY i.id", [model_id])
+        self.items = [(r["path"], r["source"]) for r in rows][:limit or None]
+        self.source, self.names, self.categories = "colour", list(COLOUR_CONCEPTS), [COLOUR_CATEGORY]
+        self.concept_categories = [COLOUR_CATEGORY] * len(COLOUR_CONCEPTS)
+        self.category_of = np.zeros(len(COLOUR_CONCEPTS) + 1, dtype=np.int64)
+        self.idx, self.pre = idx, pre
+
+    def load(self, item, size):
+        seen = self.idx.seen(item[0], item[1], self.pre)
+        small = seen if seen.shape[:2] == size else np.asarray(Image.fromarray(seen).resize((size[1], size[0]), Image.BOX))
+        return seen, {0: [colour_labels(small)]}
+
+
+class _Folder:
+    """A concept set on disk, seen through the model's preprocessing."""
+
+    def __init__(self, concepts: ConceptSet, pre: str, limit: int | None):
+        self.set, self.items = concepts, concepts.images[:limit or None]
+        self.source, self.names, self.categories = concepts.source, concepts.names, concepts.categories
+        self.concept_categories, self.category_of = concepts.concept_categories, concepts.category_of()
+        self.pre = Preprocessing.from_json(pre)
+
+    def load(self, item, size):
+        image = self.set.image(item)
+        seen = np.asarray(self.pre.geometric(image))
+        return seen, self.set.labels(item, image.size, self.pre.geometric, size)
 
 
 def _groups(idx: Reader, layer_id: int) -> list[tuple[np.ndarray, tuple, tuple]]:
@@ -48,112 +82,119 @@ def _groups(idx: Reader, layer_id: int) -> list[tuple[np.ndarray, tuple, tuple]]
 
 def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None, model: str | None = None,
             limit: int | None = None, batch_size: int = 32, progress: bool = True, wait: bool = True) -> list[dict]:
-    """Dissect the stored layers of a model (all, or those named) with a concept set; returns one
-    summary row per layer: units, interpretable units (best IoU above `dissect_iou`), their labels."""
+    """Dissect the stored layers of a model (all, or those named) with a concept set (`colour`, or
+    a Broden or plain folder); returns one summary row per layer: units, interpretable units (best
+    IoU above `dissect_iou`), their labels."""
     import torch
 
-    if concepts not in SOURCES:
-        raise UsageError(f"unknown concept set {concepts!r}; use {', '.join(SOURCES)}")
     if limit is not None and limit < 1:
         raise UsageError("--limit must be at least 1")
     q, top = default("dissect_quantile"), default("dissect_top")
     with Reader(index_dir) as idx:
         model = model or idx.only_model()
-        model_id = idx.model_row(model)["id"]
+        row = idx.model_row(model)
+        model_id, pre = row["id"], idx.rows("SELECT preprocessing FROM models WHERE id = ?", [row["id"]])[0]["preprocessing"]
+        source = _Colour(idx, model_id, pre, limit) if concepts == "colour" else _Folder(open_concepts(concepts), pre, limit)
         chosen = idx.layer_list(model) if not layers else [r for name in layers for r in idx.layer_rows(model, name)]
         chosen = [r for r in chosen if r["rf_stride"]]
         if not chosen:
             raise UsageError(f"no layer of {model} has a receptive field to align its maps with the masks")
+        if not source.items:
+            raise UsageError(f"no concept images in {concepts}")
         net = idx.network(model, None)
-        pre = idx.rows("SELECT preprocessing FROM models WHERE id = ?", [model_id])[0]["preprocessing"]
-        images = _images(idx, model_id, limit)
-        if not images:
-            raise UsageError(f"{model} has no readable images to dissect with")
+        input_size = tuple(Preprocessing.from_json(pre).input_size)
+        size = mask_size(input_size, default("dissect_mask"))
         groups = {r["id"]: _groups(idx, r["id"]) for r in chosen}
-        quantiles = {r["id"]: TopQuantile(r["channels"]) for r in chosen}
-        category_of = np.zeros(len(COLOUR_CONCEPTS) + 1, dtype=np.int64)  # one category: colour
-        tallies = {r["id"]: IoUTally(r["channels"], category_of) for r in chosen}
+        tallies: dict[int, Dissection] = {}
         spent = {r["id"]: 0.0 for r in chosen}
-
-        def batches(desc):
-            bar = tqdm(total=len(images), unit="img", desc=desc, disable=not progress, dynamic_ncols=True)
-            for s in range(0, len(images), batch_size):
-                seen = np.stack([idx.seen(p, src, pre) for p, src in images[s:s + batch_size]])
-                with net.lock:
-                    maps = net.extractor(torch.from_numpy(seen))
-                    maps = {r["id"]: maps[r["node"]][:, :r["channels"]].float().cpu().numpy() for r in chosen}
-                bar.update(len(seen))
-                yield seen, maps
-            bar.close()
-
+        skipped, seen_images = 0, 0
         started = time.perf_counter()
-        for _, maps in batches("dissect: thresholds"):
-            for lid, m in maps.items():
-                t0 = time.perf_counter()
-                quantiles[lid].add(m)
-                spent[lid] += time.perf_counter() - t0
-        thresholds = {lid: tq.threshold(q) for lid, tq in quantiles.items()}
-        for seen, maps in batches("dissect: IoU"):
-            labels = [colour_labels(img) for img in seen]
-            h, w = seen.shape[1:3]
+        bar = tqdm(total=len(source.items), unit="img", desc="dissect", disable=not progress, dynamic_ncols=True)
+        for s in range(0, len(source.items), batch_size):
+            pixels, annotations = [], []
+            for item in source.items[s:s + batch_size]:
+                try:
+                    seen, ann = source.load(item, size)
+                except DataError:
+                    skipped += 1
+                    continue
+                pixels.append(seen)
+                annotations.append(ann)
+            bar.update(len(source.items[s:s + batch_size]))
+            if not pixels:
+                continue
+            seen_images += len(pixels)
+            with net.lock:
+                out = net.extractor(torch.from_numpy(np.stack(pixels)))
+                maps = {r["id"]: out[r["node"]][:, :r["channels"]].float().cpu().numpy() for r in chosen}
             for r in chosen:
                 t0 = time.perf_counter()
-                m, T = maps[r["id"]], thresholds[r["id"]]
-                for b in range(len(seen)):
-                    masks = np.zeros((r["channels"], h, w), dtype=bool)
+                m = maps[r["id"]]
+                if r["id"] not in tallies:
+                    tallies[r["id"]] = Dissection(r["channels"], source.category_of,
+                                                  len(source.items) * m.shape[2] * m.shape[3], q)
+                tally = tallies[r["id"]]
+                tally.add_maps(m)
+                up = np.empty((r["channels"], *size), np.float32)
+                for b, ann in enumerate(annotations):
                     for channels, start, field in groups[r["id"]]:
-                        up = upsample_units(m[b, channels], (h, w), start, field, r["rf_stride"])
-                        masks[channels] = up >= T[channels, None, None]
-                    tallies[r["id"]].add(masks, {0: [labels[b]]})
+                        up[channels] = upsample_units(m[b, channels], size, start, field, r["rf_stride"], input_size)
+                    tally.add_image(up, ann)
                 spent[r["id"]] += time.perf_counter() - t0
+        bar.close()
+        if not tallies:
+            raise UsageError(f"none of the {len(source.items)} concept images could be read")
         forward = time.perf_counter() - started - sum(spent.values())
     ious = {lid: t.iou() for lid, t in tallies.items()}
-    return _publish(index_dir, model, model_id, chosen, ious, thresholds, len(images), (h, w), spent, forward,
-                    concepts, top, q, wait)
+    thresholds = {lid: t.thresholds() for lid, t in tallies.items()}
+    report = _publish(index_dir, model, model_id, chosen, source, ious, thresholds, seen_images, size, spent, forward,
+                      top, q, wait)
+    for r in report:
+        r["skipped"] = skipped
+    return report
 
 
-def _publish(index_dir, model, model_id, chosen, ious, thresholds, n_images, size, spent, forward, source, top, q,
+def _publish(index_dir, model, model_id, chosen, source, ious, thresholds, n_images, size, spent, forward, top, q,
              wait) -> list[dict]:
     iou_min = default("dissect_iou")
     report = []
     with store.staged(index_dir, wait=wait, small=True, search=False) as con:
         known = {(r[1], r[2]): r[0] for r in execute(con, "SELECT id, name, category FROM concepts WHERE source = ?",
-                                                       [source])}
-        ids = []
-        for name in COLOUR_CONCEPTS:
-            if (name, COLOUR_CATEGORY) not in known:
-                known[(name, COLOUR_CATEGORY)] = next_id(con, "concepts")
+                                                       [source.source])}
+        ids = [0]
+        for name, category in zip(source.names, source.concept_categories):
+            if (name, category) not in known:
+                known[(name, category)] = next_id(con, "concepts")
                 execute(con, "INSERT INTO concepts VALUES (?, ?, ?, ?)",
-                        [known[(name, COLOUR_CATEGORY)], name, COLOUR_CATEGORY, source])
-            ids.append(known[(name, COLOUR_CATEGORY)])
-        concept_ids = np.array([0] + ids)
+                        [known[(name, category)], name, category, source.source])
+            ids.append(known[(name, category)])
+        concept_ids = np.array(ids)
         for r in chosen:
-            for (old,) in execute(con, "SELECT id FROM dissections WHERE layer_id = ? AND source = ?", [r["id"], source]):
+            for (old,) in execute(con, "SELECT id FROM dissections WHERE layer_id = ? AND source = ?",
+                                  [r["id"], source.source]):
                 execute(con, "DELETE FROM unit_concepts WHERE dissection_id = ?", [old])
                 execute(con, "DELETE FROM dissections WHERE id = ?", [old])
             did = next_id(con, "dissections")
             seconds = spent[r["id"]] + forward / len(chosen)
             execute(con, "INSERT INTO dissections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [did, model_id, r["id"], source, n_images, q, iou_min, size[0], size[1], seconds,
+                    [did, model_id, r["id"], source.source, n_images, q, iou_min, size[0], size[1], seconds,
                      datetime.now(timezone.utc).replace(tzinfo=None)])
             neuron_of = dict(execute(con, "SELECT channel, id FROM neurons WHERE layer_id = ? AND kind = 'channel'",
                                      [r["id"]]))
-            iou = ious[r["id"]][:, 1:]
+            iou, threshold = ious[r["id"]], thresholds[r["id"]]
+            iou[:, 0] = -1.0
             order = np.argsort(-iou, axis=1, kind="stable")[:, :top]
-            rows = {"dissection_id": [], "neuron_id": [], "concept_id": [], "iou": [], "rank": [], "threshold": []}
-            labels = []
-            for ch in range(iou.shape[0]):
-                best = [c for c in order[ch] if iou[ch, c] > 0]
-                for rank, c in enumerate(best, 1):
-                    for k, v in (("dissection_id", did), ("neuron_id", neuron_of[ch]), ("concept_id", int(concept_ids[c + 1])),
-                                 ("iou", float(iou[ch, c])), ("rank", rank), ("threshold", float(thresholds[r["id"]][ch]))):
-                        rows[k].append(v)
-                if best and iou[ch, best[0]] > iou_min:
-                    labels.append(COLOUR_CONCEPTS[best[0]])
-            if rows["neuron_id"]:
-                insert(con, "unit_concepts", rows)
+            units, cols = np.nonzero(iou[np.arange(len(iou))[:, None], order] > 0)
+            best = order[units, cols]
+            insert(con, "unit_concepts", {
+                "dissection_id": np.full(len(units), did), "neuron_id": np.array([neuron_of[u] for u in units], dtype=np.int64),
+                "concept_id": concept_ids[best], "iou": iou[units, best], "rank": cols + 1,
+                "threshold": threshold[units]})
+            label = order[:, 0]
+            named = iou[np.arange(len(iou)), label] > iou_min
+            labels = [source.names[c - 1] for c in label[named]]
             counts = {name: labels.count(name) for name in dict.fromkeys(labels)}
             report.append({"model": model, "layer": r["name"], "units": int(iou.shape[0]), "interpretable": len(labels),
                            "labels": ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])),
-                           "seconds": round(seconds, 2)})
+                           "seconds": round(seconds, 2), "source": source.source})
     return report

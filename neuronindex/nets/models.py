@@ -69,17 +69,18 @@ class Preprocessing:
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise UsageError("mean and std need three values each, std > 0")
 
-    def geometric(self, image):
-        """PIL RGB image -> PIL RGB image of exactly input_size, as the model sees it."""
+    def geometric(self, image, resample=Image.BILINEAR):
+        """PIL RGB image -> PIL RGB image of exactly input_size, as the model sees it (a label map
+        goes through with `resample=Image.NEAREST`)."""
         h, w = self.input_size
         if self.geometry == "resize":
-            return image.resize((w, h), Image.BILINEAR)
+            return image.resize((w, h), resample)
         if self.geometry == "resize-crop":
             short = self.resize or min(h, w)
             iw, ih = image.size
             scale = short / min(iw, ih)
             nw, nh = max(w, round(iw * scale)), max(h, round(ih * scale))
-            image = image.resize((nw, nh), Image.BILINEAR)
+            image = image.resize((nw, nh), resample)
         iw, ih = image.size
         left, top = (iw - w) // 2, (ih - h) // 2
         # crop() pads with black where the box leaves the image (the `none` policy on small images)

@@ -68,85 +68,163 @@ class TopQuantile:
     def merge(self, other: "TopQuantile") -> None:
         self.counts += other.counts
 
+    def top_bucket(self, q: float, total: int | None = None) -> np.ndarray:
+        """(K,) the highest bucket whose count from the top reaches ceil(q N), N = `total` (the
+        values each unit will have seen; default: those seen so far); 0 where none does yet. With
+        a `total` still to come it is a floor: the final answer's bucket is never below it."""
+        seen = self.counts.sum(1)
+        need = np.ceil(q * (seen if total is None else np.full_like(seen, total))).clip(min=1)[:, None]
+        from_top = np.cumsum(self.counts[:, ::-1], axis=1)
+        reached = from_top[:, -1:] >= need
+        return np.where(reached[:, 0], BUCKETS - 1 - np.argmax(from_top >= need, axis=1), 0)
+
     def threshold(self, q: float) -> np.ndarray:
         """(K,) T_k: the lower edge of the bucket holding each unit's top-q quantile (NaN for a unit
         that saw no value)."""
-        total = self.counts.sum(1)
-        from_top = np.cumsum(self.counts[:, ::-1], axis=1)
-        need = np.ceil(q * total).clip(min=1)[:, None]
-        b = BUCKETS - 1 - np.argmax(from_top >= need, axis=1)
-        out = lower_edges()[b]
-        out[total == 0] = np.nan
+        out = lower_edges()[self.top_bucket(q)]
+        out[self.counts.sum(1) == 0] = np.nan
         return out
 
 
 def upsample(amap: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
-             stride: float) -> np.ndarray:
-    """A unit map (H', W') at input resolution `size` (H, W): pixel p takes the map bilinearly
-    interpolated at unit coordinate (p - (start + (field - 1) / 2)) / stride, clamped to the map
-    (unit (i, j) sits at the centre of its receptive field)."""
-    return upsample_units(np.asarray(amap)[None], size, start, field, stride)[0]
+             stride: float, input_size: tuple[int, int] | None = None) -> np.ndarray:
+    """A unit map (H', W') at mask resolution `size` (h, w): see `upsample_units`."""
+    return upsample_units(np.asarray(amap)[None], size, start, field, stride, input_size)[0]
 
 
-class IoUTally:
-    """Intersections and areas of K units' thresholded masks with C concepts (ids 1..C; 0 is no
-    concept) in G categories (`category_of[c]`: the category of concept c, index 0 unused)."""
+class Dissection:
+    """Network Dissection of K units in one pass over the concept images.
 
-    def __init__(self, units: int, category_of: np.ndarray):
-        self.units = units
-        self.category_of = np.asarray(category_of, dtype=np.int64)
+    `add_maps` streams each batch's native maps into the units' `TopQuantile`; from those counts
+    a *floor* per unit follows: the highest bucket whose count from the top already reaches
+    ceil(q N) of the N values the unit will see (`total`, known in advance), so the final
+    threshold's bucket is never below it (counts only grow). `add_image` then tallies the unit's
+    upsampled map on one image by (concept, bucket) and (category area, bucket), sparsely and only
+    at buckets >= the floor; buckets that fall below a rising floor are dropped. At the end the
+    mask M_k is {pixels whose value's bucket >= T_k's bucket} (for values >= 0: value >= T_k,
+    exactly), and its intersections and areas are the tallies' sums above that bucket. So one
+    forward pass gives the two-pass answer; memory is bounded by units x concepts x live buckets,
+    not by the number of images. Tallies of shards that share `total` merge by adding."""
+
+    def __init__(self, units: int, category_of, total: int, q: float):
+        self.units, self.total, self.q = units, int(total), float(q)
+        self.category_of = np.asarray(category_of, dtype=np.int64)  # concept id -> category (index 0 unused)
         self.concepts = len(self.category_of) - 1
         self.categories = int(self.category_of[1:].max()) + 1 if self.concepts else 0
-        self.inter = np.zeros((units, self.concepts + 1), dtype=np.int64)
-        self.unit_area = np.zeros((units, self.categories), dtype=np.int64)
+        self.columns = self.concepts + 1 + self.categories  # concepts 0..C, then each category's area
+        self.quantile = TopQuantile(units)
+        self.floor = np.zeros(units, dtype=np.int64)
         self.concept_area = np.zeros(self.concepts + 1, dtype=np.int64)
+        self.codes = np.zeros(0, dtype=np.int64)  # sorted (unit, column, bucket) codes
+        self.counts = np.zeros(0, dtype=np.int64)
+        self._pending: list[np.ndarray] = []
+        self._pending_size = 0
 
-    def add(self, masks: np.ndarray, annotations: dict[int, list[np.ndarray]]) -> None:
-        """masks (K, H, W) bool: the units' thresholded maps on one image; annotations: category ->
-        its label maps on this image ((H, W) ints, 0 where no concept; several for categories whose
-        pixels can carry more than one label). Only the categories given count for this image."""
-        K = self.units
+    def add_maps(self, maps) -> None:
+        """maps (B, K, H', W'): the native maps of a batch, before its images' `add_image`."""
+        self.quantile.add(maps)
+        self.floor = np.maximum(self.floor, self.quantile.top_bucket(self.q, self.total))
+
+    def add_image(self, up: np.ndarray, annotations: dict[int, list[np.ndarray]]) -> None:
+        """up (K, h, w): the units' maps on one image upsampled to the masks' resolution;
+        annotations: category -> its label maps on this image ((h, w) ints, 0 where no concept;
+        several for categories whose pixels can carry more than one label). Only the categories
+        given count for this image."""
         if not annotations:
             return
-        masks = np.asarray(masks, dtype=bool)
-        area = masks.reshape(K, -1).sum(1)
         n = self.concepts + 1
-        unit_of = np.broadcast_to(np.arange(K, dtype=np.int64)[:, None, None] * n, masks.shape)
-        for g, label_maps in annotations.items():
-            self.unit_area[:, g] += area
+        for label_maps in annotations.values():
             for labels in label_maps:
-                labels = np.asarray(labels, dtype=np.int64)
-                self.concept_area += np.bincount(labels.ravel(), minlength=n)[:n]
-                hit = (unit_of + labels[None])[masks]
-                self.inter += np.bincount(hit, minlength=K * n).reshape(K, n)
+                self.concept_area += np.bincount(np.asarray(labels, dtype=np.int64).ravel(), minlength=n)[:n]
+        b = buckets(up).reshape(self.units, -1)
+        unit, pos = np.nonzero(b >= self.floor[:, None])
+        if not unit.size:
+            return
+        bucket = b[unit, pos]
+        base = unit * self.columns
+        for g, label_maps in annotations.items():
+            self._queue((base + n + g) * BUCKETS + bucket)
+            for labels in label_maps:
+                lab = np.asarray(labels, dtype=np.int64).ravel()[pos]
+                on = lab > 0
+                self._queue((base[on] + lab[on]) * BUCKETS + bucket[on])
 
-    def merge(self, other: "IoUTally") -> None:
-        self.inter += other.inter
-        self.unit_area += other.unit_area
+    def _queue(self, codes: np.ndarray) -> None:
+        self._pending.append(codes)
+        self._pending_size += codes.size
+        if self._pending_size > 1 << 23:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            new, counts = np.unique(np.concatenate(self._pending), return_counts=True)
+            self._pending, self._pending_size = [], 0
+            self._combine(new, counts)
+        keep = self.codes % BUCKETS >= self.floor[self.codes // (self.columns * BUCKETS)]
+        self.codes, self.counts = self.codes[keep], self.counts[keep]
+
+    def _combine(self, codes: np.ndarray, counts: np.ndarray) -> None:
+        if self.codes.size:
+            codes, inverse = np.unique(np.concatenate([self.codes, codes]), return_inverse=True)
+            counts = np.bincount(inverse, weights=np.concatenate([self.counts, counts]),
+                                 minlength=codes.size).astype(np.int64)
+        self.codes, self.counts = codes, counts
+
+    def merge(self, other: "Dissection") -> None:
+        """Add a shard's tallies (made with the same units, concepts, total and q)."""
+        other._flush()
+        self.quantile.merge(other.quantile)
         self.concept_area += other.concept_area
+        self.floor = np.maximum(self.floor, other.floor)
+        self._flush()
+        self._combine(other.codes, other.counts)
+        self._flush()
+
+    def thresholds(self) -> np.ndarray:
+        """(K,) T_k, as `TopQuantile.threshold`."""
+        return self.quantile.threshold(self.q)
 
     def iou(self) -> np.ndarray:
         """(K, C + 1) IoU of every unit with every concept (column 0, no concept, is 0)."""
-        union = self.unit_area[:, self.category_of] + self.concept_area[None, :] - self.inter
+        self._flush()
+        t_bucket = self.quantile.top_bucket(self.q)
+        unit = self.codes // (self.columns * BUCKETS)
+        keep = self.codes % BUCKETS >= t_bucket[unit]
+        cell = (self.codes[keep] // BUCKETS)  # unit * columns + column
+        sums = np.bincount(cell, weights=self.counts[keep], minlength=self.units * self.columns)
+        sums = sums.astype(np.int64).reshape(self.units, self.columns)
+        n = self.concepts + 1
+        inter, unit_area = sums[:, :n], sums[:, n:]
+        union = unit_area[:, self.category_of] + self.concept_area[None, :] - inter
         with np.errstate(invalid="ignore", divide="ignore"):
-            out = np.where(union > 0, self.inter / np.maximum(union, 1), 0.0)
+            out = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
         out[:, 0] = 0.0
+        out[self.quantile.counts.sum(1) == 0] = 0.0
         return out
 
 
+def interpolation(n_pix: int, n_units: int, start: float, field: int, stride: float, n_input: int) -> np.ndarray:
+    """(n_pix, n_units) bilinear weights along one axis: mask pixel p covers input pixels whose
+    centre is x = (p + 1/2) n_input / n_pix - 1/2; it takes the map at unit coordinate
+    (x - (start + (field - 1) / 2)) / stride, clamped to the map (unit i sits at the centre of its
+    receptive field)."""
+    x = (np.arange(n_pix) + 0.5) * (n_input / n_pix) - 0.5
+    u = np.clip((x - (start + (field - 1) / 2)) / max(stride, 1e-12), 0, n_units - 1)
+    i0 = np.floor(u).astype(int)
+    i1 = np.minimum(i0 + 1, n_units - 1)
+    w = np.zeros((n_pix, n_units), np.float32)
+    np.add.at(w, (np.arange(n_pix), i0), (1 - (u - i0)).astype(np.float32))
+    np.add.at(w, (np.arange(n_pix), i1), (u - i0).astype(np.float32))
+    return w
+
+
 def upsample_units(maps: np.ndarray, size: tuple[int, int], start: tuple[float, float], field: tuple[int, int],
-                   stride: float) -> np.ndarray:
-    """`upsample` of K maps (K, H', W') that share one field geometry, at once: (K, H, W)."""
-    maps = np.asarray(maps)
-    out_h, out_w = size
-    coords = []
-    for n_pix, n_units, s0, f in ((out_h, maps.shape[1], start[0], field[0]), (out_w, maps.shape[2], start[1], field[1])):
-        u = (np.arange(n_pix) - (s0 + (f - 1) / 2)) / max(stride, 1e-12)
-        coords.append(np.clip(u, 0, n_units - 1))
-    uy, ux = coords
-    y0, x0 = np.floor(uy).astype(int), np.floor(ux).astype(int)
-    y1, x1 = np.minimum(y0 + 1, maps.shape[1] - 1), np.minimum(x0 + 1, maps.shape[2] - 1)
-    fy, fx = (uy - y0)[None, :, None], (ux - x0)[None, None, :]
-    top = maps[:, y0][:, :, x0] * (1 - fx) + maps[:, y0][:, :, x1] * fx
-    bottom = maps[:, y1][:, :, x0] * (1 - fx) + maps[:, y1][:, :, x1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+                   stride: float, input_size: tuple[int, int] | None = None) -> np.ndarray:
+    """K maps (K, H', W') that share one field geometry, upsampled to the masks' resolution `size`
+    (h, w) of an input of `input_size` (default: `size`), bilinearly by the receptive field
+    (`interpolation` along each axis): (K, h, w) float32."""
+    maps = np.asarray(maps, dtype=np.float32)
+    (h, w), (ih, iw) = size, input_size or size
+    wy = interpolation(h, maps.shape[1], start[0], field[0], stride, ih)
+    wx = interpolation(w, maps.shape[2], start[1], field[1], stride, iw)
+    return np.matmul(np.matmul(wy, maps), wx.T)
