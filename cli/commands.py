@@ -369,6 +369,8 @@ def search(index_dir, query, fmt, output, explain, time_limit):
             return
         rows = idx.search(query, time_limit).rows()
     columns = ["key", "color_index", "color_label", "class_index", "top_class", "csi", "auc", "sparsity", "act_max"]
+    if rows and "concept" in rows[0]:  # an index with dissections: the matched concept or the unit's label
+        columns[5:5] = ["concept", "iou"]
     emit(rows, fmt, output, columns if fmt == "table" else None)
 
 

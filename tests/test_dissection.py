@@ -244,3 +244,159 @@ def test_dissection_is_shown_by_the_cli_api_and_http(dissected, cli_runner):
     assert "conv1:" in out.output and "units interpretable" in out.output
     bad = cli_runner.invoke(cli, ["dissect", str(index), "--layers", "nope", "-q"])
     assert bad.exit_code != 0 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+def _broden_from_plain(plain, broden):
+    """The same annotations in the Broden layout: label numbers shifted past 255 (so masks need
+    R + 256 G), the scene as image-level numbers in index.csv, a label listed under two
+    categories (counted in its main one)."""
+    import csv
+    import shutil
+
+    from PIL import Image
+
+    with open(plain / "labels.csv") as f:
+        labels = list(csv.DictReader(f))
+    shift = 300
+    broden.mkdir(parents=True)
+    with open(broden / "label.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "name", "category", "frequency", "coverage", "syns"])
+        for r in labels:
+            cat = f"{r['category']}(40);other(2)" if r["name"] == "disc" else f"{r['category']}(9)"
+            w.writerow([int(r["id"]) + shift, r["name"], cat, 1, 1.0, ""])
+    rows = []
+    for img in sorted((plain / "images").rglob("*.png")):
+        rel = img.relative_to(plain / "images")
+        (broden / "images" / rel.parent).mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, broden / "images" / rel)
+        row = {"image": str(rel), "split": "train", "ih": 32, "iw": 32, "sh": 32, "sw": 32, "shape": "", "colour": "",
+               "scene": ""}
+        for category in ("shape", "colour"):
+            ids = np.asarray(Image.open(plain / "masks" / category / rel)).astype(np.int64)
+            number = np.where(ids > 0, ids + shift, 0)
+            rgb = np.stack([number % 256, number // 256, np.zeros_like(number)], -1).astype(np.uint8)
+            name = f"{rel.with_suffix('')}_{category}.png"
+            Image.fromarray(rgb).save(broden / "images" / name)
+            row[category] = name
+        scene = np.asarray(Image.open(plain / "masks" / "scene" / rel)).max()
+        row["scene"] = str(int(scene) + shift)
+        rows.append(row)
+    with open(broden / "index.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_broden_and_plain_layouts_give_the_same_dissection(hierarchy_index, tmp_path):
+    """A Broden-format set built from the demo's masks (plus an image-level scene category)
+    dissects exactly as the same annotations in the plain layout (the scene there as whole-image
+    masks): same concepts, same IoU for every unit."""
+    import shutil
+
+    from PIL import Image
+
+    import neuronindex
+    from neuronindex.demo import CLASSES, write_concepts
+    from neuronindex.jobs.dissect import dissect
+
+    plain = write_concepts(tmp_path / "plain", 4, 11)
+    scenes = list(dict.fromkeys(CLASSES.values()))
+    with open(plain / "labels.csv", "a") as f:
+        f.writelines(f"{100 + i},{name},scene\n" for i, name in enumerate(scenes))
+    for img in (plain / "images").rglob("*.png"):
+        rel = img.relative_to(plain / "images")
+        (plain / "masks" / "scene" / rel.parent).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((32, 32), 100 + scenes.index(CLASSES[rel.parts[0]]), np.uint8)).save(
+            plain / "masks" / "scene" / rel)
+    _broden_from_plain(plain, (tmp_path / "broden"))
+    results = {}
+    for name, source in (("plain", plain), ("broden", tmp_path / "broden")):
+        index = tmp_path / f"index-{name}"
+        shutil.copytree(hierarchy_index, index)
+        report = dissect(index, str(source), progress=False)
+        assert all(r["skipped"] == 0 for r in report)
+        with neuronindex.open(index) as idx:
+            results[name] = {(r["key"], r["name"], r["category"]): r["iou"] for r in idx.query(
+                "SELECT n.key, c.name, c.category, u.iou FROM unit_concepts u JOIN neurons n ON n.id = u.neuron_id "
+                "JOIN concepts c ON c.id = u.concept_id").rows()}
+    assert results["plain"] and results["plain"].keys() == results["broden"].keys()
+    for k, v in results["plain"].items():
+        assert results["broden"][k] == pytest.approx(v, abs=1e-12), k
+    assert {c for _, _, c in results["plain"]} == {"shape", "colour", "scene"}
+
+
+def test_masks_follow_the_models_geometry(tmp_path):
+    """A mask at half the image's resolution, seen through a resize-then-centre-crop: label ids
+    survive (nearest neighbour) and land where the image's pixels land."""
+    from PIL import Image
+
+    from neuronindex.conceptsets import open_concepts
+    from neuronindex.nets.models import Preprocessing
+
+    root = tmp_path / "set"
+    (root / "images").mkdir(parents=True)
+    (root / "masks" / "thing").mkdir(parents=True)
+    (root / "labels.csv").write_text("id,name,category\n7,box,thing\n")
+    Image.new("RGB", (40, 20)).save(root / "images" / "a.jpg")
+    mask = np.zeros((10, 20), np.uint8)
+    mask[:, 10:] = 7  # the right half of the image
+    Image.fromarray(mask).save(root / "masks" / "thing" / "a.png")
+    cs = open_concepts(root)
+    assert cs.names == ["box"] and cs.categories == ["thing"]
+    pre = Preprocessing(input_size=(16, 16), geometry="resize-crop", resize=16)  # 40x20 -> 32x16 -> crop 16x16
+    (lab,) = cs.labels(cs.images[0], (40, 20), pre.geometric, (8, 8))[0]
+    expected = np.zeros((8, 8), np.int64)
+    expected[:, 4:] = 1  # the crop's x 8..24 of 32: its right half is the image's right half
+    np.testing.assert_array_equal(lab, expected)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="not a concept set"):
+        open_concepts(tmp_path / "empty")
+
+
+def test_search_finds_units_by_concept(dissected, tmp_path):
+    """`concept:`, `category:` and `iou` in the search language, against the stored rows read
+    with plain SQL: a concept matches the units it labels (rank 1 above the dissection's IoU
+    threshold), ranked by IoU; with an `iou` comparison, any stored concept at that IoU; every
+    result of a dissected index carries its concept; the CSV export has the column."""
+    import csv
+
+    import neuronindex
+    from neuronindex.errors import QueryError
+
+    index, _ = dissected
+    with neuronindex.open(index) as idx:
+        stored = idx.query("SELECT n.key, c.name, c.category, u.iou, u.rank, d.iou_threshold FROM unit_concepts u "
+                           "JOIN neurons n ON n.id = u.neuron_id JOIN concepts c ON c.id = u.concept_id "
+                           "JOIN dissections d ON d.id = u.dissection_id").rows()
+        labels = {r["key"]: r for r in stored if r["rank"] == 1 and r["iou"] > r["iou_threshold"]}
+        name = max({r["name"] for r in labels.values()}, key=lambda n: sum(r["name"] == n for r in labels.values()))
+        found = idx.search(f"concept:{name} limit:500").rows()
+        expected = sorted((r for r in labels.values() if r["name"] == name), key=lambda r: -r["iou"])
+        assert [r["key"] for r in found] == [r["key"] for r in expected]
+        assert all(r["concept"] == name and r["iou"] == pytest.approx(e["iou"]) for r, e in zip(found, expected))
+        loose = {r["key"] for r in idx.search(f"concept:{name} iou>0.01 limit:500").rows()}
+        assert loose == {r["key"] for r in stored if r["name"] == name and r["iou"] > 0.01} and loose >= set(
+            r["key"] for r in expected)
+        assert {r["key"] for r in idx.search("category:colour limit:500").rows()} == set(labels)
+        best = {r["key"] for r in idx.search("iou>=0.05 limit:500").rows()}
+        assert best == {r["key"] for r in stored if r["rank"] == 1 and r["iou"] >= 0.05}
+        plain = idx.search("conv1 limit:500").rows()
+        assert {r["key"]: r["concept"] for r in plain if r["concept"]} == {
+            k: r["name"] for k, r in labels.items() if "/conv1/" in k}
+        with pytest.raises(QueryError, match="unknown concept 'wheel'"):
+            idx.search("concept:wheel")
+        idx.export(f"concept:{name}", "csv", tmp_path / "out.csv")
+    with open(tmp_path / "out.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["key"] for r in rows] == [r["key"] for r in expected] and rows[0]["concept"] == name
+
+
+def test_concept_words_need_a_dissection(hierarchy_index):
+    import neuronindex
+    from neuronindex.errors import QueryError
+
+    with neuronindex.open(hierarchy_index) as idx:
+        with pytest.raises(QueryError, match="no dissection yet"):
+            idx.search("category:shape")
+        assert "concept" not in idx.search("conv1 limit:1").rows()[0]

@@ -11,12 +11,18 @@
     csi>0.8 model:resnet20
     svd conv19                     the SVD directions of conv19 (Zhang (CS231n)), by singular value
     kind:random explained>0.02     random directions; `directions` = every kind; sv>50 on directions
+    disc conv3_1                   units Network Dissection labels `disc` (neuronindex dissect)
+    concept:wheel iou>0.05         units with `wheel` among their best concepts at IoU > 0.05
+    category:texture               units labelled with a concept of the category
 
 Searches return neurons (channels) unless they name a direction kind (svd, random, user,
 directions, kind:K, kind:all) or compare a direction-only field (sv, explained, variance).
 
 Bare words resolve, in order, to a layer (name, alias or node), a colour name, a class or an
-ancestor class, a model. `field OP value` works on every numeric column (FIELDS below, with short
+ancestor class, a dissection concept, a model. A concept (bare, or `concept:NAME`) or a
+`category:NAME` matches units it labels (their best concept, IoU above the dissection's
+threshold); with an `iou` comparison, any of their stored concepts at that IoU. Results of an
+index with dissections carry `concept` and `iou`: the matched concept, else the unit's label. `field OP value` works on every numeric column (FIELDS below, with short
 aliases); `sort:[-]field` and `limit:N` order and cut. Without `sort:` the property asked about
 ranks the result, strongest first. Words of one kind are alternatives (red blue = red or blue);
 kinds combine with AND. User text only ever reaches SQL as bound parameters.
@@ -55,6 +61,7 @@ FIELDS = {
     "viz_alpha": "viz_color_index", "viz_color_index": "viz_color_index", "viz_hue": "viz_hue",
 }
 DIRECTION_FIELDS = {"sv", "explained", "dir_variance", "act_min"}
+CONCEPT_FIELDS = {"iou": "iou"}  # compared on the unit's matched concept, not a column of the view
 UNIT_KINDS = ("channel", "svd", "random", "user")
 KIND_WORDS = {"svd": ["svd"], "random": ["random"], "user": ["user"], "direction": ["svd", "random", "user"],
               "directions": ["svd", "random", "user"], "channels": ["channel"], "channel": ["channel"]}
@@ -73,6 +80,10 @@ OUTPUT = ["id", "key", "model", "layer", "alias", "channel", "kind", "unit", "sv
 # the top of the ranking only
 view = table("neuron_search", *[column(c) for c in set(OUTPUT) | set(FIELDS.values()) | {"node", "weak", "kind"}])
 nclasses = table("class_search", column("neuron_id"), column("class_id"), column("share"), column("rank"))
+uconcepts = table("unit_concepts", column("dissection_id"), column("neuron_id"), column("concept_id"), column("iou"),
+                  column("rank"))
+concepts = table("concepts", column("id"), column("name"), column("category"))
+dissections = table("dissections", column("id"), column("iou_threshold"))
 ncolors = table("neuron_colors", column("neuron_id"), column("name"), column("share"))
 
 
@@ -85,6 +96,8 @@ class Vocabulary:
     classes: dict[str, str] = field(default_factory=dict)
     models: dict[str, str] = field(default_factory=dict)
     class_ids: dict[str, list[int]] = field(default_factory=dict)  # class name -> ids (one per dataset)
+    concepts: dict[str, str] = field(default_factory=dict)  # dissection concepts
+    categories: dict[str, str] = field(default_factory=dict)  # their categories
 
     @classmethod
     def load(cls, con) -> "Vocabulary":
@@ -113,11 +126,14 @@ class Vocabulary:
                 vocab.classes.setdefault(word.lower(), word)
                 vocab.class_ids.setdefault(word, []).append(class_id)
         vocab.models = {n.lower(): n for (n,) in con.execute("SELECT name FROM models").fetchall()}
+        for name, category in con.execute("SELECT DISTINCT name, category FROM concepts").fetchall():
+            vocab.concepts[name.lower()] = name
+            vocab.categories[category.lower()] = category
         return vocab
 
     def all_words(self) -> list[str]:
-        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.models) + \
-            ["dead", "alive", "weak"] + list(KIND_WORDS)
+        return list(self.layers) + list(COLOR_NAMES) + list(self.classes) + list(self.concepts) + \
+            list(self.models) + ["dead", "alive", "weak"] + list(KIND_WORDS)
 
 
 @dataclass
@@ -130,6 +146,9 @@ class Query:
     dead: bool | None = None
     weak: bool | None = None
     kinds: list[str] = field(default_factory=list)  # unit kinds (empty: channels, or directions when asked)
+    concepts: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=list)
+    iou: list[tuple[str, float]] = field(default_factory=list)  # comparisons on the matched concept's IoU
     sort: tuple[str, bool] | None = None  # (column, descending)
     limit: int | None = None  # None: the search_limit setting
 
@@ -160,7 +179,11 @@ def parse(text: str, vocab: Vocabulary, settings: Settings | None = None) -> Que
         m = COMPARISON.match(token)
         if m:
             name, op, value = m.groups()
-            q.comparisons.append((_field(name), "=" if op == "==" else op, _number(value, raw)))
+            op = "=" if op == "==" else op
+            if name in CONCEPT_FIELDS:
+                q.iou.append((op, _number(value, raw)))
+            else:
+                q.comparisons.append((_field(name), op, _number(value, raw)))
             continue
         for suffix in ("-selective", "_selective"):
             if token.endswith(suffix):
@@ -179,11 +202,13 @@ def parse(text: str, vocab: Vocabulary, settings: Settings | None = None) -> Que
             q.colors.append("grey" if token == "gray" else token)
         elif token in vocab.classes:
             q.classes.append(vocab.classes[token])
+        elif token in vocab.concepts:
+            q.concepts.append(vocab.concepts[token])
         elif token in vocab.models:
             q.models.append(vocab.models[token])
         else:
             raise QueryError(f"unknown word {raw!r}{did_you_mean(token, vocab.all_words() + list(FIELDS))}; "
-                             "words name layers, colours, classes or models; use field>value for numbers")
+                             "words name layers, colours, classes, concepts or models; use field>value for numbers")
     return q
 
 
@@ -200,7 +225,8 @@ def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str, max_li
         raise QueryError(f"{raw!r} needs a value after the colon")
     if key == "sort":
         descending = value.startswith("-")
-        q.sort = (_field(value.lstrip("-+")), descending)
+        name = value.lstrip("-+")
+        q.sort = (name if name in CONCEPT_FIELDS else _field(name), descending)
     elif key == "limit":
         if not value.isdigit() or not 0 < int(value) <= max_limit:
             raise QueryError(f"limit must be a whole number from 1 to {max_limit}, not {value!r}")
@@ -216,6 +242,13 @@ def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str, max_li
         _lookup(q.classes, value, vocab.classes, "class")
     elif key == "model":
         _lookup(q.models, value, vocab.models, "model")
+    elif key in ("concept", "category"):
+        known = vocab.concepts if key == "concept" else vocab.categories
+        if value not in known:
+            raise QueryError(f"unknown {key} {value!r}{did_you_mean(value, list(known))}; "
+                             + ("concepts come from neuronindex dissect" if known else
+                                "the index has no dissection yet: run neuronindex dissect first"))
+        (q.concepts if key == "concept" else q.categories).append(known[value])
     elif key == "kind":
         if value == "all":
             q.kinds += list(UNIT_KINDS)
@@ -226,7 +259,7 @@ def _keyword(q: Query, key: str, value: str, vocab: Vocabulary, raw: str, max_li
                              f"{', '.join(UNIT_KINDS)}, directions or all")
     else:
         raise QueryError(f"unknown keyword {key + ':'!r}"
-                         f"{did_you_mean(key, ['sort', 'limit', 'layer', 'color', 'class', 'model', 'kind'])}")
+                         f"{did_you_mean(key, ['sort', 'limit', 'layer', 'color', 'class', 'model', 'kind', 'concept', 'category'])}")
 
 
 def _lookup(into: list, value: str, known: dict, what: str) -> None:
@@ -298,6 +331,13 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
         source = source.join(matched, matched.c.neuron_id == view.c.id)
         columns.append(matched.c.class_share)
         rank_by.insert(0, (matched.c.class_share, True))
+    if q.concepts or q.categories or q.iou or (q.sort and q.sort[0] in CONCEPT_FIELDS) or vocab.concepts:
+        asked = bool(q.concepts or q.categories or q.iou or (q.sort and q.sort[0] in CONCEPT_FIELDS))
+        matched = _concept_match(q).subquery("concept_match")
+        source = source.join(matched, matched.c.neuron_id == view.c.id, isouter=not asked)
+        columns += [matched.c.concept, matched.c.iou]
+        if asked:
+            rank_by.insert(0, (matched.c.iou, True))
     # selectivity rankings leave out weak neurons (settings: activity_floor) unless the query asks for them
     selective = bool(q.colors or q.classes) or any(name in SELECTIVITY for name, _, _ in q.comparisons) or (
         q.sort is not None and q.sort[0] in SELECTIVITY)
@@ -311,7 +351,7 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
                            "=": col == value, "!=": col != value}[op])
         rank_by.append((col, op in (">", ">=", "=", "!=")))
     if q.sort is not None:
-        col = view.c[q.sort[0]]
+        col = matched.c.iou if q.sort[0] in CONCEPT_FIELDS else view.c[q.sort[0]]
         order = [col.desc().nulls_last() if q.sort[1] else col.asc().nulls_last()]
     elif rank_by:
         col, desc = rank_by[0]
@@ -325,6 +365,30 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
     compiled = stmt.compile(dialect=_dialect(), compile_kwargs={"render_postcompile": True})
     params = [compiled.params[name] for name in compiled.positiontup]
     return str(compiled), params, [c.name for c in columns]
+
+
+def _concept_match(q: Query):
+    """Per unit, its best concept among those the query asks for: (neuron_id, concept, iou).
+    Without an `iou` comparison only labels count (rank 1, IoU above the dissection's threshold)."""
+    conditions = []
+    if q.concepts:
+        conditions.append(concepts.c.name.in_(q.concepts))
+    if q.categories:
+        conditions.append(concepts.c.category.in_(q.categories))
+    if q.iou:
+        for op, value in q.iou:
+            col = uconcepts.c.iou
+            conditions.append({">": col > value, ">=": col >= value, "<": col < value, "<=": col <= value,
+                               "=": col == value, "!=": col != value}[op])
+        if not (q.concepts or q.categories):
+            conditions.append(uconcepts.c.rank == 1)
+    else:
+        conditions += [uconcepts.c.rank == 1, uconcepts.c.iou > dissections.c.iou_threshold]
+    return (select(uconcepts.c.neuron_id, func.arg_max(concepts.c.name, uconcepts.c.iou).label("concept"),
+                   func.max(uconcepts.c.iou).label("iou"))
+            .select_from(uconcepts.join(concepts, concepts.c.id == uconcepts.c.concept_id)
+                         .join(dissections, dissections.c.id == uconcepts.c.dissection_id))
+            .where(and_(true(), *conditions)).group_by(uconcepts.c.neuron_id))
 
 
 def _dialect():
