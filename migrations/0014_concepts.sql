@@ -51,3 +51,18 @@ COMMENT ON COLUMN unit_concepts.concept_id IS 'concepts.id.';
 COMMENT ON COLUMN unit_concepts.iou IS 'Intersection over union of the unit''s thresholded maps with the concept''s masks.';
 COMMENT ON COLUMN unit_concepts.rank IS '1 = the unit''s best concept.';
 COMMENT ON COLUMN unit_concepts.threshold IS 'The unit''s activation threshold T (the same on each of its rows): 1/64 of an octave at most below the exact quantile.';
+CREATE TABLE dissection_images (
+    dissection_id INTEGER NOT NULL,
+    neuron_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    path VARCHAR NOT NULL,
+    source VARCHAR NOT NULL,
+    activation DOUBLE
+);
+COMMENT ON TABLE dissection_images IS 'Each unit''s top concept images in a dissection (by the spatial maximum of its map), to show its thresholded map over a concept''s mask.';
+COMMENT ON COLUMN dissection_images.dissection_id IS 'dissections.id.';
+COMMENT ON COLUMN dissection_images.neuron_id IS 'neurons.id.';
+COMMENT ON COLUMN dissection_images.rank IS '1 = the image the unit fires most on.';
+COMMENT ON COLUMN dissection_images.path IS 'The concept image (for colour concepts: the ingested image''s path).';
+COMMENT ON COLUMN dissection_images.source IS 'The dataset source of an ingested image (colour concepts); empty for a concept folder''s image.';
+COMMENT ON COLUMN dissection_images.activation IS 'The spatial maximum of the unit''s map on it.';

@@ -28,7 +28,7 @@ from neuronindex.formats import to_table
 from neuronindex.query import categories, compare, maps
 from neuronindex.query import sql as guarded
 from neuronindex.query.export import dump, export
-from neuronindex.query.pictures import context, reconstruction
+from neuronindex.query.pictures import concept_overlay, context, reconstruction
 from neuronindex.query.reader import SUMMARY_COLUMNS, Reader
 from neuronindex.query.search import Vocabulary, compile_query, parse, search
 from neuronindex.query.sql import schema
@@ -185,6 +185,10 @@ class Neuron:
     def context(self, rank: int = 1, side: str = "top"):
         """The rank-th top (or bottom) image whole, with this unit's heatmap and field (see Index.context)."""
         return self.index.context(self.key, rank, side)
+
+    def concept_overlay(self, concept: str | None = None, n: int = 4):
+        """Its top concept images with the concept's mask and its thresholded map (see Index.concept_overlay)."""
+        return self.index.concept_overlay(self.key, concept, n)
 
     def reconstruction(self, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
         """The deconvnet reconstruction of its activation on the rank-th image (see Index.reconstruction)."""
@@ -488,6 +492,13 @@ class Index(Reader):
         a_max) and its field at the stored location boxed: a PIL RGB image (query.pictures.context)."""
 
         return context(self, key, rank, side)
+
+    def concept_overlay(self, key: str, concept: str | None = None, n: int = 4):
+        """Network Dissection's picture of a unit: its top `n` images of the dissection with
+        `concept` (default: its best), the concept's mask tinted cyan and the unit's map
+        thresholded at T (upsampled by its receptive field) outlined in yellow: a PIL RGB strip
+        (query.pictures.concept_overlay)."""
+        return concept_overlay(self, key, concept, n)
 
     def reconstruction(self, key: str, rank: int = 1, side: str = "top", rule: str = "deconvnet", whole: bool = False):
         """The unit's activation on its rank-th image projected back to pixels (Yu et al. 2014; Zeiler &

@@ -271,7 +271,43 @@ def render_figures(idx, model: str) -> dict[str, bytes]:
                      fontsize=9)
         ax.legend(fontsize=5, ncol=2)
         figs["svd_spectrum"] = _png(fig)
+
+    detectors = figure_detectors(idx, model)
+    if detectors:
+        fig, axes = plt.subplots(1, len(detectors), figsize=(5.5 * len(detectors), 3.2), squeeze=False)
+        for ax, (source, d) in zip(axes[0], detectors.items()):
+            x = np.arange(len(d["layers"]))
+            width = 0.8 / max(1, len(d["categories"]))
+            for i, (category, counts) in enumerate(d["categories"].items()):
+                ax.bar(x + (i - (len(d["categories"]) - 1) / 2) * width, counts, width, label=category)
+            ax.set_xticks(x, d["layers"], rotation=60, fontsize=7)
+            ax.set_ylabel("unique detectors", fontsize=8)
+            ax.set_title(f"concepts: {source.rstrip('/').rsplit('/', 1)[-1]}", fontsize=9)
+            ax.legend(fontsize=6, loc="upper left")
+            share = ax.twinx()
+            share.plot(x, d["interpretable"], "k.-", label="interpretable share")
+            share.set_ylim(0, 1.02)
+            share.set_ylabel("share of units interpretable", fontsize=8)
+        fig.tight_layout()
+        figs["dissection_detectors"] = _png(fig)
     return figs
+
+
+def figure_detectors(idx, model: str) -> dict:
+    """Per concept set: layers in depth order, unique detectors per category per layer, and the
+    share of each layer's units that a concept labels (Network Dissection)."""
+    out: dict = {}
+    for d in idx.dissections(model).rows():
+        entry = out.setdefault(d["source"], {"layers": [], "interpretable": [], "rows": {}})
+        entry["layers"].append(d["layer"])
+        entry["interpretable"].append(d["interpretable"] / d["units"] if d["units"] else 0.0)
+    for r in idx.detectors(model).rows():
+        out[r["source"]]["rows"][(r["layer"], r["category"])] = r["unique_detectors"]
+    for entry in out.values():
+        cats = sorted({c for _, c in entry["rows"]})
+        entry["categories"] = {c: [entry["rows"].get((layer, c), 0) for layer in entry["layers"]] for c in cats}
+        del entry["rows"]
+    return out
 
 
 def _img(png: bytes | None, width: int = 56) -> str:
@@ -334,13 +370,16 @@ FIGURE_TITLES = {
     "fig1_curves": f"Ranked activation curves per layer ({RAFEGAS}, Fig. 1)",
     "variance_by_rank": f"Share of a layer's activation variance by neuron rank ({ZHANG})",
     "svd_spectrum": f"Singular values of each layer's image x channel matrix ({ZHANG}, Fig. 5)",
+    "dissection_detectors": "Unique detectors per concept category and the share of interpretable units, by "
+                            "layer (Network Dissection, Bau et al. 2017)",
 }
 
 
 def figure_names(idx, model: str) -> list[str]:
     """The figures render_figures makes for a model, known without drawing any (a request for
     another name is answered before anything is rendered)."""
-    return [n for n in FIGURE_TITLES if n != "svd_spectrum"] + (["svd_spectrum"] if figure_spectrum(idx, model) else [])
+    optional = {"svd_spectrum": bool(figure_spectrum(idx, model)), "dissection_detectors": bool(figure_detectors(idx, model))}
+    return [n for n in FIGURE_TITLES if n not in optional] + [n for n, present in optional.items() if present]
 
 
 def figure_title(name: str) -> str:

@@ -196,6 +196,15 @@ def test_stored_ious_equal_a_brute_force_dissection(dissected):
             assert stored
             geo = idx.query("SELECT channel, rf_y0, rf_x0, rf_h, rf_w FROM neurons WHERE layer_id = ? AND kind = 'channel'",
                             [lay["id"]]).rows()
+            # each unit's stored top concept images: the 4 highest spatial maxima, ties to the earlier image
+            tops = idx.query("SELECT n.channel, i.path, i.activation FROM dissection_images i JOIN neurons n ON "
+                             "n.id = i.neuron_id WHERE n.layer_id = ? ORDER BY n.channel, i.rank", [lay["id"]]).rows()
+            peaks = maps.max(axis=(2, 3))
+            for ch in range(maps.shape[1]):
+                order = sorted(range(len(images)), key=lambda b: (-peaks[b, ch], b))[:4]
+                got = [r for r in tops if r["channel"] == ch]
+                assert [r["path"] for r in got] == [images[b] for b in order]
+                assert [r["activation"] for r in got] == pytest.approx([float(peaks[b, ch]) for b in order])
             for r in stored:
                 ch, T = r["channel"], r["threshold"]
                 v = np.sort(maps[:, ch].ravel())[::-1]
@@ -400,3 +409,76 @@ def test_concept_words_need_a_dissection(hierarchy_index):
         with pytest.raises(QueryError, match="no dissection yet"):
             idx.search("category:shape")
         assert "concept" not in idx.search("conv1 limit:1").rows()[0]
+
+
+def test_concept_overlay_outlines_the_thresholded_map_over_the_mask(dissected):
+    """The picture of a unit's best concept, checked against a brute-force redraw of its first
+    image: yellow exactly on the boundary of {upsampled map >= T}, the concept's pixels tinted."""
+    import torch
+
+    import neuronindex
+    from neuronindex.science.concepts import COLOUR_CONCEPTS, colour_labels
+
+    index, _ = dissected
+    with neuronindex.open(index) as idx:
+        best = idx.query("SELECT n.key, n.channel, n.layer_id, c.name, u.threshold FROM unit_concepts u JOIN neurons n "
+                         "ON n.id = u.neuron_id JOIN concepts c ON c.id = u.concept_id WHERE u.rank = 1 "
+                         "ORDER BY u.iou DESC LIMIT 1").rows()[0]
+        strip = np.asarray(idx.neuron(best["key"]).concept_overlay(n=1))
+        first = idx.query("SELECT i.path FROM dissection_images i JOIN neurons n ON n.id = i.neuron_id WHERE n.key = ? "
+                          "AND i.rank = 1", [best["key"]]).rows()[0]["path"]
+        lay = idx.query("SELECT name, node, rf_stride FROM layers WHERE id = ?", [best["layer_id"]]).rows()[0]
+        g = idx.query("SELECT rf_y0, rf_x0, rf_h, rf_w FROM neurons WHERE key = ?", [best["key"]]).rows()[0]
+        pre = idx.query("SELECT preprocessing FROM models").rows()[0]["preprocessing"]
+        seen = idx.seen(first, "", pre)
+        net = idx.network("tiny_cnn", lay["name"])
+        amap = net.extractor(torch.from_numpy(seen.copy())[None])[lay["node"]][0, best["channel"]].float().numpy()
+    h, w = seen.shape[:2]
+    on = d.upsample(amap, (h, w), (g["rf_y0"], g["rf_x0"]), (g["rf_h"], g["rf_w"]), lay["rf_stride"]) >= best["threshold"]
+    k = strip.shape[0] // h
+    on = on.repeat(k, 0).repeat(k, 1)
+    lab = (colour_labels(seen) == COLOUR_CONCEPTS.index(best["name"]) + 1).repeat(k, 0).repeat(k, 1)
+    yellow = (strip == (255, 220, 0)).all(-1)
+    inner = on.copy()
+    for shift in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        inner &= np.roll(on, shift, (0, 1))
+    assert on.any() and yellow[on & ~inner].all() and not yellow[~on].any()
+    big = np.asarray(seen, np.float32).repeat(k, 0).repeat(k, 1)
+    tinted = np.round(0.55 * big + 0.45 * np.array([0, 200, 255], np.float32))
+    plain = lab & ~yellow
+    assert plain.any()
+    np.testing.assert_allclose(strip[plain], tinted[plain], atol=1)
+    np.testing.assert_array_equal(strip[~lab & ~yellow], big[~lab & ~yellow])
+
+
+def test_pages_and_report_show_the_dissection(dissected):
+    """The neuron page lists its concepts and draws the overlay; the model page and the report
+    show the unique detectors per category by layer, the numbers read from the stored rows."""
+    from fastapi.testclient import TestClient
+
+    import neuronindex
+    from neuronindex import report
+    from neuronindex.service.app import create_app
+
+    index, _ = dissected
+    with neuronindex.open(index) as idx:
+        key = idx.query("SELECT n.key FROM unit_concepts u JOIN neurons n ON n.id = u.neuron_id WHERE u.rank = 1 "
+                        "ORDER BY u.iou DESC LIMIT 1").rows()[0]["key"]
+        rows = idx.query("SELECT l.name AS layer, c.name, c.category FROM unit_concepts u JOIN dissections d ON "
+                         "d.id = u.dissection_id JOIN layers l ON l.id = d.layer_id JOIN concepts c ON "
+                         "c.id = u.concept_id WHERE u.rank = 1 AND u.iou > d.iou_threshold").rows()
+        figure = report.figure_detectors(idx, "tiny_cnn")["colour"]
+        assert figure["layers"] == ["conv1", "conv2"]
+        assert figure["categories"]["colour"] == [len({r["name"] for r in rows if r["layer"] == layer})
+                                                  for layer in ("conv1", "conv2")]
+        assert "dissection_detectors" in report.figure_names(idx, "tiny_cnn")
+    client = TestClient(create_app(index))
+    page = client.get(f"/neuron/{key}").text
+    assert "concepts (Network Dissection)" in page and f"/api/neurons/{key}/concepts.png" in page
+    png = client.get(f"/api/neurons/{key}/concepts.png")
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    missing = client.get(f"/api/neurons/{key}/concepts.png?concept=wheel")
+    assert missing.status_code == 404 and "not among the best concepts" in missing.json()["error"]
+    model = client.get("/model/tiny_cnn").text
+    assert "concepts by depth" in model and "interpretable units" in model
+    assert "Network Dissection" in client.get("/layer/tiny_cnn/conv1").text

@@ -15,59 +15,17 @@ import time
 from datetime import datetime, timezone
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from neuronindex import store
-from neuronindex.conceptsets import ConceptSet, open_concepts
 from neuronindex.errors import DataError, UsageError
 from neuronindex.nets.models import Preprocessing
+from neuronindex.query.concepts import concept_source, mask_size
 from neuronindex.query.reader import Reader
-from neuronindex.science.concepts import COLOUR_CATEGORY, COLOUR_CONCEPTS, colour_labels
-from neuronindex.science.dissection import Dissection, upsample_units
+from neuronindex.science.dissection import Dissection, TopImages, upsample_units
 from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert
-
-
-def mask_size(input_size: tuple[int, int], longest: int) -> tuple[int, int]:
-    """The masks' resolution: the input's, scaled down so its longer side is at most `longest`."""
-    h, w = input_size
-    s = min(1.0, longest / max(h, w))
-    return max(1, round(h * s)), max(1, round(w * s))
-
-
-class _Colour:
-    """Colour concepts on the model's own images (no files)."""
-
-    def __init__(self, idx: Reader, model_id: int, pre: str, limit: int | None):
-        rows = idx.rows("SELECT i.path, d.source FROM images i JOIN datasets d ON d.id = i.dataset_id JOIN ingests g "
-                        "ON g.dataset_id = d.id WHERE g.model_id = ? AND i.problem IS NULL ORDER BY i.id", [model_id])
-        self.items = [(r["path"], r["source"]) for r in rows][:limit or None]
-        self.source, self.names, self.categories = "colour", list(COLOUR_CONCEPTS), [COLOUR_CATEGORY]
-        self.concept_categories = [COLOUR_CATEGORY] * len(COLOUR_CONCEPTS)
-        self.category_of = np.zeros(len(COLOUR_CONCEPTS) + 1, dtype=np.int64)
-        self.idx, self.pre = idx, pre
-
-    def load(self, item, size):
-        seen = self.idx.seen(item[0], item[1], self.pre)
-        small = seen if seen.shape[:2] == size else np.asarray(Image.fromarray(seen).resize((size[1], size[0]), Image.BOX))
-        return seen, {0: [colour_labels(small)]}
-
-
-class _Folder:
-    """A concept set on disk, seen through the model's preprocessing."""
-
-    def __init__(self, concepts: ConceptSet, pre: str, limit: int | None):
-        self.set, self.items = concepts, concepts.images[:limit or None]
-        self.source, self.names, self.categories = concepts.source, concepts.names, concepts.categories
-        self.concept_categories, self.category_of = concepts.concept_categories, concepts.category_of()
-        self.pre = Preprocessing.from_json(pre)
-
-    def load(self, item, size):
-        image = self.set.image(item)
-        seen = np.asarray(self.pre.geometric(image))
-        return seen, self.set.labels(item, image.size, self.pre.geometric, size)
 
 
 def _groups(idx: Reader, layer_id: int) -> list[tuple[np.ndarray, tuple, tuple]]:
@@ -94,7 +52,7 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
         model = model or idx.only_model()
         row = idx.model_row(model)
         model_id, pre = row["id"], idx.rows("SELECT preprocessing FROM models WHERE id = ?", [row["id"]])[0]["preprocessing"]
-        source = _Colour(idx, model_id, pre, limit) if concepts == "colour" else _Folder(open_concepts(concepts), pre, limit)
+        source = concept_source(idx, model_id, pre, concepts, limit)
         chosen = idx.layer_list(model) if not layers else [r for name in layers for r in idx.layer_rows(model, name)]
         chosen = [r for r in chosen if r["rf_stride"]]
         if not chosen:
@@ -106,12 +64,14 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
         size = mask_size(input_size, default("dissect_mask"))
         groups = {r["id"]: _groups(idx, r["id"]) for r in chosen}
         tallies: dict[int, Dissection] = {}
+        tops = {r["id"]: TopImages(r["channels"]) for r in chosen}
+        shown: list = []  # the items read, in order: TopImages ids index it
         spent = {r["id"]: 0.0 for r in chosen}
         skipped, seen_images = 0, 0
         started = time.perf_counter()
         bar = tqdm(total=len(source.items), unit="img", desc="dissect", disable=not progress, dynamic_ncols=True)
         for s in range(0, len(source.items), batch_size):
-            pixels, annotations = [], []
+            pixels, annotations, first = [], [], len(shown)
             for item in source.items[s:s + batch_size]:
                 try:
                     seen, ann = source.load(item, size)
@@ -120,6 +80,7 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
                     continue
                 pixels.append(seen)
                 annotations.append(ann)
+                shown.append(source.key(item))
             bar.update(len(source.items[s:s + batch_size]))
             if not pixels:
                 continue
@@ -135,6 +96,7 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
                                                   len(source.items) * m.shape[2] * m.shape[3], q)
                 tally = tallies[r["id"]]
                 tally.add_maps(m)
+                tops[r["id"]].add(m.max(axis=(2, 3)), np.arange(first, first + len(m)))
                 up = np.empty((r["channels"], *size), np.float32)
                 for b, ann in enumerate(annotations):
                     for channels, start, field in groups[r["id"]]:
@@ -147,15 +109,15 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
         forward = time.perf_counter() - started - sum(spent.values())
     ious = {lid: t.iou() for lid, t in tallies.items()}
     thresholds = {lid: t.thresholds() for lid, t in tallies.items()}
-    report = _publish(index_dir, model, model_id, chosen, source, ious, thresholds, seen_images, size, spent, forward,
-                      top, q, wait)
+    report = _publish(index_dir, model, model_id, chosen, source, ious, thresholds, tops, shown, seen_images, size,
+                      spent, forward, top, q, wait)
     for r in report:
         r["skipped"] = skipped
     return report
 
 
-def _publish(index_dir, model, model_id, chosen, source, ious, thresholds, n_images, size, spent, forward, top, q,
-             wait) -> list[dict]:
+def _publish(index_dir, model, model_id, chosen, source, ious, thresholds, tops, shown, n_images, size, spent, forward,
+             top, q, wait) -> list[dict]:
     iou_min = default("dissect_iou")
     report = []
     with store.staged(index_dir, wait=wait, small=True, search=False) as con:
@@ -173,6 +135,7 @@ def _publish(index_dir, model, model_id, chosen, source, ious, thresholds, n_ima
             for (old,) in execute(con, "SELECT id FROM dissections WHERE layer_id = ? AND source = ?",
                                   [r["id"], source.source]):
                 execute(con, "DELETE FROM unit_concepts WHERE dissection_id = ?", [old])
+                execute(con, "DELETE FROM dissection_images WHERE dissection_id = ?", [old])
                 execute(con, "DELETE FROM dissections WHERE id = ?", [old])
             did = next_id(con, "dissections")
             seconds = spent[r["id"]] + forward / len(chosen)
@@ -190,6 +153,14 @@ def _publish(index_dir, model, model_id, chosen, source, ious, thresholds, n_ima
                 "dissection_id": np.full(len(units), did), "neuron_id": np.array([neuron_of[u] for u in units], dtype=np.int64),
                 "concept_id": concept_ids[best], "iou": iou[units, best], "rank": cols + 1,
                 "threshold": threshold[units]})
+            best_images = tops[r["id"]]
+            unit_of, rank_of = np.nonzero(best_images.ids >= 0)
+            picked = [shown[i] for i in best_images.ids[unit_of, rank_of]]
+            insert(con, "dissection_images", {
+                "dissection_id": np.full(len(unit_of), did),
+                "neuron_id": np.array([neuron_of[u] for u in unit_of], dtype=np.int64), "rank": rank_of + 1,
+                "path": [p for p, _ in picked], "source": [src for _, src in picked],
+                "activation": best_images.values[unit_of, rank_of]})
             label = order[:, 0]
             named = iou[np.arange(len(iou)), label] > iou_min
             labels = [source.names[c - 1] for c in label[named]]

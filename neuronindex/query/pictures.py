@@ -18,7 +18,11 @@
   receptive field (grey outside the image) and drawn as 0.5 + 0.5 g / max|g| per channel, so
   grey is zero and the brightest pixel is the strongest.
 
-Both reuse the loaded model of the index (one per model and layer, `Index._model`) and the
+- `concept_overlay` (Network Dissection, Bau et al. 2017): the unit's top concept images of a
+  dissection, each with the concept's mask tinted and the unit's thresholded map (upsampled by
+  the receptive field, >= its threshold T) outlined: what its IoU counts.
+
+All reuse the loaded model of the index (one per model and layer, `Index._model`) and the
 decoded-image cache; the service caches the PNGs per index version.
 """
 from __future__ import annotations
@@ -28,6 +32,8 @@ from PIL import Image, ImageDraw
 
 from neuronindex.errors import NotFoundError, UsageError
 from neuronindex.nets.extract import redirect_relus, relu_function
+from neuronindex.nets.models import Preprocessing
+from neuronindex.query.concepts import concept_source
 from neuronindex.science.dissection import upsample
 
 RULES = ("deconvnet", "guided", "backprop")
@@ -198,3 +204,91 @@ def reconstruction(idx, key: str, rank: int = 1, side: str = "top", rule: str = 
     if sy1 > sy0 and sx1 > sx0:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = pixels[sy0:sy1, sx0:sx1]
     return Image.fromarray(out)
+
+
+def _layer_maps(idx, model: str, layer: str, node: str, seen: np.ndarray, key: tuple) -> np.ndarray:
+    """The layer's maps (C, H', W') on one image, computed once per opened index."""
+    import torch
+
+    net = idx.network(model, layer)
+
+    def forward():
+        with net.lock:
+            maps = net.extractor(torch.from_numpy(seen.copy())[None])
+        return maps[node][0].cpu().numpy().astype(np.float32)
+
+    return idx.cached(("maps", model, node) + key, forward)
+
+
+def concept_overlay(idx, key: str, concept: str | None = None, n: int = 4, side: int = 128):
+    """The unit's top `n` concept images of its dissection with `concept` (default: its best
+    concept), each with the concept's mask tinted cyan and the unit's thresholded map outlined
+    in yellow; a PIL RGB strip, each image scaled up to at least `side` pixels."""
+    if not isinstance(n, int) or not 1 <= n <= 16:
+        raise UsageError(f"n must be a whole number from 1 to 16, not {n!r}")
+    u = idx.neuron_row(key)
+    rows = idx.rows(
+        "SELECT c.name, c.category, c.source, x.iou, x.threshold, x.rank, d.id AS dissection_id, d.mask_h, d.mask_w, "
+        "m.id AS model_id, m.name AS model, m.preprocessing, l.name AS layer, l.node, l.rf_stride, n.channel, "
+        "n.rf_y0, n.rf_x0, n.rf_h, n.rf_w FROM unit_concepts x JOIN concepts c ON c.id = x.concept_id "
+        "JOIN dissections d ON d.id = x.dissection_id JOIN neurons n ON n.id = x.neuron_id "
+        "JOIN layers l ON l.id = n.layer_id JOIN models m ON m.id = n.model_id WHERE x.neuron_id = ? "
+        "ORDER BY x.iou DESC", [u["id"]])
+    if not rows:
+        raise NotFoundError(f"neuron {key} has no dissection; run neuronindex dissect on its index first")
+    chosen = rows[0] if concept is None else next((r for r in rows if r["name"] == concept), None)
+    if chosen is None:
+        raise NotFoundError(f"{concept!r} is not among the best concepts of {key} "
+                            f"({', '.join(dict.fromkeys(r['name'] for r in rows))})")
+    images = idx.rows("SELECT path, source FROM dissection_images WHERE dissection_id = ? AND neuron_id = ? "
+                      "ORDER BY rank LIMIT ?", [chosen["dissection_id"], u["id"], n])
+    src = concept_source(idx, chosen["model_id"], chosen["preprocessing"], chosen["source"])
+    cid = next(i for i, (name, cat) in enumerate(zip(src.names, src.concept_categories), 1)
+               if name == chosen["name"] and cat == chosen["category"])
+    g = src.categories.index(chosen["category"])
+    size = (chosen["mask_h"], chosen["mask_w"])
+    input_size = tuple(Preprocessing.from_json(chosen["preprocessing"]).input_size)
+    tiles = []
+    for r in images:
+        seen, ann = src.load(src.find(r["path"], r["source"]), size)
+        maps = _layer_maps(idx, chosen["model"], chosen["layer"], chosen["node"], seen, (r["path"], r["source"]))
+        up = upsample(maps[chosen["channel"]], size, (chosen["rf_y0"], chosen["rf_x0"]), (chosen["rf_h"], chosen["rf_w"]),
+                      chosen["rf_stride"], input_size)
+        on = up >= chosen["threshold"]
+        lab = np.zeros(size, bool)
+        for labels in ann.get(g, []):
+            lab |= labels == cid
+        tiles.append(_overlay(seen, lab, on, side))
+    if not tiles:
+        raise NotFoundError(f"neuron {key} has no stored concept images")
+    gap = 4
+    strip = Image.new("RGB", (sum(t.width for t in tiles) + gap * (len(tiles) - 1), max(t.height for t in tiles)),
+                      (255, 255, 255))
+    x = 0
+    for t in tiles:
+        strip.paste(t, (x, 0))
+        x += t.width + gap
+    return strip
+
+
+def _overlay(seen: np.ndarray, concept: np.ndarray, unit: np.ndarray, side: int) -> Image.Image:
+    """One image with a concept mask tinted and a unit mask outlined (masks at any resolution)."""
+    h, w = seen.shape[:2]
+    k = max(1, -(-side // max(h, w)))
+    H, W = h * k, w * k
+
+    def fit(mask):
+        return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((W, H), Image.NEAREST)) > 0
+
+    img = np.asarray(Image.fromarray(seen).resize((W, H), Image.NEAREST), dtype=np.float32)
+    lab, on = fit(concept), fit(unit)
+    img[lab] = 0.55 * img[lab] + 0.45 * np.array([0, 200, 255], np.float32)
+    inner = on.copy()
+    for dy, dx in ((1, 0), (-1, 0), (0, 1), (0, -1)):
+        inner &= np.roll(on, (dy, dx), (0, 1))
+    edge = on & ~inner
+    thick = edge.copy()
+    for dy, dx in ((1, 0), (0, 1), (1, 1)):
+        thick |= np.roll(edge, (dy, dx), (0, 1))
+    img[thick & on | edge] = (255, 220, 0)
+    return Image.fromarray(img.round().clip(0, 255).astype(np.uint8))

@@ -203,6 +203,24 @@ class Dissection:
         return out
 
 
+class TopImages:
+    """Per unit, the n images whose map has the highest spatial maximum (ties: the earlier image;
+    images must arrive in increasing id order)."""
+
+    def __init__(self, units: int, n: int = 4):
+        self.values = np.full((units, n), -np.inf)
+        self.ids = np.full((units, n), -1, dtype=np.int64)
+
+    def add(self, maxima: np.ndarray, ids: np.ndarray) -> None:
+        """maxima (B, K): each image's spatial maximum per unit; ids (B,)."""
+        n = self.values.shape[1]
+        values = np.concatenate([self.values, np.asarray(maxima, dtype=float).T], 1)
+        ids = np.concatenate([self.ids, np.broadcast_to(np.asarray(ids, dtype=np.int64), values[:, n:].shape)], 1)
+        order = np.argsort(-values, axis=1, kind="stable")[:, :n]
+        self.values = np.take_along_axis(values, order, 1)
+        self.ids = np.take_along_axis(ids, order, 1)
+
+
 def interpolation(n_pix: int, n_units: int, start: float, field: int, stride: float, n_input: int) -> np.ndarray:
     """(n_pix, n_units) bilinear weights along one axis: mask pixel p covers input pixels whose
     centre is x = (p + 1/2) n_input / n_pix - 1/2; it takes the map at unit coordinate

@@ -256,7 +256,8 @@ def neuron_payload(idx, key: str) -> dict:
     return {"ok": True, "key": n.key, "properties": {k: plain(v) for k, v in props.items()},
             "classes": json_rows(classes), "colours": json_rows(colours), "topk": json_rows(top),
             "bottomk": json_rows(bottom), "direction": direction_payload(idx, n), "visualizations": json_rows(viz),
-            "histogram": plain(hist) if hist is not None else None, "class_means": json_rows(dist["classes"])}
+            "histogram": plain(hist) if hist is not None else None, "class_means": json_rows(dist["classes"]),
+            "concepts": json_rows(n.concepts().rows())}
 
 
 def direction_payload(idx, n) -> dict | None:

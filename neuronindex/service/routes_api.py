@@ -131,6 +131,11 @@ async def api_context(request: Request, key: str, rank: int, side: str = "top"):
     """The rank-th top (or bottom) image whole, the unit's heatmap over it and its field boxed."""
     return await answer(request, lambda idx: png_bytes(idx.context(key, rank, side)), media=PNG, heavy=True)
 
+@router.get("/neurons/{key:path}/concepts.png")
+async def api_concept_overlay(request: Request, key: str, concept: str | None = None, n: int = 4):
+    """The unit's top concept images: the concept's mask tinted, its thresholded map outlined."""
+    return await answer(request, lambda idx: png_bytes(idx.concept_overlay(key, concept, n)), media=PNG, heavy=True)
+
 @router.get("/neurons/{key:path}/deconv/{rank}.png")
 async def api_deconv(request: Request, key: str, rank: int, side: str = "top", rule: str = "deconvnet",
                      whole: bool = False):

@@ -84,6 +84,19 @@ def histogram_bars(h: dict | None, width: int = 360, height: int = 110) -> dict 
     return {"bars": bars, "width": width, "height": height, "lo": edges[0], "hi": edges[-1], "peak": peak}
 
 
+def dissection_rows(dissections: list[dict], detectors: list[dict]) -> list[dict]:
+    """Network Dissection's figure as rows: per concept set and layer, the interpretable share and,
+    per category, the units it labels and its unique detectors (distinct concepts)."""
+    out = []
+    for d in dissections:
+        cats = [r for r in detectors if r["layer"] == d["layer"] and r["source"] == d["source"]]
+        out.append({"source": d["source"], "name": d["source"].rstrip("/").rsplit("/", 1)[-1], "layer": d["layer"],
+                    "units": d["units"], "interpretable": d["interpretable"],
+                    "share": d["interpretable"] / d["units"] if d["units"] else 0.0, "categories": cats,
+                    "unique": sum(c["unique_detectors"] for c in cats)})
+    return out
+
+
 def class_bars(means: list[dict], shown: int = 12) -> list[dict]:
     top = [dict(r) for r in means[:shown]]
     scale = max([r["mean_activation"] for r in top if r["mean_activation"] is not None] + [0]) or 1
@@ -175,7 +188,8 @@ async def model_page(request: Request, model: str):
                 "classes": idx.visualizations(model, kind="classes").rows(),
                 "mapped": {r["layer"] for r in maps if r["space"] == "neurons"},
                 "mapped_crops": {r["layer"] for r in maps if r["space"] == "crops"},
-                "has_hierarchy": len(idx.hierarchies(model)) > 0, "trees": idx.trees(model).rows()}
+                "has_hierarchy": len(idx.hierarchies(model)) > 0, "trees": idx.trees(model).rows(),
+                "dissection": dissection_rows(idx.dissections(model).rows(), idx.detectors(model).rows())}
     return await page(request, "model.html", make)
 
 @router.get("/layer/{model}/{layer}")
@@ -190,15 +204,18 @@ async def layer_page(request: Request, model: str, layer: str, sort: str = "act_
             rows, problem = [], exc.message
         with_viz = idx.visualized(model, layer)  # neuron key -> image width
         maps = {r["space"] for r in idx.stored_maps(model, layer)}
+        dissection = [r for r in dissection_rows(idx.dissections(model).rows(), idx.detectors(model).rows())
+                      if r["layer"] == layer]
         return {"model": model, "layer": layer, "rows": rows, "sort": sort, "q": q, "show": show, "problem": problem,
+                "dissection": dissection,
                 "with_viz": with_viz, "maps": maps,
                 "directions": idx.search(f"model:{model} layer:{layer} kind:directions sort:channel limit:1000").rows(),
                 "sorts": ["act_max", "color_index", "class_index", "csi", "auc", "sparsity", "nf_self_response",
-                          "viz_activation_ratio"]}
+                          "viz_activation_ratio"] + (["iou"] if dissection else [])}
     return await page(request, "layer.html", make)
 
 @router.get("/neuron/{key:path}")
-async def neuron_page(request: Request, key: str, view: str = "crops"):
+async def neuron_page(request: Request, key: str, view: str = "crops", concept: str | None = None):
     if view not in dict(VIEWS):
 
         raise UsageError(f"unknown view {view!r}; use crops, guided or context")
@@ -212,7 +229,8 @@ async def neuron_page(request: Request, key: str, view: str = "crops"):
                 "histogram": n["histogram"], "hist": histogram_bars(n["histogram"]),
                 "class_bars": class_bars(n["class_means"]), "views": VIEWS, "view": view, "rule": rule,
                 "rule_label": "guided backpropagation" if rule == "guided" else "deconvnet",
-                "deconv_n": 9, "compare": others[0] if others else None}
+                "deconv_n": 9, "compare": others[0] if others else None,
+                "shown_concept": concept or max(n["concepts"], key=lambda c: c["iou"], default={}).get("concept")}
     return await page(request, "neuron.html", make)
 
 @router.get("/categories/{model}")
