@@ -11,6 +11,7 @@ from neuronindex import report as reporting
 from neuronindex import settings as settings_table
 from neuronindex import store
 from neuronindex.checks import parse_box
+from neuronindex.conceptsets import open_concepts
 from neuronindex.data import open_source, survey
 from neuronindex.demo import run_demo
 from neuronindex.errors import UsageError
@@ -163,11 +164,15 @@ def _shard(value):
 @click.option("--visualize", "visualize_steps", type=int, default=None, metavar="STEPS",
               help="Then optimise an image for every neuron (activation maximisation, `neuronindex visualize` "
                    "with its defaults and this many steps, e.g. 256).")
+@click.option("--dissect", "dissect_concepts", default=None, metavar="CONCEPTS",
+              help="Then run Network Dissection with this concept set (colour, or a Broden or plain folder), as "
+                   "`neuronindex dissect --concepts CONCEPTS` does.")
 def ingest(model_spec, name, source, download, labels, class_list, layer_spec, index_dir, top_k, batch_size, device, amp,
            spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, nf_memory, class_threshold, resume, checkpoint_every, shard, state_out,
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
-           ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, **model_kw):
+           ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, dissect_concepts,
+           **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     loaded = load_model_from_options(model_spec, name=name, **model_kw)
     if loaded.random_weights:
@@ -181,6 +186,10 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
     params.validate()
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
+    if dissect_concepts and state_out:
+        raise click.UsageError("--dissect needs the published index; run it after `neuronindex merge`")
+    if dissect_concepts and dissect_concepts != "colour":
+        open_concepts(dissect_concepts)  # a bad concept folder fails before the ingest, not after it
     viz_params = None
     if visualize_steps is not None:
 
@@ -202,6 +211,11 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
                       checkpoint_seconds=checkpoint_every, state_out=state_out, download=download, labels=labels,
                       class_list=class_list, wait=not no_wait, visualize=viz_params)
     _print_summary(summary, index_dir)
+    if dissect_concepts and "state" not in summary:
+        model = summary.get("model")
+        for r in dissect_job.dissect(index_dir, dissect_concepts, model=model, progress=not quiet, wait=not no_wait):
+            click.echo(f"{r['model']} {r['layer']}: {r['interpretable']} of {r['units']} units interpretable "
+                       f"({r['labels'] or 'none'})")
 
 
 def _print_summary(summary, index_dir):

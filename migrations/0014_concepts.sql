@@ -34,7 +34,7 @@ COMMENT ON COLUMN dissections.quantile IS 'q: each unit''s threshold is the top-
 COMMENT ON COLUMN dissections.iou_threshold IS 'IoU above which a unit''s best concept labels it (0.04).';
 COMMENT ON COLUMN dissections.mask_h IS 'Height of the masks the maps were upsampled to (pixels).';
 COMMENT ON COLUMN dissections.mask_w IS 'Width of the masks.';
-COMMENT ON COLUMN dissections.seconds IS 'Time the dissection of the layer took (its share of the two passes).';
+COMMENT ON COLUMN dissections.seconds IS 'Time the dissection of the layer took: its own tallies (layers tally in parallel threads) plus its share of reading the images and the forward pass.';
 COMMENT ON COLUMN dissections.created IS 'When it was made (UTC).';
 CREATE TABLE unit_concepts (
     dissection_id INTEGER NOT NULL,

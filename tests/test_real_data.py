@@ -63,6 +63,24 @@ def test_resnet20_selectivity_by_depth(tmp_path):
     assert last[3] < first[3] - 2
     for share, csi, gamma, m in by_layer.values():
         assert 0 <= share <= 1 and -1 <= csi <= 1 and 0.9 <= gamma <= 1 and 1 <= m <= 10
+    con.close()
+    # Network Dissection with colour concepts labels the network's units: every unit gets its best
+    # concepts, and where a unit is both labelled with a colour and colour selective, the two agree
+    # well above chance (1 in 11); measured here 3 of 4 (cifar-resnet56, every conv layer: 35 of 53,
+    # bench/dissect.py)
+    from neuronindex.jobs.dissect import dissect
+
+    report = dissect(tmp_path, "colour", progress=False)
+    assert [r["layer"] for r in report] == ["conv1", "layer3.0", "layer3.1", "layer3.2"]
+    con = duckdb.connect(str(tmp_path / "index.duckdb"), read_only=True)
+    ranked, units = con.execute("SELECT count(DISTINCT u.neuron_id), (SELECT count(*) FROM neurons WHERE kind = 'channel') "
+                                "FROM unit_concepts u").fetchone()
+    assert ranked == units  # measured: all 208
+    both = con.execute("SELECT c.name IN (n.color_name, coalesce(n.color_second, '')) FROM unit_concepts u JOIN dissections d "
+                       "ON d.id = u.dissection_id JOIN concepts c ON c.id = u.concept_id JOIN neurons n ON n.id = u.neuron_id "
+                       "WHERE u.rank = 1 AND u.iou > d.iou_threshold AND n.color_label IS NOT NULL").fetchall()
+    con.close()
+    assert len(both) >= 4 and sum(a for (a,) in both) / len(both) >= 0.3, both
 
 
 def test_resnet20_and_resnet56_depth_trends_in_one_index(tmp_path):

@@ -12,6 +12,7 @@ row per layer, and each unit's best `dissect_top` concepts with their IoU in `un
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 
 import numpy as np
@@ -22,7 +23,13 @@ from neuronindex.errors import DataError, UsageError
 from neuronindex.nets.models import Preprocessing
 from neuronindex.query.concepts import concept_source, mask_size
 from neuronindex.query.reader import Reader
-from neuronindex.science.dissection import Dissection, TopImages, upsample_units
+from neuronindex.science.dissection import (
+    AnnotatedBatch,
+    Annotation,
+    Dissection,
+    TopImages,
+    grid,
+)
 from neuronindex.settings import default
 from neuronindex.store import execute, next_id
 from neuronindex.store.writer import insert
@@ -65,12 +72,15 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
         groups = {r["id"]: _groups(idx, r["id"]) for r in chosen}
         tallies: dict[int, Dissection] = {}
         tops = {r["id"]: TopImages(r["channels"]) for r in chosen}
+        grids: dict[int, list] = {}
         shown: list = []  # the items read, in order: TopImages ids index it
         spent = {r["id"]: 0.0 for r in chosen}
         skipped, seen_images = 0, 0
-        started = time.perf_counter()
+        shared = 0.0  # reading the images and the forward, which every layer shares
         bar = tqdm(total=len(source.items), unit="img", desc="dissect", disable=not progress, dynamic_ncols=True)
+        pool = ThreadPoolExecutor(max(1, min(len(chosen), torch.get_num_threads())))
         for s in range(0, len(source.items), batch_size):
+            t0 = time.perf_counter()
             pixels, annotations, first = [], [], len(shown)
             for item in source.items[s:s + batch_size]:
                 try:
@@ -85,28 +95,33 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
             if not pixels:
                 continue
             seen_images += len(pixels)
+            annotations = AnnotatedBatch.of([Annotation.of(a, len(source.names) + 1) for a in annotations])
             with net.lock:
                 out = net.extractor(torch.from_numpy(np.stack(pixels)))
                 maps = {r["id"]: out[r["node"]][:, :r["channels"]].float().cpu().numpy() for r in chosen}
-            for r in chosen:
+            shared += time.perf_counter() - t0
+
+            def tally_layer(r, maps=maps, annotations=annotations, first=first):
                 t0 = time.perf_counter()
                 m = maps[r["id"]]
                 if r["id"] not in tallies:
                     tallies[r["id"]] = Dissection(r["channels"], source.category_of,
                                                   len(source.items) * m.shape[2] * m.shape[3], q)
+                    grids[r["id"]] = [(channels, grid(size, m.shape[2:], start, field, r["rf_stride"], input_size))
+                                      for channels, start, field in groups[r["id"]]]
                 tally = tallies[r["id"]]
-                tally.add_maps(m)
-                tops[r["id"]].add(m.max(axis=(2, 3)), np.arange(first, first + len(m)))
-                up = np.empty((r["channels"], *size), np.float32)
-                for b, ann in enumerate(annotations):
-                    for channels, start, field in groups[r["id"]]:
-                        up[channels] = upsample_units(m[b, channels], size, start, field, r["rf_stride"], input_size)
-                    tally.add_image(up, ann)
+                peaks = tally.add_maps(m)
+                tops[r["id"]].add(peaks, np.arange(first, first + len(m)))
+                tally.add_images(m, annotations, grids[r["id"]], peaks)
                 spent[r["id"]] += time.perf_counter() - t0
+
+            # layers tally apart (the compiled kernels release the GIL): one thread per core
+            list(pool.map(tally_layer, chosen))
         bar.close()
+        pool.shutdown()
         if not tallies:
             raise UsageError(f"none of the {len(source.items)} concept images could be read")
-        forward = time.perf_counter() - started - sum(spent.values())
+        forward = shared
     ious = {lid: t.iou() for lid, t in tallies.items()}
     thresholds = {lid: t.thresholds() for lid, t in tallies.items()}
     report = _publish(index_dir, model, model_id, chosen, source, ious, thresholds, tops, shown, seen_images, size,

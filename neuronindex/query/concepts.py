@@ -73,11 +73,14 @@ class FolderConcepts:
     def key(item) -> tuple[str, str]:
         return item.path, ""
 
+    @cached_property
+    def _by_path(self) -> dict:
+        return {i.path: i for i in self.set.images}
+
     def find(self, path: str, source: str):
-        by_path = {i.path: i for i in self.set.images}
-        if path not in by_path:
+        if path not in self._by_path:
             raise NotFoundError(f"{path} is no longer in the concept set {self.source}")
-        return by_path[path]
+        return self._by_path[path]
 
     def load(self, item, size):
         image = self.set.image(item)
