@@ -153,7 +153,8 @@ class AnnotatedBatch:
         for b, a in enumerate(anns):
             labels[b, :a.labels.shape[0]] = a.labels
             cats[b, :a.cats.size] = a.cats
-        return cls(labels, cats, np.sum([a.areas for a in anns], axis=0))
+        areas = np.sum([a.areas for a in anns], axis=0) if anns else np.zeros(0, np.int64)
+        return cls(labels, cats, areas)
 
 
 class Dissection:
@@ -228,6 +229,8 @@ class Dissection:
         else:
             batch = AnnotatedBatch.of([a if isinstance(a, Annotation) else Annotation.of(a, self.concepts + 1)
                                        for a in annotations])
+        if not len(batch.labels):
+            return
         self.concept_area += batch.areas
         maps = np.asarray(maps, dtype=np.float32)
         if grids is None:
