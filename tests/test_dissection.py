@@ -501,3 +501,44 @@ def test_ingest_dissects_when_asked(cli_runner, image_folder, tmp_path):
     assert "conv1:" in out.output and "conv2:" in out.output and "units interpretable" in out.output
     with neuronindex.open(tmp_path / "idx") as idx:
         assert [r["layer"] for r in idx.dissections().rows()] == ["conv1", "conv2"]
+
+
+def test_a_planted_filter_in_a_network_gets_iou_one(tmp_path):
+    """End to end with hand-set filters: a 1x1 conv whose channel 0 is R - (G + B) / 2 and
+    channel 1 is G - (R + B) / 2 (tinymodels.colour_classifier), over black images holding one
+    pure red and one pure green square, dissected with the squares' exact masks (plain layout):
+    channel 0's map is 1 exactly on the red square and at most 0 elsewhere, so at its top 0.5% it
+    is the red square's mask, IoU 1; channel 1 likewise with the green square."""
+    from PIL import Image
+
+    import neuronindex
+    from neuronindex.jobs.dissect import dissect
+    from neuronindex.jobs.ingest import IngestParams, ingest
+    from neuronindex.nets.models import Preprocessing
+
+    rng = np.random.default_rng(7)
+    root = tmp_path / "squares"
+    for sub in ("images", "masks/shape"):
+        (root / sub).mkdir(parents=True)
+    (root / "labels.csv").write_text("id,name,category\n1,red square,shape\n2,green square,shape\n")
+    for i in range(12):
+        img, mask = np.zeros((16, 16, 3), np.uint8), np.zeros((16, 16), np.uint8)
+        for label, colour in ((1, (255, 0, 0)), (2, (0, 255, 0))):
+            while True:
+                s = int(rng.integers(3, 7))
+                y, x = (int(v) for v in rng.integers(0, 16 - s, 2))
+                if not mask[y:y + s, x:x + s].any():
+                    break
+            img[y:y + s, x:x + s], mask[y:y + s, x:x + s] = colour, label
+        Image.fromarray(img).save(root / "images" / f"{i:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / "shape" / f"{i:02d}.png")
+    index = tmp_path / "index"
+    ingest("python:tinymodels:colour_classifier", str(root / "images"), "conv", index, name="planted",
+           preprocessing=Preprocessing(input_size=(16, 16), geometry="resize", resize=None, mean=(0, 0, 0),
+                                       std=(1, 1, 1)), params=IngestParams(top_k=5, batch_size=8), progress=False)
+    dissect(index, str(root), progress=False)
+    with neuronindex.open(index) as idx:
+        best = {r["channel"]: (r["name"], r["iou"]) for r in idx.query(
+            "SELECT n.channel, c.name, u.iou FROM unit_concepts u JOIN neurons n ON n.id = u.neuron_id JOIN concepts c "
+            "ON c.id = u.concept_id WHERE u.rank = 1").rows()}
+    assert best[0] == ("red square", 1.0) and best[1] == ("green square", 1.0)
