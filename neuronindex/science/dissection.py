@@ -21,7 +21,8 @@ over the images annotated for g (an image without g's annotation counts for none
 and (category area, bucket) at the buckets its threshold can still reach, and per concept its
 areas, so at the end |M_k ∩ L_c| and |M_k ∪ L_c| = |M_k| + |L_c| - |M_k ∩ L_c| add up without
 keeping maps. The tallies are compiled (numba): a pixel is upsampled only where one of the four
-map values it interpolates can reach the unit's floor, and counted in an open-addressing table.
+map values it interpolates can reach the unit's floor, and counted in a dense per-unit slab of
+buckets from the floor up (the slab follows the floor), or beyond it in an open-addressing table.
 """
 from __future__ import annotations
 
