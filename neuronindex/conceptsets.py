@@ -123,6 +123,14 @@ def _main_category(field: str) -> str:
     return max(counts, key=lambda kv: kv[1])[0]
 
 
+def _lookup(numbered: list[tuple[int, str, str]]) -> np.ndarray:
+    """Label number in the files -> concept id (1.. in `numbered` order; 0: none)."""
+    lookup = np.zeros(max([n for n, _, _ in numbered], default=0) + 1, dtype=np.int64)
+    for i, (n, _, _) in enumerate(numbered, 1):
+        lookup[n] = i
+    return lookup
+
+
 def _broden(root: Path) -> ConceptSet:
     labels = _rows(root / "label.csv")
     try:
@@ -130,9 +138,7 @@ def _broden(root: Path) -> ConceptSet:
     except (KeyError, ValueError):
         raise UsageError(f"{printable(root / 'label.csv')} needs number, name and category columns") from None
     numbered = [t for t in numbered if t[0] > 0]
-    lookup = np.zeros(max([n for n, _, _ in numbered], default=0) + 1, dtype=np.int64)
-    for i, (n, _, _) in enumerate(numbered, 1):
-        lookup[n] = i
+    lookup = _lookup(numbered)
     rows = _rows(root / "index.csv")
     if rows and "image" not in rows[0]:
         raise UsageError(f"{printable(root / 'index.csv')} needs an image column")
@@ -160,9 +166,7 @@ def _plain(root: Path) -> ConceptSet:
         raise UsageError(f"{printable(root / 'labels.csv')} needs id and name columns (and category)") from None
     if any(n <= 0 for n, _, _ in numbered):
         raise UsageError(f"{printable(root / 'labels.csv')}: label ids start at 1 (0 is 'no concept')")
-    lookup = np.zeros(max([n for n, _, _ in numbered], default=0) + 1, dtype=np.int64)
-    for i, (n, _, _) in enumerate(numbered, 1):
-        lookup[n] = i
+    lookup = _lookup(numbered)
     categories = list(dict.fromkeys(c for _, _, c in numbered))
     images = []
     folder = root / "images"

@@ -78,54 +78,54 @@ def dissect(index_dir, concepts: str = "colour", layers: list[str] | None = None
         skipped, seen_images = 0, 0
         shared = 0.0  # reading the images and the forward, which every layer shares
         bar = tqdm(total=len(source.items), unit="img", desc="dissect", disable=not progress, dynamic_ncols=True)
-        pool = ThreadPoolExecutor(max(1, min(len(chosen), torch.get_num_threads())))
-        for s in range(0, len(source.items), batch_size):
+
+        def tally_layer(r, maps, annotations, first):
+            """One layer's share of a batch: counts, floors, top images, tallies."""
             t0 = time.perf_counter()
-            pixels, annotations, first = [], [], len(shown)
-            for item in source.items[s:s + batch_size]:
-                try:
-                    seen, ann = source.load(item, size)
-                except DataError:
-                    skipped += 1
-                    continue
-                pixels.append(seen)
-                annotations.append(ann)
-                shown.append(source.key(item))
-            bar.update(len(source.items[s:s + batch_size]))
-            if not pixels:
-                continue
-            seen_images += len(pixels)
-            annotations = AnnotatedBatch.of([Annotation.of(a, len(source.names) + 1) for a in annotations])
-            with net.lock:
-                out = net.extractor(torch.from_numpy(np.stack(pixels)))
-                maps = {r["id"]: out[r["node"]][:, :r["channels"]].float().cpu().numpy() for r in chosen}
-            shared += time.perf_counter() - t0
+            m = maps[r["id"]]
+            if r["id"] not in tallies:
+                tallies[r["id"]] = Dissection(r["channels"], source.category_of,
+                                              len(source.items) * m.shape[2] * m.shape[3], q)
+                grids[r["id"]] = [(channels, grid(size, m.shape[2:], start, field, r["rf_stride"], input_size))
+                                  for channels, start, field in groups[r["id"]]]
+            tally = tallies[r["id"]]
+            peaks = tally.add_maps(m)
+            tops[r["id"]].add(peaks, np.arange(first, first + len(m)))
+            tally.add_images(m, annotations, grids[r["id"]], peaks)
+            spent[r["id"]] += time.perf_counter() - t0
 
-            def tally_layer(r, maps=maps, annotations=annotations, first=first):
+        # layers tally apart (the compiled kernels release the GIL): one thread per core
+        with ThreadPoolExecutor(max(1, min(len(chosen), torch.get_num_threads()))) as pool:
+            for s in range(0, len(source.items), batch_size):
                 t0 = time.perf_counter()
-                m = maps[r["id"]]
-                if r["id"] not in tallies:
-                    tallies[r["id"]] = Dissection(r["channels"], source.category_of,
-                                                  len(source.items) * m.shape[2] * m.shape[3], q)
-                    grids[r["id"]] = [(channels, grid(size, m.shape[2:], start, field, r["rf_stride"], input_size))
-                                      for channels, start, field in groups[r["id"]]]
-                tally = tallies[r["id"]]
-                peaks = tally.add_maps(m)
-                tops[r["id"]].add(peaks, np.arange(first, first + len(m)))
-                tally.add_images(m, annotations, grids[r["id"]], peaks)
-                spent[r["id"]] += time.perf_counter() - t0
+                pixels, annotations, first = [], [], len(shown)
+                for item in source.items[s:s + batch_size]:
+                    try:
+                        seen, ann = source.load(item, size)
+                    except DataError:
+                        skipped += 1
+                        continue
+                    pixels.append(seen)
+                    annotations.append(ann)
+                    shown.append(source.key(item))
+                bar.update(len(source.items[s:s + batch_size]))
+                if not pixels:
+                    continue
+                seen_images += len(pixels)
+                annotations = AnnotatedBatch.of([Annotation.of(a, len(source.names) + 1) for a in annotations])
+                with net.lock:
+                    out = net.extractor(torch.from_numpy(np.stack(pixels)))
+                    maps = {r["id"]: out[r["node"]][:, :r["channels"]].float().cpu().numpy() for r in chosen}
+                shared += time.perf_counter() - t0
 
-            # layers tally apart (the compiled kernels release the GIL): one thread per core
-            list(pool.map(tally_layer, chosen))
+                list(pool.map(lambda r: tally_layer(r, maps, annotations, first), chosen))
         bar.close()
-        pool.shutdown()
         if not tallies:
             raise UsageError(f"none of the {len(source.items)} concept images could be read")
-        forward = shared
     ious = {lid: t.iou() for lid, t in tallies.items()}
     thresholds = {lid: t.thresholds() for lid, t in tallies.items()}
     report = _publish(index_dir, model, model_id, chosen, source, ious, thresholds, tops, shown, seen_images, size,
-                      spent, forward, top, q, wait)
+                      spent, shared, top, q, wait)
     for r in report:
         r["skipped"] = skipped
     return report

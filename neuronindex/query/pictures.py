@@ -76,18 +76,8 @@ def _seen(idx, e: dict) -> np.ndarray:
 def unit_map(idx, key: str, rank: int, side: str = "top") -> tuple[np.ndarray, dict]:
     """(the unit's activation map on the rank-th image, (H', W') float32; the stored entry). The
     layer's maps of an image are computed once per opened index (its other units reuse them)."""
-    import torch
-
     e = _entry(idx, key, rank, side)
-    seen = _seen(idx, e)
-    net = idx.network(e["model"], e["layer"])
-
-    def forward():
-        with net.lock:  # one forward at a time per extractor
-            maps = net.extractor(torch.from_numpy(seen.copy())[None])
-        return maps[e["node"]][0].cpu().numpy().astype(np.float32)
-
-    maps = idx.cached(("maps", e["model"], e["node"], e["path"], e["source"]), forward)
+    maps = _layer_maps(idx, e["model"], e["layer"], e["node"], _seen(idx, e), (e["path"], e["source"]))
     if e["kind"] == "channel":
         return maps[e["channel"]], e
     return np.einsum("c,chw->hw", e["weights"], maps) + e["offset"], e
@@ -207,13 +197,14 @@ def reconstruction(idx, key: str, rank: int = 1, side: str = "top", rule: str = 
 
 
 def _layer_maps(idx, model: str, layer: str, node: str, seen: np.ndarray, key: tuple) -> np.ndarray:
-    """The layer's maps (C, H', W') on one image, computed once per opened index."""
+    """The layer's maps (C, H', W') on one image (seen: as the model saw it; key: where it came
+    from), computed once per opened index: the layer's other units reuse them."""
     import torch
 
     net = idx.network(model, layer)
 
     def forward():
-        with net.lock:
+        with net.lock:  # one forward at a time per extractor
             maps = net.extractor(torch.from_numpy(seen.copy())[None])
         return maps[node][0].cpu().numpy().astype(np.float32)
 

@@ -83,12 +83,11 @@ class TopQuantile:
         edge = np.full(self.units, -np.inf, np.float32) if floor is None else \
             np.where(floor > 0, lower_edges()[floor], -np.inf).astype(np.float32)
         peaks = np.full((a.shape[0], self.units), -np.inf, np.float32)
-        if a.ndim == 4 and a.transpose(0, 2, 3, 1).flags.c_contiguous:  # channels last, as torch often leaves it
-            a = a.transpose(0, 2, 3, 1).reshape(a.shape[0], -1, self.units)
-            _count_positions(a, a.view(np.int32), edge, self.counts, peaks)
-        else:
-            a = np.ascontiguousarray(a).reshape(a.shape[0], self.units, -1)
-            _count(a, a.view(np.int32), edge, self.counts, peaks)
+        # units last (channels-last maps, as torch often leaves them, need no copy)
+        a = a.reshape(a.shape[0], self.units, -1).transpose(0, 2, 1)
+        if not a.flags.c_contiguous:
+            a = np.ascontiguousarray(a)
+        _count(a, a.view(np.int32), edge, self.counts, peaks)
         return peaks
 
     def merge(self, other: "TopQuantile") -> None:
@@ -303,32 +302,8 @@ def _bucket_of_bits(bits) -> int:
 
 @numba.njit(cache=True, nogil=True)
 def _count(values, bits, edge, counts, peaks):  # pragma: no cover - compiled
-    """counts[k, bucket] += 1 for every value of values (B, K, N) float32 (bits: the same as
-    int32); values below edge[k] go to bucket 0 without being placed; peaks[b, k]: maxima."""
-    B, K, N = values.shape
-    for k in range(K):
-        below = 0
-        zeros = 0
-        e = edge[k]
-        row = counts[k]
-        for b in range(B):
-            for i in range(N):
-                v = values[b, k, i]
-                if v > peaks[b, k]:
-                    peaks[b, k] = v
-                if v < e:
-                    below += 1
-                elif v == 0:
-                    zeros += 1
-                else:
-                    row[_bucket_of_bits(bits[b, k, i])] += 1
-        row[0] += below
-        row[ZERO] += zeros
-
-
-@numba.njit(cache=True, nogil=True)
-def _count_positions(values, bits, edge, counts, peaks):  # pragma: no cover - compiled
-    """`_count` of values (B, N, K): units last."""
+    """counts[k, bucket] += 1 for every value of values (B, N, K) float32, units last (bits: the
+    same as int32); values below edge[k] go to bucket 0 without being placed; peaks[b, k]: maxima."""
     B, N, K = values.shape
     below = np.zeros(K, np.int64)
     zeros = np.zeros(K, np.int64)
