@@ -10,7 +10,7 @@ import neuronindex
 from neuronindex import report as reporting
 from neuronindex import settings as settings_table
 from neuronindex import store
-from neuronindex.checks import parse_box
+from neuronindex.checks import UNIT_KIND_NAMES, parse_box
 from neuronindex.conceptsets import open_concepts
 from neuronindex.data import open_source, survey
 from neuronindex.demo import run_demo
@@ -26,6 +26,7 @@ from neuronindex.jobs.distributed import ingest_on_ray
 from neuronindex.jobs.ingest import IngestParams, build_vectors, merge_states
 from neuronindex.jobs.recompute import recompute
 from neuronindex.nets.layers import trace
+from neuronindex.science.dictionaries import DictionarySpec
 from neuronindex.science.optvis.render import VizParams
 from neuronindex.service import serve as run_service
 from neuronindex.settings import BY_NAME
@@ -155,6 +156,11 @@ def _shard(value):
 @setting_option("--svd-max")
 @setting_option("--random-directions")
 @setting_option("--random-quantile")
+@setting_option("--atoms")
+@setting_option("--dict-samples")
+@setting_option("--dict-positions")
+@setting_option("--sae-steps")
+@setting_option("--sae-l1")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Run pass 1 and pass 2 as Ray tasks: alone, a local Ray instance; auto, the cluster running here; or a "
                    "cluster's address (needs the ray extra).")
@@ -171,7 +177,7 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
            spatial_means, workers, limit,
            probe_size, nf_max, nf_threshold, nf_memory, class_threshold, resume, checkpoint_every, shard, state_out,
            no_wait, quiet, bottom_k, directions, direction_pooling, svd_rank, svd_max, random_directions, random_quantile,
-           ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, dissect_concepts,
+           atoms, dict_samples, dict_positions, sae_steps, sae_l1, ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, dissect_concepts,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
     loaded = load_model_from_options(model_spec, name=name, **model_kw)
@@ -182,7 +188,8 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
                           nf_max=nf_max, nf_threshold=nf_threshold, nf_memory=nf_memory,
                           class_threshold=class_threshold, device=device, workers=workers, amp=amp, spatial_means=spatial_means, bottom_k=bottom_k,
                           directions=directions, direction_pooling=direction_pooling, svd_rank=svd_rank, svd_max=svd_max,
-                          random_directions=random_directions, random_quantile=random_quantile)
+                          random_directions=random_directions, random_quantile=random_quantile, atoms=atoms,
+                          dict_samples=dict_samples, dict_positions=dict_positions, sae_steps=sae_steps, sae_l1=sae_l1)
     params.validate()
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
@@ -437,8 +444,9 @@ def indexes(index_dir, model, class_threshold, quiet):
 @click.option("--mode", type=click.Choice(["embedding", "response"]), default="embedding", show_default=True)
 @click.option("--space", type=click.Choice(["prototype", "patch"]), default="prototype", show_default=True,
               help="prototype: nearest neurons; patch: nearest stored crops.")
-@click.option("--kind", type=click.Choice(["all", "channel", "direction", "svd", "random", "user"]), default="all",
-              show_default=True, help="Unit kinds to return: channel (neurons) or directions; every row says its kind.")
+@click.option("--kind", type=click.Choice(["all", *UNIT_KIND_NAMES]), default="all", show_default=True,
+              help="Unit kinds to return: channel (neurons), direction (any kind below), atom (nmf, sae); every "
+                   "row says its kind.")
 @click.option("--all-crops", is_flag=True, help="Patch space: every crop, not one row per unit (its nearest crop).")
 @output_options(("table", "csv", "json", "jsonl"))
 def nearest(index_dir, image, box, layer, model, k, mode, space, kind, all_crops, fmt, output):
@@ -453,8 +461,9 @@ def nearest(index_dir, image, box, layer, model, k, mode, space, kind, all_crops
 @click.argument("neuron_key")
 @click.option("-k", "k", default=20, show_default=True)
 @click.option("--space", type=click.Choice(["prototype", "signature"]), default="prototype", show_default=True)
-@click.option("--kind", type=click.Choice(["all", "channel", "direction", "svd", "random", "user"]), default="all",
-              show_default=True, help="Unit kinds to return: channel (neurons) or directions; every row says its kind.")
+@click.option("--kind", type=click.Choice(["all", *UNIT_KIND_NAMES]), default="all", show_default=True,
+              help="Unit kinds to return: channel (neurons), direction (any kind below), atom (nmf, sae); every "
+                   "row says its kind.")
 @output_options(("table", "csv", "json", "jsonl"))
 def similar(index_dir, neuron_key, k, space, kind, fmt, output):
     """Neurons similar to a neuron (prototype: same layer; signature: probe activations, any layer)."""
@@ -607,7 +616,8 @@ def settings(fmt, output):
 
 @cli.group()
 def directions():
-    """Directions of a layer (Zhang (CS231n)): SVD, random and user vectors indexed like neurons."""
+    """Directions of a layer (Zhang (CS231n)): SVD, random and user vectors, and learned dictionaries' atoms
+    (NMF, sparse autoencoders), indexed like neurons."""
 
 
 @directions.command("add")
@@ -625,6 +635,41 @@ def directions_add(index_dir, layer, vector_file, names, model, no_wait, quiet):
                     progress=not quiet, wait=not no_wait)
     click.echo(f"indexed {len(done['directions'])} directions of {done['model']}/{done['layer']} over "
                f"{done['images']} images: {', '.join(done['directions'])}")
+
+
+@directions.command("learn")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--layer", "--layers", "layer", required=True, help="Layer as selected at ingest (or MODEL/LAYER).")
+@click.option("--kind", "kinds", type=click.Choice(["nmf", "sae"]), multiple=True, required=True,
+              help="nmf (CRAFT's non-negative matrix factorisation) or sae (sparse autoencoder); repeat for both.")
+@setting_option("--atoms")
+@setting_option("--dict-samples")
+@setting_option("--dict-positions")
+@setting_option("--sae-steps")
+@setting_option("--sae-l1")
+@click.option("--model", default=None, help="Model name (needed when the index holds several).")
+@click.option("--no-wait", is_flag=True, help="Fail at once when another process is writing the index.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def directions_learn(index_dir, layer, kinds, atoms, dict_samples, dict_positions, sae_steps, sae_l1, model, no_wait,
+                     quiet):
+    """Fit learned dictionaries on a stored layer and index their atoms like neurons."""
+    spec = DictionarySpec(atoms=atoms, samples=dict_samples, positions=dict_positions, sae_steps=sae_steps,
+                          sae_l1=sae_l1)
+    done = directions_job.learn(index_dir, layer, list(kinds), model, spec, progress=not quiet, wait=not no_wait)
+    for f in done["fits"]:
+        click.echo(f"{done['model']}/{done['layer']}: {f['atoms']} {f['kind']} atoms, R2 {f['r2']:.3f}, "
+                   f"{f['l0']:.1f} active per position")
+    click.echo(f"indexed {len(done['directions'])} atoms over {done['images']} images")
+
+
+@directions.command("compare")
+@click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", default=None, help="Only this model.")
+@output_options()
+def directions_compare(index_dir, model, fmt, output):
+    """Neurons vs SVD directions vs NMF vs SAE atoms per layer: class purity, colour, redundancy, R^2."""
+    with neuronindex.open(index_dir) as idx:
+        emit(idx.dictionaries(model).rows(), fmt, output)
 
 
 @directions.command("list")

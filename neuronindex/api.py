@@ -25,7 +25,7 @@ from neuronindex.errors import (
     UsageError,
 )
 from neuronindex.formats import to_table
-from neuronindex.query import categories, compare, maps
+from neuronindex.query import categories, compare, maps, units
 from neuronindex.query import sql as guarded
 from neuronindex.query.export import dump, export
 from neuronindex.query.pictures import concept_overlay, context, reconstruction
@@ -661,6 +661,24 @@ class Index(Reader):
             "u.iou > d.iou_threshold AND (? IS NULL OR m.name = ?) AND (? IS NULL OR d.source = ?) "
             "GROUP BY m.id, m.name, l.position, l.name, d.source, c.category ORDER BY m.id, l.position, d.source, "
             "c.category", [model, model, source, source])
+
+    def dictionaries(self, model: str | None = None, k: int = 20) -> Result:
+        """Per layer with learned dictionaries, neurons vs SVD directions vs NMF vs SAE atoms: class
+        purity (top_class_share, class_index, csi), colour (color_index, color_selective), redundancy
+        (overlap of top-k image sets) and reconstruction R^2 for the same number of units (see
+        query/units.py for each definition)."""
+        return Result(units.comparison(self.con, model, k, self.settings.color_threshold),
+                      ["model", "layer", "kind", "units", "top_class_share", "class_index", "csi", "color_index",
+                       "color_selective", "redundancy", "r2", "l0"])
+
+    def dictionary_fits(self, model: str | None = None) -> Result:
+        """Every fitted dictionary: model, layer, kind, atoms, samples, R^2 (own codes, the indexed
+        maps'), mean active atoms, baselines for as many units, seconds."""
+        return self.query(
+            "SELECT m.name AS model, l.name AS layer, d.kind, d.atoms, d.samples, d.r2, d.r2_map, d.l0, d.clipped, "
+            "d.r2_neurons, d.r2_pca, d.seconds FROM dictionaries d JOIN layers l ON l.id = d.layer_id "
+            "JOIN models m ON m.id = l.model_id WHERE (? IS NULL OR m.name = ?) ORDER BY m.id, l.position, d.kind",
+            [model, model])
 
     def trees(self, model: str | None = None) -> Result:
         """Every stored prediction tree (of one model): model, layer, class, pooling, images, filters."""

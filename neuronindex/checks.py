@@ -5,8 +5,10 @@ import math
 
 from neuronindex.errors import UsageError
 
-UNIT_KIND_NAMES = {"channel": ("channel",), "svd": ("svd",), "random": ("random",), "user": ("user",),
-                   "direction": ("svd", "random", "user")}
+DIRECTION_KINDS = ("svd", "random", "user", "nmf", "sae")  # units whose map is a projection of a layer's map
+DICTIONARY_KINDS = ("nmf", "sae")  # learned dictionaries' atoms
+UNIT_KIND_NAMES = {"channel": ("channel",), **{k: (k,) for k in DIRECTION_KINDS}, "direction": DIRECTION_KINDS,
+                   "atom": DICTIONARY_KINDS}
 
 
 def unit_kinds(kind: str | None) -> tuple[str, ...] | None:

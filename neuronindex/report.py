@@ -160,10 +160,9 @@ def figure_redundancy(idx, model: str, units: int = 8, k: int = 20) -> dict:
             "neurons": idx.query("SELECT id FROM neurons WHERE layer_id = ? AND kind = 'channel' AND NOT dead "
                                  "ORDER BY act_std DESC NULLS LAST, id LIMIT ?",
                                  [layer["id"], units]).rows(),
-            "svd": idx.query("SELECT n.id FROM neurons n JOIN directions d ON d.neuron_id = n.id WHERE n.layer_id = ? "
-                             "AND d.kind = 'svd' ORDER BY d.ordinal LIMIT ?", [layer["id"], units]).rows(),
-            "random": idx.query("SELECT n.id FROM neurons n JOIN directions d ON d.neuron_id = n.id WHERE n.layer_id = ? "
-                                "AND d.kind = 'random' ORDER BY d.ordinal LIMIT ?", [layer["id"], units]).rows(),
+            **{kind: idx.query("SELECT n.id FROM neurons n JOIN directions d ON d.neuron_id = n.id WHERE n.layer_id = ? "
+                               "AND d.kind = ? ORDER BY d.ordinal LIMIT ?", [layer["id"], kind, units]).rows()
+               for kind in ("svd", "random", "nmf", "sae")},
         }
         entry = {}
         for name, rows in groups.items():
@@ -357,6 +356,25 @@ def _directions_section(idx, model: str, leading: int = 4, images: int = 8) -> l
     return parts
 
 
+def _dictionaries_section(idx, model: str) -> list[str]:
+    """Neurons vs SVD directions vs learned atoms per layer (`Index.dictionaries`), as a table."""
+    rows = idx.dictionaries(model).rows()
+    if not rows:
+        return []
+    fmt = (lambda x, d=3: "" if x is None else f"{x:.{d}f}")
+    parts = ["<h3>Neurons, SVD directions and learned atoms (NMF as in CRAFT, Fel et al. 2023; a sparse autoencoder): "
+             "class purity, colour, redundancy (top-20 overlap) and R&sup2; for the same number of units</h3>"
+             "<table><tr><th>layer</th><th>kind</th><th>units</th><th>top-class share</th><th>class index</th>"
+             "<th>colour index</th><th>redundancy</th><th>R&sup2;</th><th>active atoms</th></tr>"]
+    for r in rows:
+        parts.append(f"<tr><td>{html.escape(r['layer'])}</td><td>{'neurons' if r['kind'] == 'channel' else r['kind']}</td>"
+                     f"<td>{r['units']}</td><td>{fmt(r['top_class_share'])}</td><td>{fmt(r['class_index'])}</td>"
+                     f"<td>{fmt(r['color_index'])}</td><td>{fmt(r['redundancy'])}</td><td>{fmt(r['r2'])}</td>"
+                     f"<td>{fmt(r['l0'], 1)}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
 RAFEGAS = "Rafegas et al., \u201cUnderstanding trained CNNs by indexing neuron selectivity\u201d"
 ZHANG = "Zhang, \u201cVisualizing neuron role with dimensionality reduction of feature space\u201d"
 YU = "Yu et al., \u201cVisualizing and comparing convolutional neural networks\u201d"
@@ -404,6 +422,7 @@ def render(idx, path: str | Path, model: str | None = None, png_dir: str | Path 
                 out.write_bytes(png)
                 written.append(str(out))
         parts += _directions_section(idx, m)
+        parts += _dictionaries_section(idx, m)
         for name, png, text in _hierarchy_and_maps(idx, m):
             parts.append(f"<h3>{html.escape(name)}</h3><p>{html.escape(text)}</p>"
                          f"<img src='data:image/png;base64,{base64.b64encode(png).decode()}'>")

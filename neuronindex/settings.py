@@ -31,8 +31,9 @@ SETTINGS: tuple[Setting, ...] = (
                              "logarithmic buckets are kept too."),
     Setting("bottom_k", 20, "Bottom images kept per neuron and direction: the lowest activations (Zhang (CS231n))."),
     # directions (Zhang (CS231n))
-    Setting("directions", "none", "Directions indexed beside the neurons (Zhang (CS231n)): svd, random, svd,random or "
-                                  "none. They cost one more forward pass over the images."),
+    Setting("directions", "none", "Directions indexed beside the neurons (Zhang (CS231n)): svd, random, and learned "
+                                  "dictionaries nmf, sae, joined by commas, or none. They cost one more forward pass "
+                                  "over the images."),
     Setting("direction_pooling", "max", "Pooling of each channel's map into the image x channel matrix: max "
                                         "(the neurons' activation) or mean."),
     Setting("svd_rank", "kaiser", "SVD directions kept: kaiser (eigenvalues of the correlation matrix > 1), "
@@ -42,6 +43,14 @@ SETTINGS: tuple[Setting, ...] = (
                                     "unconstrained ones as the baseline (Zhang (CS231n))."),
     Setting("random_quantile", 0.95, "Variance cut-off of filtered random directions: this quantile of the "
                                      "variances of 1,000 random directions."),
+    # learned dictionaries (CRAFT's NMF, sparse autoencoders): --directions nmf,sae
+    Setting("atoms", 16, "Atoms per layer of each learned dictionary (nmf, sae), at most half the layer's channels."),
+    Setting("dict_samples", 16384, "Activation vectors per layer the dictionaries are fitted on: a uniform sample "
+                                   "of (image, position) pairs taken in pass 1 (memory: this x channels floats)."),
+    Setting("dict_positions", 16, "Map positions per image offered to the dictionaries' sample (all of smaller maps)."),
+    Setting("sae_steps", 300, "Adam steps (256 vectors each) of a sparse autoencoder."),
+    Setting("sae_l1", 0.05, "L1 weight on a sparse autoencoder's codes (on the sample scaled to unit mean "
+                            "squared length): larger, fewer active atoms."),
     # activation maximisation (Dai 2020, Øygard 2016; neuronindex visualize)
     Setting("viz_steps", 256, "Steps of gradient ascent per optimised image."),
     Setting("viz_lr", 0.05, "Adam learning rate of the optimised images."),

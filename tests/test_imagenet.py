@@ -42,7 +42,7 @@ def index(tmp_path_factory):
     try:
         ingest("torchvision:squeezenet1_0", str(images), ",".join(LAYERS), path, weights=str(weights),
                name="squeezenet", preprocessing=caffe, progress=False,
-               params=IngestParams(batch_size=32, workers=2, directions="svd,random", spatial_means=True))
+               params=IngestParams(batch_size=32, workers=2, directions="svd,random,nmf,sae", spatial_means=True))
     finally:
         if before is None:
             del os.environ["NEURONINDEX_WORDNET"]
@@ -181,6 +181,28 @@ def test_seed001_directions_on_squeezenet(index):
     print("\nmean pairwise overlap of top/bottom-20 sets:", {k: round(v, 3) for k, v in means.items()})
     assert means[("svd", "top")] < means[("neurons", "top")]
     assert means[("svd", "bottom")] < means[("neurons", "bottom")]
+
+
+def test_learned_dictionaries_on_squeezenet(index):
+    """Issue 41's comparison on the real network: every layer has NMF and SAE atoms indexed as units
+    beside its neurons and SVD directions; their R^2 obeys what must hold (K principal components
+    are the best K-dimensional affine fit, so no K neurons, NMF atoms or SAE atoms beat them), the
+    SAE is sparse, and the learned atoms have top images like any unit."""
+    fits = index.dictionary_fits("squeezenet").rows()
+    assert sorted({(f["layer"], f["kind"]) for f in fits}) == sorted((layer, k) for layer in LAYERS for k in ("nmf", "sae"))
+    for f in fits:
+        assert f["atoms"] == 16 and f["samples"] == 8000  # 500 images x 16 positions, under the 16,384 cap
+        assert 0 < f["r2"] <= f["r2_pca"] + 1e-6 and f["r2_neurons"] <= f["r2_pca"] + 1e-6
+        assert f["l0"] < f["atoms"]
+    rows = index.dictionaries("squeezenet").rows()
+    print("\n" + "\n".join(f"{r['layer']:16} {r['kind']:7} {r['units']:4} share {r['top_class_share']:.3f} "
+                           f"gamma {r['class_index']:.3f} alpha {r['color_index']:.3f} red {r['redundancy']:.3f} "
+                           f"r2 {r['r2']:.3f}" for r in rows))
+    assert {(r["layer"], r["kind"]) for r in rows} == {(layer, k) for layer in LAYERS for k in ("channel", "svd", "nmf", "sae")}
+    for kind in ("nmf", "sae"):
+        found = index.search(f"kind:{kind} features.12 limit:100").rows()
+        assert len(found) == 16 and all(r["kind"] == kind for r in found)
+        assert len(index.neuron(found[0]["key"]).topk().rows()) == 100
 
 
 def test_activation_maximisation_fills_the_first_layer(index):

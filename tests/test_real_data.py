@@ -134,7 +134,7 @@ def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
     source = shared("cifar10", "lossless-test")
     blocks = ["layer1.2", "layer2.2", "layer3.2"]
     ingest("cifar-resnet20", str(source), ",".join(blocks), tmp_path, weights=str(weights), progress=False,
-           params=IngestParams(batch_size=128, top_k=10, bottom_k=5, directions="svd,random"))
+           params=IngestParams(batch_size=128, top_k=10, bottom_k=5, directions="svd,random,nmf,sae"))
     loaded = load_model("cifar-resnet20", str(weights))
     captured = {b: [] for b in blocks}
     for b in blocks:
@@ -151,7 +151,11 @@ def test_resnet20_directions_equal_brute_force_on_real_images(tmp_path):
         maps = torch.cat(captured[b]).numpy()
         units = con.execute("SELECT n.id, n.key, d.weights, d.\"offset\" FROM directions d JOIN neurons n "
                             "ON n.id = d.neuron_id JOIN layers l ON l.id = d.layer_id WHERE l.name = ?", [b]).fetchall()
-        assert len(units) >= 9  # at least one SVD direction, 4 + 4 random
+        # at least one SVD direction, 4 + 4 random, and the NMF and SAE atoms (min(16, channels / 2) each):
+        # every one's top and bottom lists are its affine map's, from the model's own block outputs
+        atoms = min(16, maps.shape[1] // 2)
+        assert len(units) >= 9 + 2 * atoms
+        assert sum(k.rsplit("/", 1)[1].startswith(("nmf", "sae")) for _, k, _, _ in units) == 2 * atoms
         for nid, key, w, offset in units:
             proj = (np.einsum("c,bchw->bhw", np.array(w, dtype=np.float32), maps) + np.float32(offset))
             flat = proj.reshape(len(proj), -1)

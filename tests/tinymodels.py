@@ -187,3 +187,29 @@ class ColourClassifier(nn.Module):
 
 def colour_classifier():
     return ColourClassifier()
+
+
+class PlantedParts(nn.Module):
+    """conv1: eight 1x1 channels, each a fixed non-negative mixture of the red, green and blue
+    inputs (no bias): on images read without normalisation the layer's activation vector at a
+    position is exactly PARTS' @ (r, g, b), a non-negative mixture of 3 known parts."""
+
+    PARTS = [[1.0, 0.8, 0.0, 0.1, 0.0, 0.5, 0.0, 0.2],
+             [0.0, 0.3, 1.0, 0.9, 0.0, 0.0, 0.4, 0.1],
+             [0.1, 0.0, 0.0, 0.2, 1.0, 0.6, 0.7, 0.0]]
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 1, bias=False)
+        self.head = nn.Conv2d(8, 2, 1)
+        with torch.no_grad():
+            self.conv1.weight.copy_(torch.tensor(self.PARTS).T.reshape(8, 3, 1, 1))
+            self.head.weight.fill_(0.1)
+            self.head.bias.zero_()
+
+    def forward(self, x):
+        return self.head(self.conv1(x)).mean((2, 3))
+
+
+def planted_parts():
+    return PlantedParts()

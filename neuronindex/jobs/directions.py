@@ -1,9 +1,11 @@
-"""`neuronindex directions add`: user directions (concept vectors over a stored layer's channels)
-added to an index, with one units pass over the ingest's images and pass 2 for the new units only."""
+"""`neuronindex directions add` and `learn`: user directions (concept vectors over a stored layer's
+channels) and learned dictionaries' atoms added to an index, with one units pass over the ingest's
+images and pass 2 for the new units only (`learn`: a sample pass and the fits first)."""
 from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,14 +14,22 @@ from neuronindex import store
 from neuronindex.errors import IngestError, NotFoundError, UsageError, did_you_mean
 from neuronindex.jobs.derive import run_all
 from neuronindex.jobs.ingest import IngestParams, build_vectors, prepare
-from neuronindex.jobs.publish import StoredIngest, write_directions, write_units
-from neuronindex.jobs.units import extend_results, units_pass
+from neuronindex.jobs.publish import (
+    StoredIngest,
+    write_dictionaries,
+    write_directions,
+    write_units,
+)
+from neuronindex.jobs.units import extend_results, sample_pass, units_pass
 from neuronindex.nets.models import Preprocessing
+from neuronindex.science import dictionaries
+from neuronindex.science.dictionaries import DictionarySpec
 from neuronindex.science.directions import (
     LayerDirections,
     extended_field,
     user_direction,
     valid_name,
+    with_atoms,
 )
 from neuronindex.science.selectivity import dead_neurons
 from neuronindex.science.stats import UnitResults, units_of
@@ -44,12 +54,28 @@ def load_vectors(path: str) -> np.ndarray:
     return v
 
 
-def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = None, model: str | None = None,
-        progress: bool = True, wait: bool = True) -> dict:
-    """Index user directions (rows of `vectors`, over the layer's channels) of a stored layer, as
-    an ingest does its directions: one pass over the ingest's images for their top and bottom
-    lists, then pass 2 and the indexes for the new units only; published atomically."""
+@dataclass
+class StoredLayer:
+    """A stored layer as `add` and `learn` need it: its rows in the index and the run that re-reads its images."""
+    model: str
+    model_id: int
+    layer: str
+    layer_id: int
+    channels: int
+    ingest_id: int
+    taken: set
+    mean: np.ndarray
+    std: np.ndarray
+    next_channel: int
+    channel_ids: list
+    first_image: int
+    label_rows: dict
+    run: object = None
+    params: object = None
 
+
+def stored_layer(index_dir, layer: str, model: str | None) -> StoredLayer:
+    """A stored layer (LAYER or MODEL/LAYER) with the run that reads its ingest's images again."""
     con = store.connect(index_dir)
     try:
         models = [r[0] for r in execute(con, "SELECT name FROM models ORDER BY id")]
@@ -71,22 +97,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
                                 f"its layers: {', '.join(by_name)}")
         (layer_id, layer_name, C, ingest_id, spec, weights, pre, params, source, model_fp, data_fp, labels,
          class_list, model_id) = by_name[layer]
-        vectors = np.asarray(vectors, dtype=np.float64)
-        if vectors.ndim == 1:
-            vectors = vectors[None]
         taken = {r[0] for r in execute(con, "SELECT unit FROM neurons WHERE layer_id = ?", [layer_id])}
-        first_user = 1 + int(execute(con, "SELECT count(*) FROM directions WHERE layer_id = ? AND kind = 'user'",
-                                     [layer_id])[0][0])
-        names = list(names) if names else [f"user{first_user + j}" for j in range(len(vectors))]
-        if len(names) != len(vectors):
-            raise UsageError(f"{len(names)} names for {len(vectors)} vectors; give one name per vector")
-        for n in names:
-            if not re.fullmatch(r"user\d+", n):
-                valid_name(n)
-            if n in taken:
-                raise UsageError(f"layer {layer} already has a unit named {n!r}; choose another --name")
-        if len(set(names)) != len(names):
-            raise UsageError("two vectors have the same name; give each its own")
         stats = execute(con, "SELECT act_mean, act_std FROM neurons WHERE layer_id = ? AND kind = 'channel' "
                              "ORDER BY channel", [layer_id])
         next_channel = int(execute(con, "SELECT max(channel) + 1 FROM neurons WHERE layer_id = ?", [layer_id])[0][0])
@@ -96,25 +107,80 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
                                        "(SELECT dataset_id FROM ingests WHERE id = ?)", [ingest_id])[0][0])
         label_rows = dict(execute(con, "SELECT c.name, c.id FROM classes c JOIN ingests i ON i.dataset_id = c.dataset_id "
                                        "WHERE i.id = ?", [ingest_id]))
-        model_name = model
     finally:
         con.close()
-    mean = np.array([r[0] or 0.0 for r in stats])
-    std = np.array([r[1] or 0.0 for r in stats])
-    basis = np.stack([user_direction(v, mean, std, C, n) for v, n in zip(vectors, names)])
+    found = StoredLayer(model, model_id, layer_name, layer_id, C, ingest_id, taken,
+                        np.array([r[0] or 0.0 for r in stats]), np.array([r[1] or 0.0 for r in stats]), next_channel,
+                        [r[0] for r in existing], first_image, label_rows)
     p = json.loads(params)
     p = IngestParams(**{k: v for k, v in p.items() if k in IngestParams.__dataclass_fields__})
     p.shard, p.directions = None, "none"
     labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
-    run = prepare(spec, source, [layer_name], weights=weights, name=model_name,
+    run = prepare(spec, source, [layer_name], weights=weights, name=model,
                   preprocessing=Preprocessing.from_json(pre), params=p, labels=labels, class_list=class_list)
     if run.meta["model_fingerprint"] != model_fp:
-        raise IngestError(f"the weights of {model_name} ({weights}) changed since it was ingested; ingest it again")
+        raise IngestError(f"the weights of {model} ({weights}) changed since it was ingested; ingest it again")
     if run.meta["data_fingerprint"] != data_fp:
-        raise IngestError(f"the images of {source} changed since {model_name} was ingested; ingest it again")
-    n_live = int((std > 0).sum())
-    d = LayerDirections(names, ["user"] * len(names), basis, mean, std, 0, "max", np.zeros(len(names)),
+        raise IngestError(f"the images of {source} changed since {model} was ingested; ingest it again")
+    found.run, found.params = run, p
+    return found
+
+
+def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = None, model: str | None = None,
+        progress: bool = True, wait: bool = True) -> dict:
+    """Index user directions (rows of `vectors`, over the layer's channels) of a stored layer, as
+    an ingest does its directions: one pass over the ingest's images for their top and bottom
+    lists, then pass 2 and the indexes for the new units only; published atomically."""
+    vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.ndim == 1:
+        vectors = vectors[None]
+    found = stored_layer(index_dir, layer, model)
+    con = store.connect(index_dir)
+    try:
+        first_user = 1 + int(execute(con, "SELECT count(*) FROM directions WHERE layer_id = ? AND kind = 'user'",
+                                     [found.layer_id])[0][0])
+    finally:
+        con.close()
+    names = list(names) if names else [f"user{first_user + j}" for j in range(len(vectors))]
+    if len(names) != len(vectors):
+        raise UsageError(f"{len(names)} names for {len(vectors)} vectors; give one name per vector")
+    for n in names:
+        if not re.fullmatch(r"user\d+", n):
+            valid_name(n)
+        if n in found.taken:
+            raise UsageError(f"layer {found.layer} already has a unit named {n!r}; choose another --name")
+    if len(set(names)) != len(names):
+        raise UsageError("two vectors have the same name; give each its own")
+    basis = np.stack([user_direction(v, found.mean, found.std, found.channels, n) for v, n in zip(vectors, names)])
+    n_live = int((found.std > 0).sum())
+    d = LayerDirections(names, ["user"] * len(names), basis, found.mean, found.std, 0, "max", np.zeros(len(names)),
                         float(n_live), [None] * len(names), list(range(first_user, first_user + len(names))))
+    return index_units(index_dir, found, d, progress, wait)
+
+
+def learn(index_dir, layer: str, kinds: list[str], model: str | None = None, spec: DictionarySpec | None = None,
+          progress: bool = True, wait: bool = True) -> dict:
+    """Fit learned dictionaries (nmf, sae) on a stored layer and index their atoms: one pass over the
+    ingest's images for the position sample (the one an ingest with --directions nmf,sae takes in
+    pass 1, so the same dictionaries), the fits, then as `add`."""
+    spec = replace(spec or DictionarySpec(), kinds=tuple(dict.fromkeys(kinds)))
+    spec.validate()
+    if not spec.kinds:
+        raise UsageError("name a dictionary kind: --kind nmf or --kind sae")
+    found = stored_layer(index_dir, layer, model)
+    for kind in spec.kinds:
+        if f"{kind}1" in found.taken:
+            raise UsageError(f"layer {found.layer} already has {kind} atoms; a layer holds one dictionary of each kind")
+    sample = sample_pass(found.run, spec, progress=progress)
+    fits = dictionaries.fit(sample.layer(0), spec, found.channels)
+    d = with_atoms(None, fits, found.mean, found.std, None, 0)
+    return index_units(index_dir, found, d, progress, wait)
+
+
+def index_units(index_dir, found: StoredLayer, d: LayerDirections, progress: bool, wait: bool) -> dict:
+    """The directions `d` of a stored layer indexed: their units pass over the ingest's images, pass 2
+    and the indexes for the new units only, published atomically."""
+    run, p, C = found.run, found.params, found.channels
     run.directions = [d]
     empty = _empty_results(C, p, len(run.label_names))
     units = units_pass(run, [d], progress=progress)[0]
@@ -123,7 +189,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
 
     units.dead = dead_neurons(units.act_max, units.act_std)
     units.weak = np.zeros(len(d), dtype=bool)
-    units.kind, units.unit = ["user"] * len(d), list(names)
+    units.kind, units.unit = list(d.kinds), list(d.names)
     d.variance = units.pooled_var.copy()  # w . pooled + b has variance u'Ru for max pooling
     d.n = int(units.count)
     results = extend_results([empty], [units])
@@ -138,20 +204,22 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
 
         base = next_id(wcon, "neurons")
         new_ids = np.arange(base, base + len(d))
-        label_class_ids = np.array([label_rows[n] for n in run.label_names], dtype=np.int64)
+        label_class_ids = np.array([found.label_rows[n] for n in run.label_names], dtype=np.int64)
         new = np.arange(C, C + len(d))  # the new units in this run's extended map
         field_ = extended_field(run.selections[0].layer.field, len(d))
-        channels = np.arange(next_channel, next_channel + len(d))  # where they go in the stored layer
-        write_units(wcon, units_of(results[0], new), new_ids, channels, f"{model_name}/{layer_name}/", model_id,
-                    layer_id, ingest_id,
+        channels = np.arange(found.next_channel, found.next_channel + len(d))  # where they go in the stored layer
+        write_units(wcon, units_of(results[0], new), new_ids, channels, f"{found.model}/{found.layer}/", found.model_id,
+                    found.layer_id, found.ingest_id,
                     field_.rows(new) if field_ is not None else None,
-                    first_image, label_class_ids)
-        write_directions(wcon, new_ids, layer_id, d, units.pooled_var)
-        ids = np.concatenate([np.array([r[0] for r in existing], dtype=np.int64), new_ids])
-        derived.write(wcon, StoredIngest(ingest_id, [ids]))
+                    found.first_image, label_class_ids)
+        write_directions(wcon, new_ids, found.layer_id, d, units.pooled_var)
+        write_dictionaries(wcon, found.layer_id, d.fits)
+        ids = np.concatenate([np.array(found.channel_ids, dtype=np.int64), new_ids])
+        derived.write(wcon, StoredIngest(found.ingest_id, [ids]))
     build_vectors(index_dir)
-    return {"model": model_name, "layer": layer_name, "directions": [f"{model_name}/{layer_name}/{n}" for n in names],
-            "images": int(units.count)}
+    return {"model": found.model, "layer": found.layer,
+            "directions": [f"{found.model}/{found.layer}/{n}" for n in d.names], "images": int(units.count),
+            "fits": [{"kind": f.kind, "atoms": len(f), "r2": f.r2, "l0": f.l0} for f in d.fits]}
 
 
 def _empty_results(C: int, p, n_classes: int) -> UnitResults:

@@ -37,7 +37,9 @@ from neuronindex.names import valid_name
 from neuronindex.nets.extract import Extractor, image_batches
 from neuronindex.nets.layers import ModelGraph, Selection, trace
 from neuronindex.nets.models import LoadedModel, Preprocessing, load_model
+from neuronindex.science import dictionaries
 from neuronindex.science import directions as dirs
+from neuronindex.science.dictionaries import DictionarySpec, PositionSample
 from neuronindex.science.directions import DirectionSpec
 from neuronindex.science.selectivity import dead_neurons, weak_neurons
 from neuronindex.science.stats import (
@@ -76,11 +78,19 @@ class IngestParams:
     svd_max: int = default("svd_max")
     random_directions: int = default("random_directions")
     random_quantile: float = default("random_quantile")
+    atoms: int = default("atoms")
+    dict_samples: int = default("dict_samples")
+    dict_positions: int = default("dict_positions")
+    sae_steps: int = default("sae_steps")
+    sae_l1: float = default("sae_l1")
 
     def direction_spec(self):
         return DirectionSpec.parse(self.directions, pooling=self.direction_pooling, svd_rank=self.svd_rank,
                                    svd_max=self.svd_max, random_n=self.random_directions,
-                                   random_quantile=self.random_quantile)
+                                   random_quantile=self.random_quantile,
+                                   dictionary=DictionarySpec(atoms=self.atoms, samples=self.dict_samples,
+                                                             positions=self.dict_positions, sae_steps=self.sae_steps,
+                                                             sae_l1=self.sae_l1))
 
     def validate(self):
         if self.top_k < 1:
@@ -125,12 +135,19 @@ class Run:
             "spatial": self.params.spatial_means, "bottom": self.params.bottom_k,
             "cov": self.covariance_pooling(),
         }
+        if self.sample_size():  # (only then: the keys of runs without dictionaries stay as they were)
+            parts["sample"] = self.sample_size()
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def covariance_pooling(self) -> str | None:
         """The pooling pass 1 accumulates the channel covariance over (None: no directions)."""
         spec = self.params.direction_spec()
         return spec.pooling if spec.kinds else None
+
+    def sample_size(self) -> tuple[int, int] | None:
+        """(vectors per layer, positions per image) of the dictionaries' position sample, or None."""
+        d = self.params.direction_spec().dictionary
+        return (d.samples, d.positions) if d.kinds else None
 
     def positions(self) -> list[int]:
         n = len(self.images.images)
@@ -192,8 +209,10 @@ def new_state(run: Run) -> Pass1State:
     total = sum(s.layer.channels for s in run.selections)
     stats = LayerStats(total, p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device,
                        p.spatial_means or run.covariance_pooling() == "mean", p.bottom_k)
-    cov = Covariance([s.layer.channels for s in run.selections]) if run.covariance_pooling() else None
-    return Pass1State(stats, cov)
+    channels = [s.layer.channels for s in run.selections]
+    cov = Covariance(channels) if run.covariance_pooling() else None
+    size = run.sample_size()
+    return Pass1State(stats, cov, PositionSample(channels, *size) if size else None)
 
 
 def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bool = True, checkpoint=None,
@@ -223,7 +242,7 @@ def pass1(run: Run, state: Pass1State | None = None, done: int = 0, progress: bo
         if bool(ok.any()):
             ids = pos[ok]
             summary = extractor.summaries(batch[ok], stats.threshold(), channels, stats.has_spatial,
-                                          stats.low_threshold())
+                                          stats.low_threshold(), state.sample, ids.numpy())
             stats.add_summary(summary, ids, labels[ids], extractor.spatial_means(), extractor.low_locations())
             if state.cov is not None:
                 state.cov.add(summary[0] if run.covariance_pooling() == "max" else extractor.spatial_means())
@@ -270,7 +289,7 @@ def load_state(path: Path, device: str = "cpu") -> tuple[dict, Pass1State]:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(bytes(data["__meta__"]).decode())
             groups = {k.split("/", 1)[0] for k in data.files if "/" in k}
-            if groups - {"cov"} != {"0"}:
+            if groups - {"cov", "sample"} != {"0"}:
                 raise IngestError(f"state file {path} was written by an older neuronindex (one state per layer); "
                                   "start the ingest again without --resume")
             state = Pass1State.from_state(data, device)
@@ -467,6 +486,8 @@ def publish_run(run: Run, state: Pass1State, index_dir: IndexDirectory, *, progr
     cov = state.cov
     run.directions = dirs.compute(cov, spec, [s.layer.channels for s in run.selections]) \
         if cov is not None else [None] * len(run.selections)
+    if state.sample is not None:
+        run.directions = learned(run, state, spec, progress)
     if any(d is not None for d in run.directions):
         units = units_pass(run, run.directions, progress=progress)
         for u, d in zip(units, run.directions):
@@ -496,6 +517,19 @@ def publish_run(run: Run, state: Pass1State, index_dir: IndexDirectory, *, progr
         timings["vectors"] = time.time() - t0
     summary["timings"] = timings
     return summary
+
+
+def learned(run: Run, state: Pass1State, spec: DirectionSpec, progress: bool) -> list:
+    """Each layer's directions with its learned dictionaries' atoms appended (fitted on pass 1's
+    position sample; see science/dictionaries)."""
+    out = []
+    layers = tqdm(list(enumerate(run.selections)), desc="directions: dictionaries", unit="layer",
+                  disable=not progress, dynamic_ncols=True)
+    for i, sel in layers:
+        mean, std, corr, n = state.cov.layer(i)
+        fits = dictionaries.fit(state.sample.layer(i), spec.dictionary, sel.layer.channels)
+        out.append(dirs.with_atoms(run.directions[i], fits, mean, std, corr, n, spec.pooling))
+    return out
 
 
 def build_vectors(index_dir) -> list[dict]:

@@ -242,6 +242,15 @@ def write_directions(con, ids, layer_id: int, d, pooled_var) -> None:
         con.unregister("_dirs")
 
 
+def write_dictionaries(con, layer_id: int, fits: list) -> None:
+    """`dictionaries` rows of one layer: each fitted dictionary with its baselines (dictionaries.Dictionary)."""
+    for f in fits:
+        execute(con, "INSERT INTO dictionaries (layer_id, kind, atoms, samples, r2, r2_map, l0, clipped, r2_neurons, "
+                     "r2_pca, loss, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [layer_id, f.kind, len(f), f.samples, f.r2, f.r2_map, f.l0, f.clipped, f.baselines.get("channel"),
+                 f.baselines.get("pca"), [float(v) for v in f.loss], f.seconds])
+
+
 def write_ingest(con, run, results: list[UnitResults], derived, timings: dict, started: float) -> dict:
     loaded = run.loaded
     dataset_id, first_image, class_ids = write_dataset(con, run.images)
@@ -296,6 +305,7 @@ def write_ingest(con, run, results: list[UnitResults], derived, timings: dict, s
             write_directions(con, ids[layer.channels:], layer_id, d, res.pooled_var)
             if d.spectrum is not None:
                 con.execute("UPDATE layers SET spectrum = ? WHERE id = ?", [d.spectrum.astype(float).tolist(), layer_id])
+            write_dictionaries(con, layer_id, d.fits)
         if len(res.probe_ids) and not probe_written:
             insert(con, "probe_images", {"ingest_id": np.full(len(res.probe_ids), ingest_id),
                                          "rank": np.arange(1, len(res.probe_ids) + 1),

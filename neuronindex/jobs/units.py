@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from neuronindex.nets.extract import Extractor, image_batches
 from neuronindex.nets.summaries import combine, summarize
+from neuronindex.science.dictionaries import PositionSample
 from neuronindex.science.directions import Projector
 from neuronindex.science.stats import (
     PER_CLASS,
@@ -87,6 +88,29 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
         res.pooled_var = moments[li].variance()
         out.append(res)
     return out
+
+
+def sample_pass(run, spec, progress: bool = True):
+    """One pass over the run's images for the position sample of its (first) layer's dictionaries:
+    the sample pass 1 takes with --directions nmf,sae (the same images, positions and maps)."""
+    import torch
+
+    p = run.params
+    positions = [q for q in run.positions() if q not in run.problems]
+    nodes = [s.layer.name for s in run.selections]
+    sample = PositionSample([s.layer.channels for s in run.selections], spec.samples, spec.positions)
+    extractor = Extractor(run.loaded, nodes, p.device, p.amp)
+    bar = tqdm(total=len(positions), unit="img", desc="dictionaries: sampling positions", disable=not progress,
+               dynamic_ncols=True)
+    for batch, pos, problems in image_batches(run.images, run.loaded.preprocessing, p.batch_size, p.workers, positions):
+        ok = torch.tensor([not q for q in problems], dtype=torch.bool)
+        bar.update(len(problems))
+        if bool(ok.any()):
+            maps = extractor(batch[ok])
+            for i, node in enumerate(nodes):
+                sample.take(i, maps[node], pos[ok].numpy())
+    bar.close()
+    return sample
 
 
 def extend_results(results: list[UnitResults], units: list[UnitResults | None]) -> list[UnitResults]:

@@ -58,7 +58,7 @@ class Extractor:
             self.module = create_feature_extractor(module, return_nodes={n: n for n in self.nodes}).to(self.device).eval()
 
     def summaries(self, images_uint8, threshold, channels: list[int], spatial_means: bool = False,
-                  low_threshold=None) -> tuple:
+                  low_threshold=None, sample=None, image_ids=None) -> tuple:
         """One batch summarised for `stats.LayerStats.add_summary`, by taps inside the graph.
 
         Each selected node is followed by a tap that reduces its map right away (the map is still
@@ -68,14 +68,16 @@ class Extractor:
         the first call; a map of another width raises). spatial_means: also take each map's
         spatial mean per (image, channel), then read with `spatial_means()`. low_threshold: the
         bottom lists' k-th lowest values; pairs at or below get their location (`low_locations()`).
+        sample (dictionaries.PositionSample, fixed by the first call): offered every map with
+        `image_ids` (B,), the batch's image positions.
         """
         import torch
 
         if self._taps is None:
 
-            self._sink = Summaries(channels, spatial_means=spatial_means)
+            self._sink = Summaries(channels, spatial_means=spatial_means, sample=sample)
             self._taps = self._tapped_module(self._sink)
-        self._sink.begin(threshold, images_uint8.shape[0], low_threshold)
+        self._sink.begin(threshold, images_uint8.shape[0], low_threshold, image_ids)
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):

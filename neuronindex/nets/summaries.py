@@ -64,8 +64,13 @@ class Summaries:
     `add_relu`, which rectifies and summarises in one read where the native kernels are built.
     """
 
-    def __init__(self, channels: list[int], compiled: bool | None = None, spatial_means: bool = False):
+    def __init__(self, channels: list[int], compiled: bool | None = None, spatial_means: bool = False,
+                 sample=None):
+        """sample (dictionaries.PositionSample): also offered every map with the batch's image ids
+        (`begin(..., image_ids=)`), for the dictionaries' position sample."""
         self.channels = list(channels)
+        self.sample = sample
+        self.image_ids = None
         self.starts = np.concatenate([[0], np.cumsum(self.channels)]).astype(np.int64)
         self.force = compiled
         # also each map's spatial mean per (image, channel), for the CSI of Morcos et al.: one more
@@ -73,13 +78,14 @@ class Summaries:
         self.spatial_means = spatial_means
         self.means = None
 
-    def begin(self, threshold, batch: int, low_threshold=None) -> None:
+    def begin(self, threshold, batch: int, low_threshold=None, image_ids=None) -> None:
         """Start a batch of `batch` images; threshold (channels,) is the combined k-th value;
         low_threshold (channels,), if given, the k-th lowest value of the bottom lists: pairs at or
         below it get the location of their maximum too (`low_locations`)."""
         import torch
 
         self.threshold = threshold
+        self.image_ids = image_ids
         self.low_bar = None if low_threshold is None else low_threshold.float().cpu().numpy()
         self.low_loc = None if low_threshold is None else np.full((batch, int(self.starts[-1])), -1, dtype=np.int64)
         self.compiled = threshold.device.type == "cpu" if self.force is None else self.force
@@ -111,6 +117,7 @@ class Summaries:
     def add(self, i: int, acts) -> None:
         """Summarise layer i's map (B, C, H, W)."""
         self._mean(i, acts)
+        self._sample(i, acts)
         if self._native(i, acts, None):
             self._low(i, acts)
             return
@@ -156,6 +163,7 @@ class Summaries:
             y = x if inplace else torch.empty_like(dense)  # the kernel writes y in x's memory order
             if (dense is x or not inplace) and y.stride() == dense.stride() and self._native(i, dense, y):
                 self._mean(i, y)
+                self._sample(i, y)
                 self._low(i, y)
                 return y
         y = x.relu_() if inplace else torch.relu(x)
@@ -180,6 +188,10 @@ class Summaries:
         self.per_image[s:e] = H * W
         self.width[s:e] = W
         return True
+
+    def _sample(self, i: int, acts) -> None:
+        if self.sample is not None and self.image_ids is not None:
+            self.sample.take(i, acts, self.image_ids)
 
     def _mean(self, i: int, acts) -> None:
         if self.means is not None:

@@ -39,6 +39,7 @@ from duckdb_engine import Dialect
 from sqlalchemy import and_, column, false, func, or_, select, table, true
 
 from neuronindex import store
+from neuronindex.checks import DICTIONARY_KINDS, DIRECTION_KINDS
 from neuronindex.errors import QueryError, QueryTimeout, did_you_mean
 from neuronindex.science.colornames import ACHROMATIC
 from neuronindex.science.colornames import TERMS as COLOR_NAMES
@@ -62,9 +63,10 @@ FIELDS = {
 }
 DIRECTION_FIELDS = {"sv", "explained", "dir_variance", "act_min"}
 CONCEPT_FIELDS = {"iou": "iou"}  # compared on the unit's matched concept, not a column of the view
-UNIT_KINDS = ("channel", "svd", "random", "user")
-KIND_WORDS = {"svd": ["svd"], "random": ["random"], "user": ["user"], "direction": ["svd", "random", "user"],
-              "directions": ["svd", "random", "user"], "channels": ["channel"], "channel": ["channel"]}
+UNIT_KINDS = ("channel", *DIRECTION_KINDS)
+KIND_WORDS = {**{k: [k] for k in DIRECTION_KINDS}, "direction": list(DIRECTION_KINDS), "directions": list(DIRECTION_KINDS),
+              "atom": list(DICTIONARY_KINDS), "atoms": list(DICTIONARY_KINDS), "channels": ["channel"],
+              "channel": ["channel"]}
 SELECTIVITY = {"color_index", "class_index", "csi", "csi_mean", "color_response", "mean_chroma", "top_class_share", "class_m",
                "color_share"}
 MAX_CLASS_WORDS = 6  # the longest class name matched from consecutive words (`american staffordshire terrier`)
@@ -301,7 +303,7 @@ def compile_query(q: Query, vocab: Vocabulary, settings: Settings | None = None)
     kinds = sorted(set(q.kinds))
     if not kinds:  # neurons, unless the query compares a field only directions have
         asks = {name for name, _, _ in q.comparisons} | ({q.sort[0]} if q.sort else set())
-        kinds = ["svd", "random", "user"] if asks & DIRECTION_FIELDS else ["channel"]
+        kinds = list(DIRECTION_KINDS) if asks & DIRECTION_FIELDS else ["channel"]
     if set(kinds) != set(UNIT_KINDS):
         conditions.append(view.c.kind.in_(kinds))
     chromatic = [c for c in q.colors if c not in ACHROMATIC]

@@ -42,9 +42,11 @@ import numpy as np
 from neuronindex.errors import UsageError
 from neuronindex.names import valid_name as checked_name
 from neuronindex.nets.receptive import Field
+from neuronindex.science.dictionaries import Dictionary, DictionarySpec
 from neuronindex.science.stats import Covariance
 
-KINDS = ("svd", "random", "user")
+KINDS = ("svd", "random", "user", "nmf", "sae")
+COMPUTED = ("svd", "random", "nmf", "sae")
 RANDOM_POOL = 1000
 
 
@@ -63,14 +65,19 @@ class DirectionSpec:
     random_n: int = 4
     random_quantile: float = 0.95
     seed: int = 0
+    dictionary: DictionarySpec = field(default_factory=DictionarySpec)
 
     @classmethod
     def parse(cls, kinds: str | None, **kw) -> "DirectionSpec":
         names = [k.strip() for k in (kinds or "").split(",") if k.strip() and k.strip() != "none"]
-        bad = [k for k in names if k not in ("svd", "random")]
+        bad = [k for k in names if k not in COMPUTED]
         if bad:
-            raise UsageError(f"unknown direction kind {bad[0]!r}; --directions takes svd, random, svd,random or none")
-        spec = cls(tuple(dict.fromkeys(names)), **kw)
+            raise UsageError(f"unknown direction kind {bad[0]!r}; --directions takes svd, random, nmf, sae "
+                             "(several joined by commas) or none")
+        names = tuple(dict.fromkeys(names))
+        dictionary = kw.pop("dictionary", None) or DictionarySpec()
+        dictionary = replace(dictionary, kinds=tuple(k for k in names if k in ("nmf", "sae")))
+        spec = cls(names, dictionary=dictionary, **kw)
         spec.validate()
         return spec
 
@@ -84,6 +91,7 @@ class DirectionSpec:
             raise UsageError("--random-directions must be 0 or more")
         if not 0 <= self.random_quantile < 1:
             raise UsageError("--random-quantile must be in [0, 1)")
+        self.dictionary.validate()
 
 
 def rank_rule(text: str) -> tuple[str, float]:
@@ -122,6 +130,8 @@ class LayerDirections:
     filters: list = field(default_factory=list)  # per direction: 'tail', 'none' or None
     ordinals: list = field(default_factory=list)  # per direction: 1-based index within its kind
     spectrum: np.ndarray | None = None  # every singular value of the standardised matrix, descending
+    bias: np.ndarray | None = None  # (D,) added to the offsets (dictionary atoms' affine maps), or None
+    fits: list = field(default_factory=list)  # the layer's fitted dictionaries (dictionaries.Dictionary)
 
     @property
     def weights(self) -> np.ndarray:
@@ -131,7 +141,8 @@ class LayerDirections:
 
     @property
     def offsets(self) -> np.ndarray:
-        return -(self.weights @ self.mean)
+        off = -(self.weights @ self.mean)
+        return off if self.bias is None else off + self.bias
 
     def __len__(self) -> int:
         return len(self.names)
@@ -141,10 +152,12 @@ class LayerDirections:
         out = []
         for j in range(len(self)):
             var = float(self.variance[j])
+            linear = self.kinds[j] in ("svd", "random", "user")  # a share and a singular value mean something
             out.append({"name": self.names[j], "kind": self.kinds[j], "ordinal": self.ordinals[j],
                         "filter": self.filters[j], "pooling": self.pooling, "variance": var,
-                        "explained": var / self.trace if self.trace > 0 else None,
-                        "singular_value": float(np.sqrt(max(var, 0.0) * self.n)), "n_images": self.n,
+                        "explained": var / self.trace if self.trace > 0 and linear else None,
+                        "singular_value": float(np.sqrt(max(var, 0.0) * self.n)) if linear else None,
+                        "n_images": self.n,
                         "vector": self.basis[j].astype(np.float32), "weights": weights[j].astype(np.float32),
                         "offset": float(offsets[j])})
         return out
@@ -280,13 +293,41 @@ def compute(cov: Covariance, spec: DirectionSpec, channels: list[int]) -> list[L
     return out
 
 
+def with_atoms(d: LayerDirections | None, fits: list[Dictionary], mean: np.ndarray, std: np.ndarray,
+               corr: np.ndarray | None, n: int, pooling: str = "max") -> LayerDirections | None:
+    """A layer's directions with the atoms of its fitted dictionaries appended (kinds nmf / sae,
+    named nmf1.. / sae1..). An atom's map W . a + b is kept as u = W * sigma (the standardised
+    vector) and a bias b + W . mu, so `weights` and `offsets` give W and b back."""
+    if not fits:
+        return d
+    C = len(mean)
+    if d is None:
+        d = LayerDirections([], [], np.zeros((0, C)), mean, std, n, pooling, np.zeros(0),
+                            float(np.trace(corr)) if corr is not None else float((std > 0).sum()))
+    names, kinds, filters, ordinals = list(d.names), list(d.kinds), list(d.filters), list(d.ordinals)
+    basis = [d.basis]
+    bias = [d.bias if d.bias is not None else np.zeros(len(d))]
+    for f in fits:
+        basis.append(f.weights * std[None, :])
+        bias.append(f.offsets + f.weights @ mean)
+        for j in range(len(f)):
+            names.append(f"{f.kind}{j + 1}")
+            kinds.append(f.kind)
+            filters.append(None)
+            ordinals.append(j + 1)
+    basis = np.concatenate(basis)
+    variance = np.einsum("kc,cd,kd->k", basis, corr, basis) if corr is not None else np.zeros(len(basis))
+    return replace(d, names=names, kinds=kinds, basis=basis, variance=variance, filters=filters, ordinals=ordinals,
+                   bias=np.concatenate(bias), fits=list(d.fits) + list(fits))
+
+
 def valid_name(name: str) -> str:
     """A user direction's name: a name as models and layers have (names.valid_name) that starts
     with a letter (a digit would read as a channel) and is not a computed direction's."""
     name = checked_name(name, "direction name")
     if not name[0].isalpha():
         raise UsageError(f"direction name {name!r} must start with a letter")
-    if re.fullmatch(r"(svd|random)\d+", name):
+    if re.fullmatch(r"(svd|random|nmf|sae)\d+", name):
         raise UsageError(f"direction name {name!r} is reserved for computed directions; choose another")
     return name
 

@@ -34,6 +34,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from neuronindex.nets import kernels, summaries
+from neuronindex.science.dictionaries import PositionSample
 
 NO_IMAGE = np.iinfo(np.int64).max
 # activation histogram (see hist_buckets): 2^HIST_SUB buckets per octave from 2^HIST_LOW to 2^-HIST_LOW
@@ -609,14 +610,19 @@ class Pass1State:
 
     stats: LayerStats
     cov: Covariance | None = None
+    sample: object = None  # dictionaries.PositionSample when dictionaries are asked for
 
     def merge(self, other: "Pass1State") -> None:
         """Fold in a state over a disjoint set of images (a shard, a Ray task)."""
         if (self.cov is None) != (other.cov is None):
             raise ValueError("one state has the covariance for directions and the other not")
+        if (self.sample is None) != (other.sample is None):
+            raise ValueError("one state has the position sample for dictionaries and the other not")
         self.stats.merge(other.stats)
         if self.cov is not None:
             self.cov.merge(other.cov)
+        if self.sample is not None:
+            self.sample.merge(other.sample)
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Arrays for an .npz file: the statistics under "0/" (the prefix keeps the file format of
@@ -624,6 +630,8 @@ class Pass1State:
         state = {f"0/{k}": v for k, v in self.stats.state_dict().items()}
         if self.cov is not None:
             state.update({f"cov/{k}": v for k, v in self.cov.state_dict().items()})
+        if self.sample is not None:
+            state.update({f"sample/{k}": v for k, v in self.sample.state_dict().items()})
         return state
 
     @classmethod
@@ -631,8 +639,10 @@ class Pass1State:
         """From `state_dict`'s arrays (a dict, or an open .npz)."""
         names = list(arrays.keys()) if hasattr(arrays, "keys") else list(arrays.files)
         groups = {k.split("/", 1)[0] for k in names if "/" in k}
-        if groups - {"cov"} != {"0"}:
+        if groups - {"cov", "sample"} != {"0"}:
             raise ValueError("an older state format (one state per layer)")
         stats = LayerStats.from_state({k.split("/", 1)[1]: arrays[k] for k in names if k.startswith("0/")}, device)
         cov = {k.split("/", 1)[1]: arrays[k] for k in names if k.startswith("cov/")}
-        return cls(stats, Covariance.from_state(cov) if cov else None)
+        sample = {k.split("/", 1)[1]: arrays[k] for k in names if k.startswith("sample/")}
+        return cls(stats, Covariance.from_state(cov) if cov else None,
+                   PositionSample.from_state(sample) if sample else None)

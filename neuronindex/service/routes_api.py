@@ -41,6 +41,13 @@ async def api_layers(request: Request, model: str | None = None):
 async def api_summary(request: Request):
     return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.summary().rows())})
 
+@router.get("/dictionaries")
+async def api_dictionaries(request: Request, model: str | None = None):
+    """Learned dictionaries (NMF, SAE) against neurons and SVD directions, per layer (`Index.dictionaries`),
+    and every fit (`fits`: R^2, active atoms, baselines)."""
+    return await answer(request, lambda idx: {"ok": True, "rows": json_rows(idx.dictionaries(model).rows()),
+                                              "fits": json_rows(idx.dictionary_fits(model).rows())})
+
 @router.get("/settings")
 def api_settings():
     """Every threshold and default (the settings table)."""

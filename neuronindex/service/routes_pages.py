@@ -189,7 +189,8 @@ async def model_page(request: Request, model: str):
                 "mapped": {r["layer"] for r in maps if r["space"] == "neurons"},
                 "mapped_crops": {r["layer"] for r in maps if r["space"] == "crops"},
                 "has_hierarchy": len(idx.hierarchies(model)) > 0, "trees": idx.trees(model).rows(),
-                "dissection": dissection_rows(idx.dissections(model).rows(), idx.detectors(model).rows())}
+                "dissection": dissection_rows(idx.dissections(model).rows(), idx.detectors(model).rows()),
+                "dictionaries": idx.dictionaries(model).rows()}
     return await page(request, "model.html", make)
 
 @router.get("/layer/{model}/{layer}")
