@@ -170,8 +170,10 @@ def _ingest_cmd(folder, index, *extra):
 def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     folder = write_folder(tmp_path / "many", per_class=500, seed=3)
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    # with directions: their covariance, like the bottom lists, is part of the checkpointed state
-    proc = subprocess.Popen(_ingest_cmd(folder, killed, "--checkpoint-every", "0", "--directions", "svd,random"), env=_env(),
+    # with directions: their covariance and the dictionaries' position sample, like the bottom lists,
+    # are part of the checkpointed state
+    dirs = "svd,random,nmf,sae"
+    proc = subprocess.Popen(_ingest_cmd(folder, killed, "--checkpoint-every", "0", "--directions", dirs), env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # killed once a second checkpoint replaced the first (--checkpoint-every 0: one per batch), so
     # the saved state is mid-run, never the empty one
@@ -185,18 +187,20 @@ def test_resume_after_kill_9_matches_an_uninterrupted_run(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "index.duckdb").exists()
-    resume_cmd = [c for c in _ingest_cmd(folder, killed, "--resume", "--directions", "svd,random") if c != "--quiet"]
+    resume_cmd = [c for c in _ingest_cmd(folder, killed, "--resume", "--directions", dirs) if c != "--quiet"]
     resumed = subprocess.run(resume_cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     start = int(resumed.stdout.split("resuming from image ")[1].split()[0])
     assert 0 < start < 1500
-    subprocess.run(_ingest_cmd(folder, clean, "--directions", "svd,random"), env=_env(), check=True, timeout=300)
+    subprocess.run(_ingest_cmd(folder, clean, "--directions", dirs), env=_env(), check=True, timeout=300)
     assert rows(killed, NEURON_SQL) == rows(clean, NEURON_SQL)
     assert rows(killed, TOPK_SQL) == rows(clean, TOPK_SQL)
     assert rows(killed, TOPK_SQL.replace("topk", "bottomk")) == rows(clean, TOPK_SQL.replace("topk", "bottomk"))
     assert rows(killed, "SELECT * EXCLUDE (neuron_id, layer_id) FROM directions ORDER BY name") == \
         rows(clean, "SELECT * EXCLUDE (neuron_id, layer_id) FROM directions ORDER BY name")
     assert len(rows(clean, "SELECT * FROM directions")) >= 2 * 9
+    fits = "SELECT * EXCLUDE (layer_id, seconds) FROM dictionaries ORDER BY layer_id, kind"
+    assert rows(killed, fits) == rows(clean, fits) and len(rows(clean, fits)) == 4  # nmf and sae of two layers
     assert not (killed / ".work").exists()
 
 

@@ -5,7 +5,8 @@ Pass 1 is split into N shards of the images (shard I takes every N-th image from
 metadata (model spec, weights path, image source, parameters), checks that it sees the same
 weights and the same image files (fingerprints), reads and decodes its images itself (the driver
 never ships pixels), streams them through the model and returns its mergeable pass-1 state as the
-bytes of an .npz (top and bottom lists, moments, class sums, probe rows, histograms, covariance).
+bytes of an .npz (top and bottom lists, moments, class sums, probe rows, histograms, covariance,
+the dictionaries' position sample).
 Ray retries a task whose worker died (`max_retries`); a shard's result does not depend on which
 attempt made it, so a retry changes nothing.
 
