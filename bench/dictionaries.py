@@ -77,6 +77,8 @@ def main() -> None:
             print(f"fits ({len(fits)} dictionaries): {fit:.1f} s = {fit / pass1:.2f}x pass 1; "
                   f"directions phase (sample fits + projection pass): {t_atoms.get('directions', 0):.1f} s")
             print(f"whole extra cost of nmf,sae: {extra:.1f} s = {extra / pass1:.2f}x pass 1 (target <= {TARGET}x)")
+            print("phases (s), none -> nmf,sae: " + ", ".join(
+                f"{k} {t_plain.get(k, 0):.1f} -> {v:.1f}" for k, v in t_atoms.items() if k not in ("nf_ranges", "derive")))
             print(to_table([{k: (round(v, 3) if isinstance(v, float) else v) for k, v in f.items()
                              if k in ("layer", "kind", "atoms", "samples", "r2", "r2_map", "l0", "r2_neurons", "r2_pca",
                                       "seconds")} for f in fits]))

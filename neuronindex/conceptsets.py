@@ -101,8 +101,10 @@ def _read_mask(path: str) -> np.ndarray:
 
 
 def open_concepts(path: str | Path) -> ConceptSet:
-    """The concept set in a folder (Broden or plain layout), with a one-line error otherwise."""
-    root = Path(path).expanduser()
+    """The concept set in a folder (Broden or plain layout), with a one-line error otherwise. Its
+    `source` is the folder's absolute path: the same set named two ways is one set (a dissection
+    with it again replaces the one before)."""
+    root = Path(path).expanduser().resolve()
     if (root / "index.csv").is_file() and (root / "label.csv").is_file():
         return _broden(root)
     if (root / "labels.csv").is_file():

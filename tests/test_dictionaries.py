@@ -56,6 +56,10 @@ def test_position_sample_is_the_bottom_keys_of_all_pairs_whatever_the_batches():
         e = {0: 7, 7: 8, 8: 21, 21: 30}[s]
         whole.take(0, torch.from_numpy(maps[s:e]), ids[s:e])
     np.testing.assert_array_equal(whole.layer(0), want)
+    # a channels-last map (as the taps may see it) gives the same sample
+    last = PositionSample([4], capacity, per_image)
+    last.take(0, torch.from_numpy(maps).contiguous(memory_format=torch.channels_last), ids)
+    np.testing.assert_array_equal(last.layer(0), want)
     # two shards (odd and even images) merged through their saved states: the same sample
     a, b = PositionSample([4], capacity, per_image), PositionSample([4], capacity, per_image)
     a.take(0, torch.from_numpy(maps[::2]), ids[::2])

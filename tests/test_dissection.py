@@ -334,6 +334,14 @@ def test_broden_and_plain_layouts_give_the_same_dissection(hierarchy_index, tmp_
     for k, v in results["plain"].items():
         assert results["broden"][k] == pytest.approx(v, abs=1e-12), k
     assert {c for _, _, c in results["plain"]} == {"shape", "colour", "scene"}
+    # the same set named by a relative path is the same set: dissecting again replaces, never doubles
+    index = tmp_path / "index-plain"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        dissect(index, "plain", progress=False)
+    with neuronindex.open(index) as idx:
+        rows = idx.dissections().rows()
+        assert len(rows) == len({r["layer"] for r in rows}) and {r["source"] for r in rows} == {str(plain.resolve())}
 
 
 def test_masks_follow_the_models_geometry(tmp_path):

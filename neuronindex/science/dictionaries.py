@@ -123,8 +123,9 @@ class PositionSample:
         if not keep.any():
             return
         b, p = rows[keep], cols[keep]
-        flat = acts.flatten(2)
-        vec = flat[torch.from_numpy(b).to(acts.device), :, torch.from_numpy(p).to(acts.device)]
+        # the points alone, in any memory layout (a flatten of a channels-last map would copy it whole)
+        at = [torch.from_numpy(v).to(acts.device) for v in (b, p // W, p % W)]
+        vec = acts[at[0], :, at[1], at[2]]
         self._pending[i].append((k[keep], np.asarray(image_ids, np.int64)[b], p.astype(np.int64),
                                  vec.float().cpu().numpy()))
         if sum(len(x[0]) for x in self._pending[i]) > self.capacity:
