@@ -338,3 +338,16 @@ def test_atoms_are_optimisable_like_neurons(tmp_path, parts_index):
     assert all(r["ratio"] >= 0.9 for r in nmf), rows
     # an SAE atom that never fires on the data has nothing to compare with (as a dead neuron)
     assert any(r["ratio"] is not None for r in rows if r["kind"] == "sae")
+
+
+def test_report_has_the_comparison_table(parts_index, tmp_path):
+    import neuronindex
+    from neuronindex.report import render
+
+    with neuronindex.open(parts_index) as idx:
+        render(idx, tmp_path / "report.html")
+        rows = idx.dictionaries().rows()
+    page = (tmp_path / "report.html").read_text()
+    assert "learned atoms" in page
+    nmf = next(r for r in rows if r["kind"] == "nmf")
+    assert f"<td>nmf</td><td>{nmf['units']}</td><td>{nmf['top_class_share']:.3f}</td>" in page
