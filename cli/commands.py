@@ -180,17 +180,17 @@ def ingest(model_spec, name, source, download, labels, class_list, layer_spec, i
            atoms, dict_samples, dict_positions, sae_steps, sae_l1, ray_address, ray_shards, ray_cpus_per_worker, ray_gpus_per_worker, visualize_steps, dissect_concepts,
            **model_kw):
     """Index the neurons of LAYERS of a model over an image collection."""
-    loaded = load_model_from_options(model_spec, name=name, **model_kw)
-    if loaded.random_weights:
-        click.echo(f"warning: no --weights: {model_spec} is randomly initialised (seed 0), so the index describes an "
-                   "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     params = IngestParams(top_k=top_k, batch_size=batch_size, probe_size=probe_size, limit=limit, shard=_shard(shard),
                           nf_max=nf_max, nf_threshold=nf_threshold, nf_memory=nf_memory,
                           class_threshold=class_threshold, device=device, workers=workers, amp=amp, spatial_means=spatial_means, bottom_k=bottom_k,
                           directions=directions, direction_pooling=direction_pooling, svd_rank=svd_rank, svd_max=svd_max,
                           random_directions=random_directions, random_quantile=random_quantile, atoms=atoms,
                           dict_samples=dict_samples, dict_positions=dict_positions, sae_steps=sae_steps, sae_l1=sae_l1)
-    params.validate()
+    params.validate()  # before the model loads: a bad option fails at once
+    loaded = load_model_from_options(model_spec, name=name, **model_kw)
+    if loaded.random_weights:
+        click.echo(f"warning: no --weights: {model_spec} is randomly initialised (seed 0), so the index describes an "
+                   "untrained network; pass --weights NAME|FILE for a trained one", err=True)
     if params.shard is not None and not state_out:
         raise click.UsageError("--shard needs --state-out FILE; merge the shards with `neuronindex merge`")
     if dissect_concepts and state_out:

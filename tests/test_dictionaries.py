@@ -351,3 +351,20 @@ def test_report_has_the_comparison_table(parts_index, tmp_path):
     assert "learned atoms" in page
     nmf = next(r for r in rows if r["kind"] == "nmf")
     assert f"<td>nmf</td><td>{nmf['units']}</td><td>{nmf['top_class_share']:.3f}</td>" in page
+
+
+def test_cheap_checks_come_before_the_model_loads(parts_index, cli_runner, monkeypatch):
+    """A second dictionary of a kind, or a bad --directions, is refused before any model is loaded."""
+    from neuronindex.errors import UsageError
+    from neuronindex.jobs import directions as directions_job
+    from neuronindex_cli.main import cli
+
+    def never(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(directions_job, "prepare", never)
+    with pytest.raises(UsageError, match="already has nmf atoms"):
+        directions_job.learn(parts_index, "conv1", ["nmf"], progress=False)
+    out = cli_runner.invoke(cli, ["ingest", "--model", "python:no.such:model", "--images", "nowhere", "--layers", "conv1",
+                                  "--index", "x", "--directions", "nmf,pca"])
+    assert out.exit_code != 0 and "unknown direction kind 'pca'" in out.output

@@ -70,12 +70,28 @@ class StoredLayer:
     channel_ids: list
     first_image: int
     label_rows: dict
+    stored: tuple = ()  # (spec, weights, preprocessing, parameters, source, fingerprints, labels, class list)
     run: object = None
     params: object = None
 
+    def prepare(self) -> None:
+        """The run that reads the ingest's images again (loads the model; checks weights and images)."""
+        spec, weights, pre, params, source, model_fp, data_fp, labels, class_list = self.stored
+        p = json.loads(params)
+        p = IngestParams(**{k: v for k, v in p.items() if k in IngestParams.__dataclass_fields__})
+        p.shard, p.directions = None, "none"
+        labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
+        run = prepare(spec, source, [self.layer], weights=weights, name=self.model,
+                      preprocessing=Preprocessing.from_json(pre), params=p, labels=labels, class_list=class_list)
+        if run.meta["model_fingerprint"] != model_fp:
+            raise IngestError(f"the weights of {self.model} ({weights}) changed since it was ingested; ingest it again")
+        if run.meta["data_fingerprint"] != data_fp:
+            raise IngestError(f"the images of {source} changed since {self.model} was ingested; ingest it again")
+        self.run, self.params = run, p
+
 
 def stored_layer(index_dir, layer: str, model: str | None) -> StoredLayer:
-    """A stored layer (LAYER or MODEL/LAYER) with the run that reads its ingest's images again."""
+    """A stored layer (LAYER or MODEL/LAYER) as the index holds it (`prepare()` then loads the model)."""
     con = store.connect(index_dir)
     try:
         models = [r[0] for r in execute(con, "SELECT name FROM models ORDER BY id")]
@@ -109,21 +125,10 @@ def stored_layer(index_dir, layer: str, model: str | None) -> StoredLayer:
                                        "WHERE i.id = ?", [ingest_id]))
     finally:
         con.close()
-    found = StoredLayer(model, model_id, layer_name, layer_id, C, ingest_id, taken,
-                        np.array([r[0] or 0.0 for r in stats]), np.array([r[1] or 0.0 for r in stats]), next_channel,
-                        [r[0] for r in existing], first_image, label_rows)
-    p = json.loads(params)
-    p = IngestParams(**{k: v for k, v in p.items() if k in IngestParams.__dataclass_fields__})
-    p.shard, p.directions = None, "none"
-    labels = labels if labels not in (None, "manifest", "torchvision") else "auto"
-    run = prepare(spec, source, [layer_name], weights=weights, name=model,
-                  preprocessing=Preprocessing.from_json(pre), params=p, labels=labels, class_list=class_list)
-    if run.meta["model_fingerprint"] != model_fp:
-        raise IngestError(f"the weights of {model} ({weights}) changed since it was ingested; ingest it again")
-    if run.meta["data_fingerprint"] != data_fp:
-        raise IngestError(f"the images of {source} changed since {model} was ingested; ingest it again")
-    found.run, found.params = run, p
-    return found
+    return StoredLayer(model, model_id, layer_name, layer_id, C, ingest_id, taken,
+                       np.array([r[0] or 0.0 for r in stats]), np.array([r[1] or 0.0 for r in stats]), next_channel,
+                       [r[0] for r in existing], first_image, label_rows,
+                       (spec, weights, pre, params, source, model_fp, data_fp, labels, class_list))
 
 
 def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = None, model: str | None = None,
@@ -152,6 +157,7 @@ def add(index_dir, layer: str, vectors: np.ndarray, names: list[str] | None = No
     if len(set(names)) != len(names):
         raise UsageError("two vectors have the same name; give each its own")
     basis = np.stack([user_direction(v, found.mean, found.std, found.channels, n) for v, n in zip(vectors, names)])
+    found.prepare()
     n_live = int((found.std > 0).sum())
     d = LayerDirections(names, ["user"] * len(names), basis, found.mean, found.std, 0, "max", np.zeros(len(names)),
                         float(n_live), [None] * len(names), list(range(first_user, first_user + len(names))))
@@ -171,6 +177,7 @@ def learn(index_dir, layer: str, kinds: list[str], model: str | None = None, spe
     for kind in spec.kinds:
         if f"{kind}1" in found.taken:
             raise UsageError(f"layer {found.layer} already has {kind} atoms; a layer holds one dictionary of each kind")
+    found.prepare()
     sample = sample_pass(found.run, spec, progress=progress)
     fits = dictionaries.fit(sample.layer(0), spec, found.channels)
     d = with_atoms(None, fits, found.mean, found.std, None, 0)
