@@ -9,7 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from neuronindex.nets.extract import Extractor, image_batches
-from neuronindex.nets.summaries import combine, summarize
+from neuronindex.nets.summaries import Summaries
 from neuronindex.science.dictionaries import PositionSample
 from neuronindex.science.directions import Projector
 from neuronindex.science.stats import (
@@ -38,12 +38,15 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
     if not sum(sizes) or not positions:
         return [None] * len(nodes)
     projector = Projector(nodes, directions)
-    # the forward stops at the deepest layer with directions
+    # the forward stops at the deepest layer with directions; taps project each map as it is made
     wanted = [n for n, s in zip(nodes, sizes) if s]
     extractor = Extractor(run.loaded, wanted, p.device, p.amp)
     unit_channels = [2 * s for s in sizes if s]
     stats = LayerStats(sum(unit_channels), p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-    moments = [Moments(s) for s in sizes]  # of each direction's pooled projection
+    moments = [Moments(s) for s in sizes if s]  # of each direction's pooled projection
+    sink = ProjectionSink(projector, wanted, [d.pooling for d in directions if d is not None and len(d)], moments,
+                          p.device)
+    extractor.use_sink(sink)
     label_index = {name: i for i, name in enumerate(run.label_names)}
     labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
                           dtype=torch.long)
@@ -54,23 +57,13 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
         bar.update(len(problems))
         if not bool(ok.any()):
             continue
-        maps = extractor(batch[ok])
+        sink.begin(int(ok.sum()))
+        extractor.run_taps(batch[ok])
         pos = pos[ok]
-        parts = []
-        for li, node in enumerate(nodes):
-            if not sizes[li]:
-                continue
-            a = maps[node]
-            proj = projector.project(node, a)
-            pooled = (a.amax(dim=(2, 3)) if directions[li].pooling == "max" else a.mean(dim=(2, 3))).double()
-            w, b0 = projector.by_node[node]
-            pp = (pooled @ w.to(pooled.device).double().T + b0.to(pooled.device).double()).cpu().numpy()
-            moments[li].add(pp)
-            both = torch.cat([proj, -proj], 1).float().cpu().contiguous()
-            # a threshold of -inf: every pair gets its location (a few units per layer)
-            parts.append(summarize(both, torch.full((both.shape[1],), -float("inf"))))
-        stats.add_summary(combine(parts), pos, labels[pos])
+        stats.add_summary(sink.result(), pos, labels[pos])
     bar.close()
+    moments = iter(moments)
+    moments = [next(moments) if s else None for s in sizes]
     parts = split(stats.result(), unit_channels)
     out: list[dict | None] = []
     it = iter(parts)
@@ -88,6 +81,41 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
         res.pooled_var = moments[li].variance()
         out.append(res)
     return out
+
+
+class ProjectionSink:
+    """The units pass's taps: each selected map (B, C, H, W) is projected on its layer's directions
+    the moment it is made, and the maps (proj, -proj) are summarised side by side, layers in node
+    order, with a threshold of -inf (every pair gets its location: a few units per layer); the
+    pooled projections go to `moments`. As pass 1's `Summaries`, a selected ReLU is rectified here."""
+
+    def __init__(self, projector, nodes: list[str], pooling: list[str], moments: list, device: str = "cpu"):
+        self.projector, self.nodes, self.pooling, self.moments = projector, list(nodes), list(pooling), list(moments)
+        self.device = device
+        self.sizes = [int(projector.by_node[n][0].shape[0]) for n in self.nodes]
+        self.inner = Summaries([2 * s for s in self.sizes])
+
+    def begin(self, batch: int) -> None:
+        import torch
+
+        self.inner.begin(torch.full((2 * sum(self.sizes),), -float("inf"), device=self.device), batch)
+
+    def add(self, i: int, a) -> None:
+        node = self.nodes[i]
+        pooled = (a.amax(dim=(2, 3)) if self.pooling[i] == "max" else a.mean(dim=(2, 3))).double()
+        w, b0 = self.projector.by_node[node]
+        self.moments[i].add((pooled @ w.to(pooled.device).double().T + b0.to(pooled.device).double()).cpu().numpy())
+        self.inner.add(i, self.projector.project(node, a, (1, -1)).float().contiguous())
+
+    def add_relu(self, i: int, x, inplace: bool = False):
+        import torch
+
+        y = x.relu_() if inplace else torch.relu(x)
+        self.add(i, y)
+        return y
+
+    def result(self) -> tuple:
+        return self.inner.result()
 
 
 def sample_pass(run, spec, progress: bool = True):

@@ -71,18 +71,27 @@ class Extractor:
         sample (dictionaries.PositionSample, fixed by the first call): offered every map with
         `image_ids` (B,), the batch's image positions.
         """
+        if self._taps is None:
+            self.use_sink(Summaries(channels, spatial_means=spatial_means, sample=sample))
+        self._sink.begin(threshold, images_uint8.shape[0], low_threshold, image_ids)
+        self.run_taps(images_uint8)
+        return self._sink.result()
+
+    def use_sink(self, sink) -> None:
+        """Tap every selected node into `sink` (once): its `add(i, map)`, and for a selected ReLU
+        its `add_relu(i, input, inplace)`, which must return the rectified map (`Summaries` is one;
+        the units pass has another)."""
+        self._sink = sink
+        self._taps = self._tapped_module(sink)
+
+    def run_taps(self, images_uint8) -> None:
+        """One batch through the tapped graph (`use_sink` first): the taps see every map, none is returned."""
         import torch
 
-        if self._taps is None:
-
-            self._sink = Summaries(channels, spatial_means=spatial_means, sample=sample)
-            self._taps = self._tapped_module(self._sink)
-        self._sink.begin(threshold, images_uint8.shape[0], low_threshold, image_ids)
         with torch.inference_mode():
             x = self.loaded.preprocessing.normalize(images_uint8.to(self.device, non_blocking=True))
             with torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp):
                 self._taps(x)
-        return self._sink.result()
 
     def low_locations(self):
         """(B, C) locations of the last `summaries` batch's bottom candidates (-1 elsewhere), or None."""
