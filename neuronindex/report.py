@@ -29,6 +29,7 @@ from PIL import Image
 from neuronindex.errors import NotFoundError, UsageError, did_you_mean
 from neuronindex.formats import to_table
 from neuronindex.query import categories
+from neuronindex.query.units import pair_overlaps
 from neuronindex.science.selectivity import COLOR_THRESHOLD
 
 ALPHA_BINS = [0.0, 0.1, 0.25, 0.4, 0.6, 1.0001]
@@ -141,8 +142,7 @@ def figure_spectrum(idx, model: str) -> dict:
 
 
 def _jaccard_pairs(sets: list[set]) -> dict:
-    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
-    scores = [len(a & b) / len(a | b) for a, b in pairs if a | b]
+    scores = pair_overlaps(sets)
     return {"units": len(sets), "mean_overlap": float(np.mean(scores)) if scores else None,
             "pairs_over_half": int(sum(s >= 0.5 for s in scores)), "pairs": len(scores)}
 

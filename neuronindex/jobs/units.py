@@ -43,9 +43,9 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
     extractor = Extractor(run.loaded, wanted, p.device, p.amp)
     unit_channels = [2 * s for s in sizes if s]
     stats = LayerStats(sum(unit_channels), p.top_k, p.curve_len, len(run.label_names), p.probe_size, p.device)
-    moments = [Moments(s) for s in sizes if s]  # of each direction's pooled projection
-    sink = ProjectionSink(projector, wanted, [d.pooling for d in directions if d is not None and len(d)], moments,
-                          p.device)
+    moments = [Moments(s) for s in sizes]  # of each direction's pooled projection
+    sink = ProjectionSink(projector, wanted, [d.pooling for d in directions if d is not None and len(d)],
+                          [m for m, s in zip(moments, sizes) if s], p.device)
     extractor.use_sink(sink)
     label_index = {name: i for i, name in enumerate(run.label_names)}
     labels = torch.tensor([label_index.get(r.label, -1) if r.label is not None else -1 for r in run.images.images],
@@ -62,8 +62,6 @@ def units_pass(run, directions: list, progress: bool = True) -> list[UnitResults
         pos = pos[ok]
         stats.add_summary(sink.result(), pos, labels[pos])
     bar.close()
-    moments = iter(moments)
-    moments = [next(moments) if s else None for s in sizes]
     parts = split(stats.result(), unit_channels)
     out: list[dict | None] = []
     it = iter(parts)

@@ -24,8 +24,13 @@ from neuronindex.store import execute
 KIND_ORDER = ("channel", "svd", "nmf", "sae")
 
 
+def pair_overlaps(sets: list[set]) -> list[float]:
+    """The Jaccard overlap of every pair of sets (pairs of two empty sets left out)."""
+    return [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1:] if a | b]
+
+
 def _jaccard(sets: list[set]) -> float | None:
-    scores = [len(a & b) / len(a | b) for i, a in enumerate(sets) for b in sets[i + 1:] if a | b]
+    scores = pair_overlaps(sets)
     return float(np.mean(scores)) if scores else None
 
 
